@@ -1,0 +1,1 @@
+"""The `docqa` command line: one entry point over `qa_core` (in-process) and `pipelines` (Beam)."""

@@ -1,0 +1,7 @@
+"""`python -m docqa`."""
+
+import sys
+
+from docqa.cli import main
+
+sys.exit(main())

@@ -1,0 +1,161 @@
+"""`docqa`: predict (in-process), eval, convert-squad; job-level errors exit non-zero with one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from qa_core import __version__
+from qa_core.config import DEFAULT_MODEL, ConfigError, QAConfig, load_config
+
+logger = logging.getLogger("docqa")
+
+# Errors that mean "the job is misconfigured", reported as one line instead of a traceback.
+JOB_ERRORS: tuple[type[Exception], ...] = (ConfigError, FileNotFoundError, PermissionError)
+
+
+def _job_errors() -> tuple[type[Exception], ...]:
+    from qa_core.model import ModelLoadError
+    from qa_core.read import InputError
+    from qa_core.write import OutputError
+
+    return (*JOB_ERRORS, ModelLoadError, InputError, OutputError, ValueError)
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """`--model`, `--config` and `--set`, shared by the commands that run a model."""
+    parser.add_argument("--model", help=f"QA checkpoint directory or hub id (default: {DEFAULT_MODEL})")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="config file; repeat to layer (later wins)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        dest="overrides",
+        help="override one config value, e.g. --set decode.top_k=3; repeatable",
+    )
+
+
+def resolve_config(args: argparse.Namespace) -> QAConfig:
+    """The job config from `--config` files, `--set` overrides and `--model`."""
+    overrides = list(args.overrides)
+    if args.model:
+        overrides.append(f"model.name_or_path={json.dumps(args.model)}")
+    return load_config(args.config, overrides)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from qa_core.predict import predict
+
+    config = resolve_config(args)
+    info = predict(config, args.input, args.output, overwrite=args.overwrite, progress=not args.no_progress)
+    counts = info["counts"]
+    print(
+        f"rows {counts['rows_read']}: answered {counts['answered']}, rejected {counts['rejected']} "
+        f"{counts['rejected_by_reason'] or ''} in {info['timings']['wall_seconds']} s -> {args.output}"
+    )
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from qa_core.evaluate import evaluate, load_predictions
+    from qa_core.squad import load_squad
+
+    result = evaluate(load_squad(args.data), load_predictions(args.predictions))
+    print(result.format_table())
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(result.to_dict(), handle, indent=2)
+    return 0
+
+
+def _cmd_convert_squad(args: argparse.Namespace) -> int:
+    from qa_core.squad import convert_squad
+
+    rows = convert_squad(args.data, args.output)
+    print(f"wrote {rows} rows to {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full `docqa` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="docqa",
+        description="Batch extractive question answering over Parquet tables of questions and contexts.",
+    )
+    parser.add_argument("--version", action="version", version=f"docqa {__version__}")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for job-level errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser(
+        "predict",
+        help="answer a Parquet table in-process (no Beam)",
+        description="Answer every row of IN and write DIR/answers, DIR/rejections, "
+        "DIR/_run.json and DIR/COMPLETED.",
+    )
+    p.add_argument(
+        "--input", required=True, metavar="IN", help="Parquet file, directory or glob (fsspec URLs ok)"
+    )
+    p.add_argument("--output", required=True, metavar="DIR", help="output folder (fsspec URLs ok)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_args(p)
+    p.set_defaults(func=_cmd_predict)
+
+    e = commands.add_parser(
+        "eval",
+        help="SQuAD v1.1 / v2.0 exact match and F1 of predictions",
+        description="Score predictions with the official SQuAD normalisation.",
+    )
+    e.add_argument("--data", required=True, metavar="SQUAD", help="SQuAD JSON (.json, .json.gz or .zip)")
+    e.add_argument(
+        "--predictions",
+        required=True,
+        metavar="DIR|FILE",
+        help="a docqa output folder or a JSON file of id -> answer text",
+    )
+    e.add_argument("--json", metavar="FILE", help="also write the scores as JSON here")
+    e.set_defaults(func=_cmd_eval)
+
+    c = commands.add_parser(
+        "convert-squad",
+        help="SQuAD JSON -> the docqa input Parquet table",
+        description="Write id, title, context, question, answers as Parquet.",
+    )
+    c.add_argument("--data", required=True, metavar="SQUAD", help="SQuAD JSON (.json, .json.gz or .zip)")
+    c.add_argument("--output", required=True, metavar="FILE.parquet", help="output Parquet file")
+    c.set_defaults(func=_cmd_convert_squad)
+
+    for register in EXTRA_COMMANDS:
+        register(commands)
+    return parser
+
+
+# Commands that live in other modules (Beam job, training, benchmarks) register themselves here.
+EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `docqa` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args))
+    except _job_errors() as err:
+        if args.debug:
+            raise
+        print(f"docqa {args.command}: error: {err}", file=sys.stderr)
+        return 2

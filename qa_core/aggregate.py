@@ -1,0 +1,115 @@
+"""Stage 6: the candidates of all windows of a record become its `Answer`.
+
+Ranking uses the raw logit sum `start_logit[i] + end_logit[j]`, which is comparable across windows of the
+same row (each window's logits come from the same model on the same question). A character span seen in
+several overlapping windows is one candidate with its best logit (never a sum, which would favour spans
+in overlaps). Ties are broken by start, then end offset, so the result never depends on batching.
+
+Score definition (also in the README and the output schema): `score` is the softmax probability of the
+answer among the row's candidates, `exp(l - m) / sum_c exp(l_c - m)` with `m` the largest logit, where the
+candidates are the `n_best` best spans of each window, de-duplicated by character span, plus the null
+answer when no-answer handling is on (its logit is the smallest CLS score over the row's windows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from qa_core.config import DecodeConfig
+from qa_core.records import Answer, Record, SpanScore, WindowCandidates
+
+
+class AggregateError(ValueError):
+    """The candidates of a record are inconsistent (missing windows, wrong record)."""
+
+
+def _merge_spans(
+    candidates: Sequence[WindowCandidates],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All windows' spans, one per (start, end) with its max logit, sorted by (-logit, start, end)."""
+    starts = np.concatenate([c.starts for c in candidates]).astype(np.int64)
+    ends = np.concatenate([c.ends for c in candidates]).astype(np.int64)
+    logits = np.concatenate([c.logits for c in candidates]).astype(np.float64)
+    # Best logit first, so the first occurrence of each span is its max.
+    order = np.lexsort((ends, starts, -logits))
+    starts, ends, logits = starts[order], ends[order], logits[order]
+    _, first = np.unique(np.stack([starts, ends], axis=1), axis=0, return_index=True)
+    keep = np.sort(first)  # back to ranking order
+    return starts[keep], ends[keep], logits[keep]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Max-subtracted softmax in float64 (stable for logits near +-1e4)."""
+    shifted = np.exp(logits - logits.max())
+    return np.asarray(shifted / shifted.sum(), dtype=np.float64)
+
+
+def aggregate(record: Record, candidates: Sequence[WindowCandidates], config: DecodeConfig) -> Answer:
+    """The answer of one record from the candidates of all its windows.
+
+    Args:
+        record: The record (its context gives the answer text).
+        candidates: One `WindowCandidates` per window of the record, in any order.
+        config: `top_k`, no-answer handling and threshold.
+
+    Raises:
+        AggregateError: When windows are missing, duplicated or belong to another record.
+    """
+    if not candidates:
+        raise AggregateError(f"row {record.row_key}: no window candidates")
+    expected = candidates[0].n_windows
+    indices = sorted(c.window_index for c in candidates)
+    if indices != list(range(expected)) or any(c.row_key != record.row_key for c in candidates):
+        raise AggregateError(
+            f"row {record.row_key}: got windows {indices} of {expected} (or another row's windows)"
+        )
+    starts, ends, logits = _merge_spans(candidates)
+    if logits.size == 0:
+        raise AggregateError(f"row {record.row_key}: no valid span in any window")
+
+    null_logit: float | None = None
+    if config.handle_no_answer:
+        nulls = [c.null_logit for c in candidates if c.null_logit is not None]
+        if not nulls:
+            raise AggregateError(f"row {record.row_key}: no-answer handling needs a CLS token")
+        # The window most sure that an answer exists sets the row's null score.
+        null_logit = min(nulls)
+
+    all_logits = logits if null_logit is None else np.append(logits, null_logit)
+    probs = _softmax(all_logits)
+    spans = [
+        SpanScore(record.context[s:e], int(s), int(e), float(p), float(lg))
+        for s, e, lg, p in zip(starts, ends, logits, probs[: logits.size], strict=True)
+    ]
+    null_diff: float | None = None
+    no_answer = False
+    ranked = spans
+    if null_logit is not None:
+        null_span = SpanScore("", None, None, float(probs[-1]), null_logit)
+        null_diff = null_logit - float(logits[0])
+        no_answer = null_diff > config.null_threshold
+        # The returned answer comes first; the other candidates follow by logit.
+        ranked = [null_span, *spans] if no_answer else _insert_by_logit(spans, null_span)
+    best = ranked[0]
+    return Answer(
+        row_key=record.row_key,
+        id=record.id,
+        answer=best.answer,
+        start=best.start,
+        end=best.end,
+        score=best.score,
+        logit_score=best.logit_score,
+        no_answer=no_answer,
+        null_score_diff=null_diff,
+        top_k=tuple(ranked[: config.top_k]) if config.top_k > 1 else (),
+        passthrough=record.passthrough,
+    )
+
+
+def _insert_by_logit(spans: list[SpanScore], null_span: SpanScore) -> list[SpanScore]:
+    """`spans` with the null answer placed after the winning span, at its logit rank among the rest."""
+    rest = spans[1:]
+    position = next((k for k, s in enumerate(rest) if s.logit_score < null_span.logit_score), len(rest))
+    return [spans[0], *rest[:position], null_span, *rest[position:]]

@@ -1,0 +1,116 @@
+"""Stage 3: windows are sorted by length, cut into batches under window and token caps, and padded late.
+
+Padding to the batch's longest window (rounded up to a multiple of 8) instead of `max_seq_len` is where
+most of the CPU time goes or is saved: SQuAD-like windows padded to 384 hold about half real tokens,
+length-sorted batches over 99%.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from qa_core.config import BatchConfig
+from qa_core.records import Feature
+
+
+@dataclass(frozen=True, eq=False)
+class Batch:
+    """Padded model inputs for a list of windows.
+
+    Attributes:
+        features: The windows, in the row order of the arrays.
+        input_ids: (B, P) int64, padded with the tokenizer's pad id.
+        attention_mask: (B, P) int64, 1 on real tokens.
+        token_type_ids: (B, P) int64.
+    """
+
+    features: tuple[Feature, ...]
+    input_ids: npt.NDArray[np.int64]
+    attention_mask: npt.NDArray[np.int64]
+    token_type_ids: npt.NDArray[np.int64]
+
+    @property
+    def real_tokens(self) -> int:
+        """Tokens that are not padding."""
+        return int(self.attention_mask.sum())
+
+    @property
+    def padded_tokens(self) -> int:
+        """All token positions the model computes (B x P)."""
+        return int(self.input_ids.size)
+
+
+def padded_length(longest: int, multiple: int) -> int:
+    """`longest` rounded up to a multiple of `multiple`."""
+    return -(-longest // multiple) * multiple
+
+
+def plan_batches(features: Sequence[Feature], config: BatchConfig) -> Iterator[list[Feature]]:
+    """Groups windows into batches of similar length under the caps.
+
+    Windows are sorted by (length, row_key, window_index), so the grouping depends only on the set of
+    windows, not on their arrival order. A batch closes when one more window would exceed
+    `max_batch_windows` or `max_batch_tokens` padded tokens; a single window always fits.
+
+    Args:
+        features: Windows to group (typically one sort buffer).
+        config: Batch caps and padding multiple.
+
+    Yields:
+        Lists of windows, shortest batches first.
+    """
+    ordered = sorted(features, key=lambda f: (f.length, f.row_key, f.window_index))
+    current: list[Feature] = []
+    for feature in ordered:
+        # Sorted ascending, so the newest window is the batch's longest.
+        width = padded_length(feature.length, config.pad_to_multiple_of)
+        too_many = len(current) + 1 > config.max_batch_windows
+        too_big = (len(current) + 1) * width > config.max_batch_tokens
+        if current and (too_many or too_big):
+            yield current
+            current = []
+        current.append(feature)
+    if current:
+        yield current
+
+
+def collate(features: Sequence[Feature], pad_token_id: int, pad_to_multiple_of: int) -> Batch:
+    """Pads windows into rectangular arrays.
+
+    Args:
+        features: The windows of one batch (at least one).
+        pad_token_id: Id written into padding positions (masked out by attention).
+        pad_to_multiple_of: Padded length is the longest window rounded up to this.
+
+    Raises:
+        ValueError: On an empty batch.
+    """
+    if not features:
+        raise ValueError("cannot collate an empty batch")
+    width = padded_length(max(f.length for f in features), pad_to_multiple_of)
+    input_ids = np.full((len(features), width), pad_token_id, dtype=np.int64)  # (B, P)
+    attention_mask = np.zeros((len(features), width), dtype=np.int64)  # (B, P)
+    token_type_ids = np.zeros((len(features), width), dtype=np.int64)  # (B, P)
+    for row, feature in enumerate(features):
+        n = feature.length
+        input_ids[row, :n] = feature.input_ids
+        attention_mask[row, :n] = 1
+        token_type_ids[row, :n] = feature.token_type_ids
+    return Batch(tuple(features), input_ids, attention_mask, token_type_ids)
+
+
+def batches(features: Iterable[Feature], config: BatchConfig, pad_token_id: int) -> Iterator[Batch]:
+    """Sort buffers of `sort_buffer_windows` windows, planned and collated into padded batches."""
+    buffer: list[Feature] = []
+    for feature in features:
+        buffer.append(feature)
+        if len(buffer) >= config.sort_buffer_windows:
+            for group in plan_batches(buffer, config):
+                yield collate(group, pad_token_id, config.pad_to_multiple_of)
+            buffer = []
+    for group in plan_batches(buffer, config):
+        yield collate(group, pad_token_id, config.pad_to_multiple_of)

@@ -1,0 +1,196 @@
+"""The in-process engine: rows in, answers and rejections out, with the stages chained in plain Python.
+
+Rows stream through a sort buffer: records are featurized until about `sort_buffer_windows` windows are
+buffered, the buffer is batched by length, run, decoded and aggregated, and its results are yielded in
+input order. Memory is bounded by the buffer, whatever the input size.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from qa_core.aggregate import aggregate
+from qa_core.batch import Batch, collate, plan_batches
+from qa_core.config import QAConfig
+from qa_core.decode import decode_batch
+from qa_core.featurize import Featurizer
+from qa_core.model import QAModel
+from qa_core.records import Answer, Feature, Reason, Record, Rejection, WindowCandidates
+from qa_core.validate import validate_row
+
+logger = logging.getLogger(__name__)
+
+FEATURIZE_CHUNK_ROWS = 128  # records tokenized per call (the Rust tokenizer amortizes per-call cost)
+
+
+@dataclass
+class EngineStats:
+    """Counters of a run (also the `counts` of `_run.json`)."""
+
+    rows: int = 0
+    answered: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    windows: int = 0
+    batches: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    batch_splits: int = 0
+    oom_splits: int = 0
+    model_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able counters."""
+        return {
+            "rows_read": self.rows,
+            "answered": self.answered,
+            "rejected": sum(self.rejected.values()),
+            "rejected_by_reason": dict(sorted(self.rejected.items())),
+            "windows": self.windows,
+            "batches": self.batches,
+            "real_tokens": self.real_tokens,
+            "padded_tokens": self.padded_tokens,
+            "padding_efficiency": self.real_tokens / self.padded_tokens if self.padded_tokens else None,
+            "batch_splits": self.batch_splits,
+            "oom_splits": self.oom_splits,
+            "model_seconds": round(self.model_seconds, 3),
+        }
+
+
+def run_batch_contained(
+    model: QAModel, batch: Batch, config: QAConfig, stats: EngineStats | None = None
+) -> tuple[list[WindowCandidates], list[tuple[Feature, str]]]:
+    """Forward + decode of a batch; a failing batch is split in halves down to single windows.
+
+    Returns:
+        Candidates of every window that succeeded, and (window, error) for windows that still failed
+        alone (their rows become `MODEL_ERROR` rejections).
+    """
+    try:
+        started = time.perf_counter()
+        start_logits, end_logits = model.forward(batch)
+        out = decode_batch(
+            batch, start_logits, end_logits, config.decode.max_answer_len, config.decode.n_best
+        )
+        if stats is not None:
+            stats.model_seconds += time.perf_counter() - started
+            stats.batches += 1
+            stats.real_tokens += batch.real_tokens
+            stats.padded_tokens += batch.padded_tokens
+        return out, []
+    except Exception as err:
+        if isinstance(err, torch.cuda.OutOfMemoryError):
+            torch.cuda.empty_cache()
+            if stats is not None:
+                stats.oom_splits += 1
+        if len(batch.features) == 1:
+            logger.warning("window of row %s failed: %s", batch.features[0].row_key, err)
+            return [], [(batch.features[0], f"{type(err).__name__}: {err}")]
+        if stats is not None:
+            stats.batch_splits += 1
+        half = len(batch.features) // 2
+        results: list[WindowCandidates] = []
+        failures: list[tuple[Feature, str]] = []
+        for part in (batch.features[:half], batch.features[half:]):
+            sub = collate(part, model.pad_token_id, config.batch.pad_to_multiple_of)
+            ok, bad = run_batch_contained(model, sub, config, stats)
+            results.extend(ok)
+            failures.extend(bad)
+        return results, failures
+
+
+class QAEngine:
+    """Answers rows with one loaded model, in plain Python (used by `docqa predict` and tests).
+
+    Args:
+        model: A loaded `QAModel`.
+        config: The resolved job config.
+    """
+
+    def __init__(self, model: QAModel, config: QAConfig) -> None:
+        self.model = model
+        self.config = config
+        self.featurizer = Featurizer(model.tokenizer, config.featurize)
+        self.stats = EngineStats()
+        self._next_key = 0
+
+    def answer_rows(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[Answer | Rejection]:
+        """Answers every row, yielding exactly one `Answer` or `Rejection` per row, in input order."""
+        pending: list[Record | Rejection] = []
+        buffered = 0
+        for chunk in _chunks(rows, FEATURIZE_CHUNK_ROWS):
+            results, windows = self._validate_and_featurize(chunk)
+            pending.extend(results)
+            buffered += windows
+            if buffered >= self.config.batch.sort_buffer_windows:
+                yield from self._flush(pending)
+                pending, buffered = [], 0
+        yield from self._flush(pending)
+
+    def _validate_and_featurize(self, rows: Sequence[Mapping[str, Any]]) -> tuple[list[Any], int]:
+        items: list[Any] = []
+        for row in rows:
+            items.append(validate_row(row, str(self._next_key), self.config.input, self.config.featurize))
+            self._next_key += 1
+            self.stats.rows += 1
+        records = [r for r in items if isinstance(r, Record)]
+        featurized = iter(self.featurizer.featurize(records))
+        out: list[Any] = []
+        windows = 0
+        for item in items:
+            if isinstance(item, Record):
+                result = next(featurized)
+                if isinstance(result, Rejection):
+                    out.append(result)
+                else:
+                    out.append((item, result))
+                    windows += len(result)
+            else:
+                out.append(item)
+        return out, windows
+
+    def _flush(self, pending: Sequence[Any]) -> Iterator[Answer | Rejection]:
+        features = [f for item in pending if isinstance(item, tuple) for f in item[1]]
+        self.stats.windows += len(features)
+        by_row: dict[str, list[WindowCandidates]] = defaultdict(list)
+        failed: dict[str, str] = {}
+        for group in plan_batches(features, self.config.batch):
+            batch = collate(group, self.model.pad_token_id, self.config.batch.pad_to_multiple_of)
+            ok, bad = run_batch_contained(self.model, batch, self.config, self.stats)
+            for candidates in ok:
+                by_row[candidates.row_key].append(candidates)
+            for feature, error in bad:
+                failed.setdefault(feature.row_key, error)
+        for item in pending:
+            if not isinstance(item, tuple):
+                yield self._count(item)
+                continue
+            record: Record = item[0]
+            if record.row_key in failed:
+                yield self._count(record.reject(Reason.MODEL_ERROR, failed[record.row_key]))
+            else:
+                yield self._count(aggregate(record, by_row[record.row_key], self.config.decode))
+
+    def _count(self, result: Answer | Rejection) -> Answer | Rejection:
+        if isinstance(result, Answer):
+            self.stats.answered += 1
+        else:
+            self.stats.rejected[result.reason.value] += 1
+        return result
+
+
+def _chunks(rows: Iterable[Mapping[str, Any]], size: int) -> Iterator[list[Mapping[str, Any]]]:
+    chunk: list[Mapping[str, Any]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -1,0 +1,148 @@
+"""Stage 4: load a question-answering checkpoint and its fast tokenizer; run padded batches through it.
+
+Any Hugging Face `AutoModelForQuestionAnswering` checkpoint works: a head of two learned vectors over the
+encoder's token states gives `start_logits` and `end_logits`, shape (B, P).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qa_core.batch import Batch
+from qa_core.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be loaded as configured; the message says what to change."""
+
+
+def resolve_device(config: ModelConfig) -> torch.device:
+    """The device to run on, failing fast when a GPU is required or asked for but absent.
+
+    Raises:
+        ModelLoadError: `device: cuda` or `require_gpu` without a usable CUDA device.
+    """
+    has_cuda = torch.cuda.is_available()
+    if (config.require_gpu or config.device == "cuda") and not has_cuda:
+        raise ModelLoadError(
+            "a GPU is required (model.device=cuda or model.require_gpu=true) but torch sees no CUDA "
+            "device; run on a GPU machine with a CUDA build of torch, or set model.device=cpu"
+        )
+    return torch.device("cuda" if config.device in ("auto", "cuda") and has_cuda else "cpu")
+
+
+def _local_revision(path: Path) -> str:
+    """A content hash of a local checkpoint's weights and config, standing in for a hub revision."""
+    digest = hashlib.sha256()
+    for file in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) + [path / "config.json"]:
+        if file.is_file():
+            digest.update(file.name.encode())
+            with file.open("rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 22), b""):
+                    digest.update(chunk)
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+@dataclass
+class QAModel:
+    """A loaded QA model with its tokenizer, device and dtype.
+
+    Attributes:
+        model: The `AutoModelForQuestionAnswering` module, in eval mode.
+        tokenizer: Its fast tokenizer.
+        device: Where the model runs.
+        dtype: Weight dtype.
+        model_id: The configured name or path.
+        revision: Hub commit, or a content hash for a local directory.
+    """
+
+    model: Any
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype
+    model_id: str
+    revision: str
+
+    def __post_init__(self) -> None:
+        params = inspect.signature(self.model.forward).parameters
+        # DistilBERT/RoBERTa-style models take no segment ids.
+        self._takes_token_types = "token_type_ids" in params
+
+    @property
+    def pad_token_id(self) -> int:
+        """Id used for padding positions."""
+        pad = self.tokenizer.pad_token_id
+        return int(pad) if pad is not None else 0
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Start and end logits of a batch, (B, P) float32 each, on the model's device."""
+        on_gpu = self.device.type == "cuda"
+
+        def to_device(array: Any) -> torch.Tensor:
+            tensor = torch.from_numpy(array)
+            # Pinned host memory lets the copy overlap with compute on CUDA.
+            return tensor.pin_memory().to(self.device, non_blocking=True) if on_gpu else tensor
+
+        inputs = {
+            "input_ids": to_device(batch.input_ids),
+            "attention_mask": to_device(batch.attention_mask),
+        }
+        if self._takes_token_types:
+            inputs["token_type_ids"] = to_device(batch.token_type_ids)
+        with torch.inference_mode():
+            output = self.model(**inputs)
+        return output.start_logits.float(), output.end_logits.float()
+
+
+def load_qa_model(config: ModelConfig) -> QAModel:
+    """Loads a QA checkpoint and its fast tokenizer as configured.
+
+    Args:
+        config: Which checkpoint, dtype, device and safety switches.
+
+    Raises:
+        ModelLoadError: Missing checkpoint, pickle weights without `allow_pickle`, no fast tokenizer, or
+            a required GPU that is absent.
+    """
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    device = resolve_device(config)
+    dtype = TORCH_DTYPES[config.dtype]
+    local = Path(config.name_or_path)
+    is_local = local.is_dir()
+    if not is_local and (local.is_absolute() or config.name_or_path.startswith((".", "~"))):
+        raise ModelLoadError(
+            f"model directory {config.name_or_path} does not exist; pass --model with a local checkpoint "
+            "directory or a hub id (for the bundled default, run `make model`)"
+        )
+    if is_local and not list(local.glob("*.safetensors")) and not config.allow_pickle:
+        raise ModelLoadError(
+            f"{local} has no .safetensors weights; pickle (.bin) checkpoints can run arbitrary code when "
+            "loaded: convert it to safetensors, or set model.allow_pickle=true if you trust it"
+        )
+    common: dict[str, Any] = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(config.name_or_path, **common)
+        model = AutoModelForQuestionAnswering.from_pretrained(
+            config.name_or_path, dtype=dtype, use_safetensors=None if config.allow_pickle else True, **common
+        )
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load QA model {config.name_or_path!r}: {err}") from err
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError(f"{config.name_or_path} has no fast tokenizer (tokenizer.json); docqa needs one")
+    model.to(device)
+    model.eval()  # dropout off: answers must not vary between runs
+    revision = _local_revision(local) if is_local else str(getattr(model.config, "_commit_hash", None))
+    logger.info("loaded %s (%s) on %s as %s", config.name_or_path, revision, device, config.dtype)
+    return QAModel(model, tokenizer, device, dtype, config.name_or_path, revision)

@@ -1,0 +1,115 @@
+"""The output contract: folder layout and explicit Arrow schemas of answers and rejections.
+
+Shared by the in-process writer (`docqa predict`) and the Beam job (`docqa run`), so both engines write
+byte-compatible tables. Column meanings are attached as field metadata, readable with
+`pyarrow.parquet.read_schema(...).field("score").metadata`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from qa_core.records import Answer, Rejection
+
+ANSWERS_DIR = "answers"
+REJECTIONS_DIR = "rejections"
+RUN_INFO_FILE = "_run.json"
+COMPLETED_FILE = "COMPLETED"
+
+SCORE_DEFINITION = (
+    "softmax probability of this answer among the row's candidates: exp(l - m) / sum_c exp(l_c - m) over "
+    "the n_best spans of each window (one per character span, its best logit) plus the null answer when "
+    "no-answer handling is on; l = start_logit[i] + end_logit[j]"
+)
+
+TOP_K_TYPE = pa.list_(
+    pa.struct(
+        [
+            pa.field("answer", pa.string()),
+            pa.field("start", pa.int64()),
+            pa.field("end", pa.int64()),
+            pa.field("score", pa.float64()),
+        ]
+    )
+)
+
+
+def _doc(name: str, type_: pa.DataType, text: str, nullable: bool = True) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable, metadata={"doc": text})
+
+
+def answer_schema(id_type: pa.DataType, passthrough: Sequence[pa.Field] = (), top_k: int = 1) -> pa.Schema:
+    """Schema of `answers/*.parquet`.
+
+    Args:
+        id_type: Arrow type of the input's id column (ids are written as they came).
+        passthrough: Input fields copied to the output.
+        top_k: The `top_k` column exists only when > 1.
+    """
+    fields = [
+        _doc("id", id_type, "the row's id, as in the input (ids may repeat; rows are never merged)"),
+        _doc("answer", pa.string(), "context[start:end]; empty when there is no answer", nullable=False),
+        _doc("start", pa.int64(), "code-point offset of the answer in the context; null when no answer"),
+        _doc("end", pa.int64(), "exclusive end offset (code points); null when no answer"),
+        _doc("score", pa.float64(), SCORE_DEFINITION, nullable=False),
+        _doc(
+            "logit_score",
+            pa.float64(),
+            "start_logit[i] + end_logit[j] of the answer (null score if none)",
+            nullable=False,
+        ),
+        _doc("no_answer", pa.bool_(), "true when the null answer won", nullable=False),
+        _doc(
+            "null_score_diff",
+            pa.float64(),
+            "null score - best span logit; null when no-answer handling is off",
+        ),
+    ]
+    if top_k > 1:
+        fields.append(_doc("top_k", TOP_K_TYPE, "the top_k answers, the returned one first"))
+    return pa.schema([*fields, *passthrough])
+
+
+def rejection_schema(id_type: pa.DataType, input_fields: Sequence[pa.Field]) -> pa.Schema:
+    """Schema of `rejections/*.parquet`: id, reason, detail, then the row's original columns."""
+    fields = [
+        _doc("id", id_type, "the row's id, as in the input (may be null)"),
+        _doc("reason", pa.string(), "stable upper-case reason code", nullable=False),
+        _doc("detail", pa.string(), "what was wrong", nullable=False),
+    ]
+    taken = {"id", "reason", "detail"}
+    return pa.schema([*fields, *(f for f in input_fields if f.name not in taken)])
+
+
+def answer_to_row(answer: Answer, top_k: int) -> dict[str, Any]:
+    """One answer as a dict matching `answer_schema`."""
+    row: dict[str, Any] = {
+        "id": answer.id,
+        "answer": answer.answer,
+        "start": answer.start,
+        "end": answer.end,
+        "score": answer.score,
+        "logit_score": answer.logit_score,
+        "no_answer": answer.no_answer,
+        "null_score_diff": answer.null_score_diff,
+    }
+    if top_k > 1:
+        row["top_k"] = [
+            {"answer": s.answer, "start": s.start, "end": s.end, "score": s.score} for s in answer.top_k
+        ]
+    row.update(answer.passthrough)
+    return row
+
+
+def rejection_to_row(rejection: Rejection) -> dict[str, Any]:
+    """One rejection as a dict matching `rejection_schema` (extra keys are ignored by the table)."""
+    return {**rejection.row, "id": rejection.id, "reason": rejection.reason.value, "detail": rejection.detail}
+
+
+def rows_to_table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Builds a table with exactly `schema`'s columns from dict rows."""
+    columns = {name: [row.get(name) for row in rows] for name in schema.names}
+    return pa.Table.from_pydict(columns, schema=schema)

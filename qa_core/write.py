@@ -1,0 +1,131 @@
+"""Output side of `docqa predict`: answers and rejections Parquet, `_run.json`, and `COMPLETED` last.
+
+A run first removes any old `COMPLETED` marker, so a crashed or partial run never looks complete; the
+marker is written only after every table and `_run.json` are closed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from qa_core.records import Answer, Rejection
+from qa_core.schema import (
+    ANSWERS_DIR,
+    COMPLETED_FILE,
+    REJECTIONS_DIR,
+    RUN_INFO_FILE,
+    answer_to_row,
+    rejection_to_row,
+    rows_to_table,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class OutputError(RuntimeError):
+    """The output location cannot be used; the message says what to change."""
+
+
+class _PartWriter:
+    """Writes one Parquet part file in row groups of `flush_rows` rows."""
+
+    def __init__(self, fs: Any, path: str, schema: pa.Schema, flush_rows: int) -> None:
+        self._fs, self._path, self._schema, self._flush_rows = fs, path, schema, flush_rows
+        self._rows: list[dict[str, Any]] = []
+        self._handle: Any = None
+        self._writer: pq.ParquetWriter | None = None
+
+    def add(self, row: dict[str, Any]) -> None:
+        self._rows.append(row)
+        if len(self._rows) >= self._flush_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._writer is None:
+            self._handle = self._fs.open(self._path, "wb")
+            self._writer = pq.ParquetWriter(self._handle, self._schema)
+        if self._rows:
+            self._writer.write_table(rows_to_table(self._rows, self._schema))
+            self._rows = []
+
+    def close(self) -> None:
+        self._flush()  # also creates an empty file with the schema when there were no rows
+        if self._writer is not None:
+            self._writer.close()
+            self._handle.close()
+
+
+class OutputWriter:
+    """Writes the output layout under `output_dir` (local or any fsspec URL).
+
+    Args:
+        output_dir: Destination folder.
+        answer_schema: Schema of the answers table.
+        rejection_schema: Schema of the rejections table.
+        top_k: Whether to write the `top_k` column (when > 1).
+        overwrite: Replace an existing output; without it, an existing output is an error.
+        flush_rows: Rows per Parquet row group.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        answer_schema: pa.Schema,
+        rejection_schema: pa.Schema,
+        top_k: int,
+        *,
+        overwrite: bool = False,
+        flush_rows: int = 10_000,
+    ) -> None:
+        self.fs, self.root = fsspec.core.url_to_fs(output_dir)
+        self.output_dir = output_dir
+        self.top_k = top_k
+        self._prepare(overwrite)
+        self._answers = _PartWriter(
+            self.fs, self._path(ANSWERS_DIR, "part-00000.parquet"), answer_schema, flush_rows
+        )
+        self._rejections = _PartWriter(
+            self.fs, self._path(REJECTIONS_DIR, "part-00000.parquet"), rejection_schema, flush_rows
+        )
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def _prepare(self, overwrite: bool) -> None:
+        existing = [self._path(name) for name in (COMPLETED_FILE, RUN_INFO_FILE, ANSWERS_DIR, REJECTIONS_DIR)]
+        present = [p for p in existing if self.fs.exists(p)]
+        if present and not overwrite:
+            raise OutputError(f"output {self.output_dir} already holds a run; pass --overwrite to replace it")
+        # The marker goes first, so an interrupted overwrite never leaves a "complete" folder behind.
+        for path in present:
+            self.fs.rm(path, recursive=True)
+        for name in (ANSWERS_DIR, REJECTIONS_DIR):
+            self.fs.makedirs(self._path(name), exist_ok=True)
+
+    def write(self, result: Answer | Rejection) -> None:
+        """Adds one answer or rejection."""
+        if isinstance(result, Answer):
+            self._answers.add(answer_to_row(result, self.top_k))
+        else:
+            self._rejections.add(rejection_to_row(result))
+
+    def close(self, run_info: dict[str, Any]) -> None:
+        """Closes the tables, writes `_run.json`, then the `COMPLETED` marker."""
+        self._answers.close()
+        self._rejections.close()
+        write_run_info(self.fs, self._path(RUN_INFO_FILE), run_info)
+        with self.fs.open(self._path(COMPLETED_FILE), "w") as handle:
+            handle.write("")
+        logger.info("wrote %s", self.output_dir)
+
+
+def write_run_info(fs: Any, path: str, run_info: dict[str, Any]) -> None:
+    """Writes `_run.json` (pretty, sorted keys)."""
+    with fs.open(path, "w") as handle:
+        handle.write(json.dumps(run_info, indent=2, sort_keys=True, default=str) + "\n")

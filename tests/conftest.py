@@ -1,0 +1,57 @@
+"""Shared fixtures: a tiny random BERT QA model built locally from a config (no downloads)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+DATA = Path(__file__).parent / "data"
+SHARED_SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"
+
+
+def build_tiny_model(directory: Path, seed: int = 0) -> Path:
+    """Saves a 2-layer random BERT QA model and a fast tokenizer over `tests/data/vocab.txt`."""
+    import torch
+    from transformers import BertConfig, BertForQuestionAnswering, BertTokenizerFast
+
+    torch.manual_seed(seed)
+    tokenizer = BertTokenizerFast(vocab=str(DATA / "vocab.txt"), do_lower_case=True)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+    model = BertForQuestionAnswering(config)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_qa_model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+    from qa_core.config import ModelConfig
+    from qa_core.model import load_qa_model
+
+    return load_qa_model(ModelConfig(name_or_path=str(tiny_model_dir), device="cpu"))
+
+
+def write_parquet(path: Path, rows: list[dict[str, object]], schema: pa.Schema | None = None) -> Path:
+    """Writes dict rows as a Parquet file."""
+    table = pa.Table.from_pylist(rows, schema=schema)
+    pq.write_table(table, path)
+    return path

@@ -1,0 +1,190 @@
+"""`docqa predict` end to end: Parquet in, the output layout out, job-level errors as one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from docqa.cli import main
+from tests.conftest import write_parquet
+
+ROWS = [
+    {"id": "a", "question": "what city?", "context": "the city of 東京 is north of the river", "title": "t1"},
+    {"id": "b", "question": "which team?", "context": "the team won the war \r\n in 1999", "title": "t2"},
+    {"id": "a", "question": "what city?", "context": "a different context with a church", "title": "t3"},
+    {"id": "c", "question": "", "context": "the city", "title": "t4"},
+    {"id": None, "question": "what?", "context": "the city", "title": "t5"},
+]
+
+
+def run_predict(tmp_path: Path, model_dir: Path, *extra: str) -> tuple[int, Path]:
+    source = write_parquet(tmp_path / "in.parquet", ROWS)
+    out = tmp_path / "out"
+    code = main(
+        [
+            "predict",
+            "--input",
+            str(source),
+            "--output",
+            str(out),
+            "--model",
+            str(model_dir),
+            "--no-progress",
+            *extra,
+        ]
+    )
+    return code, out
+
+
+def test_predict_writes_the_layout(tmp_path: Path, tiny_model_dir: Path) -> None:
+    code, out = run_predict(
+        tmp_path, tiny_model_dir, "--set", "decode.top_k=3", "--set", "input.passthrough_columns=[title]"
+    )
+    assert code == 0
+    assert (out / "COMPLETED").exists()
+    answers = pq.read_table(out / "answers")
+    rejections = pq.read_table(out / "rejections")
+    assert answers.schema.names == [
+        "id",
+        "answer",
+        "start",
+        "end",
+        "score",
+        "logit_score",
+        "no_answer",
+        "null_score_diff",
+        "top_k",
+        "title",
+    ]
+    assert answers.schema.field("start").type == pa.int64()
+    assert answers.num_rows == 3 and rejections.num_rows == 2
+    for row in answers.to_pylist():
+        context = next(r["context"] for r in ROWS if r["title"] == row["title"])
+        assert row["answer"] == context[row["start"] : row["end"]]
+        assert 0.0 <= row["score"] <= 1.0 and len(row["top_k"]) <= 3
+    assert sorted(rejections.column("reason").to_pylist()) == ["EMPTY_QUESTION", "MISSING_ID"]
+    assert {"id", "reason", "detail", "question", "context", "title"} <= set(rejections.schema.names)
+    info = json.loads((out / "_run.json").read_text())
+    assert info["counts"]["rows_read"] == 5 == info["counts"]["answered"] + info["counts"]["rejected"]
+    assert info["config"]["decode"]["top_k"] == 3 and len(info["config_hash"]) == 16
+    assert info["model"]["revision"].startswith("sha256:")
+
+
+def test_existing_output_needs_overwrite(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_predict(tmp_path, tiny_model_dir)[0] == 0
+    code, out = run_predict(tmp_path, tiny_model_dir)
+    assert code == 2 and "--overwrite" in capsys.readouterr().err
+    assert run_predict(tmp_path, tiny_model_dir, "--overwrite")[0] == 0
+    assert (out / "COMPLETED").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "/nonexistent/model"], "does not exist"),
+        (["--set", "input.question_column=query"], "has no column"),
+        (["--set", "model.device=cuda"], "GPU"),
+    ],
+)
+def test_job_errors_fail_fast(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    pytest.importorskip("torch")
+    import torch
+
+    if "cuda" in args[-1] and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    source = write_parquet(tmp_path / "in.parquet", ROWS)
+    out = tmp_path / "out"
+    code = main(
+        [
+            "predict",
+            "--input",
+            str(source),
+            "--output",
+            str(out),
+            "--model",
+            str(tiny_model_dir),
+            "--no-progress",
+            *args,
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (out / "COMPLETED").exists()
+
+
+def test_pickle_checkpoint_refused(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, pickled)
+    for weights in pickled.glob("*.safetensors"):
+        weights.rename(weights.with_suffix(".bin"))
+    code, _ = run_predict(tmp_path, pickled)
+    assert code == 2 and "allow_pickle" in capsys.readouterr().err
+
+
+def test_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["predict", "--input", str(tmp_path / "nope*.parquet"), "--output", str(tmp_path / "o")])
+    assert code == 2 and "no input Parquet files" in capsys.readouterr().err
+
+
+def test_convert_then_eval_round_trip(tmp_path: Path, tiny_model_dir: Path) -> None:
+    squad = {
+        "version": "1.1",
+        "data": [
+            {
+                "title": "T",
+                "paragraphs": [
+                    {
+                        "context": "the river and the church",
+                        "qas": [
+                            {
+                                "id": "x1",
+                                "question": "what?",
+                                "answers": [{"text": "the river", "answer_start": 0}],
+                            },
+                            {
+                                "id": "x2",
+                                "question": "which?",
+                                "answers": [{"text": "church", "answer_start": 18}],
+                            },
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    data = tmp_path / "squad.json"
+    data.write_text(json.dumps(squad))
+    table = tmp_path / "squad.parquet"
+    assert main(["convert-squad", "--data", str(data), "--output", str(table)]) == 0
+    out = tmp_path / "pred"
+    assert (
+        main(
+            [
+                "predict",
+                "--input",
+                str(table),
+                "--output",
+                str(out),
+                "--model",
+                str(tiny_model_dir),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    scores = tmp_path / "scores.json"
+    assert main(["eval", "--data", str(data), "--predictions", str(out), "--json", str(scores)]) == 0
+    result = json.loads(scores.read_text())
+    assert result["total"] == 2
