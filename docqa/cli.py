@@ -137,25 +137,56 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--output", required=True, metavar="FILE.parquet", help="output Parquet file")
     c.set_defaults(func=_cmd_convert_squad)
 
-    for register in EXTRA_COMMANDS:
-        register(commands)
+    commands.add_parser(
+        "run",
+        help="answer Parquet tables with the Apache Beam job (any runner); `docqa run --help` for flags",
+        add_help=False,
+    )
     return parser
 
 
-# Commands that live in other modules (Beam job, training, benchmarks) register themselves here.
-EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+def run_guarded(command: str, job: Callable[[], Any], debug: bool = False) -> int:
+    """Runs a command; job-level errors become one line on stderr and exit code 2."""
+    try:
+        result = job()
+    except _job_errors() as err:
+        if debug:
+            raise
+        print(f"docqa {command}: error: {err}", file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) else 0
+
+
+def _run_beam(argv: Sequence[str]) -> int:
+    """`docqa run ...`: Beam flags are not ours to parse, so the Beam job gets the raw arguments."""
+    from pipelines.run import run
+
+    debug = "--debug" in argv
+    args = [a for a in argv if a != "--debug"]
+    code = run_guarded("run", lambda: run(args), debug)
+    if code == 0:
+        print(f"docqa run: finished; see {_flag_value(args, '--output')}/_run.json")
+    return code
+
+
+def _flag_value(argv: Sequence[str], flag: str) -> str | None:
+    for index, item in enumerate(argv):
+        if item == flag and index + 1 < len(argv):
+            return argv[index + 1]
+        if item.startswith(flag + "="):
+            return item.split("=", 1)[1]
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `docqa` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "run":
+        logging.basicConfig(level="INFO", format=LOG_FORMAT)
+        return _run_beam(argv[1:])
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        return int(args.func(args))
-    except _job_errors() as err:
-        if args.debug:
-            raise
-        print(f"docqa {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    return run_guarded(args.command, lambda: args.func(args), args.debug)
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

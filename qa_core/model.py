@@ -105,6 +105,50 @@ class QAModel:
         return output.start_logits.float(), output.end_logits.float()
 
 
+def _check_local_checkpoint(config: ModelConfig) -> bool:
+    """Fails fast on a missing local directory or unsafe weights; returns whether the model is local."""
+    local = Path(config.name_or_path)
+    is_local = local.is_dir()
+    if not is_local and (local.is_absolute() or config.name_or_path.startswith((".", "~", "models/"))):
+        raise ModelLoadError(
+            f"model directory {config.name_or_path} does not exist; pass --model with a local checkpoint "
+            "directory or a hub id"
+        )
+    if is_local and not list(local.glob("*.safetensors")) and not config.allow_pickle:
+        raise ModelLoadError(
+            f"{local} has no .safetensors weights; pickle (.bin) checkpoints can run arbitrary code when "
+            "loaded: convert it to safetensors, or set model.allow_pickle=true if you trust it"
+        )
+    return is_local
+
+
+def describe_model(config: ModelConfig) -> str:
+    """The revision recorded in `_run.json`: a content hash for a local directory, else the hub revision."""
+    if _check_local_checkpoint(config):
+        return _local_revision(Path(config.name_or_path))
+    return config.revision or "main"
+
+
+def load_tokenizer(config: ModelConfig) -> Any:
+    """The checkpoint's fast tokenizer (all a featurizing worker needs).
+
+    Raises:
+        ModelLoadError: Missing checkpoint or no fast tokenizer.
+    """
+    from transformers import AutoTokenizer
+
+    _check_local_checkpoint(config)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            config.name_or_path, revision=config.revision, trust_remote_code=config.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load the tokenizer of {config.name_or_path!r}: {err}") from err
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError(f"{config.name_or_path} has no fast tokenizer (tokenizer.json); docqa needs one")
+    return tokenizer
+
+
 def load_qa_model(config: ModelConfig) -> QAModel:
     """Loads a QA checkpoint and its fast tokenizer as configured.
 
@@ -115,34 +159,23 @@ def load_qa_model(config: ModelConfig) -> QAModel:
         ModelLoadError: Missing checkpoint, pickle weights without `allow_pickle`, no fast tokenizer, or
             a required GPU that is absent.
     """
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+    from transformers import AutoModelForQuestionAnswering
 
     device = resolve_device(config)
     dtype = TORCH_DTYPES[config.dtype]
-    local = Path(config.name_or_path)
-    is_local = local.is_dir()
-    if not is_local and (local.is_absolute() or config.name_or_path.startswith((".", "~"))):
-        raise ModelLoadError(
-            f"model directory {config.name_or_path} does not exist; pass --model with a local checkpoint "
-            "directory or a hub id (for the bundled default, run `make model`)"
-        )
-    if is_local and not list(local.glob("*.safetensors")) and not config.allow_pickle:
-        raise ModelLoadError(
-            f"{local} has no .safetensors weights; pickle (.bin) checkpoints can run arbitrary code when "
-            "loaded: convert it to safetensors, or set model.allow_pickle=true if you trust it"
-        )
-    common: dict[str, Any] = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
+    tokenizer = load_tokenizer(config)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(config.name_or_path, **common)
         model = AutoModelForQuestionAnswering.from_pretrained(
-            config.name_or_path, dtype=dtype, use_safetensors=None if config.allow_pickle else True, **common
+            config.name_or_path,
+            dtype=dtype,
+            use_safetensors=None if config.allow_pickle else True,
+            revision=config.revision,
+            trust_remote_code=config.trust_remote_code,
         )
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"cannot load QA model {config.name_or_path!r}: {err}") from err
-    if not getattr(tokenizer, "is_fast", False):
-        raise ModelLoadError(f"{config.name_or_path} has no fast tokenizer (tokenizer.json); docqa needs one")
     model.to(device)
     model.eval()  # dropout off: answers must not vary between runs
-    revision = _local_revision(local) if is_local else str(getattr(model.config, "_commit_hash", None))
+    revision = describe_model(config)
     logger.info("loaded %s (%s) on %s as %s", config.name_or_path, revision, device, config.dtype)
     return QAModel(model, tokenizer, device, dtype, config.name_or_path, revision)

@@ -24,8 +24,10 @@ logger = logging.getLogger(__name__)
 
 def run_info(
     config: QAConfig,
-    model: QAModel,
     *,
+    model_id: str,
+    revision: str,
+    device: str,
     engine: str,
     inputs: list[str],
     counts: dict[str, Any],
@@ -39,9 +41,9 @@ def run_info(
         "config": config.to_dict(),
         "config_hash": config.config_hash(),
         "model": {
-            "id": model.model_id,
-            "revision": model.revision,
-            "device": str(model.device),
+            "id": model_id,
+            "revision": revision,
+            "device": device,
             "dtype": config.model.dtype,
         },
         "inputs": inputs,
@@ -103,7 +105,9 @@ def predict(
     counts = engine.stats.to_dict()
     info = run_info(
         config,
-        qa_model,
+        model_id=qa_model.model_id,
+        revision=qa_model.revision,
+        device=str(qa_model.device),
         engine="predict",
         inputs=files,
         counts=counts,

@@ -86,7 +86,7 @@ class OutputWriter:
         self.fs, self.root = fsspec.core.url_to_fs(output_dir)
         self.output_dir = output_dir
         self.top_k = top_k
-        self._prepare(overwrite)
+        prepare_output(output_dir, overwrite=overwrite)
         self._answers = _PartWriter(
             self.fs, self._path(ANSWERS_DIR, "part-00000.parquet"), answer_schema, flush_rows
         )
@@ -96,17 +96,6 @@ class OutputWriter:
 
     def _path(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])
-
-    def _prepare(self, overwrite: bool) -> None:
-        existing = [self._path(name) for name in (COMPLETED_FILE, RUN_INFO_FILE, ANSWERS_DIR, REJECTIONS_DIR)]
-        present = [p for p in existing if self.fs.exists(p)]
-        if present and not overwrite:
-            raise OutputError(f"output {self.output_dir} already holds a run; pass --overwrite to replace it")
-        # The marker goes first, so an interrupted overwrite never leaves a "complete" folder behind.
-        for path in present:
-            self.fs.rm(path, recursive=True)
-        for name in (ANSWERS_DIR, REJECTIONS_DIR):
-            self.fs.makedirs(self._path(name), exist_ok=True)
 
     def write(self, result: Answer | Rejection) -> None:
         """Adds one answer or rejection."""
@@ -119,13 +108,37 @@ class OutputWriter:
         """Closes the tables, writes `_run.json`, then the `COMPLETED` marker."""
         self._answers.close()
         self._rejections.close()
-        write_run_info(self.fs, self._path(RUN_INFO_FILE), run_info)
-        with self.fs.open(self._path(COMPLETED_FILE), "w") as handle:
-            handle.write("")
-        logger.info("wrote %s", self.output_dir)
+        mark_completed(self.output_dir, run_info)
 
 
-def write_run_info(fs: Any, path: str, run_info: dict[str, Any]) -> None:
-    """Writes `_run.json` (pretty, sorted keys)."""
-    with fs.open(path, "w") as handle:
+def prepare_output(output_dir: str, *, overwrite: bool) -> None:
+    """Makes `output_dir` ready for a run: refuses an existing run unless `overwrite`, clears it if so.
+
+    Raises:
+        OutputError: The folder already holds a run and `overwrite` is off, or cannot be written.
+    """
+    fs, root = fsspec.core.url_to_fs(output_dir)
+    root = root.rstrip("/")
+    names = (COMPLETED_FILE, RUN_INFO_FILE, ANSWERS_DIR, REJECTIONS_DIR)  # the marker first
+    try:
+        present = [f"{root}/{name}" for name in names if fs.exists(f"{root}/{name}")]
+        if present and not overwrite:
+            raise OutputError(f"output {output_dir} already holds a run; pass --overwrite to replace it")
+        # Removing the marker first means an interrupted overwrite never leaves a "complete" folder.
+        for path in present:
+            fs.rm(path, recursive=True)
+        for name in (ANSWERS_DIR, REJECTIONS_DIR):
+            fs.makedirs(f"{root}/{name}", exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot prepare output folder {output_dir}: {err}") from err
+
+
+def mark_completed(output_dir: str, run_info: dict[str, Any]) -> None:
+    """Writes `_run.json`, then the `COMPLETED` marker (last, so its presence means a finished run)."""
+    fs, root = fsspec.core.url_to_fs(output_dir)
+    root = root.rstrip("/")
+    with fs.open(f"{root}/{RUN_INFO_FILE}", "w") as handle:
         handle.write(json.dumps(run_info, indent=2, sort_keys=True, default=str) + "\n")
+    with fs.open(f"{root}/{COMPLETED_FILE}", "w") as handle:
+        handle.write("")
+    logger.info("wrote %s", output_dir)

@@ -1,0 +1,240 @@
+"""`docqa run` / `python -m pipelines.run`: the Beam job, Parquet in, answers and rejections out.
+
+    rows -> ValidateRows -> FeaturizeRecords -> BucketWindows -> RunInference(QAModelHandler)
+         -> CoGroupByKey(row_key) -> AggregateRows -> answers/ and rejections/ Parquet
+
+Every Beam pipeline option passes through untouched. `_run.json` and `COMPLETED` are written by the
+launcher after the pipeline has finished and the outputs have been counted: rows read (from the input
+files' Parquet footers) must equal answers + rejections (from the output footers), or the job fails
+without `COMPLETED`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+import fsspec
+import pyarrow.parquet as pq
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.pvalue import PCollection
+
+from pipelines import metrics
+from pipelines.inference import QAModelHandler, WindowFailure
+from pipelines.io import ReadRows, write_table
+from pipelines.stages import (
+    REJECTIONS,
+    AggregateRows,
+    BucketWindows,
+    FeaturizeRecords,
+    ValidateRows,
+    count_result,
+)
+from qa_core.config import QAConfig, load_config
+from qa_core.model import describe_model, load_tokenizer
+from qa_core.predict import run_info
+from qa_core.read import InputSchema, read_input_schema, resolve_inputs
+from qa_core.records import WindowCandidates
+from qa_core.schema import (
+    ANSWERS_DIR,
+    REJECTIONS_DIR,
+    answer_schema,
+    answer_to_row,
+    rejection_schema,
+    rejection_to_row,
+)
+from qa_core.write import OutputError, mark_completed, prepare_output
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What the graph needs, resolved on the launcher before the pipeline starts."""
+
+    config: QAConfig
+    files: tuple[str, ...]
+    schema: InputSchema
+    output_dir: str
+
+
+def build_pipeline(pipeline: beam.Pipeline, spec: JobSpec) -> None:
+    """Adds the whole docqa graph to `pipeline` (tests pass a `TestPipeline`)."""
+    config = spec.config
+    rows = pipeline | "Read" >> ReadRows(spec.files, config.input)
+    validated = rows | "Validate" >> beam.ParDo(ValidateRows(config)).with_outputs(REJECTIONS, main="records")
+    featurized = validated.records | "Featurize" >> beam.ParDo(FeaturizeRecords(config)).with_outputs(
+        REJECTIONS, "records", main="windows"
+    )
+    results = (
+        featurized.windows
+        | "Bucket" >> beam.ParDo(BucketWindows(config))
+        | "Infer" >> RunInference(QAModelHandler(config).with_no_batching())
+    )
+    candidates = (
+        results
+        | "Candidates" >> beam.Filter(lambda r: isinstance(r, WindowCandidates))
+        | "KeyCandidates" >> beam.Map(lambda c: (c.row_key, c))
+    )
+    failures = (
+        results
+        | "Failures" >> beam.Filter(lambda r: isinstance(r, WindowFailure))
+        | "KeyFailures" >> beam.Map(lambda f: (f.row_key, f.error))
+    )
+    merged = (
+        {"records": featurized.records, "candidates": candidates, "failures": failures}
+        | "MergeWindows" >> beam.CoGroupByKey()
+        | "Aggregate" >> beam.ParDo(AggregateRows(config)).with_outputs(REJECTIONS, main="answers")
+    )
+    top_k = config.decode.top_k
+    passthrough = [spec.schema.field(c) for c in config.input.passthrough_columns]
+    id_type = spec.schema.id_field.type
+    answers = merged.answers | "CountAnswers" >> beam.Map(count_result)
+    _ = (
+        answers
+        | "AnswerRows" >> beam.Map(answer_to_row, top_k)
+        | "WriteAnswers"
+        >> write_table_transform(spec.output_dir, ANSWERS_DIR, answer_schema(id_type, passthrough, top_k))
+    )
+    _ = (
+        (validated[REJECTIONS], featurized[REJECTIONS], merged[REJECTIONS])
+        | "AllRejections" >> beam.Flatten()
+        | "CountRejections" >> beam.Map(count_result)
+        | "RejectionRows" >> beam.Map(rejection_to_row)
+        | "WriteRejections"
+        >> write_table_transform(
+            spec.output_dir, REJECTIONS_DIR, rejection_schema(id_type, spec.schema.fields)
+        )
+    )
+
+
+class write_table_transform(beam.PTransform):  # type: ignore[type-arg]  # noqa: N801 - reads as a function
+    """Wraps `pipelines.io.write_table` as a transform."""
+
+    def __init__(self, output_dir: str, folder: str, schema: Any) -> None:
+        super().__init__()
+        self._args = (output_dir, folder, schema)
+
+    def expand(self, pcoll: PCollection[Any]) -> Any:
+        return write_table(pcoll, *self._args)
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """Parses docqa's own flags; everything else is returned untouched for Beam's `PipelineOptions`."""
+    parser = argparse.ArgumentParser(
+        prog="docqa run",
+        description="Answer a Parquet table with Apache Beam. Any Beam pipeline option (--runner, "
+        "--direct_num_workers, --job_endpoint, --project, --region, ...) passes through to Beam.",
+    )
+    parser.add_argument("--input", required=True, metavar="GLOB", help="Parquet file, directory or glob")
+    parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--model", help="QA checkpoint directory or hub id (default: the bundled model)")
+    parser.add_argument(
+        "--config", action="append", default=[], metavar="YAML", help="config file; repeatable"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value; repeatable",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    return parser.parse_known_args(argv)
+
+
+def _count_rows(files: Sequence[str]) -> int:
+    total = 0
+    for file in files:
+        with fsspec.open(file, "rb") as handle:
+            total += pq.ParquetFile(handle).metadata.num_rows
+    return total
+
+
+def _output_rows(output_dir: str, folder: str) -> int:
+    fs, root = fsspec.core.url_to_fs(output_dir)
+    files = sorted(fs.glob(f"{root.rstrip('/')}/{folder}/*.parquet"))
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return _count_rows([f if protocol in ("file", "local") else f"{protocol}://{f}" for f in files])
+
+
+def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict[str, Any]:
+    """Runs the Beam job and writes `_run.json` and `COMPLETED` when every row is accounted for.
+
+    Args:
+        argv: Command-line arguments (docqa's and Beam's).
+        test_pipeline: A pipeline to build on instead of creating one from the Beam options.
+
+    Returns:
+        The `_run.json` document.
+
+    Raises:
+        OutputError: When answers + rejections do not add up to the rows read.
+    """
+    args, beam_args = parse_args(argv)
+    overrides = list(args.overrides) + ([f"model.name_or_path={args.model}"] if args.model else [])
+    config = load_config(args.config, overrides)
+    started = time.perf_counter()
+    files = resolve_inputs(args.input)
+    spec = JobSpec(config, tuple(files), read_input_schema(files, config.input), args.output)
+    load_tokenizer(config.model)  # fail fast on a missing or unusable model, before any worker starts
+    prepare_output(args.output, overwrite=args.overwrite)
+    pipeline = test_pipeline or beam.Pipeline(options=PipelineOptions(beam_args, save_main_session=False))
+    build_pipeline(pipeline, spec)
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = metrics.query_counters(result)
+    rows_read = _count_rows(files)
+    answered = _output_rows(args.output, ANSWERS_DIR)
+    rejected = _output_rows(args.output, REJECTIONS_DIR)
+    if rows_read != answered + rejected:
+        raise OutputError(
+            f"rows read ({rows_read}) != answers ({answered}) + rejections ({rejected}); the run is not "
+            "marked COMPLETED: rerun with --overwrite"
+        )
+    counts: dict[str, Any] = {
+        "rows_read": rows_read,
+        "answered": answered,
+        "rejected": rejected,
+        "rejected_by_reason": {
+            k.removeprefix("rejected_"): v for k, v in sorted(counters.items()) if k.startswith("rejected_")
+        },
+        **{
+            k: counters.get(k)
+            for k in ("windows", "batches", "real_tokens", "padded_tokens", "batch_splits", "oom_splits")
+        },
+    }
+    real, padded = counts.get("real_tokens"), counts.get("padded_tokens")
+    counts["padding_efficiency"] = real / padded if real and padded else None
+    counts["metrics"] = counters
+    info = run_info(
+        config,
+        model_id=config.model.name_or_path,
+        revision=describe_model(config.model),
+        device=config.model.device,
+        engine=f"beam:{type(pipeline.runner).__name__}",
+        inputs=files,
+        counts=counts,
+        wall_seconds=time.perf_counter() - started,
+    )
+    mark_completed(args.output, info)
+    logger.info("rows %d: answered %d, rejected %d -> %s", rows_read, answered, rejected, args.output)
+    return info
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m pipelines.run`."""
+    from docqa.cli import run_guarded
+
+    return run_guarded("run", lambda: run(argv) and 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
