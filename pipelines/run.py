@@ -21,7 +21,7 @@ from typing import Any
 import apache_beam as beam
 import fsspec
 import pyarrow.parquet as pq
-from apache_beam.ml.inference.base import RunInference
+from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import PCollection
 
@@ -64,9 +64,18 @@ class JobSpec:
     output_dir: str
 
 
-def build_pipeline(pipeline: beam.Pipeline, spec: JobSpec) -> None:
-    """Adds the whole docqa graph to `pipeline` (tests pass a `TestPipeline`)."""
+def build_pipeline(
+    pipeline: beam.Pipeline, spec: JobSpec, model_handler: ModelHandler[Any, Any, Any] | None = None
+) -> None:
+    """Adds the whole docqa graph to `pipeline`.
+
+    Args:
+        pipeline: The pipeline to build on (tests pass a `TestPipeline`).
+        spec: Config, input files and schema, output folder.
+        model_handler: Replaces `QAModelHandler(config)` (tests inject failing models).
+    """
     config = spec.config
+    handler = model_handler or QAModelHandler(config)
     rows = pipeline | "Read" >> ReadRows(spec.files, config.input)
     validated = rows | "Validate" >> beam.ParDo(ValidateRows(config)).with_outputs(REJECTIONS, main="records")
     featurized = validated.records | "Featurize" >> beam.ParDo(FeaturizeRecords(config)).with_outputs(
@@ -75,7 +84,7 @@ def build_pipeline(pipeline: beam.Pipeline, spec: JobSpec) -> None:
     results = (
         featurized.windows
         | "Bucket" >> beam.ParDo(BucketWindows(config))
-        | "Infer" >> RunInference(QAModelHandler(config).with_no_batching())
+        | "Infer" >> RunInference(handler.with_no_batching())
     )
     candidates = (
         results
@@ -165,12 +174,17 @@ def _output_rows(output_dir: str, folder: str) -> int:
     return _count_rows([f if protocol in ("file", "local") else f"{protocol}://{f}" for f in files])
 
 
-def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict[str, Any]:
+def run(
+    argv: Sequence[str] | None = None,
+    test_pipeline: beam.Pipeline | None = None,
+    model_handler: ModelHandler[Any, Any, Any] | None = None,
+) -> dict[str, Any]:
     """Runs the Beam job and writes `_run.json` and `COMPLETED` when every row is accounted for.
 
     Args:
         argv: Command-line arguments (docqa's and Beam's).
         test_pipeline: A pipeline to build on instead of creating one from the Beam options.
+        model_handler: Replaces the model handler (tests).
 
     Returns:
         The `_run.json` document.
@@ -187,7 +201,7 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     load_tokenizer(config.model)  # fail fast on a missing or unusable model, before any worker starts
     prepare_output(args.output, overwrite=args.overwrite)
     pipeline = test_pipeline or beam.Pipeline(options=PipelineOptions(beam_args, save_main_session=False))
-    build_pipeline(pipeline, spec)
+    build_pipeline(pipeline, spec, model_handler)
     result = pipeline.run()
     result.wait_until_finish()
     counters = metrics.query_counters(result)

@@ -1,0 +1,179 @@
+"""The Beam job: transforms with TestPipeline + assert_that, and Parquet -> Parquet on four engines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from docqa.cli import main
+from pipelines.inference import QAModelHandler
+from pipelines.run import run
+from pipelines.stages import REJECTIONS, BucketWindows, ValidateRows
+from qa_core.config import BatchConfig, QAConfig, load_config
+from qa_core.model import QAModel
+from qa_core.records import Feature
+from tests.conftest import write_parquet
+from tests.test_engine import PoisonModel
+
+MIXED_ROWS: list[dict[str, Any]] = [
+    {
+        "id": "q1",
+        "question": "what city?",
+        "context": "the city of 東京 is north of the river",
+        "title": "t1",
+    },
+    {"id": "q2", "question": "which team?", "context": "the team won the war \r\n in 1999", "title": "t2"},
+    {"id": "dup", "question": "what?", "context": "the river church", "title": "t3"},
+    {"id": "dup", "question": "what?", "context": "a school music film", "title": "t4"},
+    {"id": "q5", "question": "", "context": "the city", "title": "t5"},
+    {"id": "q6", "question": None, "context": "the city", "title": "t6"},
+    {"id": "q7", "question": "   \t", "context": "the city", "title": "t7"},
+    {"id": "q8", "question": "what?", "context": "", "title": "t8"},
+    {"id": "q9", "question": "what?", "context": None, "title": "t9"},
+    {"id": "q10", "question": "what?", "context": " \n ", "title": "t10"},
+    {"id": None, "question": "what?", "context": "the city", "title": "t11"},
+    {
+        "id": "q12",
+        "question": "history of the state?",
+        "context": " ".join(["the state war"] * 300),
+        "title": "t12",
+    },
+]
+EXPECTED_REJECTIONS = {
+    "q5": "EMPTY_QUESTION",
+    "q6": "MISSING_QUESTION",
+    "q7": "EMPTY_QUESTION",
+    "q8": "EMPTY_CONTEXT",
+    "q9": "MISSING_CONTEXT",
+    "q10": "EMPTY_CONTEXT",
+    None: "MISSING_ID",
+}
+ENGINES = {
+    "direct": [],
+    "multiprocess": ["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+    "portable": ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"],
+}
+
+
+def answer_set(out: Path) -> set[tuple[Any, ...]]:
+    rows = pq.read_table(out / "answers").to_pylist()
+    return {(r["id"], r["title"], r["answer"], r["start"], r["end"], round(r["score"], 5)) for r in rows}
+
+
+@pytest.fixture(scope="module")
+def predicted(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("beam")
+    source = write_parquet(base / "mixed.parquet", MIXED_ROWS)
+    out = base / "predict"
+    args = ["--model", str(tiny_model_dir), "--set", "input.passthrough_columns=[title]"]
+    assert main(["predict", "--input", str(source), "--output", str(out), "--no-progress", *args]) == 0
+    return source, out
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_run_matches_predict_on_every_engine(
+    engine: str, predicted: tuple[Path, Path], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    source, predict_out = predicted
+    out = tmp_path / engine
+    argv = ["run", "--input", str(source), "--output", str(out), "--model", str(tiny_model_dir)]
+    argv += ["--set", "input.passthrough_columns=[title]", *ENGINES[engine]]
+    assert main(argv) == 0
+    assert (out / "COMPLETED").exists()
+    assert answer_set(out) == answer_set(predict_out)
+    rejections = pq.read_table(out / "rejections").to_pylist()
+    assert {r["id"]: r["reason"] for r in rejections} == EXPECTED_REJECTIONS
+    info = json.loads((out / "_run.json").read_text())
+    counts = info["counts"]
+    assert counts["rows_read"] == len(MIXED_ROWS) == counts["answered"] + counts["rejected"]
+    assert counts["answered"] == 5
+    # Two rows sharing an id are answered separately, each from its own context.
+    dup = {r["title"]: r["answer"] for r in pq.read_table(out / "answers").to_pylist() if r["id"] == "dup"}
+    assert set(dup) == {"t3", "t4"}
+    assert dup["t3"] in "the river church" and dup["t4"] in "a school music film"
+
+
+def test_validate_rows_transform() -> None:
+    config = QAConfig()
+    rows = [{"id": 1, "question": "q?", "context": "c"}, {"id": 2, "question": " ", "context": "c"}]
+    with BeamTestPipeline() as p:
+        out = (
+            p | beam.Create(rows) | beam.ParDo(ValidateRows(config)).with_outputs(REJECTIONS, main="records")
+        )
+        assert_that(out.records | "Ids" >> beam.Map(lambda r: r.id), equal_to([1]), label="records")
+        reasons = out[REJECTIONS] | "Reasons" >> beam.Map(lambda r: (r.id, r.reason.value))
+        assert_that(reasons, equal_to([(2, "EMPTY_QUESTION")]), label="rejections")
+
+
+def _feature(key: str, length: int) -> Feature:
+    ids = np.arange(length, dtype=np.int32)
+    return Feature(key, 0, 1, ids, np.zeros(length, np.int8), ids, ids + 1, 0)
+
+
+def test_bucket_windows_sorts_and_caps() -> None:
+    config = QAConfig(batch=BatchConfig(max_batch_windows=4, max_batch_tokens=64, sort_buffer_windows=50))
+    lengths = [3, 40, 9, 17, 5, 33, 8, 8, 2, 30, 12]
+    features = [_feature(f"k{i}", n) for i, n in enumerate(lengths)]
+
+    def check(batches: list[list[Feature]]) -> None:
+        seen = sorted(f.row_key for b in batches for f in b)
+        assert seen == sorted(f.row_key for f in features)
+        for batch in batches:
+            width = -(-max(f.length for f in batch) // 8) * 8
+            assert len(batch) <= 4 and (len(batch) * width <= 64 or len(batch) == 1)
+
+    with BeamTestPipeline() as p:
+        batches = p | beam.Create(features) | beam.ParDo(BucketWindows(config))
+        assert_that(batches, check)
+
+
+class PoisonHandler(QAModelHandler):
+    """Loads the tiny model's tokenizer with a model that fails on batches holding the word 'film'."""
+
+    def __init__(self, config: QAConfig, tokenizer_dir: str) -> None:
+        super().__init__(config)
+        self._dir = tokenizer_dir
+
+    def load_model(self) -> QAModel:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(self._dir)
+        ids = tok.convert_tokens_to_ids(["river", "church", "film"])
+        return QAModel(PoisonModel(*ids), tok, torch.device("cpu"), torch.float32, "poison", "test")
+
+
+def test_poison_row_rejects_only_that_row(tmp_path: Path, tiny_model_dir: Path) -> None:
+    rows = [{"id": i, "question": "what?", "context": "the river church"} for i in range(12)]
+    rows[5] = {"id": 5, "question": "what?", "context": "the film river church"}
+    source = write_parquet(tmp_path / "in.parquet", rows)
+    out = tmp_path / "out"
+    argv = ["--input", str(source), "--output", str(out), "--model", str(tiny_model_dir)]
+    config = load_config([], [f"model.name_or_path={tiny_model_dir}"])
+    info = run(argv, model_handler=PoisonHandler(config, str(tiny_model_dir)))
+    rejections = pq.read_table(out / "rejections").to_pylist()
+    assert [(r["id"], r["reason"]) for r in rejections] == [(5, "MODEL_ERROR")]
+    assert "poisoned batch" in rejections[0]["detail"]
+    answers = pq.read_table(out / "answers").to_pylist()
+    assert len(answers) == 11 and {a["answer"] for a in answers} == {"river church"}
+    assert info["counts"]["rows_read"] == 12 and (out / "COMPLETED").exists()
+
+
+def test_run_fails_fast_on_missing_column(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_parquet(tmp_path / "in.parquet", [{"id": 1, "query": "q", "context": "c"}])
+    code = main(
+        ["run", "--input", str(source), "--output", str(tmp_path / "o"), "--model", str(tiny_model_dir)]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "has no column(s) ['question']" in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "COMPLETED").exists()
