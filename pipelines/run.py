@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -159,6 +160,26 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     return parser.parse_known_args(argv)
 
 
+def _workers_share_launcher_files(options: PipelineOptions) -> bool:
+    """True for runners whose workers see the launcher's disk (DirectRunner, LOOPBACK environments)."""
+    view = options.get_all_options()
+    runner = str(view.get("runner") or "DirectRunner")
+    return "Direct" in runner or str(view.get("environment_type") or "").upper() == "LOOPBACK"
+
+
+def _check_model_on_launcher(config: QAConfig, options: PipelineOptions) -> str:
+    """Fails fast on a missing or unusable model when workers load it from this machine's disk.
+
+    On Dataflow / Flink / Spark workers the model path refers to the worker image (see the Dockerfile), so
+    the launcher cannot check it; the workers then fail at setup with the same message.
+    """
+    if _workers_share_launcher_files(options) or Path(config.model.name_or_path).exists():
+        load_tokenizer(config.model)
+        return describe_model(config.model)
+    logger.info("model %s is not on this machine; workers must have it", config.model.name_or_path)
+    return "unchecked:worker-image"
+
+
 def _count_rows(files: Sequence[str]) -> int:
     total = 0
     for file in files:
@@ -198,9 +219,10 @@ def run(
     started = time.perf_counter()
     files = resolve_inputs(args.input)
     spec = JobSpec(config, tuple(files), read_input_schema(files, config.input), args.output)
-    load_tokenizer(config.model)  # fail fast on a missing or unusable model, before any worker starts
+    options = PipelineOptions(beam_args, save_main_session=False)
+    revision = _check_model_on_launcher(config, options)
     prepare_output(args.output, overwrite=args.overwrite)
-    pipeline = test_pipeline or beam.Pipeline(options=PipelineOptions(beam_args, save_main_session=False))
+    pipeline = test_pipeline or beam.Pipeline(options=options)
     build_pipeline(pipeline, spec, model_handler)
     result = pipeline.run()
     result.wait_until_finish()
@@ -231,7 +253,7 @@ def run(
     info = run_info(
         config,
         model_id=config.model.name_or_path,
-        revision=describe_model(config.model),
+        revision=revision,
         device=config.model.device,
         engine=f"beam:{type(pipeline.runner).__name__}",
         inputs=files,

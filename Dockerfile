@@ -1,0 +1,22 @@
+# SDK worker image for Dataflow and portable runners (Flink, Spark): Beam's Python 3.11 SDK harness plus
+# docqa, torch and the bundled model. Documented in README ("Dataflow", "Flink and Spark"); not built in CI.
+#   docker build -t REGION-docker.pkg.dev/PROJECT/docqa/worker:0.1.0 .
+#   docker build --build-arg TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" ...
+FROM apache/beam_python3.11_sdk:2.77.0
+
+ARG TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+ENV HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_NO_CACHE_DIR=1
+
+WORKDIR /opt/docqa
+RUN pip install ${TORCH_SPEC}
+COPY pyproject.toml README.md ./
+COPY qa_core ./qa_core
+COPY pipelines ./pipelines
+COPY docqa ./docqa
+RUN pip install '.[gcp]'
+# The default model travels in the image so workers never download weights at run time.
+COPY models ./models
+COPY configs ./configs
+
+# Beam's SDK harness entry point (inherited from the base image).
+ENTRYPOINT ["/opt/apache/beam/boot"]
