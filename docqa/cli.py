@@ -142,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer Parquet tables with the Apache Beam job (any runner); `docqa run --help` for flags",
         add_help=False,
     )
+    commands.add_parser(
+        "bench",
+        help="throughput vs. the seed's way, the forward-only bound and stock Beam; `docqa bench --help`",
+        add_help=False,
+    )
     return parser
 
 
@@ -184,6 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "run":
         logging.basicConfig(level="INFO", format=LOG_FORMAT)
         return _run_beam(argv[1:])
+    if argv and argv[0] == "bench":
+        from benchmarks.bench import main as bench_main
+
+        logging.basicConfig(level="WARNING", format=LOG_FORMAT)
+        return run_guarded("bench", lambda: bench_main(argv[1:]))
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     return run_guarded(args.command, lambda: args.func(args), args.debug)

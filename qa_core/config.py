@@ -23,6 +23,7 @@ DEFAULT_MODEL = str(Path(__file__).resolve().parent.parent / "models" / "docqa-m
 """The bundled default model (issue 4): trained by `docqa train`, shipped in `models/`."""
 
 Dtype = Literal["fp32", "bf16", "fp16"]
+Quantize = Literal["none", "int8"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -131,6 +132,7 @@ class ModelConfig:
         name_or_path: A local directory or a Hugging Face hub id (hub ids need a network).
         revision: Hub revision (branch, tag or commit); ignored for local directories.
         dtype: Weights and activations dtype; logits are cast to fp32 before decoding.
+        quantize: `int8`: dynamic int8 quantization of the linear layers (CPU only), the CPU fast path.
         device: `auto` takes CUDA when available.
         require_gpu: Fail at start instead of running on CPU when no GPU is usable.
         allow_pickle: Allow `.bin` (pickle) checkpoints, which can run arbitrary code when loaded.
@@ -140,6 +142,7 @@ class ModelConfig:
     name_or_path: str = DEFAULT_MODEL
     revision: str | None = None
     dtype: Dtype = "fp32"
+    quantize: Quantize = "none"
     device: Device = "auto"
     require_gpu: bool = False
     allow_pickle: bool = False
@@ -149,6 +152,11 @@ class ModelConfig:
         _require(bool(self.name_or_path), "model.name_or_path must not be empty")
         _require(self.dtype in get_args(Dtype), f"model.dtype must be one of {get_args(Dtype)}")
         _require(self.device in get_args(Device), f"model.device must be one of {get_args(Device)}")
+        _require(self.quantize in get_args(Quantize), f"model.quantize must be one of {get_args(Quantize)}")
+        _require(
+            self.quantize == "none" or (self.dtype == "fp32" and self.device != "cuda"),
+            "model.quantize=int8 runs on CPU with fp32 weights: set model.dtype=fp32 and model.device=cpu",
+        )
 
 
 @dataclass(frozen=True)

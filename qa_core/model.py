@@ -176,6 +176,15 @@ def load_qa_model(config: ModelConfig) -> QAModel:
         raise ModelLoadError(f"cannot load QA model {config.name_or_path!r}: {err}") from err
     model.to(device)
     model.eval()  # dropout off: answers must not vary between runs
+    if config.quantize == "int8":
+        if device.type != "cpu":
+            raise ModelLoadError(
+                "model.quantize=int8 is a CPU fast path; set model.device=cpu or quantize=none"
+            )
+        # Dynamic int8 linear layers: weights quantized once, activations per batch (oneDNN/FBGEMM kernels).
+        model = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
+            model, {torch.nn.Linear}, dtype=torch.qint8
+        )
     revision = describe_model(config)
     logger.info("loaded %s (%s) on %s as %s", config.name_or_path, revision, device, config.dtype)
     return QAModel(model, tokenizer, device, dtype, config.name_or_path, revision)

@@ -1,0 +1,321 @@
+"""`docqa bench`: throughput of docqa against the anchors, on the same model and the same rows.
+
+Modes (each runs in a fresh subprocess, so peak RSS and warm-up are per mode):
+    seed        one question at a time: tokenize, forward, best span (the seed design's way)
+    bound       forward only, pre-tokenized windows sorted by length, padded to each batch's longest
+    predict     `docqa predict` in-process, Parquet to Parquet, end to end (model already loaded)
+    run         `docqa run` on DirectRunner, Parquet to Parquet, end to end (includes worker model load)
+    beam-stock  RunInference with Beam's PyTorch keyed-tensor handler, windows padded to max_seq_len
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from qa_core.aggregate import aggregate
+from qa_core.batch import collate, plan_batches
+from qa_core.config import DEFAULT_MODEL, QAConfig, load_config
+from qa_core.decode import decode_batch
+from qa_core.featurize import Featurizer
+from qa_core.model import QAModel, load_qa_model
+from qa_core.records import Feature, Record
+from qa_core.squad import load_squad, squad_to_table
+
+logger = logging.getLogger("docqa.bench")
+MODES = ("seed", "bound", "predict", "run", "beam-stock")
+DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json.zip")
+
+
+def _rows(data: str, n: int) -> list[dict[str, Any]]:
+    table = squad_to_table(load_squad(data)).slice(0, n).select(["id", "question", "context"])
+    return list(table.to_pylist())
+
+
+def _records(rows: list[dict[str, Any]]) -> list[Record]:
+    return [Record(str(i), r["id"], r["question"], r["context"]) for i, r in enumerate(rows)]
+
+
+def _windows(model: QAModel, config: QAConfig, rows: list[dict[str, Any]]) -> list[Feature]:
+    featurizer = Featurizer(model.tokenizer, config.featurize)
+    out: list[Feature] = []
+    for result in featurizer.featurize(_records(rows)):
+        if isinstance(result, list):
+            out.extend(result)
+    return out
+
+
+def _warm_up(model: QAModel, windows: list[Feature]) -> None:
+    model.forward(collate(windows[:4], model.pad_token_id, 8))
+
+
+def bench_seed(model: QAModel, config: QAConfig, rows: list[dict[str, Any]], workdir: Path) -> dict[str, Any]:
+    """One question at a time, its windows in one batch padded to their own longest."""
+    featurizer = Featurizer(model.tokenizer, config.featurize)
+    _warm_up(model, _windows(model, config, rows[:4]))
+    real = padded = 0
+    started = time.perf_counter()
+    for record in _records(rows):
+        (windows,) = featurizer.featurize([record])
+        if not isinstance(windows, list):
+            continue
+        batch = collate(windows, model.pad_token_id, 1)
+        start, end = model.forward(batch)
+        candidates = decode_batch(batch, start, end, config.decode.max_answer_len, config.decode.n_best)
+        aggregate(record, candidates, config.decode)
+        real, padded = real + batch.real_tokens, padded + batch.padded_tokens
+    return {"seconds": time.perf_counter() - started, "real_tokens": real, "padded_tokens": padded}
+
+
+def bench_bound(
+    model: QAModel, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
+) -> dict[str, Any]:
+    """Forward only over length-sorted, pre-tokenized, pre-padded batches."""
+    windows = _windows(model, config, rows)
+    batches = [
+        collate(group, model.pad_token_id, 1)
+        for group in plan_batches(windows, config.batch)  # sorted by length, capped like docqa's batches
+    ]
+    _warm_up(model, windows)
+    started = time.perf_counter()
+    for batch in batches:
+        model.forward(batch)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    return {
+        "seconds": time.perf_counter() - started,
+        "real_tokens": sum(b.real_tokens for b in batches),
+        "padded_tokens": sum(b.padded_tokens for b in batches),
+    }
+
+
+def bench_predict(
+    model: QAModel, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
+) -> dict[str, Any]:
+    """`docqa predict` in-process, Parquet to Parquet."""
+    from qa_core.predict import predict
+
+    source = workdir / "input.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), source)
+    _warm_up(model, _windows(model, config, rows[:4]))
+    started = time.perf_counter()
+    info = predict(config, str(source), str(workdir / "predict"), overwrite=True, progress=False, model=model)
+    counts = info["counts"]
+    return {
+        "seconds": time.perf_counter() - started,
+        "real_tokens": counts["real_tokens"],
+        "padded_tokens": counts["padded_tokens"],
+    }
+
+
+def bench_run(model: QAModel, config: QAConfig, rows: list[dict[str, Any]], workdir: Path) -> dict[str, Any]:
+    """`docqa run` on DirectRunner, Parquet to Parquet, whole job."""
+    from pipelines.run import run
+
+    source = workdir / "input.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), source)
+    argv = [
+        "--input",
+        str(source),
+        "--output",
+        str(workdir / "run"),
+        "--overwrite",
+        "--model",
+        config.model.name_or_path,
+        "--set",
+        f"model.dtype={config.model.dtype}",
+        "--set",
+        f"model.device={model.device.type}",
+    ]
+    started = time.perf_counter()
+    info = run(argv)
+    counts = info["counts"]
+    return {
+        "seconds": time.perf_counter() - started,
+        "real_tokens": counts["real_tokens"],
+        "padded_tokens": counts["padded_tokens"],
+    }
+
+
+def bench_beam_stock(
+    model: QAModel, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
+) -> dict[str, Any]:
+    """Beam's PytorchModelHandlerKeyedTensor: windows padded to max_seq_len, Beam's own batching."""
+    import apache_beam as beam
+    from apache_beam.ml.inference.base import RunInference
+    from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerKeyedTensor
+
+    width = config.featurize.max_seq_len
+    windows = _windows(model, config, rows)
+    examples = []
+    for f in windows:
+        ids = np.zeros(width, np.int64)
+        ids[: f.length] = f.input_ids
+        mask = (np.arange(width) < f.length).astype(np.int64)
+        types = np.zeros(width, np.int64)
+        types[: f.length] = f.token_type_ids
+        examples.append(
+            {
+                "input_ids": torch.from_numpy(ids),
+                "attention_mask": torch.from_numpy(mask),
+                "token_type_ids": torch.from_numpy(types),
+            }
+        )
+    state = workdir / "state_dict.pt"
+    torch.save(model.model.state_dict(), state)
+    handler = PytorchModelHandlerKeyedTensor(
+        state_dict_path=str(state),
+        model_class=type(model.model),
+        model_params={"config": model.model.config},
+        max_batch_size=32,
+    )
+
+    def best_span(result: Any) -> tuple[int, int]:
+        start = result.inference["start_logits"].numpy()
+        end = result.inference["end_logits"].numpy()
+        i = int(start.argmax())
+        j = i + int(end[i : i + config.decode.max_answer_len].argmax())
+        return i, j
+
+    started = time.perf_counter()
+    with beam.Pipeline() as p:
+        _ = p | beam.Create(examples) | RunInference(handler) | beam.Map(best_span)
+    return {
+        "seconds": time.perf_counter() - started,
+        "real_tokens": sum(f.length for f in windows),
+        "padded_tokens": len(windows) * width,
+    }
+
+
+RUNNERS = {
+    "seed": bench_seed,
+    "bound": bench_bound,
+    "predict": bench_predict,
+    "run": bench_run,
+    "beam-stock": bench_beam_stock,
+}
+
+
+def run_mode(args: argparse.Namespace) -> dict[str, Any]:
+    """Runs one mode in this process and returns its figures."""
+    overrides = [
+        f"model.name_or_path={args.model}",
+        f"model.dtype={args.dtype}",
+        f"model.device={args.device}",
+        *args.overrides,
+    ]
+    config = load_config(args.config, overrides)
+    torch.manual_seed(0)
+    model = load_qa_model(config.model)
+    rows = _rows(args.data, args.n)
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = RUNNERS[args.mode](model, config, rows, Path(tmp))
+    figures.update(
+        mode=args.mode,
+        questions=len(rows),
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
+    return figures
+
+
+def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Adds rates and ratios to the bound."""
+    for r in results:
+        r["questions_per_s"] = r["questions"] / r["seconds"]
+        r["real_tokens_per_s"] = r["real_tokens"] / r["seconds"]
+        r["padding_efficiency"] = r["real_tokens"] / r["padded_tokens"] if r["padded_tokens"] else None
+    bound = next((r for r in results if r["mode"] == "bound"), None)
+    for r in results:
+        r["ratio_to_bound"] = r["questions_per_s"] / bound["questions_per_s"] if bound else None
+    return results
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    """A plain-text table of the figures."""
+    head = f"{'mode':<11}{'q/s':>9}{'real tok/s':>12}{'pad eff':>9}{'peak RSS MB':>13}{'x bound':>9}"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        ratio = f"{r['ratio_to_bound']:.2f}" if r["ratio_to_bound"] is not None else "-"
+        lines.append(
+            f"{r['mode']:<11}{r['questions_per_s']:>9.2f}{r['real_tokens_per_s']:>12.0f}"
+            f"{r['padding_efficiency']:>9.3f}{r['peak_rss_mb']:>13.0f}{ratio:>9}"
+        )
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of `docqa bench`."""
+    parser = argparse.ArgumentParser(
+        prog="docqa bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="QA checkpoint (default: the bundled model)")
+    parser.add_argument("--data", default=DEFAULT_DATA, help="SQuAD JSON whose first N questions are used")
+    parser.add_argument("--n", type=int, default=2000, help="questions (default 2000)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default cpu)")
+    parser.add_argument(
+        "--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="dtype (default fp32)"
+    )
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}"
+    )
+    parser.add_argument(
+        "--config", action="append", default=[], metavar="YAML", help="config file; repeatable"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="SECTION.KEY=VALUE",
+        help="config override; repeatable",
+    )
+    parser.add_argument(
+        "--json", default="out/bench.json", help="write the results here (default out/bench.json)"
+    )
+    parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)  # one mode, in a child process
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs each mode in a child process and prints the table."""
+    args = build_parser().parse_args(argv)
+    if args.mode:
+        print(json.dumps(run_mode(args)))
+        return 0
+    results = []
+    passthrough = list(argv if argv is not None else sys.argv[1:])
+    for mode in args.modes.split(","):
+        logger.info("bench %s on %d questions", mode, args.n)
+        child = subprocess.run(
+            [sys.executable, "-m", "benchmarks.bench", *passthrough, "--mode", mode],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if child.returncode != 0:
+            raise RuntimeError(f"bench mode {mode} failed:\n{child.stderr[-3000:]}")
+        results.append(json.loads(child.stdout.strip().splitlines()[-1]))
+    results = summarize(results)
+    print(format_table(results))
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "argv": argv or sys.argv[1:]}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    raise SystemExit(main())
