@@ -37,6 +37,7 @@ from pipelines.stages import (
     ValidateRows,
     count_result,
 )
+from qa_core.calibration import apply_model_calibration
 from qa_core.config import QAConfig, load_config
 from qa_core.model import describe_model, load_tokenizer
 from qa_core.predict import run_info
@@ -215,7 +216,7 @@ def run(
     """
     args, beam_args = parse_args(argv)
     overrides = list(args.overrides) + ([f"model.name_or_path={args.model}"] if args.model else [])
-    config = load_config(args.config, overrides)
+    config = apply_model_calibration(load_config(args.config, overrides))
     started = time.perf_counter()
     files = resolve_inputs(args.input)
     spec = JobSpec(config, tuple(files), read_input_schema(files, config.input), args.output)

@@ -6,7 +6,8 @@ several overlapping windows is one candidate with its best logit (never a sum, w
 in overlaps). Ties are broken by start, then end offset, so the result never depends on batching.
 
 Score definition (also in the README and the output schema): `score` is the softmax probability of the
-answer among the row's candidates, `exp(l - m) / sum_c exp(l_c - m)` with `m` the largest logit, where the
+answer among the row's candidates, `exp((l - m) / T) / sum_c exp((l_c - m) / T)` with `m` the largest
+logit and `T` the temperature (`decode.temperature`, fitted by `docqa calibrate`, else 1), where the
 candidates are the `n_best` best spans of each window, de-duplicated by character span, plus the null
 answer when no-answer handling is on (its logit is the smallest CLS score over the row's windows).
 """
@@ -78,7 +79,8 @@ def aggregate(record: Record, candidates: Sequence[WindowCandidates], config: De
         null_logit = min(nulls)
 
     all_logits = logits if null_logit is None else np.append(logits, null_logit)
-    probs = _softmax(all_logits)
+    # Temperature scaling (1.0 unless the model ships a calibration, see qa_core.calibration).
+    probs = _softmax(all_logits / config.temperature)
     spans = [
         SpanScore(record.context[s:e], int(s), int(e), float(p), float(lg))
         for s, e, lg, p in zip(starts, ends, logits, probs[: logits.size], strict=True)

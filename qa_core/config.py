@@ -107,6 +107,10 @@ class DecodeConfig:
         n_best: Candidates kept per window; the score's softmax runs over these (see README).
         handle_no_answer: Compare the best span with the null (CLS) score; on for SQuAD 2.0-style models.
         null_threshold: Answer "" when `null_score - best_span_score > null_threshold`.
+        temperature: Softmax temperature of `score`; set from the model's `calibration.json` when
+            `calibration` is `auto` (see `docqa calibrate`).
+        calibration: `auto` applies the model's calibration file if it has one; `off` keeps
+            `temperature` as configured.
     """
 
     max_answer_len: int = 30
@@ -114,9 +118,12 @@ class DecodeConfig:
     n_best: int = 20
     handle_no_answer: bool = False
     null_threshold: float = 0.0
+    temperature: float = 1.0
+    calibration: Literal["auto", "off"] = "auto"
 
     def __post_init__(self) -> None:
         _require(self.max_answer_len >= 1, "decode.max_answer_len must be >= 1")
+        _require(self.temperature > 0, f"decode.temperature must be > 0, got {self.temperature}")
         _require(self.top_k >= 1, "decode.top_k must be >= 1")
         _require(
             self.n_best >= self.top_k,

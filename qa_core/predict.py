@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from qa_core import __version__
+from qa_core.calibration import apply_model_calibration
 from qa_core.config import QAConfig
 from qa_core.engine import QAEngine
 from qa_core.model import QAModel, load_qa_model
@@ -86,6 +87,7 @@ def predict(
         InputError, OutputError, ModelLoadError: Job-level problems, before any row is processed.
     """
     started = time.perf_counter()
+    config = apply_model_calibration(config)
     files = resolve_inputs(input_pattern)
     schema = read_input_schema(files, config.input)
     qa_model = model if model is not None else load_qa_model(config.model)

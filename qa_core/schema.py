@@ -20,9 +20,9 @@ RUN_INFO_FILE = "_run.json"
 COMPLETED_FILE = "COMPLETED"
 
 SCORE_DEFINITION = (
-    "softmax probability of this answer among the row's candidates: exp(l - m) / sum_c exp(l_c - m) over "
-    "the n_best spans of each window (one per character span, its best logit) plus the null answer when "
-    "no-answer handling is on; l = start_logit[i] + end_logit[j]"
+    "softmax probability of this answer among the row's candidates: exp((l - m)/T) / sum_c exp((l_c - m)/T) "
+    "over the n_best spans of each window (one per character span, its best logit) plus the null answer when "
+    "no-answer handling is on; l = start_logit[i] + end_logit[j], m = max l, T = decode.temperature"
 )
 
 TOP_K_TYPE = pa.list_(
