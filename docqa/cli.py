@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from docqa import train_command
 from qa_core import __version__
 from qa_core.config import DEFAULT_MODEL, ConfigError, QAConfig, load_config
 
@@ -137,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--output", required=True, metavar="FILE.parquet", help="output Parquet file")
     c.set_defaults(func=_cmd_convert_squad)
 
+    train_command.register(commands)
     commands.add_parser(
         "run",
         help="answer Parquet tables with the Apache Beam job (any runner); `docqa run --help` for flags",
@@ -150,11 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_guarded(command: str, job: Callable[[], Any], debug: bool = False) -> int:
-    """Runs a command; job-level errors become one line on stderr and exit code 2."""
+def run_guarded(
+    command: str,
+    job: Callable[[], Any],
+    debug: bool = False,
+    errors: tuple[type[Exception], ...] = (),
+) -> int:
+    """Runs a command; job-level errors (and `errors`) become one line on stderr and exit code 2."""
     try:
         result = job()
-    except _job_errors() as err:
+    except (*_job_errors(), *errors) as err:
         if debug:
             raise
         print(f"docqa {command}: error: {err}", file=sys.stderr)
@@ -164,14 +171,34 @@ def run_guarded(command: str, job: Callable[[], Any], debug: bool = False) -> in
 
 def _run_beam(argv: Sequence[str]) -> int:
     """`docqa run ...`: Beam flags are not ours to parse, so the Beam job gets the raw arguments."""
-    from pipelines.run import run
+    from pipelines.run import PipelineError, run
 
     debug = "--debug" in argv
     args = [a for a in argv if a != "--debug"]
-    code = run_guarded("run", lambda: run(args), debug)
+    if not debug:
+        _brief_beam_errors()
+    code = run_guarded("run", lambda: run(args), debug, errors=(PipelineError,))
     if code == 0:
         print(f"docqa run: finished; see {_flag_value(args, '--output')}/_run.json")
     return code
+
+
+class _BriefBeamErrors(logging.Filter):
+    """Shows Beam's error records (a failing element's traceback, a worker's log) as their first line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("apache_beam") and record.levelno >= logging.ERROR:
+            lines = record.getMessage().strip().splitlines()
+            record.msg, record.args = (lines[0] if lines else ""), ()
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
+def _brief_beam_errors() -> None:
+    """Without --debug, a failed Beam job prints one line per error, not the runner's tracebacks."""
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, "docqa_cli_handler", False):
+            handler.addFilter(_BriefBeamErrors())
 
 
 def _flag_value(argv: Sequence[str], flag: str) -> str | None:
@@ -187,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `docqa` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "run":
-        logging.basicConfig(level="INFO", format=LOG_FORMAT)
+        _configure_logging("INFO")
         return _run_beam(argv[1:])
     if argv and argv[0] == "bench":
         from benchmarks.bench import main as bench_main
@@ -195,8 +222,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level="WARNING", format=LOG_FORMAT)
         return run_guarded("bench", lambda: bench_main(argv[1:]))
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    _configure_logging(args.log_level.upper())
     return run_guarded(args.command, lambda: args.func(args), args.debug)
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _configure_logging(level: str) -> None:
+    """`logging.basicConfig`, marking the handler it adds (none when logging is already set up)."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    for handler in root.handlers:
+        if handler not in before:
+            handler.docqa_cli_handler = True  # type: ignore[attr-defined]

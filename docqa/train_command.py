@@ -1,0 +1,315 @@
+"""`docqa train`: fine-tune a base encoder for extractive QA on a SQuAD-format training file.
+
+Registered into the `docqa` parser by `register(commands)`; also runnable on its own as
+`python -m docqa.train_command train ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from qa_core.config import FeaturizeConfig
+
+logger = logging.getLogger("docqa")
+
+_DESCRIPTION = """\
+Fine-tune ENCODER_DIR (a BERT-style encoder or QA checkpoint with a fast tokenizer, e.g.
+vendor/all-MiniLM-L6-v2 from `make base-encoder`) for extractive question answering on a SQuAD-format
+training file, and write a docqa model to DIR: the weights (safetensors), the tokenizer, a model card
+(README.md) and train_info.json. Training windows are built by docqa's own featurizer, so the model
+sees at training time exactly the windows inference uses. DIR/train.log gets periodic progress lines
+(step, loss, tokens/s, ETA); DIR/checkpoints/step-N/ a checkpoint every --checkpoint-every steps, from
+which --resume continues the same run (same data order and schedule). Never train on a dev set.
+"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def register(commands: Any) -> None:
+    """Adds the `train` subcommand to a `docqa` subparsers object.
+
+    Args:
+        commands: The object returned by `ArgumentParser.add_subparsers()`.
+    """
+    from qa_core.train import TrainConfig
+
+    d = TrainConfig()
+    p = commands.add_parser(
+        "train",
+        help="fine-tune an encoder for extractive QA on SQuAD",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    io = p.add_argument_group("data and output")
+    io.add_argument(
+        "--base",
+        required=True,
+        metavar="ENCODER_DIR",
+        help="base encoder or QA checkpoint directory (safetensors weights + tokenizer.json)",
+    )
+    io.add_argument(
+        "--train",
+        required=True,
+        metavar="SQUAD",
+        help="SQuAD-format training file (.json, .json.gz or .zip); a sibling "
+        "*.ambiguous-offsets.json.gz, if present, is read for --drop-ambiguous",
+    )
+    io.add_argument(
+        "--eval",
+        metavar="SQUAD",
+        help="after training, evaluate on this SQuAD file with docqa's inference and record "
+        "EM/F1 in the model card (never the file you train or tune on)",
+    )
+    io.add_argument(
+        "--eval-limit",
+        type=_positive_int,
+        metavar="N",
+        help="evaluate on the first N questions of --eval only",
+    )
+    io.add_argument("--output", required=True, metavar="DIR", help="output model directory")
+    io.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run from the latest checkpoint in DIR/checkpoints (the settings "
+        "must be the same, except --threads and --checkpoint-every)",
+    )
+    io.add_argument(
+        "--max-train-examples",
+        type=_positive_int,
+        metavar="N",
+        help="train on the first N examples only (smoke runs)",
+    )
+    io.add_argument(
+        "--drop-ambiguous",
+        action="store_true",
+        help="skip answers whose text occurs several times in the context (their offset was "
+        "chosen by a heuristic in the rebuilt train file); kept by default",
+    )
+
+    h = p.add_argument_group("hyperparameters")
+    length = h.add_mutually_exclusive_group()
+    length.add_argument(
+        "--epochs", type=float, default=d.epochs, help=f"passes over the data (default {d.epochs})"
+    )
+    length.add_argument(
+        "--max-steps",
+        type=_positive_int,
+        metavar="N",
+        help="optimizer steps of the whole run, overriding --epochs; the learning rate "
+        "decays to 0 at this step",
+    )
+    h.add_argument(
+        "--lr", type=float, default=d.learning_rate, help=f"peak learning rate (default {d.learning_rate})"
+    )
+    h.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=d.batch_size,
+        help=f"windows per forward pass (default {d.batch_size})",
+    )
+    h.add_argument(
+        "--grad-accum",
+        type=_positive_int,
+        default=d.grad_accum,
+        help="forward passes per optimizer step; effective batch = batch size x this "
+        f"(default {d.grad_accum})",
+    )
+    h.add_argument(
+        "--warmup-ratio",
+        type=float,
+        default=d.warmup_ratio,
+        help=f"fraction of steps of linear warm-up (default {d.warmup_ratio})",
+    )
+    h.add_argument(
+        "--weight-decay",
+        type=float,
+        default=d.weight_decay,
+        help=f"AdamW weight decay (default {d.weight_decay})",
+    )
+    h.add_argument(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help=f"seed of head init, dropout and data order (default {d.seed})",
+    )
+    h.add_argument(
+        "--max-seq-len",
+        type=_positive_int,
+        default=FeaturizeConfig().max_seq_len,
+        help="tokens per window (default 384; use the same for inference)",
+    )
+    h.add_argument(
+        "--doc-stride",
+        type=int,
+        default=FeaturizeConfig().doc_stride,
+        help="overlap of consecutive windows in tokens (default 128)",
+    )
+
+    r = p.add_argument_group("run")
+    r.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=d.checkpoint_every,
+        metavar="N",
+        help=f"save a checkpoint every N optimizer steps, 0 for none (default {d.checkpoint_every})",
+    )
+    bf16 = r.add_mutually_exclusive_group()
+    bf16.add_argument(
+        "--bf16",
+        dest="bf16",
+        action="store_true",
+        default=d.bf16,
+        help="bfloat16 autocast (default; fast on CPUs with AVX512-BF16/AMX and on GPUs)",
+    )
+    bf16.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in fp32")
+    r.add_argument("--threads", type=_positive_int, metavar="N", help="torch CPU threads (default: torch's)")
+    r.add_argument(
+        "--log-every",
+        type=_positive_int,
+        default=d.log_every,
+        metavar="N",
+        help=f"a progress line in DIR/train.log every N optimizer steps (default {d.log_every})",
+    )
+    r.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    p.set_defaults(func=run_train)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The `TrainConfig` of parsed `docqa train` arguments."""
+    from qa_core.train import TrainConfig
+
+    return TrainConfig(
+        learning_rate=args.lr,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        warmup_ratio=args.warmup_ratio,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        bf16=args.bf16,
+        threads=args.threads,
+        featurize=FeaturizeConfig(max_seq_len=args.max_seq_len, doc_stride=args.doc_stride),
+        max_train_examples=args.max_train_examples,
+        drop_ambiguous=args.drop_ambiguous,
+        log_every=args.log_every,
+        progress=not args.no_progress,
+    )
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Runs `docqa train` and prints a one-line summary."""
+    from qa_core.train import train
+
+    result = train(
+        args.base,
+        args.train,
+        args.output,
+        config_from_args(args),
+        resume=args.resume,
+        eval_path=args.eval,
+        eval_limit=args.eval_limit,
+        command=shlex.join(["docqa", *sys.argv[1:]]),
+    )
+    info_path = Path(result.output_dir) / "train_info.json"
+    if result.finished and info_path.is_file():
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        (Path(result.output_dir) / "README.md").write_text(model_card(info), encoding="utf-8")
+    scores = f", EM {result.eval['exact']:.2f} F1 {result.eval['f1']:.2f}" if result.eval else ""
+    print(
+        f"trained {result.steps}/{result.total_steps} steps, {result.tokens} tokens "
+        f"in {result.seconds / 60:.1f} min, "
+        f"final loss {result.final_loss:.4f}{scores} -> {result.output_dir}"
+    )
+    return 0
+
+
+def model_card(info: dict[str, Any]) -> str:
+    """The model card (`README.md`) of a model trained by `docqa train`, from its `train_info.json`."""
+    config, state, data, scores = info["config"], info["state"], info["data"], info["eval_scores"]
+    if scores:
+        limit = f"first {scores['questions']} questions of " if info["eval_limit"] else ""
+        result = (f"Evaluated with docqa's own inference and SQuAD v{scores['version']} evaluator on the "
+                  f"{limit}`{scores['data']}`: **EM {scores['exact']:.2f}, F1 {scores['f1']:.2f}** "
+                  f"({scores['total']} questions, {scores['missing']} without a prediction).")
+    else:
+        result = ("Not evaluated by the training run; score it with `docqa predict` on the converted "
+                  "SQuAD v1.1 dev set and `docqa eval`.")
+    hyper = "\n".join(f"| {k} | {v} |" for k, v in config.items())
+    return f"""---
+license: apache-2.0
+language: en
+tags: [question-answering, extractive-qa, squad, bert, minilm]
+datasets: [squad]
+---
+
+# docqa extractive QA model
+
+An extractive question-answering model (start/end span head over a BERT encoder) fine-tuned by
+`docqa train` on SQuAD v1.1, for docqa's batch QA engine.
+
+## Base model and license
+
+- Base encoder: `{info["base"]}`: sentence-transformers **all-MiniLM-L6-v2** (6 layers, hidden 384,
+  uncased), Apache-2.0, itself initialised from `nreimers/MiniLM-L6-H384-uncased` (Microsoft MiniLM,
+  Wang et al. 2020, MIT license). The QA head was initialised randomly and trained here.
+- This model is released under the Apache-2.0 license (`LICENSE`).
+
+## Training data
+
+SQuAD v1.1 train (Rajpurkar, Zhang, Lopyrev and Liang, 2016, "SQuAD: 100,000+ Questions for Machine
+Comprehension of Text"), CC BY-SA 4.0, <https://rajpurkar.github.io/SQuAD-explorer/>; read from
+`{info["train"]}`. Answers whose text occurs several times in the context (offsets chosen by a
+heuristic in the rebuilt file) were {"dropped" if config["drop_ambiguous"] else "kept"}. The dev set was
+not used for training or tuning.
+
+Window counts: `{json.dumps(data)}`
+
+## Training
+
+Objective: mean cross-entropy of the gold start and end tokens (softmax over the window's real tokens);
+windows where the answer is not whole are labelled with the CLS token. AdamW, linear warm-up and decay,
+length-grouped batches.
+
+| hyperparameter | value |
+|---|---|
+{hyper}
+
+- Steps: {state["step"]} optimizer steps, {state["tokens"]:,} real tokens, {state["epoch"]} full epochs
+  plus {state["index"]} micro-batches; training time {state["seconds"] / 60:.1f} min.
+- Hardware: {info["hardware"]}.
+- Command: `{info["command"] or "(API call)"}`
+
+## Results
+
+{result}
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone entry point: `python -m docqa.train_command train ARGS`."""
+    parser = argparse.ArgumentParser(prog="docqa")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
