@@ -1,65 +1,117 @@
 """Parquet in and out of the Beam job.
 
-Reading uses Beam's `ReadAllFromParquet` (splittable by row group, column projection) wherever Beam has a
-file system for the scheme (local, `gs://`, `s3://` with `apache-beam[aws]`, `hdfs://`); other fsspec
-URLs are read through fsspec one file per element. Writing uses `WriteToParquet` with the explicit
-schemas of `qa_core.schema`, so both engines write the same tables.
+Reading is split by row group: one element per file lists the file's row groups from its footer, a
+reshuffle spreads `(file, row_group)` pairs over the workers, and each is read with column projection
+(the same parallelism as Beam's `ReadAllFromParquet`, which splits files at row-group boundaries). Files
+are opened through Beam's file systems wherever Beam has one for the scheme (local, `gs://`, `s3://` with
+`apache-beam[aws]`, `hdfs://`), otherwise through fsspec. A file that turns out corrupt fails the job with
+an `InputError` naming the file and row group (Beam's own reader names neither). Large and
+dictionary-encoded string columns are read as plain Python strings.
+
+Writing uses `WriteToParquet` with the explicit schemas of `qa_core.schema`, so both engines write the
+same tables; it needs a Beam file system for the output's scheme (`beam_filesystem_usable`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any
+import importlib.util
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import IO, Any, cast
 
 import apache_beam as beam
+import fsspec
 import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import PCollection
 
 from qa_core.config import InputConfig
-from qa_core.read import iter_rows
+from qa_core.read import InputError
+
+# Beam registers its S3 file system even without boto3, which it then needs on first use.
+_SCHEME_NEEDS = {"s3": "boto3"}
 
 
-def beam_can_read(path: str) -> bool:
-    """Whether one of Beam's file systems handles this path's scheme."""
+def beam_filesystem_usable(path: str) -> bool:
+    """Whether one of Beam's file systems handles this path's scheme, with its client library installed."""
     try:
         FileSystems.get_filesystem(path)
     except ValueError:
         return False
-    return True
+    module = _SCHEME_NEEDS.get(FileSystems.get_scheme(path) or "")
+    return module is None or importlib.util.find_spec(module) is not None
 
 
-class _ReadWithFsspec(beam.DoFn):
+def beam_can_read(path: str) -> bool:
+    """Whether a Beam file system can open this path (otherwise fsspec does)."""
+    return beam_filesystem_usable(path)
+
+
+def _open(path: str) -> AbstractContextManager[IO[bytes]]:
+    if beam_filesystem_usable(path):
+        return cast(
+            AbstractContextManager[IO[bytes]],
+            FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED),
+        )
+    return cast(AbstractContextManager[IO[bytes]], fsspec.open(path, "rb"))
+
+
+_READ_ERRORS = (OSError, ValueError, pa.ArrowException)
+
+
+def _short(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+class _ListRowGroups(beam.DoFn):
+    def process(self, path: str) -> Iterator[tuple[str, int]]:
+        try:
+            with _open(path) as handle:
+                groups = pq.ParquetFile(handle).metadata.num_row_groups
+        except _READ_ERRORS as err:
+            raise InputError(f"cannot read Parquet file {path}: {_short(err)}") from err
+        for index in range(groups):
+            yield path, index
+
+
+class _ReadRowGroup(beam.DoFn):
     def __init__(self, config: InputConfig) -> None:
-        self._config = config
+        self._columns = config.columns
 
-    def process(self, path: str) -> Iterator[dict[str, Any]]:
-        yield from iter_rows([path], self._config)
+    def process(self, element: tuple[str, int]) -> Iterator[dict[str, Any]]:
+        path, index = element
+        try:
+            with _open(path) as handle:
+                table = pq.ParquetFile(handle).read_row_group(index, columns=self._columns)
+            rows = table.to_pylist()
+        except _READ_ERRORS as err:
+            raise InputError(f"cannot read Parquet file {path} (row group {index}): {_short(err)}") from err
+        yield from rows
 
 
 class ReadRows(beam.PTransform):  # type: ignore[type-arg]
-    """Files -> row dicts of the configured columns.
+    """Files -> row dicts of the configured columns, read one row group per element.
 
     Args:
         files: Resolved input files (see `qa_core.read.resolve_inputs`).
         config: Which columns to read.
     """
 
-    def __init__(self, files: Sequence[str], config: InputConfig) -> None:
+    def __init__(self, files: list[str] | tuple[str, ...], config: InputConfig) -> None:
         super().__init__()
         self._files = list(files)
         self._config = config
 
     def expand(self, pipeline: beam.Pipeline) -> PCollection[Any]:
-        names = pipeline | "InputFiles" >> beam.Create(self._files)
-        rows: PCollection[Any]
-        if all(beam_can_read(f) for f in self._files):
-            rows = names | "ReadParquet" >> beam.io.ReadAllFromParquet(columns=self._config.columns)
-            return rows
-        rows = (
-            names
-            | "Reshuffle" >> beam.Reshuffle()
-            | "ReadFsspec" >> beam.ParDo(_ReadWithFsspec(self._config))
+        rows: PCollection[Any] = (
+            pipeline
+            | "InputFiles" >> beam.Create(self._files)
+            | "RowGroups" >> beam.ParDo(_ListRowGroups())
+            | "Spread" >> beam.Reshuffle()
+            | "ReadRowGroups" >> beam.ParDo(_ReadRowGroup(self._config))
         )
         return rows
 

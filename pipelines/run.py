@@ -6,13 +6,15 @@
 Every Beam pipeline option passes through untouched. `_run.json` and `COMPLETED` are written by the
 launcher after the pipeline has finished and the outputs have been counted: rows read (from the input
 files' Parquet footers) must equal answers + rejections (from the output footers), or the job fails
-without `COMPLETED`.
+without `COMPLETED`. A pipeline that fails (a corrupt input file, a worker that died) is reported as one
+`PipelineError` line naming the cause; its output is never marked `COMPLETED`.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ from apache_beam.pvalue import PCollection
 
 from pipelines import metrics
 from pipelines.inference import QAModelHandler, WindowFailure
-from pipelines.io import ReadRows, write_table
+from pipelines.io import ReadRows, beam_filesystem_usable, write_table
 from pipelines.stages import (
     REJECTIONS,
     AggregateRows,
@@ -51,9 +53,34 @@ from qa_core.schema import (
     rejection_schema,
     rejection_to_row,
 )
-from qa_core.write import OutputError, mark_completed, prepare_output
+from qa_core.write import OutputError, check_output, mark_completed, prepare_output
 
 logger = logging.getLogger(__name__)
+
+
+class PipelineError(RuntimeError):
+    """The pipeline itself failed (on the runner or a worker); the message is the cause in one line."""
+
+
+_ERROR_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Exit)): (.+)$")
+
+
+def summarize_failure(err: BaseException) -> str:
+    """One line saying why a pipeline failed.
+
+    Runners report worker failures in their own exception types, often with the worker's traceback in
+    the message; the root cause is the last `SomeError: message` line of it, else the first line.
+    """
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    found = [m for m in map(_ERROR_LINE.match, lines) if m]
+    if found:
+        name, message = found[-1].group(1).rsplit(".", 1)[-1], found[-1].group(2)
+    else:
+        name, message = type(err).__name__, lines[0] if lines else ""
+    message = re.sub(r"\s*\[while running '[^']*'\]\s*$", "", message)
+    if "Channel closed prematurely" in message or "Worker subprocess exited" in message:
+        message = f"a worker process died ({message})"
+    return f"{name}: {message}" if message else name
 
 
 @dataclass(frozen=True)
@@ -191,6 +218,7 @@ def _count_rows(files: Sequence[str]) -> int:
 
 def _output_rows(output_dir: str, folder: str) -> int:
     fs, root = fsspec.core.url_to_fs(output_dir)
+    fs.invalidate_cache()  # the runner wrote these files behind fsspec's back (object-store listings)
     files = sorted(fs.glob(f"{root.rstrip('/')}/{folder}/*.parquet"))
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return _count_rows([f if protocol in ("file", "local") else f"{protocol}://{f}" for f in files])
@@ -212,7 +240,9 @@ def run(
         The `_run.json` document.
 
     Raises:
-        OutputError: When answers + rejections do not add up to the rows read.
+        InputError, ModelLoadError: Job-level problems found before the pipeline starts.
+        OutputError: An unusable output, or answers + rejections that do not add up to the rows read.
+        PipelineError: The pipeline failed while running (a corrupt file, a worker that died).
     """
     args, beam_args = parse_args(argv)
     overrides = list(args.overrides) + ([f"model.name_or_path={args.model}"] if args.model else [])
@@ -220,13 +250,26 @@ def run(
     started = time.perf_counter()
     files = resolve_inputs(args.input)
     spec = JobSpec(config, tuple(files), read_input_schema(files, config.input), args.output)
+    if not beam_filesystem_usable(args.output):
+        raise OutputError(
+            f"docqa run writes through Beam's file systems, which cannot write {args.output} here: install "
+            "Beam's extra for it (apache-beam[aws] for s3://, apache-beam[gcp] for gs://), or use docqa "
+            "predict, which writes through fsspec"
+        )
+    check_output(args.output, overwrite=args.overwrite)  # before the model check; changes nothing
     options = PipelineOptions(beam_args, save_main_session=False)
     revision = _check_model_on_launcher(config, options)
     prepare_output(args.output, overwrite=args.overwrite)
     pipeline = test_pipeline or beam.Pipeline(options=options)
     build_pipeline(pipeline, spec, model_handler)
-    result = pipeline.run()
-    result.wait_until_finish()
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except Exception as err:  # runners report worker failures in their own exception types
+        raise PipelineError(
+            f"the pipeline failed: {summarize_failure(err)}; {args.output} is not marked COMPLETED "
+            "(fix the cause, then rerun with --overwrite)"
+        ) from err
     counters = metrics.query_counters(result)
     rows_read = _count_rows(files)
     answered = _output_rows(args.output, ANSWERS_DIR)
@@ -270,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m pipelines.run`."""
     from docqa.cli import run_guarded
 
-    return run_guarded("run", lambda: run(argv) and 0)
+    return run_guarded("run", lambda: run(argv) and 0, errors=(PipelineError,))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,23 @@ class QAModel:
         return output.start_logits.float(), output.end_logits.float()
 
 
+def _explain(err: BaseException) -> str:
+    """The first line of a loading error, with what to change for the safety switches' refusals."""
+    lines = str(err).strip().splitlines()
+    first = lines[0].strip() if lines else type(err).__name__
+    if "custom code" in str(err) or "trust_remote_code" in str(err):
+        return (
+            f"{first} (the checkpoint needs its own Python code; set model.trust_remote_code=true only if "
+            "you trust its source)"
+        )
+    if isinstance(err, pickle.UnpicklingError):
+        return (
+            "its pickle weights hold more than tensors and torch refused to unpickle them (they could run "
+            "code); use a safetensors checkpoint"
+        )
+    return first
+
+
 def _check_local_checkpoint(config: ModelConfig) -> bool:
     """Fails fast on a missing local directory or unsafe weights; returns whether the model is local."""
     local = Path(config.name_or_path)
@@ -143,7 +161,9 @@ def load_tokenizer(config: ModelConfig) -> Any:
             config.name_or_path, revision=config.revision, trust_remote_code=config.trust_remote_code
         )
     except (OSError, ValueError) as err:
-        raise ModelLoadError(f"cannot load the tokenizer of {config.name_or_path!r}: {err}") from err
+        raise ModelLoadError(
+            f"cannot load the tokenizer of {config.name_or_path!r}: {_explain(err)}"
+        ) from err
     if not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError(f"{config.name_or_path} has no fast tokenizer (tokenizer.json); docqa needs one")
     return tokenizer
@@ -172,8 +192,8 @@ def load_qa_model(config: ModelConfig) -> QAModel:
             revision=config.revision,
             trust_remote_code=config.trust_remote_code,
         )
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(f"cannot load QA model {config.name_or_path!r}: {err}") from err
+    except (OSError, ValueError, pickle.UnpicklingError) as err:
+        raise ModelLoadError(f"cannot load QA model {config.name_or_path!r}: {_explain(err)}") from err
     model.to(device)
     model.eval()  # dropout off: answers must not vary between runs
     if config.quantize == "int8":

@@ -18,7 +18,8 @@ from qa_core.engine import QAEngine
 from qa_core.model import QAModel, load_qa_model
 from qa_core.read import iter_rows, read_input_schema, resolve_inputs
 from qa_core.schema import answer_schema, rejection_schema
-from qa_core.write import OutputWriter
+from qa_core.storage import redact_url
+from qa_core.write import OutputWriter, check_output
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def run_info(
             "device": device,
             "dtype": config.model.dtype,
         },
-        "inputs": inputs,
+        "inputs": [redact_url(f) for f in inputs],
         "counts": counts,
         "timings": {
             "wall_seconds": round(wall_seconds, 3),
@@ -90,6 +91,7 @@ def predict(
     config = apply_model_calibration(config)
     files = resolve_inputs(input_pattern)
     schema = read_input_schema(files, config.input)
+    check_output(output_dir, overwrite=overwrite)  # before the (slow) model load; changes nothing
     qa_model = model if model is not None else load_qa_model(config.model)
     passthrough = [schema.field(c) for c in config.input.passthrough_columns]
     writer = OutputWriter(

@@ -1,6 +1,9 @@
 """Input side: resolve a file / directory / glob (local or any fsspec URL) and stream its Parquet rows.
 
 Rows are read one row group at a time with column projection, so memory is bounded by a row group.
+Before any row is read, every file's footer is checked: the configured columns must exist, the question
+and context columns must hold text, and a column must have the same type in every file (large and
+dictionary-encoded strings count as strings). A file that breaks this fails the job with its name.
 """
 
 from __future__ import annotations
@@ -14,40 +17,54 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qa_core.config import InputConfig
+from qa_core.storage import bucket_problem, describe_storage_error, redact_url, to_url, url_to_fs
 
 logger = logging.getLogger(__name__)
+
+# Errors pyarrow raises on a file that is not (or no longer) valid Parquet; UnicodeDecodeError is a
+# ValueError, raised on invalid UTF-8 in a string column.
+_FILE_ERRORS = (OSError, ValueError, pa.ArrowException)
 
 
 class InputError(RuntimeError):
     """The job's input cannot be used; the message names the file and what to change."""
 
 
+def _hidden(relative: str) -> bool:
+    """Whether a path below an input directory is hidden (`.x`) or private (`_x`), like Spark's markers."""
+    return any(part.startswith((".", "_")) for part in relative.split("/") if part)
+
+
 def resolve_inputs(pattern: str) -> list[str]:
     """Parquet files named by a file path, a directory or a glob (sorted, fsspec URLs kept).
 
+    A directory is searched recursively for `*.parquet`, skipping hidden and `_`-prefixed entries (such as
+    the in-progress files of a running writer).
+
     Raises:
-        InputError: When nothing matches.
+        InputError: When nothing matches, the bucket is missing, or the storage refuses the listing.
     """
-    fs, path = fsspec.core.url_to_fs(pattern)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-
-    def url(p: str) -> str:
-        return p if protocol in ("file", "local") else f"{protocol}://{p}"
-
+    problem = bucket_problem(pattern)
+    if problem is not None:
+        raise InputError(f"cannot read input: {problem}")
+    fs, path, protocol = url_to_fs(pattern)
     try:
         if any(ch in path for ch in "*?["):
             found = sorted(fs.glob(path))
         elif fs.isdir(path):
-            found = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
+            root = path.rstrip("/") + "/"
+            found = sorted(
+                p for p in fs.find(path) if p.endswith(".parquet") and not _hidden(p.removeprefix(root))
+            )
         elif fs.exists(path):
             found = [path]
         else:
             found = []
-    except OSError as err:
-        raise InputError(f"cannot list input {pattern}: {err}") from err
+    except Exception as err:  # the storage client's own errors are not all OSErrors
+        raise InputError(f"cannot list input: {describe_storage_error(err, pattern)}") from err
     if not found:
-        raise InputError(f"no input Parquet files match {pattern}")
-    return [url(p) for p in found]
+        raise InputError(f"no input Parquet files match {redact_url(pattern)}")
+    return [to_url(protocol, p) for p in found]
 
 
 @dataclass(frozen=True)
@@ -62,38 +79,86 @@ class InputSchema:
         return next(f for f in self.fields if f.name == name)
 
 
+def _is_text(type_: pa.DataType) -> bool:
+    """String-like (plain, large, view or dictionary-encoded) or all-null columns can hold questions."""
+    if pa.types.is_dictionary(type_):
+        type_ = type_.value_type
+    return bool(
+        pa.types.is_string(type_)
+        or pa.types.is_large_string(type_)
+        or pa.types.is_string_view(type_)
+        or pa.types.is_null(type_)
+    )
+
+
+def _short(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def _file_schema(file: str) -> pa.Schema:
+    try:
+        with fsspec.open(file, "rb") as handle:
+            return pq.read_schema(handle)
+    except FileNotFoundError as err:
+        raise InputError(f"cannot read Parquet file {file}: it does not exist (any more)") from err
+    except _FILE_ERRORS as err:
+        raise InputError(f"cannot read Parquet file {file}: {_short(err)}") from err
+    except Exception as err:  # storage client errors (credentials, endpoint)
+        raise InputError(f"cannot read Parquet file {describe_storage_error(err, file)}") from err
+
+
 def read_input_schema(files: list[str], config: InputConfig) -> InputSchema:
-    """Checks that every file has the configured columns and returns their fields (from the first file).
+    """Checks every file's footer and returns the fields of the configured columns.
+
+    Question and context columns are read as `string` whatever their encoding; other columns keep their
+    type, with large and dictionary-encoded strings written as plain strings. A column that is all null
+    in one file (Arrow type `null`) is compatible with any type.
 
     Raises:
-        InputError: An unreadable file or a missing column, naming the file.
+        InputError: An unreadable file, a missing column, a question or context column that does not
+            hold text, or a column whose type differs between files, naming the file.
     """
-    first: dict[str, pa.Field] | None = None
+    text_columns = {
+        config.question_column: "question_column",
+        config.context_column: "context_column",
+    }
+    first: dict[str, tuple[pa.Field, str]] = {}
     for file in files:
-        try:
-            with fsspec.open(file, "rb") as handle:
-                schema = pq.read_schema(handle)
-        except (OSError, pa.ArrowException) as err:
-            raise InputError(f"cannot read Parquet file {file}: {err}") from err
+        schema = _file_schema(file)
         missing = [c for c in config.columns if c not in schema.names]
         if missing:
             raise InputError(
                 f"{file} has no column(s) {missing} (it has {schema.names}); set input.id_column / "
                 "question_column / context_column / passthrough_columns to match"
             )
-        if first is None:
-            first = {c: schema.field(c) for c in config.columns}
-    if first is None:
+        for name in config.columns:
+            field = schema.field(name)
+            if name in text_columns and not _is_text(field.type):
+                raise InputError(
+                    f"{file}: column '{name}' (input.{text_columns[name]}) has type {field.type}, expected "
+                    "strings; cast the column to string or point the setting at a text column"
+                )
+            plain = field.with_type(pa.string() if name in text_columns else _plain(field.type))
+            seen = first.get(name)
+            if seen is None or pa.types.is_null(seen[0].type):
+                first[name] = (plain, file)
+            elif not pa.types.is_null(plain.type) and plain.type != seen[0].type:
+                raise InputError(
+                    f"{file}: column '{name}' has type {field.type}, but {seen[1]} has {seen[0].type}; "
+                    "every input file must give a column the same type"
+                )
+    if not first:
         raise InputError("no input files")
-    fields = tuple(first[c].with_type(_plain(first[c].type)) for c in config.columns)
+    fields = tuple(first[c][0] for c in config.columns)
     return InputSchema(id_field=fields[0], fields=fields)
 
 
 def _plain(type_: pa.DataType) -> pa.DataType:
-    """Dictionary-encoded and large string columns are written as plain types."""
+    """Dictionary-encoded, large and view string columns are written as plain strings."""
     if pa.types.is_dictionary(type_):
         type_ = type_.value_type
-    if pa.types.is_large_string(type_):
+    if pa.types.is_large_string(type_) or pa.types.is_string_view(type_):
         return pa.string()
     return type_
 
@@ -110,5 +175,5 @@ def iter_rows(files: list[str], config: InputConfig, batch_rows: int = 1024) -> 
                 parquet = pq.ParquetFile(handle)
                 for record_batch in parquet.iter_batches(batch_size=batch_rows, columns=config.columns):
                     yield from record_batch.to_pylist()
-        except (OSError, pa.ArrowException) as err:
-            raise InputError(f"cannot read Parquet file {file}: {err}") from err
+        except _FILE_ERRORS as err:
+            raise InputError(f"cannot read Parquet file {file}: {_short(err)}") from err

@@ -1,7 +1,9 @@
 """Output side of `docqa predict`: answers and rejections Parquet, `_run.json`, and `COMPLETED` last.
 
 A run first removes any old `COMPLETED` marker, so a crashed or partial run never looks complete; the
-marker is written only after every table and `_run.json` are closed.
+marker is written only after every table and `_run.json` are closed. Part files are written under an
+in-progress name (`_in-progress-part-00000.parquet.tmp`) and renamed when closed, so a crashed run leaves
+no file that a `*.parquet` glob or a Parquet dataset reader would take for a finished part.
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ from qa_core.schema import (
     ANSWERS_DIR,
     COMPLETED_FILE,
     REJECTIONS_DIR,
+    REPORT_DIR,
+    REPORT_FILE,
     RUN_INFO_FILE,
     answer_to_row,
     rejection_to_row,
     rows_to_table,
 )
+from qa_core.storage import bucket_problem, describe_storage_error
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +37,17 @@ class OutputError(RuntimeError):
     """The output location cannot be used; the message says what to change."""
 
 
+IN_PROGRESS_PREFIX = "_in-progress-"
+
+
 class _PartWriter:
-    """Writes one Parquet part file in row groups of `flush_rows` rows."""
+    """Writes one Parquet part file in row groups of `flush_rows` rows; a temporary name until closed."""
 
     def __init__(self, fs: Any, path: str, schema: pa.Schema, flush_rows: int) -> None:
         self._fs, self._path, self._schema, self._flush_rows = fs, path, schema, flush_rows
+        folder, _, name = path.rpartition("/")
+        # Neither `*.parquet` globs nor Parquet dataset readers pick up this name.
+        self._temp_path = f"{folder}/{IN_PROGRESS_PREFIX}{name}.tmp"
         self._rows: list[dict[str, Any]] = []
         self._handle: Any = None
         self._writer: pq.ParquetWriter | None = None
@@ -48,7 +59,7 @@ class _PartWriter:
 
     def _flush(self) -> None:
         if self._writer is None:
-            self._handle = self._fs.open(self._path, "wb")
+            self._handle = self._fs.open(self._temp_path, "wb")
             self._writer = pq.ParquetWriter(self._handle, self._schema)
         if self._rows:
             self._writer.write_table(rows_to_table(self._rows, self._schema))
@@ -59,6 +70,7 @@ class _PartWriter:
         if self._writer is not None:
             self._writer.close()
             self._handle.close()
+            self._fs.mv(self._temp_path, self._path)
 
 
 class OutputWriter:
@@ -98,47 +110,109 @@ class OutputWriter:
         return "/".join([self.root.rstrip("/"), *parts])
 
     def write(self, result: Answer | Rejection) -> None:
-        """Adds one answer or rejection."""
-        if isinstance(result, Answer):
-            self._answers.add(answer_to_row(result, self.top_k))
-        else:
-            self._rejections.add(rejection_to_row(result))
+        """Adds one answer or rejection.
+
+        Raises:
+            OutputError: When the storage refuses a write (no `COMPLETED` is written then).
+        """
+        try:
+            if isinstance(result, Answer):
+                self._answers.add(answer_to_row(result, self.top_k))
+            else:
+                self._rejections.add(rejection_to_row(result))
+        except OSError as err:  # PermissionError, a full disk, a lost connection
+            raise OutputError(
+                f"cannot write the output: {describe_storage_error(err, self.output_dir)}"
+            ) from err
 
     def close(self, run_info: dict[str, Any]) -> None:
-        """Closes the tables, writes `_run.json`, then the `COMPLETED` marker."""
-        self._answers.close()
-        self._rejections.close()
+        """Closes the tables, writes `_run.json`, then the `COMPLETED` marker.
+
+        Raises:
+            OutputError: When the storage refuses a write; no `COMPLETED` is written then.
+        """
+        try:
+            self._answers.close()
+            self._rejections.close()
+        except Exception as err:  # storage client errors are not all OSErrors
+            raise OutputError(
+                f"cannot finish the output: {describe_storage_error(err, self.output_dir)}"
+            ) from err
         mark_completed(self.output_dir, run_info)
+
+
+def check_output(output_dir: str, *, overwrite: bool) -> list[str]:
+    """Checks, without changing anything, that a run can write to `output_dir`.
+
+    On an object store the bucket must exist (it is never created) and be readable with the credentials
+    of the environment.
+
+    Returns:
+        The names of an earlier run's entries in the folder (to remove when `overwrite` is on).
+
+    Raises:
+        OutputError: The folder already holds a run (finished or not) and `overwrite` is off, the bucket
+            is missing, or the location cannot be read.
+    """
+    problem = bucket_problem(output_dir)
+    if problem is not None:
+        raise OutputError(f"cannot write output: {problem}")
+    fs, root = fsspec.core.url_to_fs(output_dir)
+    root = root.rstrip("/")
+    names = (
+        COMPLETED_FILE,
+        RUN_INFO_FILE,
+        ANSWERS_DIR,
+        REJECTIONS_DIR,
+        REPORT_FILE,
+        REPORT_DIR,
+    )  # marker first
+    try:
+        present = [name for name in names if fs.exists(f"{root}/{name}")]
+    except Exception as err:  # storage client errors are not all OSErrors
+        raise OutputError(f"cannot prepare output: {describe_storage_error(err, output_dir)}") from err
+    if present and not overwrite:
+        if COMPLETED_FILE in present:
+            raise OutputError(f"output {output_dir} already holds a run; pass --overwrite to replace it")
+        raise OutputError(
+            f"output {output_dir} holds an unfinished run (it has {present} but no {COMPLETED_FILE}); "
+            "pass --overwrite to replace it"
+        )
+    return present
 
 
 def prepare_output(output_dir: str, *, overwrite: bool) -> None:
     """Makes `output_dir` ready for a run: refuses an existing run unless `overwrite`, clears it if so.
 
     Raises:
-        OutputError: The folder already holds a run and `overwrite` is off, or cannot be written.
+        OutputError: See `check_output`; also when the folder cannot be cleared or created.
     """
+    present = check_output(output_dir, overwrite=overwrite)
     fs, root = fsspec.core.url_to_fs(output_dir)
     root = root.rstrip("/")
-    names = (COMPLETED_FILE, RUN_INFO_FILE, ANSWERS_DIR, REJECTIONS_DIR)  # the marker first
     try:
-        present = [f"{root}/{name}" for name in names if fs.exists(f"{root}/{name}")]
-        if present and not overwrite:
-            raise OutputError(f"output {output_dir} already holds a run; pass --overwrite to replace it")
         # Removing the marker first means an interrupted overwrite never leaves a "complete" folder.
-        for path in present:
-            fs.rm(path, recursive=True)
+        for name in present:
+            fs.rm(f"{root}/{name}", recursive=True)
         for name in (ANSWERS_DIR, REJECTIONS_DIR):
             fs.makedirs(f"{root}/{name}", exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"cannot prepare output folder {output_dir}: {err}") from err
+    except Exception as err:  # storage client errors are not all OSErrors
+        raise OutputError(f"cannot prepare output: {describe_storage_error(err, output_dir)}") from err
 
 
 def mark_completed(output_dir: str, run_info: dict[str, Any]) -> None:
-    """Writes `_run.json`, then the `COMPLETED` marker (last, so its presence means a finished run)."""
+    """Writes `_run.json`, then the `COMPLETED` marker (last, so its presence means a finished run).
+
+    Raises:
+        OutputError: When the storage refuses the write.
+    """
     fs, root = fsspec.core.url_to_fs(output_dir)
     root = root.rstrip("/")
-    with fs.open(f"{root}/{RUN_INFO_FILE}", "w") as handle:
-        handle.write(json.dumps(run_info, indent=2, sort_keys=True, default=str) + "\n")
-    with fs.open(f"{root}/{COMPLETED_FILE}", "w") as handle:
-        handle.write("")
+    try:
+        with fs.open(f"{root}/{RUN_INFO_FILE}", "w") as handle:
+            handle.write(json.dumps(run_info, indent=2, sort_keys=True, default=str) + "\n")
+        with fs.open(f"{root}/{COMPLETED_FILE}", "w") as handle:
+            handle.write("")
+    except Exception as err:  # storage client errors are not all OSErrors
+        raise OutputError(f"cannot finish the output: {describe_storage_error(err, output_dir)}") from err
     logger.info("wrote %s", output_dir)
