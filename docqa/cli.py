@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from docqa import train_command
+from docqa.user_commands import register as register_user_commands
 from qa_core import __version__
 from qa_core.config import DEFAULT_MODEL, ConfigError, QAConfig, load_config
 
@@ -60,6 +61,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     config = resolve_config(args)
     info = predict(config, args.input, args.output, overwrite=args.overwrite, progress=not args.no_progress)
+    if not args.no_report:
+        from qa_core.report import try_write_report
+
+        try_write_report(args.output)
     counts = info["counts"]
     print(
         f"rows {counts['rows_read']}: answered {counts['answered']}, rejected {counts['rejected']} "
@@ -111,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, metavar="DIR", help="output folder (fsspec URLs ok)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-report", action="store_true", help="do not write DIR/report.html")
     add_config_args(p)
     p.set_defaults(func=_cmd_predict)
 
@@ -137,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data", required=True, metavar="SQUAD", help="SQuAD JSON (.json, .json.gz or .zip)")
     c.add_argument("--output", required=True, metavar="FILE.parquet", help="output Parquet file")
     c.set_defaults(func=_cmd_convert_squad)
+
+    register_user_commands(commands)
 
     train_command.register(commands)
     commands.add_parser(
@@ -174,12 +182,18 @@ def _run_beam(argv: Sequence[str]) -> int:
     from pipelines.run import PipelineError, run
 
     debug = "--debug" in argv
-    args = [a for a in argv if a != "--debug"]
+    report = "--no-report" not in argv
+    args = [a for a in argv if a not in ("--debug", "--no-report")]
     if not debug:
         _brief_beam_errors()
     code = run_guarded("run", lambda: run(args), debug, errors=(PipelineError,))
-    if code == 0:
-        print(f"docqa run: finished; see {_flag_value(args, '--output')}/_run.json")
+    output = _flag_value(args, "--output")
+    if code == 0 and output:
+        if report:
+            from qa_core.report import try_write_report
+
+            try_write_report(output)
+        print(f"docqa run: finished; see {output}/_run.json")
     return code
 
 

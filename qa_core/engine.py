@@ -38,6 +38,7 @@ class EngineStats:
     answered: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     windows: int = 0
+    windows_per_row: Counter[int] = field(default_factory=Counter)
     batches: int = 0
     real_tokens: int = 0
     padded_tokens: int = 0
@@ -53,6 +54,7 @@ class EngineStats:
             "rejected": sum(self.rejected.values()),
             "rejected_by_reason": dict(sorted(self.rejected.items())),
             "windows": self.windows,
+            "windows_per_row": {str(k): v for k, v in sorted(self.windows_per_row.items())},
             "batches": self.batches,
             "real_tokens": self.real_tokens,
             "padded_tokens": self.padded_tokens,
@@ -151,6 +153,7 @@ class QAEngine:
                 else:
                     out.append((item, result))
                     windows += len(result)
+                    self.stats.windows_per_row[len(result)] += 1
             else:
                 out.append(item)
         return out, windows

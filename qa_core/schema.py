@@ -18,6 +18,8 @@ ANSWERS_DIR = "answers"
 REJECTIONS_DIR = "rejections"
 RUN_INFO_FILE = "_run.json"
 COMPLETED_FILE = "COMPLETED"
+REPORT_FILE = "report.html"
+REPORT_DIR = "report"
 
 SCORE_DEFINITION = (
     "softmax probability of this answer among the row's candidates: exp((l - m)/T) / sum_c exp((l_c - m)/T) "

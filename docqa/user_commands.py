@@ -1,0 +1,134 @@
+"""`docqa report`, `docqa calibrate` and `docqa estimate`: argparse sub-commands over `qa_core` modules.
+
+Wire them into `docqa.cli.build_parser` with `register(commands)`. Each command's `func(args) -> int`
+raises job-level errors (`InputError`, `ConfigError`, `ModelLoadError`, `ValueError`, ...) that
+`docqa.cli.run_guarded` turns into one line and exit code 2. `docqa.cli` is imported inside functions
+so this module can be imported from it without a cycle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+SubParsers = argparse._SubParsersAction  # type of `parser.add_subparsers()`
+DEFAULT_BENCH = "out/bench.json"
+"""`docqa bench`'s default output, used by `docqa estimate` when `--bench` is not given."""
+
+
+def _write_json(path: str, document: dict[str, Any]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(
+        json.dumps(document, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
+    )
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from qa_core.report import write_report
+
+    path = write_report(args.dir, data=args.data)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from docqa.cli import resolve_config
+    from qa_core.calibrate import calibrate, check_model_dir, save_calibration
+
+    config = resolve_config(args)
+    model_dir = config.model.name_or_path
+    if not args.dry_run:
+        check_model_dir(model_dir)  # fail before the model runs, not after
+    result = calibrate(config, args.data, args.n)
+    print(result.format_table())
+    if args.json:
+        _write_json(args.json, result.to_document())
+    if args.dry_run:
+        print("dry run: nothing written")
+    else:
+        print(f"wrote {save_calibration(model_dir, result)}")
+    return 0
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    from docqa.cli import resolve_config
+    from qa_core.estimate import estimate
+
+    bench = args.bench
+    if bench is None and Path(DEFAULT_BENCH).is_file():
+        bench = DEFAULT_BENCH
+    result = estimate(
+        resolve_config(args), args.input, sample=args.sample, bench=bench, gpu_bench=args.gpu_bench
+    )
+    print(result.format_table())
+    if args.json:
+        _write_json(args.json, result.to_dict())
+    return 0
+
+
+def register_report(commands: SubParsers[argparse.ArgumentParser]) -> None:
+    """Adds `docqa report DIR [--data SQUAD]`."""
+    p = commands.add_parser(
+        "report",
+        help="HTML run report with figures (DIR/report.html)",
+        description="Write DIR/report.html and DIR/report/*.png from a finished run's answers, rejections "
+        "and _run.json; with --data, EM/F1 by question type and a reliability diagram.",
+    )
+    p.add_argument("dir", metavar="DIR", help="a docqa output folder (fsspec URLs ok)")
+    p.add_argument("--data", metavar="SQUAD", help="SQuAD file with gold answers for the same question ids")
+    p.set_defaults(func=_cmd_report)
+
+
+def register_calibrate(commands: SubParsers[argparse.ArgumentParser]) -> None:
+    """Adds `docqa calibrate --data SQUAD [--model M] [--n N] [--dry-run] [--json FILE]`."""
+    from docqa.cli import add_config_args
+
+    p = commands.add_parser(
+        "calibrate",
+        help="fit the score temperature on labelled data; stored as MODEL/calibration.json",
+        description="Fit a softmax temperature so that `score` estimates P(answer is exact-match right), "
+        "on half of a hashed sample of SQuAD questions; report ECE and log-loss before/after on the other "
+        "half; write calibration.json into the (local) model directory, applied by default.",
+    )
+    p.add_argument("--data", required=True, metavar="SQUAD", help="SQuAD JSON (.json, .json.gz or .zip)")
+    p.add_argument("--n", type=int, default=2000, help="questions sampled, split in halves (default 2000)")
+    p.add_argument("--dry-run", action="store_true", help="print the fit without writing calibration.json")
+    p.add_argument("--json", metavar="FILE", help="also write the result as JSON here")
+    add_config_args(p)
+    p.set_defaults(func=_cmd_calibrate)
+
+
+def register_estimate(commands: SubParsers[argparse.ArgumentParser]) -> None:
+    """Adds `docqa estimate --input GLOB [--config C] [--sample N] [--bench F] [--gpu-bench F]`."""
+    from docqa.cli import add_config_args
+
+    p = commands.add_parser(
+        "estimate",
+        help="rows, windows, tokens, padding and hours of a job, from a tokenized sample",
+        description="Count rows from Parquet footers, tokenize a sample spread over the input, and "
+        "extrapolate windows, tokens, padding waste and hours (from docqa bench figures).",
+    )
+    p.add_argument("--input", required=True, metavar="GLOB", help="Parquet file, directory or glob")
+    p.add_argument("--sample", type=int, default=1000, help="rows to tokenize (default 1000)")
+    p.add_argument(
+        "--bench",
+        metavar="FILE",
+        help=f"docqa bench JSON measured on the CPU (default {DEFAULT_BENCH} when it exists)",
+    )
+    p.add_argument(
+        "--gpu-bench",
+        metavar="FILE",
+        help="docqa bench --device cuda JSON; without it GPU hours are a labelled placeholder",
+    )
+    p.add_argument("--json", metavar="FILE", help="also write the estimate as JSON here")
+    add_config_args(p)
+    p.set_defaults(func=_cmd_estimate)
+
+
+def register(commands: SubParsers[argparse.ArgumentParser]) -> None:
+    """Adds the report, calibrate and estimate sub-commands to `docqa`'s sub-parsers."""
+    register_report(commands)
+    register_calibrate(commands)
+    register_estimate(commands)
