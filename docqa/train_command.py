@@ -43,7 +43,7 @@ def register(commands: Any) -> None:
     Args:
         commands: The object returned by `ArgumentParser.add_subparsers()`.
     """
-    from qa_core.train import TrainConfig
+    from qa_core.train_config import TrainConfig
 
     d = TrainConfig()
     p = commands.add_parser(
@@ -188,7 +188,7 @@ def register(commands: Any) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The `TrainConfig` of parsed `docqa train` arguments."""
-    from qa_core.train import TrainConfig
+    from qa_core.train_config import TrainConfig
 
     return TrainConfig(
         learning_rate=args.lr,

@@ -14,7 +14,6 @@ torch RNG and the data position, so `resume=True` continues the very same run.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import inspect
 import json
@@ -24,7 +23,6 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,115 +36,15 @@ from qa_core.batch import collate
 from qa_core.config import ConfigError, FeaturizeConfig
 from qa_core.featurize import Featurizer
 from qa_core.squad import load_squad
+from qa_core.train_config import RESUME_FREE_FIELDS, TrainConfig, TrainResult
 from qa_core.train_data import TrainWindow, build_train_windows, load_ambiguous_ids
 
 logger = logging.getLogger(__name__)
 
-# Fields that may change between a run and its resumption without changing the run.
-_RESUME_FREE_FIELDS = frozenset({"threads", "checkpoint_every", "keep_checkpoints", "log_every", "progress"})
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyperparameters and run settings of a fine-tuning run.
-
-    Attributes:
-        learning_rate: Peak AdamW learning rate.
-        batch_size: Windows per forward pass (micro-batch).
-        grad_accum: Micro-batches per optimizer step; the effective batch is `batch_size * grad_accum`.
-        epochs: Passes over the training windows (fractions allowed); ignored when `max_steps` is set.
-        max_steps: Optimizer steps of the whole run; the schedule decays to 0 at this step.
-        warmup_ratio: Fraction of the steps with a linear warm-up from 0 to `learning_rate`.
-        weight_decay: AdamW weight decay (not applied to biases and LayerNorm weights).
-        max_grad_norm: Gradient clipping norm (0 disables clipping).
-        seed: Seeds the head initialisation, dropout and the data order.
-        checkpoint_every: Save a checkpoint every N optimizer steps (0: only at the end).
-        keep_checkpoints: Checkpoints kept (the oldest are deleted).
-        bf16: Use bfloat16 autocast (CPU with AVX512-BF16/AMX, or CUDA); weights stay fp32.
-        threads: torch intra-op threads (None: torch's default).
-        sort_chunk_batches: Batches per length-sorting chunk.
-        pad_to_multiple_of: Padded length of a batch is its longest window rounded up to this.
-        featurize: Window size and stride (the same as inference uses).
-        max_train_examples: Use only the first N training examples (smoke runs).
-        drop_ambiguous: Skip answers listed in the ambiguous-offsets side file (kept by default).
-        log_every: A log line every N optimizer steps.
-        progress: Show a tqdm progress bar on stderr.
-    """
-
-    learning_rate: float = 1e-4
-    batch_size: int = 32
-    grad_accum: int = 1
-    epochs: float = 1.0
-    max_steps: int | None = None
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 2
-    bf16: bool = True
-    threads: int | None = None
-    sort_chunk_batches: int = 100
-    pad_to_multiple_of: int = 8
-    featurize: FeaturizeConfig = field(default_factory=FeaturizeConfig)
-    max_train_examples: int | None = None
-    drop_ambiguous: bool = False
-    log_every: int = 20
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.learning_rate > 0, "learning_rate must be > 0"),
-            (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1"),
-            (self.epochs > 0, "epochs must be > 0"),
-            (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
-            (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
-            (self.weight_decay >= 0 and self.max_grad_norm >= 0, "weight_decay, max_grad_norm must be >= 0"),
-            (self.checkpoint_every >= 0 and self.keep_checkpoints >= 1, "bad checkpoint settings"),
-            (self.threads is None or self.threads >= 1, "threads must be >= 1"),
-            (self.sort_chunk_batches >= 1 and self.pad_to_multiple_of >= 1, "bad batching settings"),
-            (self.max_train_examples is None or self.max_train_examples >= 1, "max_train_examples < 1"),
-            (self.log_every >= 1, "log_every must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(f"train: {message}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as plain JSON-able data."""
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What a run produced.
-
-    Attributes:
-        output_dir: Where the model was written.
-        steps: Optimizer steps done; `total_steps` of the schedule.
-        tokens: Real (unpadded) tokens trained on.
-        seconds: Training wall time, summed over resumptions.
-        final_loss: Mean loss of the last logged interval.
-        data_digest: A digest of the data order consumed (equal for equal runs).
-        finished: False when `stop_after_steps` stopped the run early.
-        data_stats: Counts of the training windows.
-        eval: Scores of `--eval` (EvalResult.to_dict()), or None.
-    """
-
-    output_dir: str
-    steps: int
-    total_steps: int
-    tokens: int
-    seconds: float
-    final_loss: float
-    data_digest: str
-    finished: bool
-    data_stats: dict[str, Any]
-    eval: dict[str, Any] | None = None
-
-
-def plan_epoch(lengths: npt.NDArray[np.int64], epoch: int, config: TrainConfig
-               ) -> list[npt.NDArray[np.int64]]:
+def plan_epoch(
+    lengths: npt.NDArray[np.int64], epoch: int, config: TrainConfig
+) -> list[npt.NDArray[np.int64]]:
     """The micro-batches (window indices) of one epoch, length-grouped; depends only on (seed, epoch)."""
     rng = np.random.default_rng([config.seed, epoch])
     order = rng.permutation(len(lengths))
@@ -168,8 +66,11 @@ def total_steps_of(n_micro_batches: int, config: TrainConfig) -> int:
 
 
 def qa_loss(
-    start_logits: torch.Tensor, end_logits: torch.Tensor, attention_mask: torch.Tensor,
-    starts: torch.Tensor, ends: torch.Tensor,
+    start_logits: torch.Tensor,
+    end_logits: torch.Tensor,
+    attention_mask: torch.Tensor,
+    starts: torch.Tensor,
+    ends: torch.Tensor,
 ) -> torch.Tensor:
     """Mean of the start and end cross-entropies, softmax over real tokens only (fp32)."""
     padding = attention_mask == 0  # (B, P)
@@ -178,8 +79,9 @@ def qa_loss(
     return (F.cross_entropy(start, starts) + F.cross_entropy(end, ends)) / 2
 
 
-def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int
-                     ) -> torch.optim.lr_scheduler.LambdaLR:
+def _linear_schedule(
+    optimizer: torch.optim.Optimizer, warmup: int, total: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / (warmup + 1)
@@ -193,8 +95,10 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW
     no_decay: list[torch.nn.Parameter] = []
     for name, param in model.named_parameters():
         (no_decay if param.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(param)
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=config.learning_rate)
 
 
@@ -203,8 +107,9 @@ def _checkpoints(output: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
-def _micro_batches(lengths: npt.NDArray[np.int64], config: TrainConfig, epoch: int, index: int
-                   ) -> Iterator[tuple[int, int, npt.NDArray[np.int64]]]:
+def _micro_batches(
+    lengths: npt.NDArray[np.int64], config: TrainConfig, epoch: int, index: int
+) -> Iterator[tuple[int, int, npt.NDArray[np.int64]]]:
     """(epoch, index after this batch, window indices) from a data position on, epoch after epoch."""
     while True:
         planned = plan_epoch(lengths, epoch, config)
@@ -219,8 +124,12 @@ def _training_windows(tokenizer: Any, train_path: str, config: TrainConfig) -> t
     side_file = train_path.replace(".json", ".ambiguous-offsets.json", 1)
     if Path(side_file).is_file():
         ambiguous = load_ambiguous_ids(side_file)
-        logger.info("%d ambiguous-offset answers listed in %s: %s", len(ambiguous), side_file,
-                    "dropped" if config.drop_ambiguous else "kept")
+        logger.info(
+            "%d ambiguous-offset answers listed in %s: %s",
+            len(ambiguous),
+            side_file,
+            "dropped" if config.drop_ambiguous else "kept",
+        )
         drop = ambiguous if config.drop_ambiguous else frozenset()
     windows, stats = build_train_windows(
         load_squad(train_path), Featurizer(tokenizer, config.featurize), config.max_train_examples, drop
@@ -236,8 +145,11 @@ def _resume_point(output: Path, state: dict[str, Any]) -> tuple[Path, dict[str, 
     if not found:
         raise FileNotFoundError(f"--resume: no checkpoint in {output / 'checkpoints'}")
     saved: dict[str, Any] = json.loads((found[-1] / "trainer_state.json").read_text(encoding="utf-8"))
-    differ = sorted(k for k in state["config"] if k not in _RESUME_FREE_FIELDS
-                    and saved["config"].get(k) != state["config"][k])
+    differ = sorted(
+        k
+        for k in state["config"]
+        if k not in RESUME_FREE_FIELDS and saved["config"].get(k) != state["config"][k]
+    )
     if differ or saved["windows"] != state["windows"]:
         raise ConfigError(f"train: cannot resume {found[-1]}: settings differ: {differ or ['windows']}")
     saved["config"] = state["config"]
@@ -291,8 +203,17 @@ def train(
         tokenizer = AutoTokenizer.from_pretrained(base_dir)
         windows, stats = _training_windows(tokenizer, train_path, config)
         total = total_steps_of(math.ceil(len(windows) / config.batch_size), config)
-        state: dict[str, Any] = {"step": 0, "epoch": 0, "index": 0, "tokens": 0, "seconds": 0.0, "digest": "",
-                                 "total_steps": total, "windows": len(windows), "config": config.to_dict()}
+        state: dict[str, Any] = {
+            "step": 0,
+            "epoch": 0,
+            "index": 0,
+            "tokens": 0,
+            "seconds": 0.0,
+            "digest": "",
+            "total_steps": total,
+            "windows": len(windows),
+            "config": config.to_dict(),
+        }
         checkpoint, state = _resume_point(output, state) if resume else (None, state)
         torch.manual_seed(config.seed)  # the QA head's initialisation and dropout
         model = AutoModelForQuestionAnswering.from_pretrained(str(checkpoint or base_dir)).to(device)
@@ -310,14 +231,32 @@ def train(
                 shutil.copy(Path(base_dir) / "LICENSE", output / "LICENSE")
             if eval_path is not None:
                 scores = evaluate_model(str(output), eval_path, config.featurize, eval_limit)
-            info = {"base": base_dir, "train": train_path, "eval": eval_path, "eval_limit": eval_limit,
-                    "command": command, "state": {k: v for k, v in state.items() if k != "config"},
-                    "config": config.to_dict(), "data": stats.to_dict(), "eval_scores": scores,
-                    "hardware": hardware_summary(device, config)}
+            info = {
+                "base": base_dir,
+                "train": train_path,
+                "eval": eval_path,
+                "eval_limit": eval_limit,
+                "command": command,
+                "state": {k: v for k, v in state.items() if k != "config"},
+                "config": config.to_dict(),
+                "data": stats.to_dict(),
+                "eval_scores": scores,
+                "hardware": hardware_summary(device, config),
+            }
             (output / "train_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
             logger.info("model written to %s", output)
-        return TrainResult(str(output), state["step"], total, state["tokens"], state["seconds"], final_loss,
-                           state["digest"], finished, stats.to_dict(), scores)
+        return TrainResult(
+            str(output),
+            state["step"],
+            total,
+            state["tokens"],
+            state["seconds"],
+            final_loss,
+            state["digest"],
+            finished,
+            stats.to_dict(),
+            scores,
+        )
     finally:
         logging.getLogger().removeHandler(log_handler)
         log_handler.close()
@@ -326,8 +265,16 @@ def train(
 class _Trainer:
     """The optimisation loop of one run; `state` (step, data position, counters) is updated in place."""
 
-    def __init__(self, model: Any, windows: list[TrainWindow], config: TrainConfig, state: dict[str, Any], *,
-                 output: Path, pad_id: int) -> None:
+    def __init__(
+        self,
+        model: Any,
+        windows: list[TrainWindow],
+        config: TrainConfig,
+        state: dict[str, Any],
+        *,
+        output: Path,
+        pad_id: int,
+    ) -> None:
         self.model, self.windows, self.config, self.state = model, windows, config, state
         self.output, self.pad_id = output, pad_id
         self.device = next(model.parameters()).device
@@ -374,8 +321,16 @@ class _Trainer:
         self.model.train()
         last_loss, steps_here = float("nan"), 0
         every = config.checkpoint_every
-        with tqdm(total=total, initial=state["step"], desc="train", unit="step", disable=not config.progress,
-                  file=sys.stderr, mininterval=5.0, dynamic_ncols=True) as bar:
+        with tqdm(
+            total=total,
+            initial=state["step"],
+            desc="train",
+            unit="step",
+            disable=not config.progress,
+            file=sys.stderr,
+            mininterval=5.0,
+            dynamic_ncols=True,
+        ) as bar:
             while state["step"] < total and (stop_after_steps is None or steps_here < stop_after_steps):
                 self._step(stream)
                 steps_here += 1
@@ -401,8 +356,10 @@ class _Trainer:
             digest.update(picked.tobytes())
             chosen = [self.windows[i] for i in picked]
             batch = collate([w.feature for w in chosen], self.pad_id, config.pad_to_multiple_of)
-            inputs = {"input_ids": torch.from_numpy(batch.input_ids).to(device),
-                      "attention_mask": torch.from_numpy(batch.attention_mask).to(device)}
+            inputs = {
+                "input_ids": torch.from_numpy(batch.input_ids).to(device),
+                "attention_mask": torch.from_numpy(batch.attention_mask).to(device),
+            }
             if self.takes_types:
                 inputs["token_type_ids"] = torch.from_numpy(batch.token_type_ids).to(device)
             starts = torch.tensor([w.start_position for w in chosen], device=device)
@@ -435,15 +392,23 @@ class _Trainer:
         eta = (state["total_steps"] - state["step"]) * seconds / steps
         logger.info(
             "step %d/%d epoch %d loss %.4f lr %.3g tokens/s %.0f steps/s %.3f elapsed %.0fs ETA %.0fs",
-            state["step"], state["total_steps"], state["epoch"], loss, self.scheduler.get_last_lr()[0], rate,
-            steps / seconds, state["seconds"], eta,
+            state["step"],
+            state["total_steps"],
+            state["epoch"],
+            loss,
+            self.scheduler.get_last_lr()[0],
+            rate,
+            steps / seconds,
+            state["seconds"],
+            eta,
         )
         self.interval = [0.0, 0, 0, time.perf_counter()]
         return loss, rate
 
 
-def evaluate_model(model_dir: str, squad_path: str, featurize: FeaturizeConfig, limit: int | None = None
-                   ) -> dict[str, Any]:
+def evaluate_model(
+    model_dir: str, squad_path: str, featurize: FeaturizeConfig, limit: int | None = None
+) -> dict[str, Any]:
     """EM/F1 of a model directory on a SQuAD file, with docqa's own inference engine and evaluator."""
     from qa_core.config import ModelConfig, QAConfig
     from qa_core.engine import QAEngine
@@ -458,13 +423,21 @@ def evaluate_model(model_dir: str, squad_path: str, featurize: FeaturizeConfig, 
     config = QAConfig(featurize=featurize, model=ModelConfig(name_or_path=model_dir))
     engine = QAEngine(load_qa_model(config.model), config)
     started = time.perf_counter()
-    predictions = {str(r.id): r.answer for r in engine.answer_rows(squad_to_table(dataset).to_pylist())
-                   if isinstance(r, Answer)}
+    predictions = {
+        str(r.id): r.answer
+        for r in engine.answer_rows(squad_to_table(dataset).to_pylist())
+        if isinstance(r, Answer)
+    }
     scores = evaluate(dataset, predictions).to_dict()
     seconds = round(time.perf_counter() - started, 1)
     scores.update(data=squad_path, questions=len(dataset.examples), seconds=seconds)
-    logger.info("eval on %s (%d questions): EM %.2f F1 %.2f", squad_path, len(dataset.examples),
-                scores["exact"], scores["f1"])
+    logger.info(
+        "eval on %s (%d questions): EM %.2f F1 %.2f",
+        squad_path,
+        len(dataset.examples),
+        scores["exact"],
+        scores["f1"],
+    )
     return scores
 
 
@@ -475,7 +448,8 @@ def hardware_summary(device: torch.device, config: TrainConfig) -> str:
 
     if device.type == "cuda":
         return f"GPU {torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return (f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"{torch.get_num_threads()} torch threads, bf16 autocast {'on' if config.bf16 else 'off'}, "
-            f"torch {torch.__version__}")
-
+    return (
+        f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads, bf16 autocast {'on' if config.bf16 else 'off'}, "
+        f"torch {torch.__version__}"
+    )

@@ -13,7 +13,8 @@ from safetensors.numpy import load_file
 from docqa.train_command import main, model_card
 from qa_core.config import ConfigError, FeaturizeConfig
 from qa_core.squad import SquadAnswer, SquadDataset, SquadExample, load_squad
-from qa_core.train import TrainConfig, plan_epoch, train
+from qa_core.train import plan_epoch, train
+from qa_core.train_config import TrainConfig
 from qa_core.train_data import build_train_windows
 
 SUBJECTS = ["city", "school", "team", "river", "church", "film", "state", "country", "region", "university"]

@@ -1,0 +1,111 @@
+"""Configuration and result records of `docqa train` (see `qa_core.train`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from qa_core.config import ConfigError, FeaturizeConfig
+
+# Fields that may change between a run and its resumption without changing the run.
+RESUME_FREE_FIELDS = frozenset({"threads", "checkpoint_every", "keep_checkpoints", "log_every", "progress"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters and run settings of a fine-tuning run.
+
+    Attributes:
+        learning_rate: Peak AdamW learning rate.
+        batch_size: Windows per forward pass (micro-batch).
+        grad_accum: Micro-batches per optimizer step; the effective batch is `batch_size * grad_accum`.
+        epochs: Passes over the training windows (fractions allowed); ignored when `max_steps` is set.
+        max_steps: Optimizer steps of the whole run; the schedule decays to 0 at this step.
+        warmup_ratio: Fraction of the steps with a linear warm-up from 0 to `learning_rate`.
+        weight_decay: AdamW weight decay (not applied to biases and LayerNorm weights).
+        max_grad_norm: Gradient clipping norm (0 disables clipping).
+        seed: Seeds the head initialisation, dropout and the data order.
+        checkpoint_every: Save a checkpoint every N optimizer steps (0: only at the end).
+        keep_checkpoints: Checkpoints kept (the oldest are deleted).
+        bf16: Use bfloat16 autocast (CPU with AVX512-BF16/AMX, or CUDA); weights stay fp32.
+        threads: torch intra-op threads (None: torch's default).
+        sort_chunk_batches: Batches per length-sorting chunk.
+        pad_to_multiple_of: Padded length of a batch is its longest window rounded up to this.
+        featurize: Window size and stride (the same as inference uses).
+        max_train_examples: Use only the first N training examples (smoke runs).
+        drop_ambiguous: Skip answers listed in the ambiguous-offsets side file (kept by default).
+        log_every: A log line every N optimizer steps.
+        progress: Show a tqdm progress bar on stderr.
+    """
+
+    learning_rate: float = 1e-4
+    batch_size: int = 32
+    grad_accum: int = 1
+    epochs: float = 1.0
+    max_steps: int | None = None
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    bf16: bool = True
+    threads: int | None = None
+    sort_chunk_batches: int = 100
+    pad_to_multiple_of: int = 8
+    featurize: FeaturizeConfig = field(default_factory=FeaturizeConfig)
+    max_train_examples: int | None = None
+    drop_ambiguous: bool = False
+    log_every: int = 20
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.learning_rate > 0, "learning_rate must be > 0"),
+            (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1"),
+            (self.epochs > 0, "epochs must be > 0"),
+            (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
+            (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
+            (self.weight_decay >= 0 and self.max_grad_norm >= 0, "weight_decay, max_grad_norm must be >= 0"),
+            (self.checkpoint_every >= 0 and self.keep_checkpoints >= 1, "bad checkpoint settings"),
+            (self.threads is None or self.threads >= 1, "threads must be >= 1"),
+            (self.sort_chunk_batches >= 1 and self.pad_to_multiple_of >= 1, "bad batching settings"),
+            (self.max_train_examples is None or self.max_train_examples >= 1, "max_train_examples < 1"),
+            (self.log_every >= 1, "log_every must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"train: {message}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON-able data."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a run produced.
+
+    Attributes:
+        output_dir: Where the model was written.
+        steps: Optimizer steps done; `total_steps` of the schedule.
+        tokens: Real (unpadded) tokens trained on.
+        seconds: Training wall time, summed over resumptions.
+        final_loss: Mean loss of the last logged interval.
+        data_digest: A digest of the data order consumed (equal for equal runs).
+        finished: False when `stop_after_steps` stopped the run early.
+        data_stats: Counts of the training windows.
+        eval: Scores of `--eval` (EvalResult.to_dict()), or None.
+    """
+
+    output_dir: str
+    steps: int
+    total_steps: int
+    tokens: int
+    seconds: float
+    final_loss: float
+    data_digest: str
+    finished: bool
+    data_stats: dict[str, Any]
+    eval: dict[str, Any] | None = None
