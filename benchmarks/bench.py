@@ -28,7 +28,7 @@ import torch
 
 from qa_core.aggregate import aggregate
 from qa_core.batch import collate, plan_batches
-from qa_core.config import DEFAULT_MODEL, QAConfig, load_config
+from qa_core.config import DEFAULT_MODEL, QAConfig, add_config_arguments, load_config
 from qa_core.decode import decode_batch
 from qa_core.featurize import Featurizer
 from qa_core.model import QAModel, load_qa_model
@@ -211,13 +211,13 @@ RUNNERS = {
 
 def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     """Runs one mode in this process and returns its figures."""
-    overrides = [
-        f"model.name_or_path={args.model}",
+    # --model/--dtype/--device are bench flags; --set may still override anything.
+    base = [
+        f"model.name_or_path={json.dumps(args.model)}",
         f"model.dtype={args.dtype}",
         f"model.device={args.device}",
-        *args.overrides,
     ]
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, [*base, *args.overrides])
     torch.manual_seed(0)
     model = load_qa_model(config.model)
     rows = _rows(args.data, args.n)
@@ -271,17 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}"
     )
-    parser.add_argument(
-        "--config", action="append", default=[], metavar="YAML", help="config file; repeatable"
-    )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        dest="overrides",
-        metavar="SECTION.KEY=VALUE",
-        help="config override; repeatable",
-    )
+    add_config_arguments(parser, model=False)
     parser.add_argument(
         "--json", default="out/bench.json", help="write the results here (default out/bench.json)"
     )

@@ -12,7 +12,7 @@ from typing import Any
 from docqa import train_command
 from docqa.user_commands import register as register_user_commands
 from qa_core import __version__
-from qa_core.config import DEFAULT_MODEL, ConfigError, QAConfig, load_config
+from qa_core.config import ConfigError, add_config_arguments, config_from_arguments
 
 logger = logging.getLogger("docqa")
 
@@ -28,32 +28,8 @@ def _job_errors() -> tuple[type[Exception], ...]:
     return (*JOB_ERRORS, ModelLoadError, InputError, OutputError, ValueError)
 
 
-def add_config_args(parser: argparse.ArgumentParser) -> None:
-    """`--model`, `--config` and `--set`, shared by the commands that run a model."""
-    parser.add_argument("--model", help=f"QA checkpoint directory or hub id (default: {DEFAULT_MODEL})")
-    parser.add_argument(
-        "--config",
-        action="append",
-        default=[],
-        metavar="YAML",
-        help="config file; repeat to layer (later wins)",
-    )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        dest="overrides",
-        help="override one config value, e.g. --set decode.top_k=3; repeatable",
-    )
-
-
-def resolve_config(args: argparse.Namespace) -> QAConfig:
-    """The job config from `--config` files, `--set` overrides and `--model`."""
-    overrides = list(args.overrides)
-    if args.model:
-        overrides.append(f"model.name_or_path={json.dumps(args.model)}")
-    return load_config(args.config, overrides)
+add_config_args = add_config_arguments
+resolve_config = config_from_arguments
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

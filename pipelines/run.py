@@ -40,7 +40,7 @@ from pipelines.stages import (
     count_result,
 )
 from qa_core.calibration import apply_model_calibration
-from qa_core.config import QAConfig, load_config
+from qa_core.config import QAConfig, add_config_arguments, config_from_arguments
 from qa_core.model import describe_model, load_tokenizer
 from qa_core.predict import run_info
 from qa_core.read import InputSchema, read_input_schema, resolve_inputs
@@ -172,18 +172,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     )
     parser.add_argument("--input", required=True, metavar="GLOB", help="Parquet file, directory or glob")
     parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--model", help="QA checkpoint directory or hub id (default: the bundled model)")
-    parser.add_argument(
-        "--config", action="append", default=[], metavar="YAML", help="config file; repeatable"
-    )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        dest="overrides",
-        metavar="SECTION.KEY=VALUE",
-        help="override one config value; repeatable",
-    )
+    add_config_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     return parser.parse_known_args(argv)
 
@@ -245,8 +234,7 @@ def run(
         PipelineError: The pipeline failed while running (a corrupt file, a worker that died).
     """
     args, beam_args = parse_args(argv)
-    overrides = list(args.overrides) + ([f"model.name_or_path={args.model}"] if args.model else [])
-    config = apply_model_calibration(load_config(args.config, overrides))
+    config = apply_model_calibration(config_from_arguments(args))
     started = time.perf_counter()
     files = resolve_inputs(args.input)
     spec = JobSpec(config, tuple(files), read_input_schema(files, config.input), args.output)

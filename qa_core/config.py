@@ -8,6 +8,7 @@ its hash are written beside every output (`_run.json`).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -341,3 +342,32 @@ def load_config(paths: Iterable[str] = (), overrides: Iterable[str] = ()) -> QAC
     for item in overrides:
         data = _deep_merge(data, parse_override(item))
     return config_from_dict(data)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, *, model: bool = True) -> None:
+    """Adds `--config` and `--set` (and `--model`), shared by every command that runs a model."""
+    if model:
+        parser.add_argument("--model", help=f"QA checkpoint directory or hub id (default: {DEFAULT_MODEL})")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="config file; repeat to layer (later wins)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        dest="overrides",
+        help="override one config value, e.g. --set decode.top_k=3; repeatable",
+    )
+
+
+def config_from_arguments(args: argparse.Namespace, *extra: str) -> QAConfig:
+    """The config from parsed `--config`/`--set`/`--model` arguments, then `extra` overrides."""
+    overrides = list(args.overrides)
+    if getattr(args, "model", None):
+        overrides.append(f"model.name_or_path={json.dumps(args.model)}")
+    return load_config(args.config, [*overrides, *extra])
