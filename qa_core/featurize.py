@@ -120,6 +120,23 @@ class Featurizer:
                 results[index] = self._features_for(records[index], [enc for _, enc in windows[index]])
         return [r for r in results if r is not None]
 
+    def _uncovered_tail(self, context: str, last: Feature) -> str | None:
+        """Why the windows stop before the end of the context, or None when they cover it all.
+
+        Guards against silent loss: tokenizers 0.23.2 returns at most two overflow windows per pair, so
+        the rest of a long context would never be read. Only text after the last window's last token
+        that still produces tokens counts as lost; it is tokenized only when it is not blank, which for
+        well-formed windows it almost never is.
+        """
+        covered = int(last.char_ends.max())
+        tail = context[covered:]
+        if not tail.strip() or not self.tokenizer(tail, add_special_tokens=False)["input_ids"]:
+            return None
+        return (
+            f"the tokenizer's windows stop at character {covered} of {len(context)} (tokenizers "
+            f"{_tokenizers_version()} drops overflow windows; upgrade to tokenizers>=0.23.3)"
+        )
+
     def _features_for(self, record: Record, encodings: list[Any]) -> list[Feature] | Rejection:
         features: list[Feature] = []
         for window_index, enc in enumerate(encodings):
@@ -147,6 +164,9 @@ class Featurizer:
             )
         if not any(bool((f.char_starts >= 0).any()) for f in features):
             return record.reject(Reason.NO_CONTEXT_TOKENS, "the context produced no tokens")
+        uncovered = self._uncovered_tail(record.context, features[-1])
+        if uncovered is not None:
+            return record.reject(Reason.FEATURIZE_ERROR, uncovered)
         # Windows with no context token (possible only for odd tokenizers) can never hold an answer.
         kept = [f for f in features if bool((f.char_starts >= 0).any())]
         if len(kept) != len(features):
@@ -164,3 +184,12 @@ class Featurizer:
                 for i, f in enumerate(kept)
             ]
         return kept
+
+
+def _tokenizers_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tokenizers")
+    except PackageNotFoundError:
+        return "unknown"

@@ -7,13 +7,14 @@ import random
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 from qa_core.config import BatchConfig, FeaturizeConfig, QAConfig, load_config
 from qa_core.engine import QAEngine
 from qa_core.model import QAModel
-from qa_core.records import Answer, Reason, Rejection
+from qa_core.records import Answer, Feature, Reason, Rejection
 
 UNICODE_CONTEXTS = [
     "東京は日本の首都です。 the capital city of japan is tokyo.",
@@ -212,3 +213,35 @@ def test_poison_row_rejects_only_itself(tiny_model: QAModel) -> None:
     assert "poisoned batch" in rejected[0].detail
     assert sum(isinstance(r, Answer) for r in results) == 19
     assert engine.stats.batch_splits > 0
+
+
+def test_windows_that_stop_early_are_a_rejection_not_a_silent_cut(tiny_model: QAModel) -> None:
+    from qa_core.featurize import Featurizer
+
+    featurizer = Featurizer(tiny_model.tokenizer, QAConfig().featurize)
+    context = "the river church"
+    ids = np.arange(3, dtype=np.int32)
+    cut = Feature(
+        "k",
+        0,
+        1,
+        ids,
+        np.zeros(3, np.int8),
+        np.array([-1, 0, 4], np.int32),
+        np.array([-1, 3, 9], np.int32),
+        0,
+    )
+    assert "stop at character 9 of 16" in (featurizer._uncovered_tail(context, cut) or "")
+    whole = Feature(
+        "k",
+        0,
+        1,
+        ids,
+        np.zeros(3, np.int8),
+        np.array([-1, 4, 10], np.int32),
+        np.array([-1, 9, 16], np.int32),
+        0,
+    )
+    assert featurizer._uncovered_tail(context, whole) is None
+    # Trailing text that produces no tokens (control characters) is not a loss.
+    assert featurizer._uncovered_tail(context + "\x00\x01", whole) is None
