@@ -37,6 +37,8 @@ from qa_core.schema import ANSWERS_DIR, COMPLETED_FILE, REJECTIONS_DIR, REPORT_D
 from qa_core.squad import SquadDataset, load_squad
 
 logger = logging.getLogger(__name__)
+# matplotlib logs every categorical axis at INFO; keep run logs readable.
+logging.getLogger("matplotlib").setLevel(logging.WARNING)
 
 FIGURES_DIR = REPORT_DIR
 QUESTION_TYPES = ("what", "who", "when", "where", "why", "which", "how", "other")
