@@ -162,15 +162,29 @@ def _run_beam(argv: Sequence[str]) -> int:
     args = [a for a in argv if a not in ("--debug", "--no-report")]
     if not debug:
         _brief_beam_errors()
-    code = run_guarded("run", lambda: run(args), debug, errors=(PipelineError,))
+    infos: list[dict[str, Any]] = []
+    code = run_guarded("run", lambda: infos.append(run(args)), debug, errors=(PipelineError,))
     output = _flag_value(args, "--output")
     if code == 0 and output:
         if report:
             from qa_core.report import try_write_report
 
             try_write_report(output)
-        print(f"docqa run: finished; see {output}/_run.json")
+        print(summarize_run(infos[0], output))
     return code
+
+
+def summarize_run(info: dict[str, Any], output: str) -> str:
+    """One paragraph of a finished run's counts (the Beam counters, for `docqa run`)."""
+    counts, timings = info["counts"], info["timings"]
+    efficiency = counts.get("padding_efficiency")
+    efficiency = None if efficiency is None else round(efficiency, 3)
+    return (
+        f"rows {counts['rows_read']}: answered {counts['answered']}, rejected {counts['rejected']} "
+        f"{counts.get('rejected_by_reason') or ''}; windows {counts.get('windows')}, batches "
+        f"{counts.get('batches')}, padding efficiency {efficiency}; "
+        f"{timings['wall_seconds']} s ({timings['rows_per_second']} rows/s) -> {output} (details: _run.json)"
+    )
 
 
 class _BriefBeamErrors(logging.Filter):

@@ -23,12 +23,11 @@ from typing import Any
 
 import apache_beam as beam
 import fsspec
-import pyarrow.parquet as pq
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import PCollection
 
-from pipelines import metrics
+from pipelines import metrics, progress
 from pipelines.inference import QAModelHandler, WindowFailure
 from pipelines.io import ReadRows, beam_filesystem_usable, write_table
 from pipelines.stages import (
@@ -43,7 +42,7 @@ from qa_core.calibration import apply_model_calibration
 from qa_core.config import QAConfig, add_config_arguments, config_from_arguments
 from qa_core.model import describe_model, load_tokenizer
 from qa_core.predict import run_info
-from qa_core.read import InputSchema, read_input_schema, resolve_inputs
+from qa_core.read import InputSchema, count_rows, read_input_schema, resolve_inputs
 from qa_core.records import WindowCandidates
 from qa_core.schema import (
     ANSWERS_DIR,
@@ -173,6 +172,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument("--input", required=True, metavar="GLOB", help="Parquet file, directory or glob")
     parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
     add_config_arguments(parser)
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bar (in-process runners)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     return parser.parse_known_args(argv)
 
@@ -197,20 +199,12 @@ def _check_model_on_launcher(config: QAConfig, options: PipelineOptions) -> str:
     return "unchecked:worker-image"
 
 
-def _count_rows(files: Sequence[str]) -> int:
-    total = 0
-    for file in files:
-        with fsspec.open(file, "rb") as handle:
-            total += pq.ParquetFile(handle).metadata.num_rows
-    return total
-
-
 def _output_rows(output_dir: str, folder: str) -> int:
     fs, root = fsspec.core.url_to_fs(output_dir)
     fs.invalidate_cache()  # the runner wrote these files behind fsspec's back (object-store listings)
     files = sorted(fs.glob(f"{root.rstrip('/')}/{folder}/*.parquet"))
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return _count_rows([f if protocol in ("file", "local") else f"{protocol}://{f}" for f in files])
+    return count_rows([f if protocol in ("file", "local") else f"{protocol}://{f}" for f in files])
 
 
 def run(
@@ -250,6 +244,8 @@ def run(
     prepare_output(args.output, overwrite=args.overwrite)
     pipeline = test_pipeline or beam.Pipeline(options=options)
     build_pipeline(pipeline, spec, model_handler)
+    rows_read = count_rows(files)
+    progress.start(rows_read, enabled=args.progress)
     try:
         result = pipeline.run()
         result.wait_until_finish()
@@ -258,8 +254,9 @@ def run(
             f"the pipeline failed: {summarize_failure(err)}; {args.output} is not marked COMPLETED "
             "(fix the cause, then rerun with --overwrite)"
         ) from err
+    finally:
+        progress.close()
     counters = metrics.query_counters(result)
-    rows_read = _count_rows(files)
     answered = _output_rows(args.output, ANSWERS_DIR)
     rejected = _output_rows(args.output, REJECTIONS_DIR)
     if rows_read != answered + rejected:

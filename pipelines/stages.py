@@ -14,7 +14,7 @@ import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipelines import metrics
+from pipelines import metrics, progress
 from qa_core.aggregate import AggregateError, aggregate
 from qa_core.batch import plan_batches
 from qa_core.config import QAConfig
@@ -130,7 +130,8 @@ class AggregateRows(beam.DoFn):
 
 
 def count_result(result: Answer | Rejection) -> Answer | Rejection:
-    """Counts an output row (answered, or rejected by reason)."""
+    """Counts an output row (answered, or rejected by reason) and advances the launcher's progress bar."""
+    progress.advance()
     if isinstance(result, Answer):
         metrics.inc("answered")
     else:

@@ -16,7 +16,7 @@ from qa_core.calibration import apply_model_calibration
 from qa_core.config import QAConfig
 from qa_core.engine import QAEngine
 from qa_core.model import QAModel, load_qa_model
-from qa_core.read import iter_rows, read_input_schema, resolve_inputs
+from qa_core.read import count_rows, iter_rows, read_input_schema, resolve_inputs
 from qa_core.schema import answer_schema, rejection_schema
 from qa_core.storage import redact_url
 from qa_core.write import OutputWriter, check_output
@@ -102,7 +102,8 @@ def predict(
         overwrite=overwrite,
     )
     engine = QAEngine(qa_model, config)
-    with tqdm(desc="rows", unit="row", disable=not progress, file=sys.stderr) as bar:
+    total = count_rows(files) if progress else None  # footers only: gives the bar its ETA
+    with tqdm(desc="rows", unit="row", total=total, disable=not progress, file=sys.stderr) as bar:
         for result in engine.answer_rows(iter_rows(files, config.input)):
             writer.write(result)
             bar.update(1)
