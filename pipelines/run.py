@@ -175,6 +175,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bar (in-process runners)"
     )
+    parser.add_argument("--no-report", action="store_true", help="(docqa run) do not write DIR/report.html")
+    parser.add_argument(
+        "--debug", action="store_true", help="(docqa run) show tracebacks of job-level errors"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     return parser.parse_known_args(argv)
 
