@@ -242,12 +242,16 @@ def model_card(info: dict[str, Any]) -> str:
     config, state, data, scores = info["config"], info["state"], info["data"], info["eval_scores"]
     if scores:
         limit = f"first {scores['questions']} questions of " if info["eval_limit"] else ""
-        result = (f"Evaluated with docqa's own inference and SQuAD v{scores['version']} evaluator on the "
-                  f"{limit}`{scores['data']}`: **EM {scores['exact']:.2f}, F1 {scores['f1']:.2f}** "
-                  f"({scores['total']} questions, {scores['missing']} without a prediction).")
+        result = (
+            f"Evaluated with docqa's own inference and SQuAD v{scores['version']} evaluator on the "
+            f"{limit}`{scores['data']}`: **EM {scores['exact']:.2f}, F1 {scores['f1']:.2f}** "
+            f"({scores['total']} questions, {scores['missing']} without a prediction)."
+        )
     else:
-        result = ("Not evaluated by the training run; score it with `docqa predict` on the converted "
-                  "SQuAD v1.1 dev set and `docqa eval`.")
+        result = (
+            "Not evaluated by the training run; score it with `docqa predict` on the converted "
+            "SQuAD v1.1 dev set and `docqa eval`."
+        )
     hyper = "\n".join(f"| {k} | {v} |" for k, v in config.items())
     return f"""---
 license: apache-2.0
