@@ -28,14 +28,10 @@ def _job_errors() -> tuple[type[Exception], ...]:
     return (*JOB_ERRORS, ModelLoadError, InputError, OutputError, ValueError)
 
 
-add_config_args = add_config_arguments
-resolve_config = config_from_arguments
-
-
 def _cmd_predict(args: argparse.Namespace) -> int:
     from qa_core.predict import predict
 
-    config = resolve_config(args)
+    config = config_from_arguments(args)
     info = predict(config, args.input, args.output, overwrite=args.overwrite, progress=not args.no_progress)
     if not args.no_report:
         from qa_core.report import try_write_report
@@ -93,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-report", action="store_true", help="do not write DIR/report.html")
-    add_config_args(p)
+    add_config_arguments(p)
     p.set_defaults(func=_cmd_predict)
 
     e = commands.add_parser(
@@ -223,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "bench":
         from benchmarks.bench import main as bench_main
 
-        logging.basicConfig(level="WARNING", format=LOG_FORMAT)
+        _configure_logging("WARNING")
         return run_guarded("bench", lambda: bench_main(argv[1:]))
     args = build_parser().parse_args(argv)
     _configure_logging(args.log_level.upper())

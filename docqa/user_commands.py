@@ -34,10 +34,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from docqa.cli import resolve_config
     from qa_core.calibrate import calibrate, check_model_dir, save_calibration
+    from qa_core.config import config_from_arguments
 
-    config = resolve_config(args)
+    config = config_from_arguments(args)
     model_dir = config.model.name_or_path
     if not args.dry_run:
         check_model_dir(model_dir)  # fail before the model runs, not after
@@ -53,14 +53,14 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_estimate(args: argparse.Namespace) -> int:
-    from docqa.cli import resolve_config
+    from qa_core.config import config_from_arguments
     from qa_core.estimate import estimate
 
     bench = args.bench
     if bench is None and Path(DEFAULT_BENCH).is_file():
         bench = DEFAULT_BENCH
     result = estimate(
-        resolve_config(args), args.input, sample=args.sample, bench=bench, gpu_bench=args.gpu_bench
+        config_from_arguments(args), args.input, sample=args.sample, bench=bench, gpu_bench=args.gpu_bench
     )
     print(result.format_table())
     if args.json:
@@ -83,7 +83,7 @@ def register_report(commands: SubParsers[argparse.ArgumentParser]) -> None:
 
 def register_calibrate(commands: SubParsers[argparse.ArgumentParser]) -> None:
     """Adds `docqa calibrate --data SQUAD [--model M] [--n N] [--dry-run] [--json FILE]`."""
-    from docqa.cli import add_config_args
+    from qa_core.config import add_config_arguments
 
     p = commands.add_parser(
         "calibrate",
@@ -96,13 +96,13 @@ def register_calibrate(commands: SubParsers[argparse.ArgumentParser]) -> None:
     p.add_argument("--n", type=int, default=2000, help="questions sampled, split in halves (default 2000)")
     p.add_argument("--dry-run", action="store_true", help="print the fit without writing calibration.json")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON here")
-    add_config_args(p)
+    add_config_arguments(p)
     p.set_defaults(func=_cmd_calibrate)
 
 
 def register_estimate(commands: SubParsers[argparse.ArgumentParser]) -> None:
     """Adds `docqa estimate --input GLOB [--config C] [--sample N] [--bench F] [--gpu-bench F]`."""
-    from docqa.cli import add_config_args
+    from qa_core.config import add_config_arguments
 
     p = commands.add_parser(
         "estimate",
@@ -123,7 +123,7 @@ def register_estimate(commands: SubParsers[argparse.ArgumentParser]) -> None:
         help="docqa bench --device cuda JSON; without it GPU hours are a labelled placeholder",
     )
     p.add_argument("--json", metavar="FILE", help="also write the estimate as JSON here")
-    add_config_args(p)
+    add_config_arguments(p)
     p.set_defaults(func=_cmd_estimate)
 
 
