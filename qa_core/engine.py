@@ -2,7 +2,9 @@
 
 Rows stream through a sort buffer: records are featurized until about `sort_buffer_windows` windows are
 buffered, the buffer is batched by length, run, decoded and aggregated, and its results are yielded in
-input order. Memory is bounded by the buffer, whatever the input size.
+input order. The host-side half (read, validate, tokenize, collate) of the next buffers runs in a
+prefetch thread while the model runs on the current one. Memory is bounded by the buffers in flight,
+whatever the input size.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +25,7 @@ from qa_core.config import QAConfig
 from qa_core.decode import decode_batch
 from qa_core.featurize import Featurizer
 from qa_core.model import QAModel
+from qa_core.prefetch import prefetch
 from qa_core.records import Answer, Feature, Reason, Record, Rejection, WindowCandidates
 from qa_core.validate import validate_row
 
@@ -108,6 +111,19 @@ def run_batch_contained(
         return results, failures
 
 
+@dataclass
+class _SortBuffer:
+    """One sort buffer, ready for the model.
+
+    Attributes:
+        items: Per input row, in input order: a `Rejection`, or (record, its windows).
+        batches: The buffer's windows, planned by length and padded.
+    """
+
+    items: list[Any]
+    batches: deque[Batch]
+
+
 class QAEngine:
     """Answers rows with one loaded model, in plain Python (used by `docqa predict` and tests).
 
@@ -124,7 +140,19 @@ class QAEngine:
         self._next_key = 0
 
     def answer_rows(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[Answer | Rejection]:
-        """Answers every row, yielding exactly one `Answer` or `Rejection` per row, in input order."""
+        """Answers every row, yielding exactly one `Answer` or `Rejection` per row, in input order.
+
+        With `batch.prefetch_buffers` > 0, reading, validation, tokenization and collation of the next
+        sort buffers run in a background thread while the model works on the current one.
+        """
+        buffers = self._sort_buffers(rows)
+        if self.config.batch.prefetch_buffers > 0:
+            buffers = prefetch(buffers, self.config.batch.prefetch_buffers, name="docqa-featurize")
+        for buffer in buffers:
+            yield from self._answer_buffer(buffer)
+
+    def _sort_buffers(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[_SortBuffer]:
+        """Host-side stages: rows -> records -> windows -> planned, padded batches, one buffer at a time."""
         pending: list[Record | Rejection] = []
         buffered = 0
         for chunk in _chunks(rows, FEATURIZE_CHUNK_ROWS):
@@ -132,9 +160,10 @@ class QAEngine:
             pending.extend(results)
             buffered += windows
             if buffered >= self.config.batch.sort_buffer_windows:
-                yield from self._flush(pending)
+                yield self._plan(pending)
                 pending, buffered = [], 0
-        yield from self._flush(pending)
+        if pending:
+            yield self._plan(pending)
 
     def _validate_and_featurize(self, rows: Sequence[Mapping[str, Any]]) -> tuple[list[Any], int]:
         items: list[Any] = []
@@ -159,21 +188,27 @@ class QAEngine:
                 out.append(item)
         return out, windows
 
-    def _flush(self, pending: Sequence[Any]) -> Iterator[Answer | Rejection]:
-        release_free_heap()
+    def _plan(self, pending: list[Any]) -> _SortBuffer:
         features = [f for item in pending if isinstance(item, tuple) for f in item[1]]
         self.stats.windows += len(features)
+        pad_id, multiple = self.model.pad_token_id, self.config.batch.pad_to_multiple_of
+        batches = [collate(group, pad_id, multiple) for group in plan_batches(features, self.config.batch)]
+        return _SortBuffer(pending, deque(batches))
+
+    def _answer_buffer(self, buffer: _SortBuffer) -> Iterator[Answer | Rejection]:
+        """Device-side stages: batches -> logits -> spans, then spans -> answers in input order."""
+        release_free_heap()
         by_row: dict[str, list[WindowCandidates]] = defaultdict(list)
         failed: dict[str, str] = {}
-        for group in plan_batches(features, self.config.batch):
-            batch = collate(group, self.model.pad_token_id, self.config.batch.pad_to_multiple_of)
+        while buffer.batches:
+            batch = buffer.batches.popleft()  # dropped once run: a buffer's arrays are freed as it goes
             ok, bad = run_batch_contained(self.model, batch, self.config, self.stats)
             del batch
             for candidates in ok:
                 by_row[candidates.row_key].append(candidates)
             for feature, error in bad:
                 failed.setdefault(feature.row_key, error)
-        for item in pending:
+        for item in buffer.items:
             if not isinstance(item, tuple):
                 yield self._count(item)
                 continue

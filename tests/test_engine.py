@@ -74,6 +74,11 @@ def test_same_answers_for_batch_sizes_and_order(tiny_model: QAModel) -> None:
     # A small sort buffer changes batch composition completely.
     small_buffer = dataclasses.replace(base, batch=BatchConfig(sort_buffer_windows=3, max_batch_windows=5))
     results.append(answers_of(QAEngine(tiny_model, small_buffer), rows))
+    # Synchronous (no prefetch thread) and several buffers prefetched ahead.
+    for depth in (0, 3):
+        batching = BatchConfig(sort_buffer_windows=9, prefetch_buffers=depth)
+        prefetched = dataclasses.replace(base, batch=batching)
+        results.append(answers_of(QAEngine(tiny_model, prefetched), rows))
     first = results[0]
     for other in results[1:]:
         assert other.keys() == first.keys()
