@@ -9,7 +9,6 @@ whatever the input size.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import time
 from collections import Counter, defaultdict, deque
@@ -24,6 +23,7 @@ from qa_core.batch import Batch, collate, plan_batches
 from qa_core.config import QAConfig
 from qa_core.decode import decode_batch
 from qa_core.featurize import Featurizer
+from qa_core.heap import release_free_heap
 from qa_core.model import QAModel
 from qa_core.prefetch import prefetch
 from qa_core.records import Answer, Feature, Reason, Record, Rejection, WindowCandidates
@@ -84,6 +84,7 @@ def run_batch_contained(
         out = decode_batch(
             batch, start_logits, end_logits, config.decode.max_answer_len, config.decode.n_best
         )
+        release_free_heap()  # the batch's activations are freed: hand their pages back (qa_core.heap)
         if stats is not None:
             stats.model_seconds += time.perf_counter() - started
             stats.batches += 1
@@ -197,7 +198,6 @@ class QAEngine:
 
     def _answer_buffer(self, buffer: _SortBuffer) -> Iterator[Answer | Rejection]:
         """Device-side stages: batches -> logits -> spans, then spans -> answers in input order."""
-        release_free_heap()
         by_row: dict[str, list[WindowCandidates]] = defaultdict(list)
         failed: dict[str, str] = {}
         while buffer.batches:
@@ -235,24 +235,3 @@ def _chunks(rows: Iterable[Mapping[str, Any]], size: int) -> Iterator[list[Mappi
             chunk = []
     if chunk:
         yield chunk
-
-
-def _load_malloc_trim() -> Any:
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to release
-        return None
-
-
-_MALLOC_TRIM = _load_malloc_trim()
-
-
-def release_free_heap() -> None:
-    """Returns freed heap pages to the OS (glibc `malloc_trim`), once per sort buffer.
-
-    Batches of ever-different shapes leave glibc's arenas fragmented, and without this the resident set of
-    a long `predict` grows with the number of rows (1.1 GB after 2,000 SQuAD rows, 1.65 GB after 50,000).
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
