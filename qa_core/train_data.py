@@ -129,8 +129,9 @@ def answer_token_span(feature: Feature, start_char: int, end_char: int) -> tuple
     return int(context_tokens[first]), int(context_tokens[last])
 
 
-def label_windows(features: list[Feature], start_char: int, end_char: int, example_id: str
-                  ) -> list[TrainWindow]:
+def label_windows(
+    features: list[Feature], start_char: int, end_char: int, example_id: str
+) -> list[TrainWindow]:
     """Labels the windows of one example (answer tokens, or CLS where the answer is not whole)."""
     windows = []
     for feature in features:

@@ -28,18 +28,34 @@ def _examples(n: int) -> list[SquadExample]:
     for i in range(n):
         subject, verb = SUBJECTS[i % len(SUBJECTS)], VERBS[i % len(VERBS)]
         year = str(1800 + 7 * i)
-        context = (f"the {subject} was {verb} in {year} by the people of the north . "
-                   f"it is one of the great {subject}")
+        context = (
+            f"the {subject} was {verb} in {year} by the people of the north . "
+            f"it is one of the great {subject}"
+        )
         question = f"when was the {subject} {verb}" if i % 2 == 0 else f"who {verb} the {subject}"
         answer = year if i % 2 == 0 else "the people of the north"
-        out.append(SquadExample(f"q{i}", "t", context, question,
-                                (SquadAnswer(answer, context.index(answer)),), False))
+        out.append(
+            SquadExample(
+                f"q{i}", "t", context, question, (SquadAnswer(answer, context.index(answer)),), False
+            )
+        )
     return out
 
 
 def _write_squad(path: Path, examples: list[SquadExample]) -> Path:
-    paragraphs = [{"context": e.context, "qas": [{"id": e.id, "question": e.question, "answers": [
-        {"text": a.text, "answer_start": a.answer_start} for a in e.answers]}]} for e in examples]
+    paragraphs = [
+        {
+            "context": e.context,
+            "qas": [
+                {
+                    "id": e.id,
+                    "question": e.question,
+                    "answers": [{"text": a.text, "answer_start": a.answer_start} for a in e.answers],
+                }
+            ],
+        }
+        for e in examples
+    ]
     path.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}))
     return path
 
@@ -59,8 +75,9 @@ def test_labels_point_at_answer_tokens_or_cls(tiny_model_dir: Path) -> None:
     answer = (SquadAnswer("great music", start),)
     example = SquadExample("x", "t", context, "what is the answer", answer, False)
     config = FeaturizeConfig(max_seq_len=32, doc_stride=8, max_question_len=8)
-    windows, stats = build_train_windows(SquadDataset("1.1", (example,)),
-                                         Featurizer(_tokenizer(tiny_model_dir), config))
+    windows, stats = build_train_windows(
+        SquadDataset("1.1", (example,)), Featurizer(_tokenizer(tiny_model_dir), config)
+    )
     assert stats.windows == len(windows) > 3
     assert stats.windows_with_answer >= 1 and stats.windows_cls >= 1
     assert stats.windows_with_answer + stats.windows_cls == stats.windows
@@ -84,8 +101,9 @@ def test_mismatched_and_missing_answers_are_counted(tiny_model_dir: Path) -> Non
     bad = SquadExample("bad", "t", good.context, good.question, (SquadAnswer("zzz", 0),), False)
     empty = SquadExample("empty", "t", good.context, good.question, (), True)
     dataset = SquadDataset("2.0", (good, bad, empty, other))
-    windows, stats = build_train_windows(dataset, Featurizer(_tokenizer(tiny_model_dir), FeaturizeConfig()),
-                                         drop_ids={"q1"})
+    windows, stats = build_train_windows(
+        dataset, Featurizer(_tokenizer(tiny_model_dir), FeaturizeConfig()), drop_ids={"q1"}
+    )
     counts = (stats.examples, stats.used, stats.text_mismatch, stats.no_answer, stats.dropped_ids)
     assert counts == (4, 1, 1, 1, 1)
     assert [w.example_id for w in windows] == ["q0"]
@@ -111,8 +129,17 @@ def test_config_is_validated() -> None:
 
 def test_tiny_model_overfits_to_exact_match_100(tiny_model_dir: Path, tmp_path: Path) -> None:
     data = _write_squad(tmp_path / "train.json", _examples(20))
-    config = TrainConfig(learning_rate=5e-3, batch_size=10, max_steps=60, warmup_ratio=0.05, weight_decay=0.0,
-                         bf16=False, checkpoint_every=0, progress=False, log_every=50)
+    config = TrainConfig(
+        learning_rate=5e-3,
+        batch_size=10,
+        max_steps=60,
+        warmup_ratio=0.05,
+        weight_decay=0.0,
+        bf16=False,
+        checkpoint_every=0,
+        progress=False,
+        log_every=50,
+    )
     # Evaluating on the training file is the point of this test (never do it for a real model).
     out = tmp_path / "model"
     result = train(str(tiny_model_dir), str(data), str(out), config, eval_path=str(data))
@@ -129,9 +156,25 @@ def test_tiny_model_overfits_to_exact_match_100(tiny_model_dir: Path, tmp_path: 
 def test_cli_trains_and_writes_a_model_card(tiny_model_dir: Path, tmp_path: Path) -> None:
     data = _write_squad(tmp_path / "train.json", _examples(6))
     out = tmp_path / "cli"
-    argv = ["train", "--base", str(tiny_model_dir), "--train", str(data), "--output", str(out),
-            "--max-steps", "2", "--batch-size", "4", "--no-bf16", "--no-progress",
-            "--eval", str(data), "--eval-limit", "3"]
+    argv = [
+        "train",
+        "--base",
+        str(tiny_model_dir),
+        "--train",
+        str(data),
+        "--output",
+        str(out),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--no-bf16",
+        "--no-progress",
+        "--eval",
+        str(data),
+        "--eval-limit",
+        "3",
+    ]
     assert main(argv) == 0
     card = (out / "README.md").read_text()
     assert "first 3 questions" in card and "docqa train" in card and "Rajpurkar" in card
@@ -140,8 +183,15 @@ def test_cli_trains_and_writes_a_model_card(tiny_model_dir: Path, tmp_path: Path
 
 def test_resume_continues_the_same_run(tiny_model_dir: Path, tmp_path: Path) -> None:
     data = _write_squad(tmp_path / "train.json", _examples(30))
-    config = TrainConfig(learning_rate=1e-3, batch_size=4, grad_accum=2, max_steps=8, checkpoint_every=4,
-                         bf16=False, progress=False)
+    config = TrainConfig(
+        learning_rate=1e-3,
+        batch_size=4,
+        grad_accum=2,
+        max_steps=8,
+        checkpoint_every=4,
+        bf16=False,
+        progress=False,
+    )
     straight = train(str(tiny_model_dir), str(data), str(tmp_path / "a"), config)
     halted = train(str(tiny_model_dir), str(data), str(tmp_path / "b"), config, stop_after_steps=4)
     assert not halted.finished and halted.steps == 4
@@ -159,9 +209,21 @@ def test_resume_continues_the_same_run(tiny_model_dir: Path, tmp_path: Path) -> 
     base = load_file(tiny_model_dir / "model.safetensors")
     assert any(not np.allclose(base[name], a[name]) for name in a if name in base)
     with pytest.raises(ConfigError):
-        train(str(tiny_model_dir), str(data), str(tmp_path / "b"), TrainConfig(
-            learning_rate=2e-3, batch_size=4, grad_accum=2, max_steps=8, checkpoint_every=4, bf16=False,
-            progress=False), resume=True)
+        train(
+            str(tiny_model_dir),
+            str(data),
+            str(tmp_path / "b"),
+            TrainConfig(
+                learning_rate=2e-3,
+                batch_size=4,
+                grad_accum=2,
+                max_steps=8,
+                checkpoint_every=4,
+                bf16=False,
+                progress=False,
+            ),
+            resume=True,
+        )
 
 
 @pytest.mark.skipif(not SQUAD_TRAIN.is_file(), reason="shared SQuAD train file absent")
@@ -169,7 +231,8 @@ def test_real_squad_windows_are_labelled(tiny_model_dir: Path) -> None:
     from qa_core.featurize import Featurizer
 
     dataset = load_squad(str(SQUAD_TRAIN))
-    _, stats = build_train_windows(dataset, Featurizer(_tokenizer(tiny_model_dir), FeaturizeConfig()),
-                                         max_examples=300)
+    _, stats = build_train_windows(
+        dataset, Featurizer(_tokenizer(tiny_model_dir), FeaturizeConfig()), max_examples=300
+    )
     assert stats.text_mismatch == 0 and stats.used == 300
     assert stats.windows_with_answer >= 300
