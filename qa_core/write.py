@@ -41,7 +41,14 @@ IN_PROGRESS_PREFIX = "_in-progress-"
 
 
 class _PartWriter:
-    """Writes one Parquet part file in row groups of `flush_rows` rows; a temporary name until closed."""
+    """Writes one Parquet part file in row groups of `flush_rows` rows; a temporary name until closed.
+
+    Rows are converted to Arrow every `ARROW_CHUNK_ROWS` rows: a row group's worth of Python dicts,
+    alive while thousands of other rows come and go, would pin memory that the interpreter cannot give
+    back (the resident set then grows with the row-group size).
+    """
+
+    ARROW_CHUNK_ROWS = 512
 
     def __init__(self, fs: Any, path: str, schema: pa.Schema, flush_rows: int) -> None:
         self._fs, self._path, self._schema, self._flush_rows = fs, path, schema, flush_rows
@@ -49,21 +56,34 @@ class _PartWriter:
         # Neither `*.parquet` globs nor Parquet dataset readers pick up this name.
         self._temp_path = f"{folder}/{IN_PROGRESS_PREFIX}{name}.tmp"
         self._rows: list[dict[str, Any]] = []
+        self._chunks: list[pa.Table] = []
+        self._chunked_rows = 0
         self._handle: Any = None
         self._writer: pq.ParquetWriter | None = None
 
     def add(self, row: dict[str, Any]) -> None:
         self._rows.append(row)
-        if len(self._rows) >= self._flush_rows:
+        if len(self._rows) >= min(self.ARROW_CHUNK_ROWS, self._flush_rows - self._chunked_rows):
+            self._to_arrow()
+        if self._chunked_rows >= self._flush_rows:
             self._flush()
 
+    def _to_arrow(self) -> None:
+        if self._rows:
+            self._chunks.append(rows_to_table(self._rows, self._schema))
+            self._chunked_rows += len(self._rows)
+            self._rows = []
+
     def _flush(self) -> None:
+        self._to_arrow()
         if self._writer is None:
             self._handle = self._fs.open(self._temp_path, "wb")
             self._writer = pq.ParquetWriter(self._handle, self._schema)
-        if self._rows:
-            self._writer.write_table(rows_to_table(self._rows, self._schema))
-            self._rows = []
+        if self._chunks:
+            # One row group per flush, whatever the chunking.
+            table = pa.concat_tables(self._chunks).combine_chunks()
+            self._writer.write_table(table, row_group_size=table.num_rows)
+            self._chunks, self._chunked_rows = [], 0
 
     def close(self) -> None:
         self._flush()  # also creates an empty file with the schema when there were no rows
