@@ -84,9 +84,10 @@ class BatchConfig:
             and oneDNN kernels prefer multiples of 8).
         sort_buffer_windows: Windows buffered and sorted by length before batching; bigger buffers give
             less padding, at the cost of memory and latency.
-        prefetch_buffers: Sort buffers read, tokenized and collated ahead by a background thread while
-            the model runs (0: prepare each buffer only when the model is idle). Each costs the memory of
-            one buffer.
+        prefetch_buffers: Sort buffers read, tokenized and padded ahead by a background thread while the
+            model runs; each costs the memory of one buffer. 0 prepares each buffer only when the model is
+            idle; null (auto) means 1 on a GPU and 0 on a CPU, where the thread only competes with the
+            model for the same cores (measured 2-3% slower on 2 cores).
     """
 
     # 32 windows / 8192 padded tokens: on SQuAD-like data smaller batches span fewer lengths (padding
@@ -95,14 +96,17 @@ class BatchConfig:
     max_batch_tokens: int = 8192
     pad_to_multiple_of: int = 8
     sort_buffer_windows: int = 2048
-    prefetch_buffers: int = 1
+    prefetch_buffers: int | None = None
 
     def __post_init__(self) -> None:
         _require(self.max_batch_windows >= 1, "batch.max_batch_windows must be >= 1")
         _require(self.pad_to_multiple_of >= 1, "batch.pad_to_multiple_of must be >= 1")
         _require(self.sort_buffer_windows >= 1, "batch.sort_buffer_windows must be >= 1")
         _require(self.max_batch_tokens >= 1, "batch.max_batch_tokens must be >= 1")
-        _require(self.prefetch_buffers >= 0, "batch.prefetch_buffers must be >= 0")
+        _require(
+            self.prefetch_buffers is None or self.prefetch_buffers >= 0,
+            "batch.prefetch_buffers must be >= 0 or null (auto)",
+        )
 
 
 @dataclass(frozen=True)

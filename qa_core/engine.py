@@ -143,14 +143,23 @@ class QAEngine:
     def answer_rows(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[Answer | Rejection]:
         """Answers every row, yielding exactly one `Answer` or `Rejection` per row, in input order.
 
-        With `batch.prefetch_buffers` > 0, reading, validation, tokenization and collation of the next
-        sort buffers run in a background thread while the model works on the current one.
+        With prefetching (`batch.prefetch_buffers`), reading, validation, tokenization and collation of
+        the next sort buffers run in a background thread while the model works on the current one.
         """
         buffers = self._sort_buffers(rows)
-        if self.config.batch.prefetch_buffers > 0:
-            buffers = prefetch(buffers, self.config.batch.prefetch_buffers, name="docqa-featurize")
+        depth = self.prefetch_depth
+        if depth > 0:
+            buffers = prefetch(buffers, depth, name="docqa-featurize")
         for buffer in buffers:
             yield from self._answer_buffer(buffer)
+
+    @property
+    def prefetch_depth(self) -> int:
+        """Sort buffers prepared ahead: the configured number, or auto (1 on a GPU, 0 on a CPU)."""
+        configured = self.config.batch.prefetch_buffers
+        if configured is not None:
+            return configured
+        return 1 if self.model.device.type == "cuda" else 0
 
     def _sort_buffers(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[_SortBuffer]:
         """Host-side stages: rows -> records -> windows -> planned, padded batches, one buffer at a time."""

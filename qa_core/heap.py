@@ -6,8 +6,10 @@ on activations come from the heap arenas, which fragment as new shapes arrive, s
 with the rows. Measured on `docqa predict` (bf16, SQuAD dev rows, 2 cores; benchmarks/RESULTS.md):
 
 - `malloc_trim(0)` once per sort buffer: 1.0 GB after 2,000 rows, 1.25 GB after 50,000 (+28%);
-- `malloc_trim(0)` after every batch (this module, from `run_batch_contained`): 0.80 GB after 2,000 rows,
-  0.83 GB after 8,000 (flat), at no measurable speed cost (the trim walks the free lists, a few ms);
+- `malloc_trim(0)` after every batch (this module, from `run_batch_contained`): 0.76 GB after 2,000 rows,
+  0.88 GB after 50,000. It costs 2-4% of throughput (freed pages are faulted in again by the next
+  batch); trimming every 8th batch costs half as much but leaves the peak at 1.0 GB (the leftovers of
+  differently shaped batches are not reused by the next one);
 - pinning the mmap threshold at 128 KiB (`mallopt`): 0.72 GB and flat, but every fresh mapping is
   zero-filled by the kernel and the forward pass got 23% slower in fp32, 27% in bf16;
 - running the largest batch shapes first: flat, but at 1.4 GB from the first row.

@@ -250,3 +250,11 @@ def test_windows_that_stop_early_are_a_rejection_not_a_silent_cut(tiny_model: QA
     assert featurizer._uncovered_tail(context, whole) is None
     # Trailing text that produces no tokens (control characters) is not a loss.
     assert featurizer._uncovered_tail(context + "\x00\x01", whole) is None
+
+
+def test_prefetch_is_on_for_a_gpu_and_off_for_a_cpu_unless_configured(tiny_model: QAModel) -> None:
+    auto = load_config([], [])
+    assert QAEngine(tiny_model, auto).prefetch_depth == 0
+    on_gpu = dataclasses.replace(tiny_model, device=torch.device("cuda"))  # never run: only the device
+    assert QAEngine(on_gpu, auto).prefetch_depth == 1
+    assert QAEngine(tiny_model, load_config([], ["batch.prefetch_buffers=2"])).prefetch_depth == 2
