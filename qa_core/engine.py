@@ -2,9 +2,10 @@
 
 Rows stream through a sort buffer: records are featurized until about `sort_buffer_windows` windows are
 buffered, the buffer is batched by length, run, decoded and aggregated, and its results are yielded in
-input order. The host-side half (read, validate, tokenize, collate) of the next buffers runs in a
-prefetch thread while the model runs on the current one. Memory is bounded by the buffers in flight,
-whatever the input size.
+input order. On a GPU the host-side half (read, validate, tokenize, collate) of the next buffer runs in a
+prefetch thread while the model runs on the current one (`batch.prefetch_buffers`). Memory is bounded by
+the buffers in flight, whatever the input size; glibc's heap is trimmed after every batch
+(`qa_core.heap`).
 """
 
 from __future__ import annotations
