@@ -84,7 +84,7 @@ class BatchConfig:
             and oneDNN kernels prefer multiples of 8).
         sort_buffer_windows: Windows buffered and sorted by length before batching; bigger buffers give
             less padding, at the cost of memory and latency.
-        prefetch_buffers: Sort buffers read, tokenized and padded ahead by a background thread while the
+        prefetch_buffers: Sort buffers read, tokenized and planned ahead by a background thread while the
             model runs; each costs the memory of one buffer. 0 prepares each buffer only when the model is
             idle; null (auto) means 1 on a GPU and 0 on a CPU, where the thread only competes with the
             model for the same cores (measured 2-3% slower on 2 cores).

@@ -2,7 +2,7 @@
 
 Rows stream through a sort buffer: records are featurized until about `sort_buffer_windows` windows are
 buffered, the buffer is batched by length, run, decoded and aggregated, and its results are yielded in
-input order. On a GPU the host-side half (read, validate, tokenize, collate) of the next buffer runs in a
+input order. On a GPU the host-side half (read, validate, tokenize, plan) of the next buffer runs in a
 prefetch thread while the model runs on the current one (`batch.prefetch_buffers`). Memory is bounded by
 the buffers in flight, whatever the input size; glibc's heap is trimmed after every batch
 (`qa_core.heap`).
@@ -85,12 +85,12 @@ def run_batch_contained(
         out = decode_batch(
             batch, start_logits, end_logits, config.decode.max_answer_len, config.decode.n_best
         )
-        release_free_heap()  # the batch's activations are freed: hand their pages back (qa_core.heap)
         if stats is not None:
             stats.model_seconds += time.perf_counter() - started
             stats.batches += 1
             stats.real_tokens += batch.real_tokens
             stats.padded_tokens += batch.padded_tokens
+        release_free_heap()  # the batch's activations are freed: hand their pages back (qa_core.heap)
         return out, []
     except Exception as err:
         if isinstance(err, torch.cuda.OutOfMemoryError):
@@ -119,11 +119,12 @@ class _SortBuffer:
 
     Attributes:
         items: Per input row, in input order: a `Rejection`, or (record, its windows).
-        batches: The buffer's windows, planned by length and padded.
+        groups: The buffer's windows, grouped into batches by length (padded only when run, so at most
+            one batch's padded arrays exist at a time).
     """
 
     items: list[Any]
-    batches: deque[Batch]
+    groups: deque[list[Feature]]
 
 
 class QAEngine:
@@ -144,8 +145,8 @@ class QAEngine:
     def answer_rows(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[Answer | Rejection]:
         """Answers every row, yielding exactly one `Answer` or `Rejection` per row, in input order.
 
-        With prefetching (`batch.prefetch_buffers`), reading, validation, tokenization and collation of
-        the next sort buffers run in a background thread while the model works on the current one.
+        With prefetching (`batch.prefetch_buffers`), reading, validation, tokenization and batch planning
+        of the next sort buffers run in a background thread while the model works on the current one.
         """
         buffers = self._sort_buffers(rows)
         depth = self.prefetch_depth
@@ -163,7 +164,7 @@ class QAEngine:
         return 1 if self.model.device.type == "cuda" else 0
 
     def _sort_buffers(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[_SortBuffer]:
-        """Host-side stages: rows -> records -> windows -> planned, padded batches, one buffer at a time."""
+        """Host-side stages: rows -> records -> windows -> planned batches, one buffer at a time."""
         pending: list[Record | Rejection] = []
         buffered = 0
         for chunk in _chunks(rows, FEATURIZE_CHUNK_ROWS):
@@ -202,16 +203,15 @@ class QAEngine:
     def _plan(self, pending: list[Any]) -> _SortBuffer:
         features = [f for item in pending if isinstance(item, tuple) for f in item[1]]
         self.stats.windows += len(features)
-        pad_id, multiple = self.model.pad_token_id, self.config.batch.pad_to_multiple_of
-        batches = [collate(group, pad_id, multiple) for group in plan_batches(features, self.config.batch)]
-        return _SortBuffer(pending, deque(batches))
+        return _SortBuffer(pending, deque(plan_batches(features, self.config.batch)))
 
     def _answer_buffer(self, buffer: _SortBuffer) -> Iterator[Answer | Rejection]:
         """Device-side stages: batches -> logits -> spans, then spans -> answers in input order."""
         by_row: dict[str, list[WindowCandidates]] = defaultdict(list)
         failed: dict[str, str] = {}
-        while buffer.batches:
-            batch = buffer.batches.popleft()  # dropped once run: a buffer's arrays are freed as it goes
+        pad_id, multiple = self.model.pad_token_id, self.config.batch.pad_to_multiple_of
+        while buffer.groups:
+            batch = collate(buffer.groups.popleft(), pad_id, multiple)
             ok, bad = run_batch_contained(self.model, batch, self.config, self.stats)
             del batch
             for candidates in ok:

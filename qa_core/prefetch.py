@@ -1,6 +1,6 @@
 """A background thread that prepares the next items of an iterator while the caller works on this one.
 
-The engine uses it to read, validate, tokenize and collate the next sort buffer while the model runs on
+The engine uses it to read, validate, tokenize and plan the next sort buffer while the model runs on
 the current one. Both sides spend most of their time outside the GIL (the Rust tokenizer, Parquet
 decoding, torch kernels), so on a GPU the host-side preparation hides behind the device's compute.
 """

@@ -225,28 +225,14 @@ def test_windows_that_stop_early_are_a_rejection_not_a_silent_cut(tiny_model: QA
 
     featurizer = Featurizer(tiny_model.tokenizer, QAConfig().featurize)
     context = "the river church"
-    ids = np.arange(3, dtype=np.int32)
-    cut = Feature(
-        "k",
-        0,
-        1,
-        ids,
-        np.zeros(3, np.int8),
-        np.array([-1, 0, 4], np.int32),
-        np.array([-1, 3, 9], np.int32),
-        0,
-    )
+
+    def window(starts: list[int], ends: list[int]) -> Feature:
+        offsets = (np.array(starts, np.int32), np.array(ends, np.int32))
+        return Feature("k", 0, 1, np.arange(3, dtype=np.int32), np.zeros(3, np.int8), *offsets, 0)
+
+    cut = window([-1, 0, 4], [-1, 3, 9])
     assert "stop at character 9 of 16" in (featurizer._uncovered_tail(context, cut) or "")
-    whole = Feature(
-        "k",
-        0,
-        1,
-        ids,
-        np.zeros(3, np.int8),
-        np.array([-1, 4, 10], np.int32),
-        np.array([-1, 9, 16], np.int32),
-        0,
-    )
+    whole = window([-1, 4, 10], [-1, 9, 16])
     assert featurizer._uncovered_tail(context, whole) is None
     # Trailing text that produces no tokens (control characters) is not a loss.
     assert featurizer._uncovered_tail(context + "\x00\x01", whole) is None
