@@ -54,13 +54,20 @@ def prefetch(items: Iterable[T], depth: int, name: str = "docqa-prefetch") -> It
         return False
 
     def produce() -> None:
+        source = iter(items)
         try:
-            for item in items:
+            for item in source:
                 if not put(item):
                     return
         except BaseException as err:  # handed to the consumer, which re-raises it
             put(_End(err))
             return
+        finally:
+            # A generator source releases what it holds (files, worker processes) here, in the thread
+            # that ran it, also when the consumer stopped early.
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
         put(_End())
 
     thread = threading.Thread(target=produce, name=name, daemon=True)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 5 as one prepared script: bench (seed, bound, predict) in bf16, fp16 and fp32,
-# SQuAD v1.1 dev F1 of GPU predict, prefetch and sort-buffer variants, and a host-side profile.
+# The GPU checks of issue 5 as one prepared script: forward-only cold/warm passes per SDPA backend, bench
+# (seed, bound, predict) in bf16 and fp32, SQuAD v1.1 dev F1 of GPU predict, and host-side variants
+# (featurize processes, prefetch, padding multiple, sort buffer).
 #
 # Run from the repo root on a CUDA machine whose python3 has torch, transformers, tokenizers>=0.23.3,
 # pyarrow, fsspec, pyyaml and tqdm (Apache Beam is not needed: `run` and `beam-stock` are left out):
@@ -44,14 +45,18 @@ torch.__version__, 'transformers', transformers.__version__, 'tokenizers', token
     git rev-parse --short HEAD 2>/dev/null
 } 2>&1 | tee -a "$LOG"
 
-for dtype in bf16 fp16 fp32; do
-    modes=seed,bound,predict
-    [ "$dtype" = fp16 ] && modes=bound,predict
-    step 240 "$PY" -m benchmarks.bench --device "$DEVICE" --dtype "$dtype" --n "$N" --data "$DATA" \
-        --config "$GPU_CONFIG" --modes "$modes" --json "$OUTDIR/bench-$dtype.json"
+# Forward only over the bench's batch shapes: cold vs warm passes, SDPA backends, padding multiple.
+for variant in "default bf16 8" "nocudnn bf16 8" "default bf16 1" "default fp32 8"; do
+    # shellcheck disable=SC2086  # the variant is three words on purpose
+    step 90 "$PY" scripts/gpu_sdpa_check.py "$DATA" $variant "$N"
 done
 
-# All of dev through `docqa predict` on the GPU config (bf16), scored; then prefetch / buffer variants.
+for dtype in bf16 fp32; do
+    step 240 "$PY" -m benchmarks.bench --device "$DEVICE" --dtype "$dtype" --n "$N" --data "$DATA" \
+        --config "$GPU_CONFIG" --modes seed,bound,predict --json "$OUTDIR/bench-$dtype.json"
+done
+
+# All of dev through `docqa predict` on the GPU config (bf16), scored; then host-side variants.
 step 60 "$PY" -m docqa convert-squad --data "$DATA" --output "$WORK/dev.parquet"
 if [ "$ROWS" != 0 ]; then
     "$PY" -c "import pyarrow.parquet as pq, sys; t = pq.read_table(sys.argv[1]);
@@ -63,30 +68,9 @@ predict() {
 }
 predict
 step 60 "$PY" -m docqa eval --data "$DATA" --predictions "$WORK/pred" --json "$OUTDIR/eval-bf16.json"
-predict --set model.dtype=fp16
-step 60 "$PY" -m docqa eval --data "$DATA" --predictions "$WORK/pred"
-predict --set batch.prefetch_buffers=0
-predict --set batch.prefetch_buffers=2
+predict --set batch.featurize_processes=0
+predict --set batch.featurize_processes=0 --set batch.prefetch_buffers=0
+predict --set batch.pad_to_multiple_of=32
 predict --set batch.sort_buffer_windows=2048
-predict --set batch.sort_buffer_windows=2048 --set batch.prefetch_buffers=2
-predict --set batch.sort_buffer_windows=1024 --set batch.prefetch_buffers=2
-
-# Where the host's time goes in GPU predict (bf16, all of dev): the top of a cProfile by own time.
-step 120 "$PY" - "$GPU_CONFIG" "$WORK/dev.parquet" "$WORK/prof" "$DEVICE" <<'EOF'
-import cProfile, pstats, sys, time
-from qa_core.config import load_config
-from qa_core.model import load_qa_model
-from qa_core.predict import predict
-config = load_config([sys.argv[1]], [f"model.device={sys.argv[4]}"])
-model = load_qa_model(config.model)
-predict(config, sys.argv[2], sys.argv[3], overwrite=True, progress=False, model=model)  # warm-up
-profile = cProfile.Profile()
-started = time.perf_counter()
-profile.enable()
-predict(config, sys.argv[2], sys.argv[3], overwrite=True, progress=False, model=model)
-profile.disable()
-print(f"profiled predict: {time.perf_counter() - started:.2f} s")
-pstats.Stats(profile).sort_stats("tottime").print_stats(25)
-EOF
 say "done"
 rm -rf "$WORK"

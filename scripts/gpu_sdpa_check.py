@@ -1,0 +1,55 @@
+"""Forward-only timing of real SQuAD batch shapes on CUDA, first (cold) and second (warm) pass.
+
+Tells per-shape one-time costs (attention plan building, kernel selection) from steady-state speed, with
+the SDPA backends torch picks by default or with cuDNN attention left out:
+    python scripts/gpu_sdpa_check.py SQUAD_JSON default|nocudnn bf16|fp32 PAD_MULTIPLE [N_QUESTIONS]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from benchmarks.bench import _rows, _windows
+from qa_core.batch import collate, plan_batches
+from qa_core.config import load_config
+from qa_core.model import load_qa_model
+
+
+def main() -> None:
+    """Prints the three passes' times."""
+    data, backends, dtype, multiple = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    n = int(sys.argv[5]) if len(sys.argv) > 5 else 2000
+    on_gpu = torch.cuda.is_available()  # off a GPU it only smoke-tests this script
+    device = ["model.device=cpu", "model.require_gpu=false"] if not on_gpu else []
+    config = load_config(["configs/dataflow-gpu.yaml"], [f"model.dtype={dtype}", *device])
+    model = load_qa_model(config.model)
+    windows = _windows(model, config, _rows(data, n))
+    batches = [collate(g, model.pad_token_id, multiple) for g in plan_batches(windows, config.batch)]
+    shapes = sorted({b.input_ids.shape for b in batches})
+    allowed = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    guard = sdpa_kernel(allowed) if backends == "nocudnn" else contextlib.nullcontext()
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+    times = []
+    with guard:
+        for _ in range(3):
+            sync()
+            started = time.perf_counter()
+            for batch in batches:
+                model.forward(batch)
+            sync()
+            times.append(time.perf_counter() - started)
+    print(
+        f"sdpa={backends} dtype={dtype} pad={multiple}: {len(batches)} batches, {len(shapes)} shapes, "
+        f"{len(windows)} windows; pass 1/2/3: "
+        + " / ".join(f"{t:.3f} s" for t in times)
+        + f"; warm {len(windows) / times[-1]:.0f} windows/s"
+    )
+
+
+if __name__ == "__main__":
+    main()
