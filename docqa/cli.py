@@ -29,9 +29,11 @@ def _job_errors() -> tuple[type[Exception], ...]:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from qa_core.heap import use_system_arrow_pool
     from qa_core.predict import predict
 
     config = config_from_arguments(args)
+    use_system_arrow_pool()  # keeps the resident set flat over long inputs (qa_core.heap)
     info = predict(config, args.input, args.output, overwrite=args.overwrite, progress=not args.no_progress)
     if not args.no_report:
         from qa_core.report import try_write_report

@@ -72,5 +72,6 @@ predict --set batch.featurize_processes=0
 predict --set batch.featurize_processes=0 --set batch.prefetch_buffers=0
 predict --set batch.pad_to_multiple_of=32
 predict --set batch.sort_buffer_windows=2048
+predict --set batch.featurize_processes=14
 say "done"
 rm -rf "$WORK"
