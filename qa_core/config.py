@@ -88,10 +88,6 @@ class BatchConfig:
             model runs; each costs the memory of one buffer. 0 prepares each buffer only when the model is
             idle; null (auto) means 1 on a GPU and 0 on a CPU, where the thread only competes with the
             model for the same cores (measured 2-3% slower on 2 cores).
-        featurize_processes: `docqa predict`: worker processes that turn rows into windows (tokenize
-            and build features) off the main process's GIL. null (auto) means 0 on a CPU, where the
-            model needs the cores, and all cores but two (at most 8) on a GPU. Beam jobs ignore it: the
-            runner's own parallelism does this there.
     """
 
     # 32 windows / 8192 padded tokens: on SQuAD-like data smaller batches span fewer lengths (padding
@@ -101,7 +97,6 @@ class BatchConfig:
     pad_to_multiple_of: int = 8
     sort_buffer_windows: int = 2048
     prefetch_buffers: int | None = None
-    featurize_processes: int | None = None
 
     def __post_init__(self) -> None:
         _require(self.max_batch_windows >= 1, "batch.max_batch_windows must be >= 1")
@@ -111,10 +106,6 @@ class BatchConfig:
         _require(
             self.prefetch_buffers is None or self.prefetch_buffers >= 0,
             "batch.prefetch_buffers must be >= 0 or null (auto)",
-        )
-        _require(
-            self.featurize_processes is None or self.featurize_processes >= 0,
-            "batch.featurize_processes must be >= 0 or null (auto)",
         )
 
 

@@ -3,8 +3,7 @@
 Rows stream through a sort buffer: records are featurized until about `sort_buffer_windows` windows are
 buffered, the buffer is batched by length, run, decoded and aggregated, and its results are yielded in
 input order. On a GPU the host-side half (read, validate, tokenize, plan) of the next buffer runs in a
-prefetch thread while the model runs on the current one (`batch.prefetch_buffers`), and tokenization
-runs in worker processes (`batch.featurize_processes`, `qa_core.featurize_pool`). Memory is bounded by
+prefetch thread while the model runs on the current one (`batch.prefetch_buffers`). Memory is bounded by
 the buffers in flight, whatever the input size; on a CPU glibc's heap is trimmed after every batch
 (`qa_core.heap`).
 """
@@ -25,7 +24,6 @@ from qa_core.batch import Batch, collate, plan_batches
 from qa_core.config import QAConfig
 from qa_core.decode import decode_batch
 from qa_core.featurize import Featurizer
-from qa_core.featurize_pool import FeaturizePool, auto_processes
 from qa_core.heap import release_free_heap
 from qa_core.model import QAModel
 from qa_core.prefetch import prefetch
@@ -168,19 +166,12 @@ class QAEngine:
             return configured
         return 1 if self.model.device.type == "cuda" else 0
 
-    @property
-    def featurize_processes(self) -> int:
-        """Worker processes for featurization: the configured number, or auto (`featurize_pool`)."""
-        configured = self.config.batch.featurize_processes
-        if configured is not None:
-            return configured
-        return auto_processes(self.model.device.type == "cuda")
-
     def _sort_buffers(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[_SortBuffer]:
         """Host-side stages: rows -> records -> windows -> planned batches, one buffer at a time."""
         pending: list[Record | Rejection] = []
         buffered = 0
-        for results, windows in self._featurized_chunks(rows):
+        for chunk in _chunks(rows, FEATURIZE_CHUNK_ROWS):
+            results, windows = self._validate_and_featurize(chunk)
             pending.extend(results)
             buffered += windows
             if buffered >= self.config.batch.sort_buffer_windows:
@@ -189,33 +180,14 @@ class QAEngine:
         if pending:
             yield self._plan(pending)
 
-    def _featurized_chunks(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[tuple[list[Any], int]]:
-        """Chunks of rows validated here and featurized here or in worker processes, in input order."""
-        validated = (self._validate(chunk) for chunk in _chunks(rows, FEATURIZE_CHUNK_ROWS))
-        processes = self.featurize_processes
-        if processes == 0:
-            for items in validated:
-                records = [r for r in items if isinstance(r, Record)]
-                yield self._join(items, self.featurizer.featurize(records))
-            return
-        with FeaturizePool(self.featurizer.parts, self.config.featurize, processes) as pool:
-            tagged = ((items, [r for r in items if isinstance(r, Record)]) for items in validated)
-            for items, featurized in pool.map(tagged):
-                yield self._join(items, featurized)
-
-    def _validate(self, rows: Sequence[Mapping[str, Any]]) -> list[Record | Rejection]:
-        items: list[Record | Rejection] = []
+    def _validate_and_featurize(self, rows: Sequence[Mapping[str, Any]]) -> tuple[list[Any], int]:
+        items: list[Any] = []
         for row in rows:
             items.append(validate_row(row, str(self._next_key), self.config.input, self.config.featurize))
             self._next_key += 1
             self.stats.rows += 1
-        return items
-
-    def _join(
-        self, items: list[Record | Rejection], featurized_records: Sequence[list[Feature] | Rejection]
-    ) -> tuple[list[Any], int]:
-        """Each validated item with its windows: (record, windows), or a rejection; and the window count."""
-        featurized = iter(featurized_records)
+        records = [r for r in items if isinstance(r, Record)]
+        featurized = iter(self.featurizer.featurize(records))
         out: list[Any] = []
         windows = 0
         for item in items:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,45 +20,11 @@ from qa_core.records import Feature, Reason, Record, Rejection
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TokenizerParts:
-    """What featurization needs of a fast tokenizer: picklable, and rebuilt without importing transformers.
-
-    Attributes:
-        backend_json: The Rust tokenizer, serialized (`tokenizers.Tokenizer.to_str()`).
-        cls_token_id: Id of the CLS token (the no-answer position), or None.
-        special_tokens_pair: Special tokens added to a (question, context) pair.
-    """
-
-    backend_json: str
-    cls_token_id: int | None
-    special_tokens_pair: int
-
-    @classmethod
-    def of(cls, tokenizer: Any) -> TokenizerParts:
-        """The parts of a Hugging Face fast tokenizer.
-
-        Raises:
-            ValueError: When the tokenizer is not a fast tokenizer (offsets are required).
-        """
-        if not getattr(tokenizer, "is_fast", False):
-            raise ValueError(
-                f"{type(tokenizer).__name__} is not a fast tokenizer; docqa needs character offsets, "
-                "which only fast (tokenizers-backed) tokenizers provide"
-            )
-        cls_id = tokenizer.cls_token_id
-        return cls(
-            tokenizer.backend_tokenizer.to_str(),
-            int(cls_id) if cls_id is not None else None,
-            int(tokenizer.num_special_tokens_to_add(pair=True)),
-        )
-
-
 class Featurizer:
     """Turns records into windows with one fast tokenizer.
 
     Args:
-        tokenizer: A Hugging Face *fast* tokenizer (`tokenizer.is_fast`), or its `TokenizerParts`.
+        tokenizer: A Hugging Face *fast* tokenizer (`tokenizer.is_fast`).
         config: Window sizes.
 
     Raises:
@@ -67,12 +32,18 @@ class Featurizer:
     """
 
     def __init__(self, tokenizer: Any, config: FeaturizeConfig) -> None:
-        self.parts = tokenizer if isinstance(tokenizer, TokenizerParts) else TokenizerParts.of(tokenizer)
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError(
+                f"{type(tokenizer).__name__} is not a fast tokenizer; docqa needs character offsets, "
+                "which only fast (tokenizers-backed) tokenizers provide"
+            )
+        self.tokenizer = tokenizer
         self.config = config
-        self._cls_id = self.parts.cls_token_id
+        cls_id = tokenizer.cls_token_id
+        self._cls_id: int | None = int(cls_id) if cls_id is not None else None
         # A question longer than this leaves no context token in the window.
-        self._special = self.parts.special_tokens_pair
-        self._questions, self._pairs = _backend_copies(self.parts.backend_json, config)
+        self._special = int(tokenizer.num_special_tokens_to_add(pair=True))
+        self._questions, self._pairs = _backend_copies(tokenizer, config)
 
     def featurize(self, records: Sequence[Record]) -> list[list[Feature] | Rejection]:
         """Windows for each record, in order; a record that cannot be windowed becomes a `Rejection`.
@@ -149,7 +120,7 @@ class Featurizer:
         """
         covered = int(last.char_ends.max())
         tail = context[covered:]
-        if not tail.strip() or not self._questions.encode(tail, add_special_tokens=False).ids:
+        if not tail.strip() or not self.tokenizer(tail, add_special_tokens=False)["input_ids"]:
             return None
         return (
             f"the tokenizer's windows stop at character {covered} of {len(context)} (tokenizers "
@@ -204,7 +175,7 @@ class Featurizer:
         return kept
 
 
-def _backend_copies(serialized: str, config: FeaturizeConfig) -> tuple[Any, Any]:
+def _backend_copies(tokenizer: Any, config: FeaturizeConfig) -> tuple[Any, Any]:
     """Two private copies of the fast tokenizer's Rust backend: for questions, and for windowed pairs.
 
     Calling the `tokenizers.Tokenizer` directly instead of the transformers wrapper saves the wrapper's
@@ -214,6 +185,7 @@ def _backend_copies(serialized: str, config: FeaturizeConfig) -> tuple[Any, Any]
     """
     from tokenizers import Tokenizer
 
+    serialized = tokenizer.backend_tokenizer.to_str()
     questions = Tokenizer.from_str(serialized)
     questions.no_truncation()
     questions.no_padding()

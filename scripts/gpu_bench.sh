@@ -68,10 +68,8 @@ predict() {
 }
 predict
 step 60 "$PY" -m docqa eval --data "$DATA" --predictions "$WORK/pred" --json "$OUTDIR/eval-bf16.json"
-predict --set batch.featurize_processes=0
-predict --set batch.featurize_processes=0 --set batch.prefetch_buffers=0
+predict --set batch.prefetch_buffers=0
 predict --set batch.pad_to_multiple_of=32
 predict --set batch.sort_buffer_windows=2048
-predict --set batch.featurize_processes=14
 say "done"
 rm -rf "$WORK"

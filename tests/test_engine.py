@@ -13,7 +13,6 @@ import torch
 
 from qa_core.config import BatchConfig, FeaturizeConfig, QAConfig, load_config
 from qa_core.engine import QAEngine
-from qa_core.featurize_pool import auto_processes
 from qa_core.model import QAModel
 from qa_core.records import Answer, Feature, Reason, Rejection
 
@@ -80,11 +79,6 @@ def test_same_answers_for_batch_sizes_and_order(tiny_model: QAModel) -> None:
         batching = BatchConfig(sort_buffer_windows=9, prefetch_buffers=depth)
         prefetched = dataclasses.replace(base, batch=batching)
         results.append(answers_of(QAEngine(tiny_model, prefetched), rows))
-    # Tokenized in worker processes, with and without the prefetch thread on top.
-    for depth in (0, 1):
-        batching = BatchConfig(sort_buffer_windows=9, prefetch_buffers=depth, featurize_processes=2)
-        pooled = dataclasses.replace(base, batch=batching)
-        results.append(answers_of(QAEngine(tiny_model, pooled), rows))
     first = results[0]
     for other in results[1:]:
         assert other.keys() == first.keys()
@@ -250,35 +244,3 @@ def test_prefetch_is_on_for_a_gpu_and_off_for_a_cpu_unless_configured(tiny_model
     on_gpu = dataclasses.replace(tiny_model, device=torch.device("cuda"))  # never run: only the device
     assert QAEngine(on_gpu, auto).prefetch_depth == 1
     assert QAEngine(tiny_model, load_config([], ["batch.prefetch_buffers=2"])).prefetch_depth == 2
-
-
-def test_featurize_processes_keep_rejections_and_order(tiny_model: QAModel) -> None:
-    rows = make_rows(20)
-    rows[3] = {**rows[3], "question": "   "}  # no tokens: rejected in the worker
-    rows[7] = {**rows[7], "context": None}  # invalid: rejected before any worker sees it
-    rows[11] = {**rows[11], "question": "why " * 400}  # truncated to max_question_len, answered
-    outputs = []
-    for processes in (0, 2):
-        config = load_config([], [f"batch.featurize_processes={processes}", "batch.sort_buffer_windows=5"])
-        engine = QAEngine(tiny_model, config)
-        outputs.append(
-            [
-                (type(r).__name__, r.id, getattr(r, "reason", None), getattr(r, "answer", None))
-                for r in engine.answer_rows(rows)
-            ]
-        )
-        assert engine.stats.rows == 20
-    assert outputs[0] == outputs[1]
-    rejected = [row_id for kind, row_id, *_ in outputs[1] if kind == "Rejection"]
-    assert rejected == [rows[3]["id"], rows[7]["id"]]
-
-
-def test_featurize_processes_auto_only_on_a_gpu(tiny_model: QAModel) -> None:
-    auto = load_config([], [])
-    assert QAEngine(tiny_model, auto).featurize_processes == 0
-    assert auto_processes(on_gpu=True, cpu_count=16) == 8
-    assert auto_processes(on_gpu=True, cpu_count=4) == 2
-    assert auto_processes(on_gpu=True, cpu_count=2) == 0
-    assert auto_processes(on_gpu=False, cpu_count=16) == 0
-    pinned = load_config([], ["batch.featurize_processes=3"])
-    assert QAEngine(tiny_model, pinned).featurize_processes == 3
