@@ -6,6 +6,7 @@ encoder's token states gives `start_logits` and `end_logits`, shape (B, P).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import logging
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from qa_core.batch import Batch
 from qa_core.config import ModelConfig
@@ -22,6 +24,14 @@ from qa_core.config import ModelConfig
 logger = logging.getLogger(__name__)
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# SDPA backends allowed on CUDA: all but cuDNN attention. On Hopper, torch picks cuDNN attention for
+# bf16/fp16 with a padding mask, and cuDNN builds an execution plan for every new (B, P) batch shape:
+# measured on an H200 (torch 2.11, the bundled model, 9 batch shapes of 2,000 SQuAD questions), the first
+# pass took 2.07 s with cuDNN and 0.35 s without; warm passes 0.048 s vs 0.062 s. docqa's batches come in
+# dozens of shapes and its forward is a small share of a job's time (benchmarks/RESULTS.md), so the
+# one-time plan builds cost far more than the warm speed-up returns.
+CUDA_ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class ModelLoadError(RuntimeError):
@@ -101,7 +111,8 @@ class QAModel:
         }
         if self._takes_token_types:
             inputs["token_type_ids"] = to_device(batch.token_type_ids)
-        with torch.inference_mode():
+        backends = sdpa_kernel(CUDA_ATTENTION_BACKENDS) if on_gpu else contextlib.nullcontext()
+        with torch.inference_mode(), backends:
             output = self.model(**inputs)
         return output.start_logits.float(), output.end_logits.float()
 

@@ -14,7 +14,7 @@ import torch
 from qa_core.config import BatchConfig, FeaturizeConfig, QAConfig, load_config
 from qa_core.engine import QAEngine
 from qa_core.model import QAModel
-from qa_core.records import Answer, Feature, Reason, Rejection
+from qa_core.records import Answer, Feature, Reason, Record, Rejection
 
 UNICODE_CONTEXTS = [
     "東京は日本の首都です。 the capital city of japan is tokyo.",
@@ -244,3 +244,24 @@ def test_prefetch_is_on_for_a_gpu_and_off_for_a_cpu_unless_configured(tiny_model
     on_gpu = dataclasses.replace(tiny_model, device=torch.device("cuda"))  # never run: only the device
     assert QAEngine(on_gpu, auto).prefetch_depth == 1
     assert QAEngine(tiny_model, load_config([], ["batch.prefetch_buffers=2"])).prefetch_depth == 2
+
+
+def test_cuda_forward_leaves_out_cudnn_attention(tiny_model: QAModel) -> None:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from qa_core.batch import collate
+    from qa_core.featurize import Featurizer
+    from qa_core.model import CUDA_ATTENTION_BACKENDS
+
+    assert SDPBackend.CUDNN_ATTENTION not in CUDA_ATTENTION_BACKENDS
+    assert SDPBackend.EFFICIENT_ATTENTION in CUDA_ATTENTION_BACKENDS  # serves padding masks in bf16
+    # The allow-list is a valid sdpa_kernel argument and the model runs under it (here on the CPU).
+    (windows,) = Featurizer(tiny_model.tokenizer, QAConfig().featurize).featurize(
+        [Record("r", "r", "what?", "the river flows past the church")]
+    )
+    assert isinstance(windows, list)
+    batch = collate(windows, tiny_model.pad_token_id, 8)
+    plain = tiny_model.forward(batch)
+    with sdpa_kernel(CUDA_ATTENTION_BACKENDS):
+        allowed = tiny_model.forward(batch)
+    assert torch.equal(plain[0], allowed[0])
