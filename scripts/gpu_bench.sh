@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 5 as one prepared script: forward-only cold/warm passes per SDPA backend, bench
 # (seed, bound, predict) in bf16 and fp32, SQuAD v1.1 dev F1 of GPU predict, and host-side variants
-# (featurize processes, prefetch, padding multiple, sort buffer).
+# (prefetch, padding multiple, sort buffer).
 #
 # Run from the repo root on a CUDA machine whose python3 has torch, transformers, tokenizers>=0.23.3,
 # pyarrow, fsspec, pyyaml and tqdm (Apache Beam is not needed: `run` and `beam-stock` are left out):
@@ -46,7 +46,7 @@ torch.__version__, 'transformers', transformers.__version__, 'tokenizers', token
 } 2>&1 | tee -a "$LOG"
 
 # Forward only over the bench's batch shapes: cold vs warm passes, SDPA backends, padding multiple.
-for variant in "default bf16 8" "nocudnn bf16 8" "default bf16 1" "default fp32 8"; do
+for variant in "with-cudnn bf16 8" "docqa bf16 8" "docqa bf16 1" "docqa fp32 8"; do
     # shellcheck disable=SC2086  # the variant is three words on purpose
     step 90 "$PY" scripts/gpu_sdpa_check.py "$DATA" $variant "$N"
 done

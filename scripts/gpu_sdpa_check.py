@@ -1,20 +1,21 @@
 """Forward-only timing of real SQuAD batch shapes on CUDA, first (cold) and second (warm) pass.
 
 Tells per-shape one-time costs (attention plan building, kernel selection) from steady-state speed, with
-the SDPA backends torch picks by default or with cuDNN attention left out:
-    python scripts/gpu_sdpa_check.py SQUAD_JSON default|nocudnn bf16|fp32 PAD_MULTIPLE [N_QUESTIONS]
+docqa's SDPA backends (`qa_core.model.CUDA_ATTENTION_BACKENDS`, no cuDNN attention) or with cuDNN
+attention allowed too (torch's own choice):
+    python scripts/gpu_sdpa_check.py SQUAD_JSON docqa|with-cudnn bf16|fp32 PAD_MULTIPLE [N_QUESTIONS]
 """
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import SDPBackend
 
 from benchmarks.bench import _rows, _windows
+from qa_core import model as qa_model
 from qa_core.batch import collate, plan_batches
 from qa_core.config import load_config
 from qa_core.model import load_qa_model
@@ -31,18 +32,18 @@ def main() -> None:
     windows = _windows(model, config, _rows(data, n))
     batches = [collate(g, model.pad_token_id, multiple) for g in plan_batches(windows, config.batch)]
     shapes = sorted({b.input_ids.shape for b in batches})
-    allowed = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    guard = sdpa_kernel(allowed) if backends == "nocudnn" else contextlib.nullcontext()
+    if backends == "with-cudnn":
+        # QAModel.forward reads this list at each call: widen it to what torch may pick by itself.
+        qa_model.CUDA_ATTENTION_BACKENDS = [*qa_model.CUDA_ATTENTION_BACKENDS, SDPBackend.CUDNN_ATTENTION]
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     times = []
-    with guard:
-        for _ in range(3):
-            sync()
-            started = time.perf_counter()
-            for batch in batches:
-                model.forward(batch)
-            sync()
-            times.append(time.perf_counter() - started)
+    for _ in range(3):
+        sync()
+        started = time.perf_counter()
+        for batch in batches:
+            model.forward(batch)
+        sync()
+        times.append(time.perf_counter() - started)
     print(
         f"sdpa={backends} dtype={dtype} pad={multiple}: {len(batches)} batches, {len(shapes)} shapes, "
         f"{len(windows)} windows; pass 1/2/3: "
