@@ -30,7 +30,9 @@ TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 # measured on an H200 (torch 2.11, the bundled model, 9 batch shapes of 2,000 SQuAD questions), the first
 # pass took 2.07 s with cuDNN and 0.35 s without; warm passes 0.048 s vs 0.062 s. docqa's batches come in
 # dozens of shapes and its forward is a small share of a job's time (benchmarks/RESULTS.md), so the
-# one-time plan builds cost far more than the warm speed-up returns.
+# one-time plan builds cost far more than the warm speed-up returns. `sdpa_kernel` sets torch's
+# process-wide flags and restores them on exit: threads that overlap their forwards can leave cuDNN
+# allowed for a batch (only a speed difference, never a different result beyond rounding).
 CUDA_ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
