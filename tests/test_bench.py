@@ -41,3 +41,6 @@ def test_bench_all_modes(tmp_path: Path, tiny_model_dir: Path) -> None:
         assert r["questions"] == 6 and r["questions_per_s"] > 0 and r["peak_rss_mb"] > 0
     # docqa pads to the batch's longest; the stock handler pads every window to max_seq_len.
     assert results["predict"]["padding_efficiency"] > results["beam-stock"]["padding_efficiency"]
+    # The bound runs the same batches as predict and run (same caps, same padding multiple).
+    assert results["bound"]["padded_tokens"] == results["predict"]["padded_tokens"]
+    assert results["bound"]["padded_tokens"] == results["run"]["padded_tokens"]

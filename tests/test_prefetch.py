@@ -51,6 +51,22 @@ def test_producer_runs_at_most_depth_ahead_and_stops_when_the_caller_does() -> N
     assert not any(t.name == "docqa-prefetch" for t in threading.enumerate())
 
 
+def test_a_source_generator_is_closed_when_the_caller_stops_early() -> None:
+    released: list[str] = []
+
+    def items() -> Iterator[int]:
+        try:
+            yield from range(10_000)
+        finally:
+            released.append(threading.current_thread().name)  # e.g. files or workers it holds
+
+    stream = prefetch(items(), depth=2, name="docqa-test-source")
+    assert next(stream) == 0
+    stream.close()
+    # Closed by the producer thread, before close() returns, not whenever it is garbage collected.
+    assert released == ["docqa-test-source"]
+
+
 def test_next_item_is_produced_while_the_caller_holds_this_one() -> None:
     caller_busy = threading.Event()
     second_ready = threading.Event()
