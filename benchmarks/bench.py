@@ -32,7 +32,7 @@ from qa_core.batch import collate, plan_batches
 from qa_core.config import DEFAULT_MODEL, QAConfig, add_config_arguments, load_config
 from qa_core.decode import decode_batch
 from qa_core.featurize import Featurizer
-from qa_core.model import QAModel, load_qa_model
+from qa_core.model import QAModel, load_qa_model, resolve_device
 from qa_core.records import Feature, Record
 from qa_core.squad import load_squad, squad_to_table
 
@@ -239,15 +239,19 @@ RUNNERS = {
 }
 
 
-def run_mode(args: argparse.Namespace) -> dict[str, Any]:
-    """Runs one mode in this process and returns its figures."""
+def _config(args: argparse.Namespace) -> QAConfig:
     # --model/--dtype/--device are bench flags; --set may still override anything.
     base = [
         f"model.name_or_path={json.dumps(args.model)}",
         f"model.dtype={args.dtype}",
         f"model.device={args.device}",
     ]
-    config = load_config(args.config, [*base, *args.overrides])
+    return load_config(args.config, [*base, *args.overrides])
+
+
+def run_mode(args: argparse.Namespace) -> dict[str, Any]:
+    """Runs one mode in this process and returns its figures."""
+    config = _config(args)
     torch.manual_seed(0)
     model = load_qa_model(config.model)
     rows = _rows(args.data, args.n)
@@ -315,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode:
         print(json.dumps(run_mode(args)))
         return 0
+    # Fail in one line, before any child starts, on a config error or an absent GPU.
+    resolve_device(_config(args).model)
     results = []
     passthrough = list(argv if argv is not None else sys.argv[1:])
     for mode in args.modes.split(","):

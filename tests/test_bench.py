@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+import torch
+
 from benchmarks.bench import MODES, main
+from qa_core.model import ModelLoadError
 
 
 def test_bench_all_modes(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -44,3 +48,11 @@ def test_bench_all_modes(tmp_path: Path, tiny_model_dir: Path) -> None:
     # The bound runs the same batches as predict and run (same caps, same padding multiple).
     assert results["bound"]["padded_tokens"] == results["predict"]["padded_tokens"]
     assert results["bound"]["padded_tokens"] == results["run"]["padded_tokens"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_bench_on_cuda_without_a_gpu_fails_before_any_mode_runs(tmp_path: Path, tiny_model_dir: Path) -> None:
+    out = tmp_path / "bench.json"
+    with pytest.raises(ModelLoadError, match="torch sees no CUDA device"):
+        main(["--model", str(tiny_model_dir), "--device", "cuda", "--n", "2", "--json", str(out)])
+    assert not out.exists()
