@@ -4,15 +4,17 @@ Beam's Hugging Face handler does not import under transformers 5 (it imports Ten
 its PyTorch keyed-tensor handlers stack fixed-size tensors (variable-length windows would be padded to
 `max_seq_len`).
 
-Elements are pre-bucketed lists of windows (`BucketWindows`), so the handler skips Beam's batching. Each
-batch is padded, run, and decoded on the worker; only a few span candidates per window leave it, never
-the logits. A failing batch is split in halves down to single windows (`run_batch_contained`), so only
-windows that fail alone are reported, as `WindowFailure`s.
+Elements are pre-bucketed batches of windows (`WindowBatch`es from `BucketWindows`), so the handler
+skips Beam's batching. Each batch is padded, run, and decoded on the worker; only a few span candidates
+per window leave it, never the logits. A failing batch is split in halves down to single windows
+(`run_batch_contained`), so only windows that fail alone are reported, as `WindowFailure`s. The rows a
+batch completes follow its candidates (`RowDone`), so windows are merged into answers in the same bundle,
+without a shuffle (`pipelines.stages.MergeWindows`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +25,7 @@ from qa_core.batch import collate
 from qa_core.config import QAConfig
 from qa_core.engine import EngineStats, run_batch_contained
 from qa_core.model import QAModel, load_qa_model
-from qa_core.records import Feature, WindowCandidates
+from qa_core.records import Feature, Record, WindowCandidates
 
 
 @dataclass(frozen=True)
@@ -32,9 +34,44 @@ class WindowFailure:
 
     row_key: str
     error: str
+    window_index: int = -1
 
 
-class QAModelHandler(ModelHandler[Feature, WindowCandidates | WindowFailure, QAModel]):
+@dataclass(frozen=True)
+class RowDone:
+    """A record whose every window has gone through the model, and how many windows it has.
+
+    Emitted by the handler after the candidates of the batch that holds the record's last window, so the
+    merge downstream (`MergeWindows`) meets it after all of the row's candidates.
+    """
+
+    record: Record
+    n_windows: int
+
+
+@dataclass(frozen=True)
+class WindowBatch:
+    """One RunInference element: the windows of a batch, and the rows it completes.
+
+    Iterating (and `len`) go over the windows, as RunInference expects of a pre-batched element.
+
+    Attributes:
+        features: The batch's windows (one forward pass).
+        done: Rows whose last window is in this batch (their other windows are in earlier batches of
+            the same sort buffer).
+    """
+
+    features: tuple[Feature, ...]
+    done: tuple[RowDone, ...] = ()
+
+    def __iter__(self) -> Iterator[Feature]:
+        return iter(self.features)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+class QAModelHandler(ModelHandler[Feature, WindowCandidates | WindowFailure | RowDone, QAModel]):
     """Loads one `QAModel` per worker process (RunInference shares it between DoFn instances).
 
     Args:
@@ -55,7 +92,7 @@ class QAModelHandler(ModelHandler[Feature, WindowCandidates | WindowFailure, QAM
         batch: Sequence[Feature],
         model: QAModel,
         inference_args: dict[str, Any] | None = None,
-    ) -> Iterable[WindowCandidates | WindowFailure]:
+    ) -> Iterable[WindowCandidates | WindowFailure | RowDone]:
         padded = collate(list(batch), model.pad_token_id, self._config.batch.pad_to_multiple_of)
         stats = EngineStats()
         candidates, failures = run_batch_contained(model, padded, self._config, stats)
@@ -64,8 +101,10 @@ class QAModelHandler(ModelHandler[Feature, WindowCandidates | WindowFailure, QAM
         metrics.inc("padded_tokens", stats.padded_tokens)
         metrics.inc("batch_splits", stats.batch_splits)
         metrics.inc("oom_splits", stats.oom_splits)
-        out: list[WindowCandidates | WindowFailure] = list(candidates)
-        out.extend(WindowFailure(feature.row_key, error) for feature, error in failures)
+        out: list[WindowCandidates | WindowFailure | RowDone] = list(candidates)
+        out.extend(WindowFailure(f.row_key, error, f.window_index) for f, error in failures)
+        if isinstance(batch, WindowBatch):
+            out.extend(batch.done)  # after the candidates: see RowDone
         return out
 
     def get_num_bytes(self, batch: Sequence[Feature]) -> int:

@@ -1,7 +1,10 @@
 """`docqa run` / `python -m pipelines.run`: the Beam job, Parquet in, answers and rejections out.
 
     rows -> ValidateRows -> FeaturizeRecords -> BucketWindows -> RunInference(QAModelHandler)
-         -> CoGroupByKey(row_key) -> AggregateRows -> answers/ and rejections/ Parquet
+         -> MergeWindows (in the same bundle) -> answers/ and rejections/ Parquet
+
+A row's windows are merged into its answer in the bundle that featurized it (one fused stage, no
+shuffle); only rows a runner splits across bundles go through a `CoGroupByKey` (`AggregateRows`).
 
 Every Beam pipeline option passes through untouched. `_run.json` and `COMPLETED` are written by the
 launcher after the pipeline has finished and the outputs have been counted: rows read (from the input
@@ -28,13 +31,17 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import PCollection
 
 from pipelines import metrics, progress
-from pipelines.inference import QAModelHandler, WindowFailure
+from pipelines.inference import QAModelHandler
 from pipelines.io import ReadRows, beam_filesystem_usable, write_table
 from pipelines.stages import (
     REJECTIONS,
+    UNMERGED_CANDIDATES,
+    UNMERGED_FAILURES,
+    UNMERGED_RECORDS,
     AggregateRows,
     BucketWindows,
     FeaturizeRecords,
+    MergeWindows,
     ValidateRows,
     count_result,
 )
@@ -43,7 +50,6 @@ from qa_core.config import QAConfig, add_config_arguments, config_from_arguments
 from qa_core.model import describe_model, load_tokenizer
 from qa_core.predict import run_info
 from qa_core.read import InputSchema, count_rows, read_input_schema, resolve_inputs
-from qa_core.records import WindowCandidates
 from qa_core.schema import (
     ANSWERS_DIR,
     REJECTIONS_DIR,
@@ -107,32 +113,36 @@ def build_pipeline(
     rows = pipeline | "Read" >> ReadRows(spec.files, config.input)
     validated = rows | "Validate" >> beam.ParDo(ValidateRows(config)).with_outputs(REJECTIONS, main="records")
     featurized = validated.records | "Featurize" >> beam.ParDo(FeaturizeRecords(config)).with_outputs(
-        REJECTIONS, "records", main="windows"
-    )
-    results = (
-        featurized.windows
-        | "Bucket" >> beam.ParDo(BucketWindows(config))
-        | "Infer" >> RunInference(handler.with_no_batching())
-    )
-    candidates = (
-        results
-        | "Candidates" >> beam.Filter(lambda r: isinstance(r, WindowCandidates))
-        | "KeyCandidates" >> beam.Map(lambda c: (c.row_key, c))
-    )
-    failures = (
-        results
-        | "Failures" >> beam.Filter(lambda r: isinstance(r, WindowFailure))
-        | "KeyFailures" >> beam.Map(lambda f: (f.row_key, f.error))
+        REJECTIONS, main="rows"
     )
     merged = (
-        {"records": featurized.records, "candidates": candidates, "failures": failures}
-        | "MergeWindows" >> beam.CoGroupByKey()
-        | "Aggregate" >> beam.ParDo(AggregateRows(config)).with_outputs(REJECTIONS, main="answers")
+        featurized.rows
+        | "Bucket" >> beam.ParDo(BucketWindows(config))
+        | "Infer" >> RunInference(handler.with_no_batching())
+        | "MergeWindows"
+        >> beam.ParDo(MergeWindows(config)).with_outputs(
+            REJECTIONS, UNMERGED_RECORDS, UNMERGED_CANDIDATES, UNMERGED_FAILURES, main="answers"
+        )
+    )
+    # Rows that one bundle could not complete (none on runners that fuse the stage, as all do here).
+    regrouped = (
+        {
+            "records": merged[UNMERGED_RECORDS],
+            "candidates": merged[UNMERGED_CANDIDATES],
+            "failures": merged[UNMERGED_FAILURES],
+        }
+        | "MergeAcrossBundles" >> beam.CoGroupByKey()
+        | "AggregateAcrossBundles"
+        >> beam.ParDo(AggregateRows(config)).with_outputs(REJECTIONS, main="answers")
     )
     top_k = config.decode.top_k
     passthrough = [spec.schema.field(c) for c in config.input.passthrough_columns]
     id_type = spec.schema.id_field.type
-    answers = merged.answers | "CountAnswers" >> beam.Map(count_result)
+    answers = (
+        (merged.answers, regrouped.answers)
+        | "AllAnswers" >> beam.Flatten()
+        | "CountAnswers" >> beam.Map(count_result)
+    )
     _ = (
         answers
         | "AnswerRows" >> beam.Map(answer_to_row, top_k)
@@ -140,7 +150,7 @@ def build_pipeline(
         >> write_table_transform(spec.output_dir, ANSWERS_DIR, answer_schema(id_type, passthrough, top_k))
     )
     _ = (
-        (validated[REJECTIONS], featurized[REJECTIONS], merged[REJECTIONS])
+        (validated[REJECTIONS], featurized[REJECTIONS], merged[REJECTIONS], regrouped[REJECTIONS])
         | "AllRejections" >> beam.Flatten()
         | "CountRejections" >> beam.Map(count_result)
         | "RejectionRows" >> beam.Map(rejection_to_row)

@@ -15,12 +15,19 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from docqa.cli import main
-from pipelines.inference import QAModelHandler
+from pipelines.inference import QAModelHandler, RowDone, WindowBatch, WindowFailure
 from pipelines.run import run
-from pipelines.stages import REJECTIONS, BucketWindows, ValidateRows
+from pipelines.stages import (
+    REJECTIONS,
+    UNMERGED_CANDIDATES,
+    UNMERGED_RECORDS,
+    BucketWindows,
+    MergeWindows,
+    ValidateRows,
+)
 from qa_core.config import BatchConfig, QAConfig, load_config
 from qa_core.model import QAModel
-from qa_core.records import Feature
+from qa_core.records import Answer, Feature, Reason, Record, WindowCandidates
 from tests.conftest import write_parquet
 from tests.test_engine import PoisonModel
 
@@ -96,6 +103,8 @@ def test_run_matches_predict_on_every_engine(
     counts = info["counts"]
     assert counts["rows_read"] == len(MIXED_ROWS) == counts["answered"] + counts["rejected"]
     assert counts["answered"] == 5
+    # Every row was merged in the bundle that featurized it: nothing went through the fallback shuffle.
+    assert counts["metrics"].get("rows_merged_across_bundles", 0) == 0
     # Two rows sharing an id are answered separately, each from its own context.
     dup = {r["title"]: r["answer"] for r in pq.read_table(out / "answers").to_pylist() if r["id"] == "dup"}
     assert set(dup) == {"t3", "t4"}
@@ -114,26 +123,80 @@ def test_validate_rows_transform() -> None:
         assert_that(reasons, equal_to([(2, "EMPTY_QUESTION")]), label="rejections")
 
 
-def _feature(key: str, length: int) -> Feature:
+def _feature(key: str, length: int, index: int = 0, n_windows: int = 1) -> Feature:
     ids = np.arange(length, dtype=np.int32)
-    return Feature(key, 0, 1, ids, np.zeros(length, np.int8), ids, ids + 1, 0)
+    return Feature(key, index, n_windows, ids, np.zeros(length, np.int8), ids, ids + 1, 0)
 
 
-def test_bucket_windows_sorts_and_caps() -> None:
+def _row(key: str, *lengths: int) -> tuple[Record, list[Feature]]:
+    windows = [_feature(key, n, i, len(lengths)) for i, n in enumerate(lengths)]
+    return Record(key, key, "q", "c"), windows
+
+
+def test_bucket_windows_sorts_caps_and_sends_each_row_with_its_last_window() -> None:
     config = QAConfig(batch=BatchConfig(max_batch_windows=4, max_batch_tokens=64, sort_buffer_windows=50))
     lengths = [3, 40, 9, 17, 5, 33, 8, 8, 2, 30, 12]
-    features = [_feature(f"k{i}", n) for i, n in enumerate(lengths)]
+    rows = [_row(f"k{i}", n) for i, n in enumerate(lengths)]
+    rows += [_row("long", 40, 40, 6), _row("pair", 2, 33)]  # windows of one row land in several batches
+    all_windows = sorted((f.row_key, f.window_index) for _, windows in rows for f in windows)
 
-    def check(batches: list[list[Feature]]) -> None:
-        seen = sorted(f.row_key for b in batches for f in b)
-        assert seen == sorted(f.row_key for f in features)
-        for batch in batches:
+    def check(batches: list[WindowBatch]) -> None:
+        assert sorted((f.row_key, f.window_index) for b in batches for f in b) == all_windows
+        seen: set[tuple[str, int]] = set()
+        done_rows: list[str] = []
+        for batch in batches:  # one bundle here: the order is the emission order
             width = -(-max(f.length for f in batch) // 8) * 8
             assert len(batch) <= 4 and (len(batch) * width <= 64 or len(batch) == 1)
+            seen.update((f.row_key, f.window_index) for f in batch)
+            for done in batch.done:
+                # Every window of a finished row has been sent, in this batch or an earlier one.
+                assert all((done.record.row_key, i) in seen for i in range(done.n_windows))
+                done_rows.append(done.record.row_key)
+        assert sorted(done_rows) == sorted(record.row_key for record, _ in rows)
 
     with BeamTestPipeline() as p:
-        batches = p | beam.Create(features) | beam.ParDo(BucketWindows(config))
+        batches = p | beam.Create(rows, reshuffle=False) | beam.ParDo(BucketWindows(config))
         assert_that(batches, check)
+
+
+def _candidates(key: str, index: int, n_windows: int, start: int) -> WindowCandidates:
+    return WindowCandidates(
+        key, index, n_windows, np.array([start]), np.array([start + 3]), np.array([1.0 + index]), None
+    )
+
+
+def _run_merge(bundles: list[list[Any]]) -> tuple[list[Any], list[tuple[str, Any]]]:
+    """Runs `MergeWindows` by hand over the given bundles; returns (answers/rejections, unmerged pieces)."""
+    merge = MergeWindows(QAConfig())
+    merged: list[Any] = []
+    unmerged: list[tuple[str, Any]] = []
+    for bundle in bundles:
+        merge.start_bundle()
+        for item in bundle:
+            merged.extend(merge.process(item))
+        for out in merge.finish_bundle():
+            unmerged.append((out.tag, out.value.value))
+    return merged, unmerged
+
+
+def test_merge_windows_answers_complete_rows_in_any_order_and_hands_on_split_rows() -> None:
+    record = Record("a", "id-a", "q", "the river flows past the church")
+    done = RowDone(record, 2)
+    first, second = _candidates("a", 0, 2, 4), _candidates("a", 1, 2, 10)
+    for order in ([first, second, done], [done, second, first], [second, done, first]):
+        merged, unmerged = _run_merge([order])
+        assert unmerged == []
+        (answer,) = merged
+        assert isinstance(answer, Answer) and answer.answer == record.context[10:13]
+    # A failed window rejects the row, once all its windows are accounted for.
+    merged, _ = _run_merge([[first, WindowFailure("a", "CUDA error", 1), done]])
+    assert len(merged) == 1 and merged[0].tag == REJECTIONS
+    assert merged[0].value.reason is Reason.MODEL_ERROR
+    # Split across bundles: nothing is answered from half a row; every piece goes to the fallback merge.
+    merged, unmerged = _run_merge([[first], [second, done]])
+    assert merged == []
+    assert sorted(tag for tag, _ in unmerged) == [UNMERGED_CANDIDATES, UNMERGED_CANDIDATES, UNMERGED_RECORDS]
+    assert all(value[0] == "a" for _, value in unmerged)
 
 
 class PoisonHandler(QAModelHandler):
