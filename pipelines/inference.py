@@ -34,7 +34,7 @@ class WindowFailure:
 
     row_key: str
     error: str
-    window_index: int = -1
+    window_index: int  # counted by the merge: a row is complete when each of its windows has arrived
 
 
 @dataclass(frozen=True)

@@ -130,23 +130,26 @@ class MergeWindows(beam.DoFn):
 
     def __init__(self, config: QAConfig) -> None:
         self._config = config
+        self._reset()
+
+    def _reset(self) -> None:
         self._done: dict[str, RowDone] = {}
         self._candidates: dict[str, list[WindowCandidates]] = defaultdict(list)
         self._failures: dict[str, list[WindowFailure]] = defaultdict(list)
 
     def start_bundle(self) -> None:
-        self._done, self._candidates, self._failures = {}, defaultdict(list), defaultdict(list)
+        self._reset()
 
     def process(self, item: WindowCandidates | WindowFailure | RowDone) -> Iterator[Any]:
         if isinstance(item, RowDone):
             key = item.record.row_key
             self._done[key] = item
-        elif isinstance(item, WindowFailure):
-            key = item.row_key
-            self._failures[key].append(item)
         else:
             key = item.row_key
-            self._candidates[key].append(item)
+            if isinstance(item, WindowFailure):
+                self._failures[key].append(item)
+            else:
+                self._candidates[key].append(item)
         done = self._done.get(key)
         if done is not None and self._arrived(key) == done.n_windows:
             del self._done[key]
@@ -165,7 +168,7 @@ class MergeWindows(beam.DoFn):
                 yield _tagged(UNMERGED_FAILURES, (key, failure.error))
         if keys:
             metrics.inc("rows_merged_across_bundles", len(keys))
-        self.start_bundle()
+        self._reset()
 
     def _arrived(self, key: str) -> int:
         indices = {c.window_index for c in self._candidates.get(key, [])}

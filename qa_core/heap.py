@@ -6,7 +6,7 @@ on activations come from the heap arenas, which fragment as new shapes arrive, s
 with the rows. Measured on `docqa predict` (bf16, SQuAD dev rows, 2 cores; benchmarks/RESULTS.md):
 
 - `malloc_trim(0)` once per sort buffer: 1.0 GB after 2,000 rows, 1.25 GB after 50,000 (+28%);
-- `malloc_trim(0)` after every batch (this module, from `run_batch_contained`): 0.76 GB after 2,000 rows,
+- `malloc_trim(0)` after every CPU batch (this module, from `run_batch_contained`): 0.76 GB after 2,000 rows,
   0.88 GB after 50,000. It costs 2-4% of throughput (freed pages are faulted in again by the next
   batch); trimming every 8th batch costs half as much but leaves the peak at 1.0 GB (the leftovers of
   differently shaped batches are not reused by the next one);
@@ -51,6 +51,6 @@ def use_system_arrow_pool() -> None:
 
 
 def release_free_heap() -> None:
-    """Returns freed heap pages to the OS (glibc `malloc_trim`); called after every batch."""
+    """Returns freed heap pages to the OS (glibc `malloc_trim`); called after every CPU batch."""
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)

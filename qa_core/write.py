@@ -81,7 +81,7 @@ class _PartWriter:
             self._writer = pq.ParquetWriter(self._handle, self._schema)
         if self._chunks:
             # One row group per flush, whatever the chunking.
-            table = pa.concat_tables(self._chunks).combine_chunks()
+            table = pa.concat_tables(self._chunks)  # no copy: write_table takes chunked columns
             self._writer.write_table(table, row_group_size=table.num_rows)
             self._chunks, self._chunked_rows = [], 0
 
