@@ -25,6 +25,33 @@ def _band(values: torch.Tensor, width: int, fill: float | bool) -> torch.Tensor:
     return torch.cat([values, pad], dim=1).unfold(1, width, 1)
 
 
+def _top_candidates(scores: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `keep` best of every row of `scores` (B, N), exactly as a stable descending sort ranks them.
+
+    Ties rank by flat index, ascending. `torch.topk` is used instead of sorting all P*L candidates (the
+    sort was a third of the host's time on a CPU) but its choice among equal scores is unspecified, so
+    rows whose cut-off score is tied past the cut (rare: real logits are rarely equal) are re-ranked with
+    the full stable sort.
+
+    Returns:
+        (B, K) scores, descending, and (B, K) flat indices into N.
+    """
+    top_scores, top_flat = torch.topk(scores, keep, dim=1)  # (B, K), descending
+    # Inside the kept set, order equal scores by flat index: sort by index, then stable by score.
+    top_flat, by_index = torch.sort(top_flat, dim=1)
+    top_scores, by_score = torch.sort(top_scores.gather(1, by_index), dim=1, descending=True, stable=True)
+    top_flat = top_flat.gather(1, by_score)
+    # A finite cut-off score held by more candidates than were kept: topk may have kept the wrong ones.
+    cut = top_scores[:, -1:]  # (B, 1)
+    ambiguous = torch.isfinite(cut.squeeze(1)) & ((scores >= cut).sum(dim=1) > keep)  # (B,)
+    if bool(ambiguous.any()):
+        rows = ambiguous.nonzero().squeeze(1)
+        exact_scores, exact_flat = torch.sort(scores[rows], dim=1, descending=True, stable=True)
+        top_scores[rows] = exact_scores[:, :keep]
+        top_flat[rows] = exact_flat[:, :keep]
+    return top_scores, top_flat
+
+
 def decode_batch(
     batch: Batch,
     start_logits: torch.Tensor,
@@ -70,11 +97,9 @@ def decode_batch(
     scores = start.unsqueeze(2) + _band(end, band, float("-inf"))  # (B, P, L): start i, end i + d
     valid = in_context.unsqueeze(2) & _band(in_context, band, False)  # (B, P, L)
     scores = scores.masked_fill(~valid, float("-inf")).reshape(n_windows, width * band)  # (B, P*L)
-    # A stable descending sort keeps tied candidates in flat (i, d) order: start, then end, ascending.
-    keep = min(n_best, width * band)
-    sorted_scores, sorted_flat = torch.sort(scores, dim=1, descending=True, stable=True)
-    top_scores = sorted_scores[:, :keep].cpu().numpy()  # (B, K)
-    top_flat = sorted_flat[:, :keep].cpu().numpy()  # (B, K): i * L + d
+    top_scores_t, top_flat_t = _top_candidates(scores, min(n_best, width * band))
+    top_scores = top_scores_t.cpu().numpy()  # (B, K)
+    top_flat = top_flat_t.cpu().numpy()  # (B, K): i * L + d
 
     cls_index = torch.tensor([f.cls_index for f in batch.features], device=device)  # (B,)
     has_cls = cls_index >= 0

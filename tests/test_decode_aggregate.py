@@ -12,7 +12,7 @@ import torch
 from qa_core.aggregate import AggregateError, aggregate
 from qa_core.batch import collate
 from qa_core.config import DecodeConfig
-from qa_core.decode import DecodeError, decode_batch
+from qa_core.decode import DecodeError, _top_candidates, decode_batch
 from qa_core.records import Feature, Record
 
 
@@ -247,3 +247,25 @@ def test_missing_window_is_an_error() -> None:
     cands = decode_batch(batch, start, torch.zeros(1, width), 30, 20)
     with pytest.raises(AggregateError):
         aggregate(case.record, cands, DecodeConfig())
+
+
+@pytest.mark.parametrize("levels", [3, 50, 0])
+def test_top_candidates_rank_like_a_stable_sort(levels: int) -> None:
+    """topk + the tie fix-up keep exactly the stable sort's first K, ties at the cut-off included."""
+    gen = torch.Generator().manual_seed(levels)
+    for trial in range(300):
+        rows, width = (
+            int(torch.randint(1, 9, (1,), generator=gen)),
+            int(torch.randint(1, 40, (1,), generator=gen)),
+        )
+        if levels:  # few distinct values: ties everywhere, also across the cut-off
+            scores = torch.randint(0, levels, (rows, width), generator=gen).float()
+        else:
+            scores = torch.randn(rows, width, generator=gen)
+        scores[torch.rand(rows, width, generator=gen) < 0.3] = float("-inf")  # masked candidates
+        keep = int(torch.randint(1, width + 1, (1,), generator=gen))
+        want_scores, want_flat = torch.sort(scores, dim=1, descending=True, stable=True)
+        got_scores, got_flat = _top_candidates(scores, keep)
+        finite = torch.isfinite(want_scores[:, :keep])  # masked candidates are dropped by the caller
+        assert torch.equal(got_scores, want_scores[:, :keep]), trial
+        assert torch.equal(got_flat[finite], want_flat[:, :keep][finite]), trial
