@@ -34,7 +34,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     config = config_from_arguments(args)
     use_system_arrow_pool()  # keeps the resident set flat over long inputs (qa_core.heap)
-    info = predict(config, args.input, args.output, overwrite=args.overwrite, progress=not args.no_progress)
+    info = predict(
+        config,
+        args.input,
+        args.output,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        workers=args.workers,
+    )
     if not args.no_report:
         from qa_core.report import try_write_report
 
@@ -67,6 +74,16 @@ def _cmd_convert_squad(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full `docqa` argument parser."""
     parser = argparse.ArgumentParser(
@@ -91,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-report", action="store_true", help="do not write DIR/report.html")
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="processes answering contiguous row ranges, each with its own model copy, sharing the "
+        "device and the cores (default 1; on a GPU one process's host work leaves it mostly idle)",
+    )
     add_config_arguments(p)
     p.set_defaults(func=_cmd_predict)
 

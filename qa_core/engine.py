@@ -51,6 +51,15 @@ class EngineStats:
     oom_splits: int = 0
     model_seconds: float = 0.0
 
+    def add(self, other: EngineStats) -> None:
+        """Adds another run's counters to these (the worker processes of `docqa predict --workers`)."""
+        for name, value in vars(other).items():
+            mine = getattr(self, name)
+            if isinstance(mine, Counter):
+                mine.update(value)  # adds counts, unlike dict.update
+            else:
+                setattr(self, name, mine + value)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able counters."""
         return {

@@ -6,20 +6,23 @@ import logging
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 import torch
 from tqdm import tqdm
 
 from qa_core import __version__
 from qa_core.calibration import apply_model_calibration
 from qa_core.config import QAConfig
-from qa_core.engine import QAEngine
-from qa_core.model import QAModel, load_qa_model
+from qa_core.engine import EngineStats, QAEngine
+from qa_core.model import QAModel, load_qa_model, load_tokenizer, resolve_device
 from qa_core.read import count_rows, iter_rows, read_input_schema, resolve_inputs
 from qa_core.schema import answer_schema, rejection_schema
 from qa_core.storage import redact_url
-from qa_core.write import OutputWriter, check_output
+from qa_core.workers import WorkerJob, row_ranges, run_workers
+from qa_core.write import OutputWriter, check_output, mark_completed, prepare_output
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +73,7 @@ def predict(
     overwrite: bool = False,
     progress: bool = True,
     model: QAModel | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Answers every row of the input Parquet files and writes the output layout.
 
@@ -80,46 +84,127 @@ def predict(
         overwrite: Replace an existing output.
         progress: Show a progress bar with rows/s on stderr.
         model: An already loaded model (tests, benchmarks); loaded from `config.model` when None.
+        workers: Processes answering contiguous row ranges, each with its own model copy
+            (`qa_core.workers`; for a GPU that one process's host work leaves idle). 1: in this process.
 
     Returns:
         The `_run.json` document.
 
     Raises:
-        InputError, OutputError, ModelLoadError: Job-level problems, before any row is processed.
+        InputError, OutputError, ModelLoadError: Job-level problems, before any row is processed (with
+            workers, a worker's model load fails the job before any `COMPLETED`).
+        ValueError: `workers` < 1, or a loaded `model` with `workers` > 1.
     """
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    if workers > 1 and model is not None:
+        raise ValueError("a loaded model cannot be shared with worker processes: pass workers=1")
     started = time.perf_counter()
     config = apply_model_calibration(config)
     files = resolve_inputs(input_pattern)
     schema = read_input_schema(files, config.input)
     check_output(output_dir, overwrite=overwrite)  # before the (slow) model load; changes nothing
-    qa_model = model if model is not None else load_qa_model(config.model)
     passthrough = [schema.field(c) for c in config.input.passthrough_columns]
-    writer = OutputWriter(
-        output_dir,
+    schemas = (
         answer_schema(schema.id_field.type, passthrough, config.decode.top_k),
         rejection_schema(schema.id_field.type, schema.fields),
-        config.decode.top_k,
-        overwrite=overwrite,
     )
-    engine = QAEngine(qa_model, config)
-    total = count_rows(files) if progress else None  # footers only: gives the bar its ETA
+    # Footers only: gives the bar its ETA, and the workers their ranges.
+    total = count_rows(files) if progress or workers > 1 else None
     with tqdm(desc="rows", unit="row", total=total, disable=not progress, file=sys.stderr) as bar:
-        for result in engine.answer_rows(iter_rows(files, config.input)):
-            writer.write(result)
-            bar.update(1)
-    counts = engine.stats.to_dict()
+        if workers > 1 and total:
+            # Fail fast here, before the folder is touched and N processes start: no GPU, a missing or
+            # unsafe checkpoint, no fast tokenizer (what the workers' loads would fail on).
+            resolve_device(config.model)
+            load_tokenizer(config.model)
+            prepare_output(output_dir, overwrite=overwrite)
+            ranges = row_ranges(total, workers)
+            ran = _answer_in_workers(
+                config, files, output_dir=output_dir, schemas=schemas, ranges=ranges, bar=bar
+            )
+        else:
+            ran = _answer_here(
+                config,
+                files,
+                output_dir=output_dir,
+                schemas=schemas,
+                overwrite=overwrite,
+                model=model,
+                bar=bar,
+            )
     info = run_info(
         config,
-        model_id=qa_model.model_id,
-        revision=qa_model.revision,
-        device=str(qa_model.device),
+        model_id=ran.model_id,
+        revision=ran.revision,
+        device=ran.device,
         engine="predict",
         inputs=files,
-        counts=counts,
+        counts=ran.stats.to_dict(),
         wall_seconds=time.perf_counter() - started,
     )
-    writer.close(info)
+    if ran.writer is not None:
+        ran.writer.close(info)
+    else:
+        mark_completed(output_dir, info)
+    counts = info["counts"]
     logger.info(
         "rows %d: answered %d, rejected %d", counts["rows_read"], counts["answered"], counts["rejected"]
     )
     return info
+
+
+@dataclass(frozen=True)
+class _Ran:
+    """What answering the rows produced: counters, the model, and the writer still to close (or None)."""
+
+    stats: EngineStats
+    model_id: str
+    revision: str
+    device: str
+    writer: OutputWriter | None
+
+
+def _answer_here(
+    config: QAConfig,
+    files: list[str],
+    *,
+    output_dir: str,
+    schemas: tuple[pa.Schema, pa.Schema],
+    overwrite: bool,
+    model: QAModel | None,
+    bar: tqdm[Any],
+) -> _Ran:
+    """All rows in this process, into part 0; the writer is left open for `_run.json`."""
+    qa_model = model if model is not None else load_qa_model(config.model)
+    writer = OutputWriter(output_dir, *schemas, config.decode.top_k, overwrite=overwrite)
+    engine = QAEngine(qa_model, config)
+    for result in engine.answer_rows(iter_rows(files, config.input)):
+        writer.write(result)
+        bar.update(1)
+    return _Ran(engine.stats, qa_model.model_id, qa_model.revision, str(qa_model.device), writer)
+
+
+def _answer_in_workers(
+    config: QAConfig,
+    files: list[str],
+    *,
+    output_dir: str,
+    schemas: tuple[pa.Schema, pa.Schema],
+    ranges: list[tuple[int, int]],
+    bar: tqdm[Any],
+) -> _Ran:
+    """Rows split over worker processes (`qa_core.workers`), one part file pair each."""
+    threads = max(1, torch.get_num_threads() // len(ranges))
+    jobs = [
+        WorkerJob(part, files, start, stop, output_dir, *schemas, threads)
+        for part, (start, stop) in enumerate(ranges)
+    ]
+    logger.info(
+        "answering %d rows in %d worker processes, %d threads each", ranges[-1][1], len(jobs), threads
+    )
+    results = run_workers(config, jobs, bar.update)
+    stats = EngineStats()
+    for result in results:
+        stats.add(result.stats)
+    first = results[0]
+    return _Ran(stats, first.model_id, first.revision, first.device, None)

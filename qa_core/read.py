@@ -163,18 +163,50 @@ def _plain(type_: pa.DataType) -> pa.DataType:
     return type_
 
 
-def iter_rows(files: list[str], config: InputConfig, batch_rows: int = 1024) -> Iterator[dict[str, object]]:
+def iter_rows(
+    files: list[str],
+    config: InputConfig,
+    batch_rows: int = 1024,
+    *,
+    start: int = 0,
+    stop: int | None = None,
+) -> Iterator[dict[str, object]]:
     """Streams rows (dicts of the configured columns) of all files, in file and row order.
+
+    Args:
+        files: Parquet files, read in this order.
+        config: Which columns to read.
+        batch_rows: Rows decoded per Arrow batch.
+        start: First row to yield, counted over all files (row groups wholly before it are skipped
+            from the footers, without reading their pages).
+        stop: Row to stop before (None: to the end).
 
     Raises:
         InputError: When a file turns out corrupt while reading, naming the file.
     """
+    offset = 0  # global index of the current row group's first row
     for file in files:
+        if stop is not None and offset >= stop:
+            return
         try:
             with fsspec.open(file, "rb") as handle:
                 parquet = pq.ParquetFile(handle)
-                for record_batch in parquet.iter_batches(batch_size=batch_rows, columns=config.columns):
-                    yield from record_batch.to_pylist()
+                for group in range(parquet.metadata.num_row_groups):
+                    size = parquet.metadata.row_group(group).num_rows
+                    first, last = max(start - offset, 0), size if stop is None else min(stop - offset, size)
+                    offset += size
+                    if first >= last:
+                        continue
+                    seen = 0  # rows of this row group already decoded
+                    for batch in parquet.iter_batches(
+                        batch_size=batch_rows, row_groups=[group], columns=config.columns
+                    ):
+                        lo, hi = max(first - seen, 0), min(last - seen, batch.num_rows)
+                        seen += batch.num_rows
+                        if lo < hi:
+                            yield from batch.slice(lo, hi - lo).to_pylist()
+                        if seen >= last:
+                            break
         except _FILE_ERRORS as err:
             raise InputError(f"cannot read Parquet file {file}: {_short(err)}") from err
 

@@ -103,6 +103,10 @@ class OutputWriter:
         top_k: Whether to write the `top_k` column (when > 1).
         overwrite: Replace an existing output; without it, an existing output is an error.
         flush_rows: Rows per Parquet row group.
+        part: Number of this writer's part files (`part-00003.parquet`): `docqa predict --workers`
+            runs one writer per worker process into the same folder.
+        prepare: Clear and create the folder first (`prepare_output`); False for a worker's writer,
+            whose parent prepared it.
     """
 
     def __init__(
@@ -114,16 +118,18 @@ class OutputWriter:
         *,
         overwrite: bool = False,
         flush_rows: int = 10_000,
+        part: int = 0,
+        prepare: bool = True,
     ) -> None:
         self.fs, self.root = fsspec.core.url_to_fs(output_dir)
         self.output_dir = output_dir
         self.top_k = top_k
-        prepare_output(output_dir, overwrite=overwrite)
-        self._answers = _PartWriter(
-            self.fs, self._path(ANSWERS_DIR, "part-00000.parquet"), answer_schema, flush_rows
-        )
+        if prepare:
+            prepare_output(output_dir, overwrite=overwrite)
+        name = f"part-{part:05d}.parquet"
+        self._answers = _PartWriter(self.fs, self._path(ANSWERS_DIR, name), answer_schema, flush_rows)
         self._rejections = _PartWriter(
-            self.fs, self._path(REJECTIONS_DIR, "part-00000.parquet"), rejection_schema, flush_rows
+            self.fs, self._path(REJECTIONS_DIR, name), rejection_schema, flush_rows
         )
 
     def _path(self, *parts: str) -> str:
@@ -145,11 +151,11 @@ class OutputWriter:
                 f"cannot write the output: {describe_storage_error(err, self.output_dir)}"
             ) from err
 
-    def close(self, run_info: dict[str, Any]) -> None:
-        """Closes the tables, writes `_run.json`, then the `COMPLETED` marker.
+    def close_tables(self) -> None:
+        """Closes (and renames into place) the answers and rejections part files.
 
         Raises:
-            OutputError: When the storage refuses a write; no `COMPLETED` is written then.
+            OutputError: When the storage refuses a write.
         """
         try:
             self._answers.close()
@@ -158,6 +164,14 @@ class OutputWriter:
             raise OutputError(
                 f"cannot finish the output: {describe_storage_error(err, self.output_dir)}"
             ) from err
+
+    def close(self, run_info: dict[str, Any]) -> None:
+        """Closes the tables, writes `_run.json`, then the `COMPLETED` marker.
+
+        Raises:
+            OutputError: When the storage refuses a write; no `COMPLETED` is written then.
+        """
+        self.close_tables()
         mark_completed(self.output_dir, run_info)
 
 

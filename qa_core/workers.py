@@ -1,0 +1,192 @@
+"""`docqa predict --workers N`: N processes, each with its own model copy, answer contiguous row ranges.
+
+One Python process cannot keep a GPU busy with a small model: reading, tokenizing, decoding and writing
+take far longer per question on the host than the forward pass takes on the device (see README
+"Performance"). Worker processes split the rows instead: worker k answers rows `[start_k, stop_k)` of
+the input (counted over all files, in file order) and writes `answers/part-0000k.parquet` and
+`rejections/part-0000k.parquet`, so the part files in name order hold the rows in input order. The
+parent only plans the ranges, shows progress, adds up the counters and writes `_run.json` and
+`COMPLETED` once every worker has finished; any worker's failure fails the job (no `COMPLETED`).
+
+Workers are spawned (never forked: CUDA and torch's thread pools do not survive a fork) and share the
+host's cores: each gets `cores // N` torch and tokenizer threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from qa_core.config import QAConfig
+from qa_core.engine import EngineStats
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_EVERY_ROWS = 256  # rows between a worker's progress messages
+POLL_SECONDS = 1.0  # how often the parent checks that no worker died without a word
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """What one worker answers and where it writes.
+
+    Attributes:
+        part: Worker number; also the number of its part files.
+        files: All input files (the worker reads only its range of them).
+        start: First row of its range, counted over all files.
+        stop: Row its range stops before.
+        output_dir: The job's output folder, already prepared by the parent.
+        answer_schema: Arrow schema of the answers table.
+        rejection_schema: Arrow schema of the rejections table.
+        threads: Torch and tokenizer threads for this worker.
+    """
+
+    part: int
+    files: list[str]
+    start: int
+    stop: int
+    output_dir: str
+    answer_schema: Any  # pa.Schema (kept untyped: pickled across processes)
+    rejection_schema: Any
+    threads: int
+
+
+@dataclass(frozen=True)
+class WorkerResult:
+    """A finished worker's counters and the model it ran."""
+
+    part: int
+    stats: EngineStats
+    model_id: str
+    revision: str
+    device: str
+
+
+class WorkerError(RuntimeError):
+    """A worker process died without reporting (killed, out of memory); the job has no `COMPLETED`."""
+
+
+def row_ranges(total_rows: int, workers: int) -> list[tuple[int, int]]:
+    """Splits `total_rows` into `workers` contiguous, near-equal, non-empty ranges (fewer if few rows)."""
+    workers = max(1, min(workers, total_rows))
+    size, extra = divmod(total_rows, workers)
+    ranges = []
+    start = 0
+    for k in range(workers):
+        stop = start + size + (1 if k < extra else 0)
+        ranges.append((start, stop))
+        start = stop
+    return ranges
+
+
+def _worker_main(config: QAConfig, job: WorkerJob, messages: Any) -> None:
+    """Runs in the spawned process: answers the job's rows; reports progress, then a result or error."""
+    # Rayon (the Rust tokenizer's pool) reads this when it starts its pool, at the first batch.
+    os.environ["RAYON_NUM_THREADS"] = str(job.threads)
+    try:
+        import torch
+
+        from qa_core.engine import QAEngine
+        from qa_core.model import load_qa_model
+        from qa_core.read import iter_rows
+        from qa_core.write import OutputWriter
+
+        torch.set_num_threads(job.threads)
+        model = load_qa_model(config.model)
+        writer = OutputWriter(
+            job.output_dir,
+            job.answer_schema,
+            job.rejection_schema,
+            config.decode.top_k,
+            part=job.part,
+            prepare=False,
+        )
+        engine = QAEngine(model, config)
+        done = 0
+        rows = iter_rows(job.files, config.input, start=job.start, stop=job.stop)
+        for answer in engine.answer_rows(rows):
+            writer.write(answer)
+            done += 1
+            if done % PROGRESS_EVERY_ROWS == 0:
+                messages.put(("rows", job.part, PROGRESS_EVERY_ROWS))
+        writer.close_tables()
+        messages.put(("rows", job.part, done % PROGRESS_EVERY_ROWS))
+        result = WorkerResult(job.part, engine.stats, model.model_id, model.revision, str(model.device))
+        messages.put(("done", job.part, result))
+    except BaseException as err:  # reported to the parent, which fails the job
+        messages.put(("error", job.part, _picklable(err)))
+
+
+def _picklable(err: BaseException) -> BaseException:
+    """The error itself when it crosses a process boundary intact, else a RuntimeError with its text."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:  # any pickling failure: send the text instead
+        return RuntimeError(f"{type(err).__name__}: {err}")
+
+
+def run_workers(config: QAConfig, jobs: list[WorkerJob], on_rows: Any) -> list[WorkerResult]:
+    """Starts one spawned process per job and waits for all of them.
+
+    Args:
+        config: The resolved config (each worker loads `config.model` itself).
+        jobs: One job per worker.
+        on_rows: Called with a number of newly answered rows (the progress bar).
+
+    Returns:
+        Each worker's result, in part order.
+
+    Raises:
+        The first error a worker reports (the same exception class: `ModelLoadError`, `InputError`,
+        `OutputError`, ...), or `WorkerError` when a worker dies without a word. The other workers are
+        stopped first.
+    """
+    context = multiprocessing.get_context("spawn")
+    messages = context.Queue()
+    processes = [
+        context.Process(target=_worker_main, args=(config, job, messages), name=f"docqa-worker-{job.part}")
+        for job in jobs
+    ]
+    started = time.perf_counter()
+    for process in processes:
+        process.start()
+    results: dict[int, WorkerResult] = {}
+    finished = False
+    try:
+        while len(results) < len(jobs):
+            try:
+                kind, part, payload = messages.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                _check_alive(processes, results)
+                continue
+            if kind == "rows":
+                on_rows(payload)
+            elif kind == "done":
+                results[part] = payload
+                logger.info("worker %d finished after %.1f s", part, time.perf_counter() - started)
+            else:
+                raise payload
+        finished = True
+    finally:
+        for process in processes:
+            if not finished and process.is_alive():
+                process.terminate()  # a failed job: the others' work would be thrown away anyway
+            process.join()
+    return [results[job.part] for job in jobs]
+
+
+def _check_alive(processes: list[Any], results: dict[int, WorkerResult]) -> None:
+    for part, process in enumerate(processes):
+        if part not in results and not process.is_alive() and process.exitcode not in (0, None):
+            raise WorkerError(
+                f"predict worker {part} died with exit code {process.exitcode} (killed? out of memory?); "
+                "use fewer --workers or smaller batch caps"
+            )

@@ -1,0 +1,169 @@
+"""Steady-state `predict` throughput with 1..N processes sharing one device, and a profile of one process.
+
+Tells whether GPU predict is bound by one Python process's host work (then N processes, each with its own
+model copy and its own contiguous slice of the rows, answer more rows per second) or by the device. Each
+process loads the model and answers a warm-up slice first; all then start together, and the time from
+that start to the last process's end is what counts (process start and model load are left out):
+    python scripts/gpu_predict_check.py INPUT.parquet OUTDIR --workers 1,2,4,8 [--copies 4] [--profile]
+        [--warm-rows 600] [--set key=value ...]
+`--copies` repeats the input (with fresh ids) so each process has enough rows; `--profile` prints the
+cProfile of one warm single-process predict over the input (main thread, by own time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import multiprocessing as mp
+import os
+import pstats
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from qa_core.config import QAConfig
+
+
+def _config(overrides: list[str]) -> QAConfig:
+    import torch
+
+    from qa_core.config import load_config
+
+    device = [] if torch.cuda.is_available() else ["model.device=cpu", "model.require_gpu=false"]
+    return load_config(["configs/dataflow-gpu.yaml"], [*device, *overrides])
+
+
+@dataclass(frozen=True)
+class _Job:
+    slice_path: str
+    warm_path: str
+    out_dir: str
+    overrides: list[str]
+    threads: int
+
+
+def _worker(job: _Job, ready: Any, go: Any, done: Any) -> None:
+    """Loads the model, warms up, waits for `go`, answers its slice; puts (rows, seconds) on `done`."""
+    import torch
+
+    from qa_core.model import load_qa_model
+    from qa_core.predict import predict
+
+    torch.set_num_threads(job.threads)
+    config = _config(job.overrides)
+    model = load_qa_model(config.model)
+    predict(config, job.warm_path, job.out_dir + "-warm", overwrite=True, progress=False, model=model)
+    ready.put(os.getpid())
+    go.wait()
+    started = time.perf_counter()
+    info = predict(config, job.slice_path, job.out_dir, overwrite=True, progress=False, model=model)
+    done.put((info["counts"]["rows_read"], time.perf_counter() - started))
+
+
+def _write_slices(table: pa.Table, n: int, folder: Path) -> list[str]:
+    paths = []
+    step = -(-table.num_rows // n)
+    for k in range(n):
+        path = folder / f"slice-{n}-{k}.parquet"
+        pq.write_table(table.slice(k * step, step), path)
+        paths.append(str(path))
+    return paths
+
+
+def run_parallel(table: pa.Table, n: int, work: Path, overrides: list[str]) -> None:
+    """One round with `n` processes; prints aggregate rows/s from the common start to the last end."""
+    ctx = mp.get_context("spawn")
+    slices = _write_slices(table, n, work)
+    warm = work / "warm.parquet"
+    ready, done, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    threads = max(1, (os.cpu_count() or 1) // n)
+    os.environ["RAYON_NUM_THREADS"] = str(threads)  # the Rust tokenizer's pool, per process
+    procs = [
+        ctx.Process(
+            target=_worker,
+            args=(_Job(s, str(warm), str(work / f"out-{n}-{k}"), overrides, threads), ready, go, done),
+        )
+        for k, s in enumerate(slices)
+    ]
+    loading = time.perf_counter()
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=300)
+    loaded = time.perf_counter() - loading
+    started = time.perf_counter()
+    go.set()
+    results = [done.get(timeout=600) for _ in procs]
+    wall = time.perf_counter() - started
+    for p in procs:
+        p.join()
+    rows = sum(r for r, _ in results)
+    slowest = max(s for _, s in results)
+    print(
+        f"workers={n} threads/worker={threads}: {rows} rows in {wall:.2f} s = {rows / wall:,.0f} rows/s "
+        f"(slowest worker {slowest:.2f} s; start+load+warm-up {loaded:.1f} s)",
+        flush=True,
+    )
+
+
+def profile_one(source: str, work: Path, overrides: list[str]) -> None:
+    """Prints the cProfile of one warm in-process predict over `source`."""
+    from qa_core.model import load_qa_model
+    from qa_core.predict import predict
+
+    config = _config(overrides)
+    model = load_qa_model(config.model)
+    predict(
+        config,
+        str(work / "warm.parquet"),
+        str(work / "prof-warm"),
+        overwrite=True,
+        progress=False,
+        model=model,
+    )
+    prof = cProfile.Profile()
+    started = time.perf_counter()
+    prof.enable()
+    info = predict(config, source, str(work / "prof"), overwrite=True, progress=False, model=model)
+    prof.disable()
+    wall = time.perf_counter() - started
+    print(
+        f"profiled predict: {info['counts']['rows_read']} rows in {wall:.2f} s (under cProfile)", flush=True
+    )
+    pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+
+
+def main() -> None:
+    """Profile (optional), then one round per worker count."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("input")
+    parser.add_argument("workdir")
+    parser.add_argument("--workers", default="1,2,4,8")
+    parser.add_argument("--copies", type=int, default=4)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--warm-rows", type=int, default=600)
+    parser.add_argument("--set", action="append", default=[], dest="overrides")
+    args = parser.parse_args()
+    work = Path(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    base = pq.read_table(args.input)
+    pq.write_table(base.slice(0, args.warm_rows), work / "warm.parquet")
+    if args.profile:
+        profile_one(args.input, work, args.overrides)
+    copies = []
+    for c in range(args.copies):
+        ids = pa.array([f"{c}-{i}" for i in base.column("id").to_pylist()])
+        copies.append(base.set_column(base.schema.get_field_index("id"), "id", ids))
+    table = pa.concat_tables(copies)
+    for n in (int(w) for w in args.workers.split(",") if w):
+        run_parallel(table, n, work, args.overrides)
+
+
+if __name__ == "__main__":
+    main()
