@@ -196,7 +196,7 @@ def _answer_in_workers(
     """Rows split over worker processes (`qa_core.workers`), one part file pair each."""
     threads = max(1, torch.get_num_threads() // len(ranges))
     jobs = [
-        WorkerJob(part, files, start, stop, output_dir, *schemas, threads)
+        WorkerJob(part, files, start, stop, output_dir, *schemas, threads, logging.getLogger().level)
         for part, (start, stop) in enumerate(ranges)
     ]
     logger.info(

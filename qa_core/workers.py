@@ -44,6 +44,7 @@ class WorkerJob:
         answer_schema: Arrow schema of the answers table.
         rejection_schema: Arrow schema of the rejections table.
         threads: Torch and tokenizer threads for this worker.
+        log_level: The parent's logging level (a spawned process starts with logging unset).
     """
 
     part: int
@@ -54,6 +55,7 @@ class WorkerJob:
     answer_schema: Any  # pa.Schema (kept untyped: pickled across processes)
     rejection_schema: Any
     threads: int
+    log_level: int = logging.WARNING
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,9 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any) -> None:
     """Runs in the spawned process: answers the job's rows; reports progress, then a result or error."""
     # Rayon (the Rust tokenizer's pool) reads this when it starts its pool, at the first batch.
     os.environ["RAYON_NUM_THREADS"] = str(job.threads)
+    logging.basicConfig(
+        level=job.log_level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+    )
     try:
         import torch
 

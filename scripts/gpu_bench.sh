@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 5 as one prepared script: forward-only cold/warm passes per SDPA backend, bench
-# (seed, bound, predict) in bf16 and fp32, SQuAD v1.1 dev F1 of GPU predict, and host-side variants
-# (prefetch, padding multiple, sort buffer).
+# The GPU checks of issue 5 as one prepared script: bench (seed, bound, predict) in bf16, SQuAD v1.1 dev F1
+# of GPU predict in one process and with --workers, a profile of one process, and steady-state predict
+# throughput with 1..8 worker processes sharing the GPU (scripts/gpu_predict_check.py). The forward-only
+# SDPA checks of earlier calls: `scripts/gpu_sdpa_check.py` (not run here).
 #
 # Run from the repo root on a CUDA machine whose python3 has torch, transformers, tokenizers>=0.23.3,
 # pyarrow, fsspec, pyyaml and tqdm (Apache Beam is not needed: `run` and `beam-stock` are left out):
 #   scripts/gpu_bench.sh SQUAD_DEV_V1.1_JSON OUTDIR [quick]
 # Everything goes to OUTDIR/log.txt; bench tables also to OUTDIR/bench-<dtype>.json. `quick` runs the
 # bench on 200 questions and predict on 500 (a smoke test of the script, CPU included: DEVICE=cpu).
+# Every step has its own time limit; a failed step is logged and the script goes on.
 set -u -o pipefail
 DATA=${1:?SQuAD v1.1 dev JSON (.json, .json.gz or .zip)}
 OUTDIR=${2:?output folder}
@@ -16,7 +18,9 @@ DEVICE=${DEVICE:-cuda}
 PY=${PYTHON:-python3}
 N=2000
 ROWS=0  # 0: all of dev (10,570 questions)
-if [ "$QUICK" = quick ]; then N=200; ROWS=500; fi
+CHECK=(--workers 1,2,4,8 --copies 4 --warm-rows 600)
+MANY=8  # --workers of the CLI runs
+if [ "$QUICK" = quick ]; then N=200; ROWS=500; CHECK=(--workers 1,2 --copies 1 --warm-rows 50); MANY=2; fi
 GPU_CONFIG=configs/dataflow-gpu.yaml
 [ "$DEVICE" = cuda ] || GPU_CONFIG=configs/local.yaml
 mkdir -p "$OUTDIR"
@@ -45,31 +49,30 @@ torch.__version__, 'transformers', transformers.__version__, 'tokenizers', token
     git rev-parse --short HEAD 2>/dev/null
 } 2>&1 | tee -a "$LOG"
 
-# Forward only over the bench's batch shapes: cold vs warm passes, SDPA backends, padding multiple.
-for variant in "with-cudnn bf16 8" "docqa bf16 8" "docqa bf16 1" "docqa fp32 8"; do
-    # shellcheck disable=SC2086  # the variant is three words on purpose
-    step 90 "$PY" scripts/gpu_sdpa_check.py "$DATA" $variant "$N"
-done
+step 300 "$PY" -m benchmarks.bench --device "$DEVICE" --dtype bf16 --n "$N" --data "$DATA" \
+    --config "$GPU_CONFIG" --modes seed,bound,predict --json "$OUTDIR/bench-bf16.json"
 
-for dtype in bf16 fp32; do
-    step 240 "$PY" -m benchmarks.bench --device "$DEVICE" --dtype "$dtype" --n "$N" --data "$DATA" \
-        --config "$GPU_CONFIG" --modes seed,bound,predict --json "$OUTDIR/bench-$dtype.json"
-done
-
-# All of dev through `docqa predict` on the GPU config (bf16), scored; then host-side variants.
+# All of dev through the `docqa predict` CLI (bf16), in one process and in $MANY, each scored.
 step 60 "$PY" -m docqa convert-squad --data "$DATA" --output "$WORK/dev.parquet"
 if [ "$ROWS" != 0 ]; then
     "$PY" -c "import pyarrow.parquet as pq, sys; t = pq.read_table(sys.argv[1]);
 pq.write_table(t.slice(0, int(sys.argv[2])), sys.argv[1])" "$WORK/dev.parquet" "$ROWS"
 fi
 predict() {
-    step 120 "$PY" -m docqa predict --config "$GPU_CONFIG" --input "$WORK/dev.parquet" --output "$WORK/pred" \
-        --overwrite --no-progress --no-report --set "model.device=$DEVICE" "$@"
+    step 150 "$PY" -m docqa predict --config "$GPU_CONFIG" --input "$1" --output "$2" --overwrite \
+        --no-progress --no-report --set "model.device=$DEVICE" "${@:3}"
 }
-predict
+predict "$WORK/dev.parquet" "$WORK/pred"
 step 60 "$PY" -m docqa eval --data "$DATA" --predictions "$WORK/pred" --json "$OUTDIR/eval-bf16.json"
-predict --set batch.prefetch_buffers=0
-predict --set batch.pad_to_multiple_of=32
-predict --set batch.sort_buffer_windows=2048
+predict "$WORK/dev.parquet" "$WORK/pred-workers" --workers "$MANY"
+step 60 "$PY" -m docqa eval --data "$DATA" --predictions "$WORK/pred-workers" --json "$OUTDIR/eval-bf16-workers.json"
+
+# Steady state (start and model load left out) with 1..8 processes, and a profile of one process.
+step 420 "$PY" scripts/gpu_predict_check.py "$WORK/dev.parquet" "$WORK/check" --profile "${CHECK[@]}" \
+    --set "model.device=$DEVICE"
+# The CLI with its start-up included, on the check's repeated input (4x dev), 1 and $MANY processes.
+for workers in 1 "$MANY"; do
+    predict "$WORK/check/copies.parquet" "$WORK/pred-copies" --workers "$workers"
+done
 say "done"
 rm -rf "$WORK"

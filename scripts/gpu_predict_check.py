@@ -161,6 +161,7 @@ def main() -> None:
         ids = pa.array([f"{c}-{i}" for i in base.column("id").to_pylist()])
         copies.append(base.set_column(base.schema.get_field_index("id"), "id", ids))
     table = pa.concat_tables(copies)
+    pq.write_table(table, work / "copies.parquet")  # for the CLI runs of scripts/gpu_bench.sh
     for n in (int(w) for w in args.workers.split(",") if w):
         run_parallel(table, n, work, args.overrides)
 
