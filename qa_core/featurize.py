@@ -8,6 +8,7 @@ normalizer does (lower-casing, accent stripping, CJK splitting).
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -130,7 +131,10 @@ class Featurizer:
     def _features_for(self, record: Record, encodings: list[Any]) -> list[Feature] | Rejection:
         features: list[Feature] = []
         for window_index, enc in enumerate(encodings):
-            offsets = np.array(enc.offsets, dtype=np.int32).reshape(-1, 2)
+            # (L, 2); fromiter over the flattened tuples is twice as fast as np.array on the tuple list.
+            offsets = np.fromiter(
+                itertools.chain.from_iterable(enc.offsets), dtype=np.int32, count=2 * len(enc.ids)
+            ).reshape(-1, 2)
             # Context tokens only; zero-width tokens cannot bound a non-empty answer.
             in_context = _second_sequence(enc.sequence_ids) & (offsets[:, 1] > offsets[:, 0])
             input_ids = np.asarray(enc.ids, dtype=np.int32)
