@@ -5,9 +5,11 @@ model copy and its own contiguous slice of the rows, answer more rows per second
 process loads the model and answers a warm-up slice first; all then start together, and the time from
 that start to the last process's end is what counts (process start and model load are left out):
     python scripts/gpu_predict_check.py INPUT.parquet OUTDIR --workers 1,2,4,8 [--copies 4] [--profile]
-        [--warm-rows 600] [--set key=value ...]
+        [--warm-rows 600] [--host-only] [--set key=value ...]
 `--copies` repeats the input (with fresh ids) so each process has enough rows; `--profile` prints the
-cProfile of one warm single-process predict over the input (main thread, by own time).
+cProfile of one warm single-process predict over the input (main thread, by own time); `--host-only`
+replaces the model with random logits on the CPU (the host's share: how far N processes scale without
+sharing a GPU).
 """
 
 from __future__ import annotations
@@ -21,19 +23,19 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
-from qa_core.config import QAConfig
+from qa_core.config import QAConfig, load_config
+from qa_core.model import QAModel, load_qa_model, load_tokenizer
+from qa_core.predict import predict
 
 
 def _config(overrides: list[str]) -> QAConfig:
-    import torch
-
-    from qa_core.config import load_config
-
     device = [] if torch.cuda.is_available() else ["model.device=cpu", "model.require_gpu=false"]
     return load_config(["configs/dataflow-gpu.yaml"], [*device, *overrides])
 
@@ -45,18 +47,36 @@ class _Job:
     out_dir: str
     overrides: list[str]
     threads: int
+    host_only: bool
+
+
+class _InstantLogits(torch.nn.Module):
+    """Stands in for the model with random logits: what is left is the host's work (`--host-only`)."""
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> Any:
+        del attention_mask, token_type_ids
+        generator = torch.Generator().manual_seed(int(input_ids.shape[1]))
+        return SimpleNamespace(
+            start_logits=torch.randn(input_ids.shape, generator=generator),
+            end_logits=torch.randn(input_ids.shape, generator=generator),
+        )
+
+
+def _load(config: QAConfig, host_only: bool) -> QAModel:
+    if not host_only:
+        return load_qa_model(config.model)
+    return QAModel(
+        _InstantLogits(), load_tokenizer(config.model), torch.device("cpu"), torch.float32, "instant", "-"
+    )
 
 
 def _worker(job: _Job, ready: Any, go: Any, done: Any) -> None:
     """Loads the model, warms up, waits for `go`, answers its slice; puts (rows, seconds) on `done`."""
-    import torch
-
-    from qa_core.model import load_qa_model
-    from qa_core.predict import predict
-
     torch.set_num_threads(job.threads)
     config = _config(job.overrides)
-    model = load_qa_model(config.model)
+    model = _load(config, job.host_only)
     predict(config, job.warm_path, job.out_dir + "-warm", overwrite=True, progress=False, model=model)
     ready.put(os.getpid())
     go.wait()
@@ -75,7 +95,7 @@ def _write_slices(table: pa.Table, n: int, folder: Path) -> list[str]:
     return paths
 
 
-def run_parallel(table: pa.Table, n: int, work: Path, overrides: list[str]) -> None:
+def run_parallel(table: pa.Table, n: int, work: Path, overrides: list[str], host_only: bool) -> None:
     """One round with `n` processes; prints aggregate rows/s from the common start to the last end."""
     ctx = mp.get_context("spawn")
     slices = _write_slices(table, n, work)
@@ -86,7 +106,12 @@ def run_parallel(table: pa.Table, n: int, work: Path, overrides: list[str]) -> N
     procs = [
         ctx.Process(
             target=_worker,
-            args=(_Job(s, str(warm), str(work / f"out-{n}-{k}"), overrides, threads), ready, go, done),
+            args=(
+                _Job(s, str(warm), str(work / f"out-{n}-{k}"), overrides, threads, host_only),
+                ready,
+                go,
+                done,
+            ),
         )
         for k, s in enumerate(slices)
     ]
@@ -105,19 +130,17 @@ def run_parallel(table: pa.Table, n: int, work: Path, overrides: list[str]) -> N
     rows = sum(r for r, _ in results)
     slowest = max(s for _, s in results)
     print(
-        f"workers={n} threads/worker={threads}: {rows} rows in {wall:.2f} s = {rows / wall:,.0f} rows/s "
+        f"{'host-only ' if host_only else ''}workers={n} threads/worker={threads}: {rows} rows in "
+        f"{wall:.2f} s = {rows / wall:,.0f} rows/s "
         f"(slowest worker {slowest:.2f} s; start+load+warm-up {loaded:.1f} s)",
         flush=True,
     )
 
 
-def profile_one(source: str, work: Path, overrides: list[str]) -> None:
+def profile_one(source: str, work: Path, overrides: list[str], host_only: bool) -> None:
     """Prints the cProfile of one warm in-process predict over `source`."""
-    from qa_core.model import load_qa_model
-    from qa_core.predict import predict
-
     config = _config(overrides)
-    model = load_qa_model(config.model)
+    model = _load(config, host_only)
     predict(
         config,
         str(work / "warm.parquet"),
@@ -147,6 +170,7 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=4)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--warm-rows", type=int, default=600)
+    parser.add_argument("--host-only", action="store_true", help="random logits instead of the model")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     args = parser.parse_args()
     work = Path(args.workdir)
@@ -155,7 +179,7 @@ def main() -> None:
     base = pq.read_table(args.input)
     pq.write_table(base.slice(0, args.warm_rows), work / "warm.parquet")
     if args.profile:
-        profile_one(args.input, work, args.overrides)
+        profile_one(args.input, work, args.overrides, args.host_only)
     copies = []
     for c in range(args.copies):
         ids = pa.array([f"{c}-{i}" for i in base.column("id").to_pylist()])
@@ -163,7 +187,7 @@ def main() -> None:
     table = pa.concat_tables(copies)
     pq.write_table(table, work / "copies.parquet")  # for the CLI runs of scripts/gpu_bench.sh
     for n in (int(w) for w in args.workers.split(",") if w):
-        run_parallel(table, n, work, args.overrides)
+        run_parallel(table, n, work, args.overrides, args.host_only)
 
 
 if __name__ == "__main__":
