@@ -11,6 +11,7 @@ from qa_core.config import FeaturizeConfig
 from qa_core.featurize import Featurizer, _second_sequence
 from qa_core.model import QAModel
 from qa_core.records import Feature, Record
+from qa_core.windows import window_ranges
 
 CONTEXT = (
     "The river flows past the old church. In 1850 the town built a bridge over the river, and in 1901 a "
@@ -33,18 +34,62 @@ def reference_windows(tokenizer: Any, question: str, context: str, config: Featu
     return list(encoded.encodings)
 
 
+def with_post_processor(tokenizer: Any, post_processor: Any) -> Any:
+    """A copy of a fast tokenizer whose pair template is `post_processor`."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.post_processor = post_processor
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]"
+    )
+
+
+def templated(tokenizer: Any, kind: str) -> Any:
+    """The tiny model's tokenizer (BERT), or a copy with a RoBERTa-style or a context-first template."""
+    from tokenizers.processors import RobertaProcessing, TemplateProcessing
+
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    if kind == "roberta":  # [CLS] q [SEP] [SEP] c [SEP], all segment ids 0
+        return with_post_processor(tokenizer, RobertaProcessing(("[SEP]", sep_id), ("[CLS]", cls_id)))
+    if kind == "context-first":  # no `specials + q + specials + c + specials` layout: the pair path
+        processor = TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $B:1 [SEP] $A:0 [SEP]",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        )
+        return with_post_processor(tokenizer, processor)
+    return tokenizer
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "context-first", "bert-pair-path"])
 @pytest.mark.parametrize(("max_seq_len", "doc_stride"), [(384, 128), (64, 16), (48, 8)])
-def test_windows_match_the_transformers_call(tiny_model: QAModel, max_seq_len: int, doc_stride: int) -> None:
+def test_windows_match_the_transformers_call(
+    tiny_model: QAModel, max_seq_len: int, doc_stride: int, kind: str
+) -> None:
+    """Both ways of building windows (shared contexts, pair encoding) give the tokenizer's own windows."""
+    tokenizer = templated(tiny_model.tokenizer, kind.removesuffix("-pair-path"))
     config = FeaturizeConfig(max_seq_len=max_seq_len, doc_stride=doc_stride, max_question_len=16)
     records = [
         Record("0", "a", "Where does the river flow?", CONTEXT),
         Record("1", "b", "When was the bridge built?", CONTEXT[:300]),
         Record("2", "c", "Who crosses?", "Café owners cross."),
+        Record("3", "d", "What did the town build in 1850 over the river?", CONTEXT),  # a shared context
+        Record("4", "e", "Where? " * 20, CONTEXT[:500]),  # cut to max_question_len tokens
     ]
-    results = Featurizer(tiny_model.tokenizer, config).featurize(records)
+    featurizer = Featurizer(tokenizer, config)
+    assert (featurizer._template is None) == (kind == "context-first")
+    if kind == "bert-pair-path":
+        featurizer._template = None
+    results = featurizer.featurize(records)
     for record, windows in zip(records, results, strict=True):
         assert isinstance(windows, list)
-        expected = reference_windows(tiny_model.tokenizer, record.question, record.context, config)
+        # Questions past max_question_len tokens are cut at a token boundary (docqa's rule).
+        offsets = tokenizer(record.question, add_special_tokens=False, return_offsets_mapping=True)
+        kept = offsets["offset_mapping"][: config.max_question_len]
+        question = record.question[: kept[-1][1]]
+        expected = reference_windows(tokenizer, question, record.context, config)
         assert len(windows) == len(expected) > 0
         for feature, encoding in zip(windows, expected, strict=True):
             assert isinstance(feature, Feature)
@@ -54,6 +99,29 @@ def test_windows_match_the_transformers_call(tiny_model: QAModel, max_seq_len: i
             starts = [a if s == 1 and b > a else -1 for s, (a, b) in pairs]
             assert feature.char_starts.tolist() == starts
     assert len(results[0]) > 2  # type: ignore[arg-type]  # the long context needs several windows
+
+
+@pytest.mark.parametrize("stride", [0, 1, 2, 4, 6])
+@pytest.mark.parametrize("room", [1, 3, 5, 7])
+def test_window_ranges_cut_like_the_tokenizer(tiny_model: QAModel, room: int, stride: int) -> None:
+    """`window_ranges` against `tokenizers.Encoding.truncate` on contexts of 0-30 tokens."""
+    from tokenizers import Tokenizer
+
+    if stride >= room:
+        with pytest.raises(ValueError, match="doc_stride"):
+            window_ranges(room + 1, room, stride)
+        return
+    backend = Tokenizer.from_str(tiny_model.tokenizer.backend_tokenizer.to_str())
+    for n in range(31):
+        encoding = backend.encode(" ".join(["the"] * n), add_special_tokens=False)
+        positions = list(range(n))
+        encoding.truncate(room, stride=stride)
+        expected = [encoding, *encoding.overflowing]
+        got = window_ranges(n, room, stride)
+        assert len(got) == len(expected), n
+        for (start, stop), part in zip(got, expected, strict=True):
+            assert len(part.ids) == stop - start and positions[start:stop] == positions[start:stop]
+            assert [a for a, _ in part.offsets] == [4 * k for k in range(start, stop)], (n, start, stop)
 
 
 @pytest.mark.parametrize(
