@@ -36,15 +36,21 @@ def _top_candidates(scores: torch.Tensor, keep: int) -> tuple[torch.Tensor, torc
     Returns:
         (B, K) scores, descending, and (B, K) flat indices into N.
     """
-    top_scores, top_flat = torch.topk(scores, keep, dim=1)  # (B, K), descending
+    n = scores.shape[1]
+    # One more than kept: the cut is ambiguous exactly when the first left-out candidate ties the last kept.
+    top_scores, top_flat = torch.topk(scores, min(keep + 1, n), dim=1)  # (B, K+1), descending
+    if keep < n:
+        ambiguous = torch.isfinite(top_scores[:, keep]) & (
+            top_scores[:, keep] == top_scores[:, keep - 1]
+        )  # (B,)
+    else:
+        ambiguous = torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
+    top_scores, top_flat = top_scores[:, :keep], top_flat[:, :keep]
     # Inside the kept set, order equal scores by flat index: sort by index, then stable by score.
     top_flat, by_index = torch.sort(top_flat, dim=1)
     top_scores, by_score = torch.sort(top_scores.gather(1, by_index), dim=1, descending=True, stable=True)
     top_flat = top_flat.gather(1, by_score)
-    # A finite cut-off score held by more candidates than were kept: topk may have kept the wrong ones.
-    cut = top_scores[:, -1:]  # (B, 1)
-    ambiguous = torch.isfinite(cut.squeeze(1)) & ((scores >= cut).sum(dim=1) > keep)  # (B,)
-    if bool(ambiguous.any()):
+    if bool(ambiguous.any()):  # topk may have kept other tied candidates than the stable sort would
         rows = ambiguous.nonzero().squeeze(1)
         exact_scores, exact_flat = torch.sort(scores[rows], dim=1, descending=True, stable=True)
         top_scores[rows] = exact_scores[:, :keep]
@@ -73,7 +79,8 @@ def decode_batch(
         then end token (ascending), so the order never depends on the batch.
 
     Raises:
-        DecodeError: When the logits hold NaN or have the wrong shape.
+        DecodeError: When the logits hold NaN, are infinite on a context or CLS token (fp16 overflow), or
+            have the wrong shape.
     """
     n_windows, width = batch.input_ids.shape
     if start_logits.shape != (n_windows, width) or end_logits.shape != (n_windows, width):
@@ -84,19 +91,22 @@ def decode_batch(
     if bool(torch.isnan(start_logits).any() | torch.isnan(end_logits).any()):
         raise DecodeError("the model produced NaN logits")
     device = start_logits.device
-    start = start_logits.float()
-    end = end_logits.float()
     char_starts = np.full((n_windows, width), -1, dtype=np.int64)  # (B, P)
     char_ends = np.full((n_windows, width), -1, dtype=np.int64)  # (B, P)
     for row, feature in enumerate(batch.features):
         char_starts[row, : feature.length] = feature.char_starts
         char_ends[row, : feature.length] = feature.char_ends
     in_context = torch.from_numpy(char_starts >= 0).to(device)  # (B, P)
+    # Tokens outside the context get -inf, so every pair with one of them scores -inf: the (B, P) masks
+    # replace a mask over all (B, P, L) pairs.
+    start = start_logits.float().masked_fill(~in_context, float("-inf"))  # (B, P)
+    end = end_logits.float().masked_fill(~in_context, float("-inf"))  # (B, P)
+    if bool(((torch.isinf(start) | torch.isinf(end)) & in_context).any()):
+        raise DecodeError("the model produced infinite logits")
 
     band = max(1, min(max_answer_len, width))
-    scores = start.unsqueeze(2) + _band(end, band, float("-inf"))  # (B, P, L): start i, end i + d
-    valid = in_context.unsqueeze(2) & _band(in_context, band, False)  # (B, P, L)
-    scores = scores.masked_fill(~valid, float("-inf")).reshape(n_windows, width * band)  # (B, P*L)
+    # (B, P, L): start i + end i + d, then flat (B, P*L)
+    scores = (start.unsqueeze(2) + _band(end, band, float("-inf"))).reshape(n_windows, width * band)
     top_scores_t, top_flat_t = _top_candidates(scores, min(n_best, width * band))
     top_scores = top_scores_t.cpu().numpy()  # (B, K)
     top_flat = top_flat_t.cpu().numpy()  # (B, K): i * L + d
@@ -104,8 +114,13 @@ def decode_batch(
     cls_index = torch.tensor([f.cls_index for f in batch.features], device=device)  # (B,)
     has_cls = cls_index >= 0
     safe_cls = cls_index.clamp(min=0).unsqueeze(1)
-    null_logits = (start.gather(1, safe_cls) + end.gather(1, safe_cls)).squeeze(1).cpu().numpy()  # (B,)
+    raw_start, raw_end = start_logits.float(), end_logits.float()  # CLS is outside the context
+    null_logits = (
+        (raw_start.gather(1, safe_cls) + raw_end.gather(1, safe_cls)).squeeze(1).cpu().numpy()
+    )  # (B,)
     has_cls_np = has_cls.cpu().numpy()
+    if not np.isfinite(null_logits[has_cls_np]).all():
+        raise DecodeError("the model produced infinite logits at the CLS token")
 
     out: list[WindowCandidates] = []
     for row, feature in enumerate(batch.features):

@@ -230,8 +230,31 @@ def test_nan_logits_raise() -> None:
         cls_index=1,
     )
     start = torch.full((1, 8), float("nan"))
-    with pytest.raises(DecodeError):
+    with pytest.raises(DecodeError, match="NaN"):
         decode_batch(collate([f], 0, 8), start, torch.zeros(1, 8), 30, 20)
+
+
+@pytest.mark.parametrize(("position", "raises"), [(0, True), (1, True), (5, False)])
+def test_infinite_logits_raise_where_they_are_used(position: int, raises: bool) -> None:
+    """An overflowed (fp16) logit on a context token or the CLS would win with inf; padding is unused."""
+    f = Feature(
+        "k",
+        0,
+        1,
+        np.arange(2, dtype=np.int32),
+        np.zeros(2, np.int8),
+        np.array([0, -1], np.int32),
+        np.array([1, -1], np.int32),
+        cls_index=1,
+    )
+    end = torch.zeros(1, 8)
+    end[0, position] = float("inf")
+    if raises:
+        with pytest.raises(DecodeError, match="infinite"):
+            decode_batch(collate([f], 0, 8), torch.zeros(1, 8), end, 30, 20)
+    else:
+        (window,) = decode_batch(collate([f], 0, 8), torch.zeros(1, 8), end, 30, 20)
+        assert (window.starts.tolist(), window.ends.tolist(), window.logits.tolist()) == ([0], [1], [0.0])
 
 
 def test_missing_window_is_an_error() -> None:
