@@ -196,7 +196,17 @@ def _answer_in_workers(
     """Rows split over worker processes (`qa_core.workers`), one part file pair each."""
     threads = max(1, torch.get_num_threads() // len(ranges))
     jobs = [
-        WorkerJob(part, files, start, stop, output_dir, *schemas, threads, logging.getLogger().level)
+        WorkerJob(
+            part,
+            files,
+            start,
+            stop,
+            output_dir,
+            *schemas,
+            threads,
+            log_level=logging.getLogger().level,
+            system_arrow_pool=pa.default_memory_pool().backend_name == "system",
+        )
         for part, (start, stop) in enumerate(ranges)
     ]
     logger.info(

@@ -45,6 +45,8 @@ class WorkerJob:
         rejection_schema: Arrow schema of the rejections table.
         threads: Torch and tokenizer threads for this worker.
         log_level: The parent's logging level (a spawned process starts with logging unset).
+        system_arrow_pool: Whether the parent put Arrow on the system allocator (`qa_core.heap`), which a
+            spawned process does not inherit.
     """
 
     part: int
@@ -56,6 +58,7 @@ class WorkerJob:
     rejection_schema: Any
     threads: int
     log_level: int = logging.WARNING
+    system_arrow_pool: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,11 +100,14 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any) -> None:
         import torch
 
         from qa_core.engine import QAEngine
+        from qa_core.heap import use_system_arrow_pool
         from qa_core.model import load_qa_model
         from qa_core.read import iter_rows
         from qa_core.write import OutputWriter
 
         torch.set_num_threads(job.threads)
+        if job.system_arrow_pool:
+            use_system_arrow_pool()
         model = load_qa_model(config.model)
         writer = OutputWriter(
             job.output_dir,
