@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from qa_core.batch import Batch
@@ -222,7 +223,7 @@ def load_qa_model(config: ModelConfig) -> QAModel:
             revision=config.revision,
             trust_remote_code=config.trust_remote_code,
         )
-    except (OSError, ValueError, pickle.UnpicklingError) as err:
+    except (OSError, ValueError, pickle.UnpicklingError, SafetensorError) as err:  # corrupt weights too
         raise ModelLoadError(f"cannot load QA model {config.name_or_path!r}: {_explain(err)}") from err
     model.to(device)
     model.eval()  # dropout off: answers must not vary between runs

@@ -6,6 +6,7 @@ import logging
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,10 +118,15 @@ def predict(
             # unsafe checkpoint, no fast tokenizer (what the workers' loads would fail on).
             resolve_device(config.model)
             load_tokenizer(config.model)
-            prepare_output(output_dir, overwrite=overwrite)
             ranges = row_ranges(total, workers)
             ran = _answer_in_workers(
-                config, files, output_dir=output_dir, schemas=schemas, ranges=ranges, bar=bar
+                config,
+                files,
+                output_dir=output_dir,
+                schemas=schemas,
+                ranges=ranges,
+                bar=bar,
+                prepare=lambda: prepare_output(output_dir, overwrite=overwrite),
             )
         else:
             ran = _answer_here(
@@ -192,6 +198,7 @@ def _answer_in_workers(
     schemas: tuple[pa.Schema, pa.Schema],
     ranges: list[tuple[int, int]],
     bar: tqdm[Any],
+    prepare: Callable[[], None],
 ) -> _Ran:
     """Rows split over worker processes (`qa_core.workers`), one part file pair each."""
     threads = max(1, torch.get_num_threads() // len(ranges))
@@ -212,7 +219,7 @@ def _answer_in_workers(
     logger.info(
         "answering %d rows in %d worker processes, %d threads each", ranges[-1][1], len(jobs), threads
     )
-    results = run_workers(config, jobs, bar.update)
+    results = run_workers(config, jobs, bar.update, prepare)
     stats = EngineStats()
     for result in results:
         stats.add(result.stats)

@@ -14,11 +14,18 @@ host's cores: each gets `cores // N` torch and tokenizer threads.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
+import pickle
 import queue
+import signal
+import sys
+import threading
 import time
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 PROGRESS_EVERY_ROWS = 256  # rows between a worker's progress messages
 POLL_SECONDS = 1.0  # how often the parent checks that no worker died without a word
+EXIT_GRACE_SECONDS = 3.0  # an exited worker's messages still in the pipe arrive within this
 
 
 @dataclass(frozen=True)
@@ -89,13 +97,18 @@ def row_ranges(total_rows: int, workers: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def _worker_main(config: QAConfig, job: WorkerJob, messages: Any) -> None:
-    """Runs in the spawned process: answers the job's rows; reports progress, then a result or error."""
+def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any) -> None:
+    """Runs in the spawned process: loads the model, reports `ready`, waits for `go`, answers its rows.
+
+    Reports progress, then `done` with a `WorkerResult`, or `error` with the exception (its traceback
+    attached as a note). Exits by itself when the parent process dies.
+    """
     # Rayon (the Rust tokenizer's pool) reads this when it starts its pool, at the first batch.
     os.environ["RAYON_NUM_THREADS"] = str(job.threads)
     logging.basicConfig(
         level=job.log_level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
     )
+    threading.Thread(target=_exit_with_parent, name="docqa-parent-watch", daemon=True).start()
     try:
         import torch
 
@@ -109,6 +122,8 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any) -> None:
         if job.system_arrow_pool:
             use_system_arrow_pool()
         model = load_qa_model(config.model)
+        messages.put(("ready", job.part, None))
+        go.wait()  # the parent prepares the output folder once every model has loaded
         writer = OutputWriter(
             job.output_dir,
             job.answer_schema,
@@ -130,13 +145,24 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any) -> None:
         result = WorkerResult(job.part, engine.stats, model.model_id, model.revision, str(model.device))
         messages.put(("done", job.part, result))
     except BaseException as err:  # reported to the parent, which fails the job
+        err.add_note(f"in predict worker {job.part}:\n{traceback.format_exc()}")
         messages.put(("error", job.part, _picklable(err)))
+
+
+def _exit_with_parent() -> None:
+    """Ends this worker when its parent is gone (killed).
+
+    Its rows would be thrown away anyway, and a worker left running would keep writing into a folder that
+    the next run may be using.
+    """
+    parent = multiprocessing.parent_process()
+    while parent is not None and parent.is_alive():
+        time.sleep(POLL_SECONDS)
+    os._exit(1)
 
 
 def _picklable(err: BaseException) -> BaseException:
     """The error itself when it crosses a process boundary intact, else a RuntimeError with its text."""
-    import pickle
-
     try:
         pickle.loads(pickle.dumps(err))
         return err
@@ -144,13 +170,17 @@ def _picklable(err: BaseException) -> BaseException:
         return RuntimeError(f"{type(err).__name__}: {err}")
 
 
-def run_workers(config: QAConfig, jobs: list[WorkerJob], on_rows: Any) -> list[WorkerResult]:
+def run_workers(
+    config: QAConfig, jobs: list[WorkerJob], on_rows: Callable[[int], Any], prepare: Callable[[], None]
+) -> list[WorkerResult]:
     """Starts one spawned process per job and waits for all of them.
 
     Args:
         config: The resolved config (each worker loads `config.model` itself).
         jobs: One job per worker.
         on_rows: Called with a number of newly answered rows (the progress bar).
+        prepare: Called once every worker has loaded its model, before any writes (prepares the output
+            folder: a model that fails to load leaves an existing output untouched).
 
     Returns:
         Each worker's result, in part order.
@@ -158,46 +188,80 @@ def run_workers(config: QAConfig, jobs: list[WorkerJob], on_rows: Any) -> list[W
     Raises:
         The first error a worker reports (the same exception class: `ModelLoadError`, `InputError`,
         `OutputError`, ...), or `WorkerError` when a worker dies without a word. The other workers are
-        stopped first.
+        stopped first; a SIGTERM to this process stops them too.
     """
     context = multiprocessing.get_context("spawn")
-    messages = context.Queue()
+    messages, go = context.Queue(), context.Event()
     processes = [
-        context.Process(target=_worker_main, args=(config, job, messages), name=f"docqa-worker-{job.part}")
+        context.Process(
+            target=_worker_main, args=(config, job, messages, go), name=f"docqa-worker-{job.part}"
+        )
         for job in jobs
     ]
     started = time.perf_counter()
-    for process in processes:
-        process.start()
-    results: dict[int, WorkerResult] = {}
     finished = False
-    try:
-        while len(results) < len(jobs):
-            try:
-                kind, part, payload = messages.get(timeout=POLL_SECONDS)
-            except queue.Empty:
-                _check_alive(processes, results)
-                continue
-            if kind == "rows":
-                on_rows(payload)
-            elif kind == "done":
-                results[part] = payload
-                logger.info("worker %d finished after %.1f s", part, time.perf_counter() - started)
-            else:
-                raise payload
-        finished = True
-    finally:
-        for process in processes:
-            if not finished and process.is_alive():
-                process.terminate()  # a failed job: the others' work would be thrown away anyway
-            process.join()
+    with _sigterm_as_exit():
+        try:
+            for process in processes:
+                process.start()
+            _collect(processes, messages, "ready", on_rows)
+            prepare()
+            go.set()
+            results = _collect(processes, messages, "done", on_rows)
+            logger.info("%d workers finished after %.1f s", len(jobs), time.perf_counter() - started)
+            finished = True
+        finally:
+            for process in processes:
+                if not finished and process.is_alive():
+                    process.terminate()  # a failed job: the others' work would be thrown away anyway
+                if process.pid is not None:
+                    process.join()
     return [results[job.part] for job in jobs]
 
 
-def _check_alive(processes: list[Any], results: dict[int, WorkerResult]) -> None:
-    for part, process in enumerate(processes):
-        if part not in results and not process.is_alive() and process.exitcode not in (0, None):
-            raise WorkerError(
-                f"predict worker {part} died with exit code {process.exitcode} (killed? out of memory?); "
-                "use fewer --workers or smaller batch caps"
-            )
+def _collect(
+    processes: list[Any], messages: Any, wanted: str, on_rows: Callable[[int], Any]
+) -> dict[int, Any]:
+    """Payloads of message `wanted` from every worker.
+
+    Raises:
+        A worker's error, or `WorkerError` when a worker has exited for `EXIT_GRACE_SECONDS` without
+        sending `wanted`.
+    """
+    got: dict[int, Any] = {}
+    exited_at: dict[int, float] = {}
+    while len(got) < len(processes):
+        try:
+            kind, part, payload = messages.get(timeout=POLL_SECONDS)
+        except queue.Empty:
+            kind = None
+        if kind == "error":
+            raise payload
+        if kind == "rows":
+            on_rows(payload)
+        elif kind == wanted:
+            got[part] = payload
+        now = time.monotonic()
+        for part, process in enumerate(processes):
+            if part in got or process.exitcode is None:
+                continue
+            # Its last messages may still be in the pipe: give them a moment before calling it dead.
+            if now - exited_at.setdefault(part, now) > EXIT_GRACE_SECONDS:
+                raise WorkerError(
+                    f"predict worker {part} exited with code {process.exitcode} without finishing "
+                    "(killed? out of memory?); use fewer --workers or smaller batch caps"
+                )
+    return got
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """Turns SIGTERM (a scheduler cancelling the job) into SystemExit, so the workers are stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

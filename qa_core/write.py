@@ -2,14 +2,15 @@
 
 A run first removes any old `COMPLETED` marker, so a crashed or partial run never looks complete; the
 marker is written only after every table and `_run.json` are closed. Part files are written under an
-in-progress name (`_in-progress-part-00000.parquet.tmp`) and renamed when closed, so a crashed run leaves
-no file that a `*.parquet` glob or a Parquet dataset reader would take for a finished part.
+in-progress name (`_in-progress-part-00000.parquet.<token>.tmp`) and renamed when closed, so a crashed
+run leaves no file that a `*.parquet` glob or a Parquet dataset reader would take for a finished part.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import uuid
 from typing import Any
 
 import fsspec
@@ -54,7 +55,8 @@ class _PartWriter:
         self._fs, self._path, self._schema, self._flush_rows = fs, path, schema, flush_rows
         folder, _, name = path.rpartition("/")
         # Neither `*.parquet` globs nor Parquet dataset readers pick up this name.
-        self._temp_path = f"{folder}/{IN_PROGRESS_PREFIX}{name}.tmp"
+        # The random token keeps two writers of a part (a run and a killed run's straggler) apart.
+        self._temp_path = f"{folder}/{IN_PROGRESS_PREFIX}{name}.{uuid.uuid4().hex[:8]}.tmp"
         self._rows: list[dict[str, Any]] = []
         self._chunks: list[pa.Table] = []
         self._chunked_rows = 0

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -12,11 +18,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from docqa.cli import main
+from qa_core import workers
 from qa_core.config import InputConfig
 from qa_core.engine import EngineStats
 from qa_core.read import iter_rows
 from qa_core.workers import row_ranges
-from tests.test_predict_cli import ROWS
+from tests.test_bad_files import ROWS, assert_job_error, corrupt_pages, docqa, good_file
+from tests.test_predict_cli import ROWS as CLI_ROWS
 
 
 @pytest.mark.parametrize(("rows", "workers"), [(0, 3), (1, 4), (7, 3), (10, 10), (11, 2), (1000, 7)])
@@ -53,10 +61,17 @@ def test_iter_rows_range_matches_a_slice(tmp_path: Path) -> None:
 
 def test_engine_stats_add_up() -> None:
     one = EngineStats(rows=3, answered=2, rejected=Counter(EMPTY_QUESTION=1), windows_per_row=Counter({1: 2}))
-    two = EngineStats(rows=2, answered=1, rejected=Counter(EMPTY_QUESTION=1, MISSING_ID=1), model_seconds=0.5)
+    two = EngineStats(
+        rows=2,
+        answered=1,
+        rejected=Counter(EMPTY_QUESTION=1, MISSING_ID=1),
+        windows_per_row=Counter({1: 1, 3: 1}),
+        model_seconds=0.5,
+    )
     one.add(two)
     assert (one.rows, one.answered, one.model_seconds) == (5, 3, 0.5)
-    assert one.rejected == Counter(EMPTY_QUESTION=2, MISSING_ID=1) and one.windows_per_row == Counter({1: 2})
+    assert one.rejected == Counter(EMPTY_QUESTION=2, MISSING_ID=1)
+    assert one.windows_per_row == Counter({1: 3, 3: 1})
 
 
 def _predict(source: Path, out: Path, model_dir: Path, *extra: str) -> int:
@@ -68,7 +83,7 @@ def test_workers_write_what_one_process_writes(tmp_path: Path, tiny_model_dir: P
     """Three workers over two files (good and bad rows) give one process's tables, in input order."""
     source = tmp_path / "in"
     source.mkdir()
-    rows = [dict(r, title=f"{r['title']}-{k}") for k in range(3) for r in ROWS]  # 15 rows, 6 rejected
+    rows = [dict(r, title=f"{r['title']}-{k}") for k in range(3) for r in CLI_ROWS]  # 15 rows, 6 rejected
     pq.write_table(pa.Table.from_pylist(rows[:8]), source / "a.parquet", row_group_size=3)
     pq.write_table(pa.Table.from_pylist(rows[8:]), source / "b.parquet")
     assert _predict(source, tmp_path / "one", tiny_model_dir) == 0
@@ -93,7 +108,7 @@ def test_workers_write_what_one_process_writes(tmp_path: Path, tiny_model_dir: P
 
 def test_workers_fail_fast_on_a_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = tmp_path / "in.parquet"
-    pq.write_table(pa.Table.from_pylist(ROWS), source)
+    pq.write_table(pa.Table.from_pylist(CLI_ROWS), source)
     code = _predict(source, tmp_path / "out", Path("/nonexistent/model"), "--workers", "2")
     err = capsys.readouterr().err
     assert code == 2 and "does not exist" in err and "Traceback" not in err
@@ -104,3 +119,98 @@ def test_workers_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["predict", "--input", "x", "--output", "y", "--workers", "0"])
     assert "--workers" in capsys.readouterr().err
+
+
+def test_a_failing_worker_fails_the_job_in_one_line(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Worker 1's range holds a corrupt row group: exit 2, the file named, no COMPLETED."""
+    source = corrupt_pages(good_file(tmp_path / "pages.parquet"))  # 40 rows, row group 2 corrupt
+    out = tmp_path / "out"
+    code = docqa("predict", source, out, tiny_model_dir, "--workers", "2")
+    assert_job_error(code, out, capsys, f"cannot read Parquet file {source}")
+
+
+def test_a_model_that_fails_to_load_leaves_the_previous_output(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The folder is only prepared once every worker has its model: an --overwrite that fails to load
+    keeps the last complete output."""
+    source = good_file(tmp_path / "in.parquet")
+    out = tmp_path / "out"
+    assert docqa("predict", source, out, tiny_model_dir) == 0
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    for weights in broken.glob("*.safetensors"):
+        weights.write_bytes(b"not safetensors")  # the tokenizer still loads: only the workers fail
+    capsys.readouterr()
+    code = docqa("predict", source, out, broken, "--workers", "2", "--overwrite")
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot load QA model" in err and "Traceback" not in err
+    assert (out / "COMPLETED").exists() and pq.read_table(out / "answers").num_rows == len(ROWS)
+
+
+class _Exited:
+    """A stand-in for a worker process that has exited."""
+
+    def __init__(self, exitcode: int) -> None:
+        self.exitcode = exitcode
+
+
+@pytest.mark.parametrize("exitcode", [-9, 0])
+def test_a_worker_that_exits_without_a_word_is_an_error(
+    monkeypatch: pytest.MonkeyPatch, exitcode: int
+) -> None:
+    """Killed (out of memory) or exited cleanly without its result: noticed after the grace period."""
+    monkeypatch.setattr(workers, "POLL_SECONDS", 0.05)
+    monkeypatch.setattr(workers, "EXIT_GRACE_SECONDS", 0.2)
+    messages: queue.Queue[tuple[str, int, object]] = queue.Queue()
+    messages.put(("done", 0, "result of worker 0"))
+    with pytest.raises(workers.WorkerError, match=f"worker 1 exited with code {exitcode}"):
+        workers._collect([_Exited(0), _Exited(exitcode)], messages, "done", lambda rows: None)
+    messages.put(("done", 0, "a"))
+    messages.put(("done", 1, "b"))  # an exited worker's last message still in the pipe is not lost
+    got = workers._collect([_Exited(0), _Exited(0)], messages, "done", lambda rows: None)
+    assert got == {0: "a", 1: "b"}
+
+
+def _children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    return [int(c) for task in tasks.iterdir() for c in (task / "children").read_text().split()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_workers_stop_when_the_job_is_killed(tmp_path: Path, tiny_model_dir: Path, signum: int) -> None:
+    """A scheduler's SIGTERM stops the workers through the parent; after a SIGKILL they notice alone."""
+    source = tmp_path / "in.parquet"
+    # 200,000 rows: about 20 s of work for each worker, far beyond the 6 s they get to notice the kill.
+    pq.write_table(pa.Table.from_pylist(ROWS * 5000), source)
+    out = tmp_path / "out"
+    argv = ["predict", "--input", str(source), "--output", str(out), "--model", str(tiny_model_dir)]
+    job = subprocess.Popen(
+        [sys.executable, "-m", "docqa", *argv, "--no-progress", "--workers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not (out / "answers").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)  # the folder is prepared once both workers have loaded the model
+    spawned = _children(job.pid)
+    assert (out / "answers").exists() and len(spawned) >= 2, "the workers never started"
+    assert job.poll() is None, "the job finished before it could be killed"
+    job.send_signal(signum)
+    job.wait(timeout=30)
+    deadline = time.monotonic() + 6
+    while any(_alive(p) for p in spawned) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in spawned), "a worker outlived the job"
+    assert not (out / "COMPLETED").exists()
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie left for init to reap counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
