@@ -26,10 +26,9 @@ logger = logging.getLogger(__name__)
 
 
 class _Question(NamedTuple):
-    """A question as windowed: its (possibly cut) text, token count, and encoding (None once cut)."""
+    """A question as windowed: its (possibly cut) text and that text's encoding."""
 
     text: str
-    tokens: int
     encoding: Any
 
 
@@ -59,7 +58,7 @@ class Featurizer:
         self._questions, self._pairs = _backend_copies(tokenizer, config)
         # Windows from separately tokenized questions and contexts (each context once per call), when
         # the pair template is one this module can rebuild; else the tokenizer's pair encoding.
-        self._template = PairTemplate.probe(self._pairs, self._special)
+        self._template = PairTemplate.probe(tokenizer.backend_tokenizer.to_str(), self._special)
 
     def featurize(self, records: Sequence[Record]) -> list[list[Feature] | Rejection]:
         """Windows for each record, in order; a record that cannot be windowed becomes a `Rejection`.
@@ -88,25 +87,32 @@ class Featurizer:
     ) -> tuple[list[list[Feature] | Rejection | None], list[tuple[int, _Question]]]:
         """Questions cut to `max_question_len` tokens; rows whose question leaves no room are rejected.
 
+        A question is cut at the end of its `max_question_len`-th token and the cut text encoded again,
+        which is what the windows hold; its token count (rarely not the limit: normalizers can expand a
+        character into several tokens) decides whether a window has room for context.
+
         Returns:
             Per record its rejection or None, and (index, question) of the records to window.
         """
         encoded = self._questions.encode_batch([r.question for r in records], add_special_tokens=False)
         limit = self.config.max_question_len
+        texts = [
+            r.question[: e.offsets[limit - 1][1]] if len(e.ids) > limit else r.question
+            for r, e in zip(records, encoded, strict=True)
+        ]
+        cut = [k for k, e in enumerate(encoded) if len(e.ids) > limit]
+        recut = self._questions.encode_batch([texts[k] for k in cut], add_special_tokens=False)
+        for k, again in zip(cut, recut, strict=True):
+            encoded[k] = again
         results: list[list[Feature] | Rejection | None] = [None] * len(records)
         todo: list[tuple[int, _Question]] = []
-        for index, (record, encoding) in enumerate(zip(records, encoded, strict=True)):
-            offsets = encoding.offsets
-            if not offsets:
+        for index, (record, text, encoding) in enumerate(zip(records, texts, encoded, strict=True)):
+            if not encoding.ids:
                 results[index] = record.reject(Reason.EMPTY_QUESTION, "question has no tokens")
                 continue
-            if len(offsets) > limit:  # cut at a token boundary; the cut text is encoded again
-                question = _Question(record.question[: offsets[limit - 1][1]], limit, None)
-            else:
-                question = _Question(record.question, len(offsets), encoding)
-            results[index] = self._question_problem(record, question.tokens)
+            results[index] = self._question_problem(record, len(encoding.ids))
             if results[index] is None:
-                todo.append((index, question))
+                todo.append((index, _Question(text, encoding)))
         return results, todo
 
     def _featurize_batch(self, records: Sequence[Record]) -> list[list[Feature] | Rejection]:
@@ -136,14 +142,11 @@ class Featurizer:
         results: list[list[Feature] | Rejection | None],
     ) -> None:
         """Windows from questions and distinct contexts tokenized once each (`qa_core.windows`)."""
-        cut = [(i, q.text) for i, q in todo if q.encoding is None]
-        recut = self._questions.encode_batch([text for _, text in cut], add_special_tokens=False)
-        encodings = {i: e for (i, _), e in zip(cut, recut, strict=True)}
         distinct = list(dict.fromkeys(records[i].context for i, _ in todo))
         encoded = self._questions.encode_batch(distinct, add_special_tokens=False)
         contexts = {c: TokenizedText.from_encoding(e) for c, e in zip(distinct, encoded, strict=True)}
         for index, question in todo:
-            question_tokens = TokenizedText.from_encoding(encodings.get(index, question.encoding))
+            question_tokens = TokenizedText.from_encoding(question.encoding)
             context = contexts[records[index].context]
             room = self.config.max_seq_len - len(question_tokens) - template.n_special
             windows = [

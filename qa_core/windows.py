@@ -23,6 +23,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+# Words, punctuation, digits, runs of spaces and accents: enough for several windows of 5 tokens, and
+# for tokenizers that treat a window's first token specially to show it.
+PROBE_QUESTION = "Where is the  old bridge?"
+PROBE_CONTEXT = "The river, in 1850:  the town's new bridge   crossed it; café owners walked over it daily."
+
 _I32 = npt.NDArray[np.int32]
 _I8 = npt.NDArray[np.int8]
 
@@ -73,17 +78,33 @@ class PairTemplate:
         return sum(len(part[0]) for part in (self.prefix, self.middle, self.suffix))
 
     @classmethod
-    def probe(cls, pairs: Any, n_special: int) -> PairTemplate | None:
-        """The template of a `tokenizers.Tokenizer`'s pair post-processor.
+    def probe(cls, serialized: str, n_special: int) -> PairTemplate | None:
+        """The template of a tokenizer's pair post-processor, checked against its own overflow windows.
 
-        None when the post-processor does something else than `specials + question + specials + context +
-        specials` with one segment id per sequence (docqa then uses the pair encoding).
+        None (docqa then uses the pair encoding) when the post-processor does something else than
+        `specials + question + specials + context + specials` with one segment id per sequence, or when
+        windows built from the template differ from the tokenizer's own on a probe that needs several
+        windows (for example byte-level tokenizers with `add_prefix_space`, whose overflow windows trim
+        their first token's offsets differently).
 
         Args:
-            pairs: The tokenizer that encodes (question, context) pairs.
+            serialized: The fast tokenizer's backend (`tokenizers.Tokenizer.to_str()`).
             n_special: What the tokenizer says a pair adds (`num_special_tokens_to_add(pair=True)`).
         """
-        encoding = pairs.encode("what is it", "it is a probe", add_special_tokens=True)
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_str(serialized)  # a private copy: truncation is set on it below
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        encoding = tokenizer.encode(PROBE_QUESTION, PROBE_CONTEXT, add_special_tokens=True)
+        template = cls._read(encoding, n_special)
+        if template is None or not template._matches_overflow(tokenizer):
+            return None
+        return template
+
+    @classmethod
+    def _read(cls, encoding: Any, n_special: int) -> PairTemplate | None:
+        """The template laid out in one untruncated pair encoding, if it has the supported shape."""
         sequence = encoding.sequence_ids
         ids = np.asarray(encoding.ids, dtype=np.int32)
         types = np.asarray(encoding.type_ids, dtype=np.int8)
@@ -107,6 +128,31 @@ class PairTemplate:
             question_type=int(types[a0]),
             context_type=int(types[b0]),
         )
+
+    def _matches_overflow(self, tokenizer: Any) -> bool:
+        """Whether the probe's windows from this template equal the tokenizer's own overflow windows."""
+        question = TokenizedText.from_encoding(tokenizer.encode(PROBE_QUESTION, add_special_tokens=False))
+        context = TokenizedText.from_encoding(tokenizer.encode(PROBE_CONTEXT, add_special_tokens=False))
+        room, stride = 5, 2  # several windows over the probe's context
+        tokenizer.enable_truncation(
+            len(question) + self.n_special + room, stride=stride, strategy="only_second", direction="right"
+        )
+        first = tokenizer.encode(PROBE_QUESTION, PROBE_CONTEXT, add_special_tokens=True)
+        theirs = [first, *first.overflowing]
+        ours = [self.assemble(question, context, a, b) for a, b in window_ranges(len(context), room, stride)]
+        if len(ours) != len(theirs) or len(ours) < 2:
+            return False
+        for (ids, types, starts, ends), encoding in zip(ours, theirs, strict=True):
+            offsets = np.asarray(encoding.offsets, dtype=np.int32).reshape(-1, 2)
+            in_context = np.array([s == 1 for s in encoding.sequence_ids]) & (offsets[:, 1] > offsets[:, 0])
+            if (
+                ids.tolist() != encoding.ids
+                or types.tolist() != encoding.type_ids
+                or starts.tolist() != np.where(in_context, offsets[:, 0], -1).tolist()
+                or ends.tolist() != np.where(in_context, offsets[:, 1], -1).tolist()
+            ):
+                return False
+        return True
 
     def assemble(
         self, question: TokenizedText, context: TokenizedText, start: int, stop: int
