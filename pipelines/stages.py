@@ -20,6 +20,7 @@ from pipelines.inference import RowDone, WindowBatch, WindowFailure
 from qa_core.aggregate import AggregateError, aggregate
 from qa_core.batch import plan_batches
 from qa_core.config import QAConfig
+from qa_core.engine import FEATURIZE_CHUNK_ROWS
 from qa_core.featurize import Featurizer
 from qa_core.model import load_tokenizer
 from qa_core.records import Answer, Feature, Reason, Record, Rejection, WindowCandidates
@@ -55,26 +56,51 @@ class FeaturizeRecords(beam.DoFn):
     """`Record` -> `(record, its windows)` (main output), or a tagged rejection.
 
     The record travels with its windows so that the answer is assembled in the same bundle, without a
-    shuffle (`MergeWindows`). A record that cannot be windowed, or whose tokenization raises, becomes a
+    shuffle (`MergeWindows`). Records are featurized `FEATURIZE_CHUNK_ROWS` at a time, as in
+    `docqa predict`: one call to the Rust tokenizer per chunk, and a context shared by several rows of the
+    chunk is tokenized once. A record that cannot be windowed, or whose tokenization raises, becomes a
     tagged rejection; the rest of the bundle goes on.
     """
 
     def __init__(self, config: QAConfig) -> None:
         self._config = config
         self._featurizer: Featurizer | None = None
+        self._pending: list[Record] = []
 
     def setup(self) -> None:
         self._featurizer = Featurizer(load_tokenizer(self._config.model), self._config.featurize)
 
+    def start_bundle(self) -> None:
+        self._pending = []
+
     def process(self, record: Record) -> Iterator[Any]:
+        self._pending.append(record)
+        if len(self._pending) >= FEATURIZE_CHUNK_ROWS:
+            yield from self._flush()
+
+    def finish_bundle(self) -> Iterator[Any]:
+        # The bundle's last records; outputs of finish_bundle carry their window explicitly.
+        for out in self._flush():
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                yield _tagged(out.tag, out.value)
+            else:
+                yield _in_global_window(out)
+
+    def _flush(self) -> Iterator[Any]:
         if self._featurizer is None:
             raise RuntimeError("FeaturizeRecords.setup() was not called")
-        (result,) = self._featurizer.featurize([record])
-        if isinstance(result, Rejection):
-            yield beam.pvalue.TaggedOutput(REJECTIONS, result)
-            return
-        metrics.inc("windows", len(result))
-        yield record, result
+        records, self._pending = self._pending, []
+        for record, result in zip(records, self._featurizer.featurize(records), strict=True):
+            if isinstance(result, Rejection):
+                yield beam.pvalue.TaggedOutput(REJECTIONS, result)
+                continue
+            metrics.inc("windows", len(result))
+            yield record, result
+
+
+def _in_global_window(value: Any) -> WindowedValue:
+    """An output of `finish_bundle`, which must carry its window and timestamp (batch: the global one)."""
+    return WindowedValue(value, GlobalWindow().max_timestamp(), (GlobalWindow(),))
 
 
 class BucketWindows(beam.DoFn):
@@ -104,7 +130,7 @@ class BucketWindows(beam.DoFn):
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         for batch in self._drain():
-            yield WindowedValue(batch, GlobalWindow().max_timestamp(), (GlobalWindow(),))
+            yield _in_global_window(batch)
 
     def _drain(self) -> Iterator[WindowBatch]:
         rows, self._rows, self._windows = self._rows, [], 0
@@ -177,9 +203,8 @@ class MergeWindows(beam.DoFn):
 
 
 def _tagged(tag: str, value: Any) -> beam.pvalue.TaggedOutput[Any, Any]:
-    """A tagged output from `finish_bundle`, which must carry its window and timestamp."""
-    windowed = WindowedValue(value, GlobalWindow().max_timestamp(), (GlobalWindow(),))
-    return beam.pvalue.TaggedOutput(tag, windowed)
+    """A tagged output from `finish_bundle`."""
+    return beam.pvalue.TaggedOutput(tag, _in_global_window(value))
 
 
 def answer_or_reject(

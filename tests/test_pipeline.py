@@ -22,6 +22,7 @@ from pipelines.stages import (
     UNMERGED_CANDIDATES,
     UNMERGED_RECORDS,
     BucketWindows,
+    FeaturizeRecords,
     MergeWindows,
     ValidateRows,
 )
@@ -121,6 +122,38 @@ def test_validate_rows_transform() -> None:
         assert_that(out.records | "Ids" >> beam.Map(lambda r: r.id), equal_to([1]), label="records")
         reasons = out[REJECTIONS] | "Reasons" >> beam.Map(lambda r: (r.id, r.reason.value))
         assert_that(reasons, equal_to([(2, "EMPTY_QUESTION")]), label="rejections")
+
+
+def test_featurize_records_in_chunks_match_the_featurizer(tiny_model_dir: Path) -> None:
+    """Records featurized in chunks (full ones in process, the rest in finish_bundle): every record once,
+    with the windows the featurizer gives it alone, rejections tagged."""
+    from qa_core.featurize import Featurizer
+    from qa_core.model import load_tokenizer
+
+    config = load_config([], [f"model.name_or_path={tiny_model_dir}", "model.device=cpu"])
+    contexts = ["the city of the river " * 40, "the team won", "\u200b\u200b", "a school music film " * 3]
+    records = [Record(f"k{i}", f"id{i}", f"what city {i}?", contexts[i % 4]) for i in range(300)]
+    alone = Featurizer(load_tokenizer(config.model), config.featurize)
+    expected, rejected = [], []
+    for record in records:
+        (result,) = alone.featurize([record])
+        if isinstance(result, list):
+            expected.append((record.row_key, [(f.window_index, f.input_ids.tolist()) for f in result]))
+        else:
+            rejected.append((record.row_key, result.reason.value))
+    assert len(rejected) == 75 and len(expected) == 225  # the zero-width contexts have no tokens
+    with BeamTestPipeline() as p:
+        out = (
+            p
+            | beam.Create(records, reshuffle=False)
+            | beam.ParDo(FeaturizeRecords(config)).with_outputs(REJECTIONS, main="rows")
+        )
+        windows = out.rows | "Windows" >> beam.Map(
+            lambda row: (row[0].row_key, [(f.window_index, f.input_ids.tolist()) for f in row[1]])
+        )
+        assert_that(windows, equal_to(expected), label="rows")
+        reasons = out[REJECTIONS] | "Reasons" >> beam.Map(lambda r: (r.row_key, r.reason.value))
+        assert_that(reasons, equal_to(rejected), label="rejections")
 
 
 def _feature(key: str, length: int, index: int = 0, n_windows: int = 1) -> Feature:
