@@ -34,6 +34,10 @@ def _merge_spans(
     A row has a few dozen candidates (`n_best` per window): a dict and a sort of Python floats are
     several times faster here than numpy's lexsort/unique, whose per-call overhead dominates at this size.
     """
+    if len(candidates) == 1 and _ranked_and_distinct(candidates[0]):
+        # One window whose spans decode already ranked in this order (the usual case): nothing to merge.
+        only = candidates[0]
+        return only.starts.astype(np.int64), only.ends.astype(np.int64), only.logits.astype(np.float64)
     best: dict[tuple[int, int], float] = {}
     for c in candidates:
         for span in zip(c.starts.tolist(), c.ends.tolist(), c.logits.tolist(), strict=True):
@@ -45,6 +49,19 @@ def _merge_spans(
     ends = np.array([key[1] for key, _ in ranked], dtype=np.int64)
     logits = np.array([logit for _, logit in ranked], dtype=np.float64)
     return starts, ends, logits
+
+
+def _ranked_and_distinct(window: WindowCandidates) -> bool:
+    """Whether a window's spans are distinct and already in (-logit, start, end) order.
+
+    Decode ranks by (-logit, start token, end token); character offsets grow with the token position, so
+    this holds unless tokens share offsets (one character split into several tokens) and logits tie.
+    """
+    lg, st, en = window.logits, window.starts, window.ends
+    if len(set(zip(st.tolist(), en.tolist(), strict=True))) != len(st):
+        return False
+    same, earlier = lg[:-1] == lg[1:], (st[:-1] < st[1:]) | ((st[:-1] == st[1:]) & (en[:-1] < en[1:]))
+    return bool(((lg[:-1] > lg[1:]) | (same & earlier)).all())
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -292,3 +292,19 @@ def test_top_candidates_rank_like_a_stable_sort(levels: int) -> None:
         finite = torch.isfinite(want_scores[:, :keep])  # masked candidates are dropped by the caller
         assert torch.equal(got_scores, want_scores[:, :keep]), trial
         assert torch.equal(got_flat[finite], want_flat[:, :keep][finite]), trial
+
+
+def test_tokens_sharing_offsets_with_tied_logits_rank_by_characters() -> None:
+    """One window where two tokens share a character (a character split into two tokens): spans tied on
+    logit must still rank by (start, end) characters, not by token position."""
+    cs = np.array([-1, 0, 0, 1, -1], np.int32)  # CLS, two tokens of character 0, one of character 1, SEP
+    ce = np.array([-1, 1, 1, 2, -1], np.int32)
+    feature = Feature("k", 0, 1, np.arange(5, dtype=np.int32) + 5, np.zeros(5, np.int8), cs, ce, 0)
+    start = np.array([0, 2, 1, -9, 0], np.float32)  # span (1, 3) = chars (0, 2) and (2, 2) = chars (0, 1)
+    end = np.array([0, -9, 2, 1, 0], np.float32)  # both score 3.0
+    case = Case(Record("k", "k", "q", "ab"), [feature], [start], [end])
+    cfg = DecodeConfig(top_k=3, n_best=5)
+    answer = run_engine(case, cfg, [0])
+    spans, _ = brute_force(case, cfg)
+    assert [(t.start, t.end) for t in answer.top_k] == [(a, b) for a, b, _ in spans][:3]
+    assert (answer.start, answer.end) == (0, 1)
