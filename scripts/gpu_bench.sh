@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 5 as one prepared script: bench (seed, bound, predict) in bf16, SQuAD v1.1 dev F1
 # of GPU predict in one process and with --workers, a profile of one process, and steady-state predict
-# throughput with 1..8 worker processes sharing the GPU (scripts/gpu_predict_check.py). The forward-only
+# throughput with 1..16 worker processes sharing the GPU and with the host alone
+# (scripts/gpu_predict_check.py). About 6 minutes on an H200 plus the machine's start. The forward-only
 # SDPA checks of earlier calls: `scripts/gpu_sdpa_check.py` (not run here).
 #
 # Run from the repo root on a CUDA machine whose python3 has torch, transformers, tokenizers>=0.23.3,
@@ -18,9 +19,13 @@ DEVICE=${DEVICE:-cuda}
 PY=${PYTHON:-python3}
 N=2000
 ROWS=0  # 0: all of dev (10,570 questions)
-CHECK=(--workers 1,2,4,8 --copies 4 --warm-rows 600)
-MANY=8  # --workers of the CLI runs
-if [ "$QUICK" = quick ]; then N=200; ROWS=500; CHECK=(--workers 1,2 --copies 1 --warm-rows 50); MANY=2; fi
+CHECK=(--workers 1,4,8,16 --copies 4 --warm-rows 600)
+HOST_CHECK=(--workers 1,8,16 --copies 4 --warm-rows 300)
+MANY=8  # --workers of the CLI run
+if [ "$QUICK" = quick ]; then
+    N=200; ROWS=500; CHECK=(--workers 1,2 --copies 1 --warm-rows 50); HOST_CHECK=(--workers 2 --copies 1 --warm-rows 50)
+    MANY=2
+fi
 GPU_CONFIG=configs/dataflow-gpu.yaml
 [ "$DEVICE" = cuda ] || GPU_CONFIG=configs/local.yaml
 mkdir -p "$OUTDIR"
@@ -67,12 +72,10 @@ step 60 "$PY" -m docqa eval --data "$DATA" --predictions "$WORK/pred" --json "$O
 predict "$WORK/dev.parquet" "$WORK/pred-workers" --workers "$MANY"
 step 60 "$PY" -m docqa eval --data "$DATA" --predictions "$WORK/pred-workers" --json "$OUTDIR/eval-bf16-workers.json"
 
-# Steady state (start and model load left out) with 1..8 processes, and a profile of one process.
-step 420 "$PY" scripts/gpu_predict_check.py "$WORK/dev.parquet" "$WORK/check" --profile "${CHECK[@]}" \
+# Steady state (start and model load left out) with 1..16 processes sharing the GPU and a profile of one
+# process; then the host alone (random logits instead of the model) with as many processes.
+step 300 "$PY" scripts/gpu_predict_check.py "$WORK/dev.parquet" "$WORK/check" --profile "${CHECK[@]}" \
     --set "model.device=$DEVICE"
-# The CLI with its start-up included, on the check's repeated input (4x dev), 1 and $MANY processes.
-for workers in 1 "$MANY"; do
-    predict "$WORK/check/copies.parquet" "$WORK/pred-copies" --workers "$workers"
-done
+step 150 "$PY" scripts/gpu_predict_check.py "$WORK/dev.parquet" "$WORK/host" --host-only "${HOST_CHECK[@]}"
 say "done"
 rm -rf "$WORK"
