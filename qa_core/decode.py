@@ -99,8 +99,9 @@ def decode_batch(
     in_context = torch.from_numpy(char_starts >= 0).to(device)  # (B, P)
     # Tokens outside the context get -inf, so every pair with one of them scores -inf: the (B, P) masks
     # replace a mask over all (B, P, L) pairs.
-    start = start_logits.float().masked_fill(~in_context, float("-inf"))  # (B, P)
-    end = end_logits.float().masked_fill(~in_context, float("-inf"))  # (B, P)
+    raw_start, raw_end = start_logits.float(), end_logits.float()  # (B, P); no copy when already fp32
+    start = raw_start.masked_fill(~in_context, float("-inf"))  # (B, P)
+    end = raw_end.masked_fill(~in_context, float("-inf"))  # (B, P)
     if bool(((torch.isinf(start) | torch.isinf(end)) & in_context).any()):
         raise DecodeError("the model produced infinite logits")
 
@@ -114,7 +115,7 @@ def decode_batch(
     cls_index = torch.tensor([f.cls_index for f in batch.features], device=device)  # (B,)
     has_cls = cls_index >= 0
     safe_cls = cls_index.clamp(min=0).unsqueeze(1)
-    raw_start, raw_end = start_logits.float(), end_logits.float()  # CLS is outside the context
+    # The CLS token is outside the context: its logits come from the unmasked tensors.
     null_logits = (
         (raw_start.gather(1, safe_cls) + raw_end.gather(1, safe_cls)).squeeze(1).cpu().numpy()
     )  # (B,)

@@ -11,7 +11,6 @@ stripping, CJK splitting).
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -20,7 +19,7 @@ import numpy as np
 
 from qa_core.config import FeaturizeConfig
 from qa_core.records import Feature, Reason, Record, Rejection
-from qa_core.windows import PairTemplate, TokenizedText, window_ranges
+from qa_core.windows import PairTemplate, TokenizedText, Window, pair_window, window_ranges
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +54,11 @@ class Featurizer:
         self._cls_id: int | None = int(cls_id) if cls_id is not None else None
         # A question longer than this leaves no context token in the window.
         self._special = int(tokenizer.num_special_tokens_to_add(pair=True))
-        self._questions, self._pairs = _backend_copies(tokenizer, config)
+        serialized = tokenizer.backend_tokenizer.to_str()
+        self._questions, self._pairs = _backend_copies(serialized, config)
         # Windows from separately tokenized questions and contexts (each context once per call), when
         # the pair template is one this module can rebuild; else the tokenizer's pair encoding.
-        self._template = PairTemplate.probe(tokenizer.backend_tokenizer.to_str(), self._special)
+        self._template = PairTemplate.probe(serialized, self._special)
 
     def featurize(self, records: Sequence[Record]) -> list[list[Feature] | Rejection]:
         """Windows for each record, in order; a record that cannot be windowed becomes a `Rejection`.
@@ -185,22 +185,7 @@ class Featurizer:
         )
 
     def _features_for(self, record: Record, encodings: list[Any]) -> list[Feature] | Rejection:
-        windows = []
-        for enc in encodings:
-            # (L, 2); fromiter over the flattened tuples is twice as fast as np.array on the tuple list.
-            offsets = np.fromiter(
-                itertools.chain.from_iterable(enc.offsets), dtype=np.int32, count=2 * len(enc.ids)
-            ).reshape(-1, 2)
-            # Context tokens only; zero-width tokens cannot bound a non-empty answer.
-            in_context = _second_sequence(enc.sequence_ids) & (offsets[:, 1] > offsets[:, 0])
-            windows.append(
-                (
-                    np.asarray(enc.ids, dtype=np.int32),
-                    np.asarray(enc.type_ids, dtype=np.int8),
-                    np.where(in_context, offsets[:, 0], -1).astype(np.int32),
-                    np.where(in_context, offsets[:, 1], -1).astype(np.int32),
-                )
-            )
+        windows = [pair_window(encoding) for encoding in encodings]
         features = self._finish(record, windows)
         if isinstance(features, list):
             uncovered = self._uncovered_tail(record.context, features[-1])
@@ -208,9 +193,7 @@ class Featurizer:
                 return record.reject(Reason.FEATURIZE_ERROR, uncovered)
         return features
 
-    def _finish(
-        self, record: Record, windows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
-    ) -> list[Feature] | Rejection:
+    def _finish(self, record: Record, windows: list[Window]) -> list[Feature] | Rejection:
         """Features of a record's windows, minus windows without a context token.
 
         Args:
@@ -242,7 +225,7 @@ class Featurizer:
         return features
 
 
-def _backend_copies(tokenizer: Any, config: FeaturizeConfig) -> tuple[Any, Any]:
+def _backend_copies(serialized: str, config: FeaturizeConfig) -> tuple[Any, Any]:
     """Two private copies of the fast tokenizer's Rust backend: for questions, and for windowed pairs.
 
     Calling the `tokenizers.Tokenizer` directly instead of the transformers wrapper saves the wrapper's
@@ -252,7 +235,6 @@ def _backend_copies(tokenizer: Any, config: FeaturizeConfig) -> tuple[Any, Any]:
     """
     from tokenizers import Tokenizer
 
-    serialized = tokenizer.backend_tokenizer.to_str()
     questions = Tokenizer.from_str(serialized)
     questions.no_truncation()
     questions.no_padding()
@@ -264,24 +246,6 @@ def _backend_copies(tokenizer: Any, config: FeaturizeConfig) -> tuple[Any, Any]:
         config.max_seq_len, stride=config.doc_stride, strategy="only_second", direction="right"
     )
     return questions, pairs
-
-
-def _second_sequence(sequence_ids: list[int | None]) -> np.ndarray:
-    """(L,) bool: which tokens belong to the pair's second sequence (the context).
-
-    The second sequence is one contiguous run in every pair template, so it is found with two C-level
-    list searches instead of a Python loop over tokens; anything else falls back to the loop.
-    """
-    mask = np.zeros(len(sequence_ids), dtype=bool)
-    if 1 not in sequence_ids:
-        return mask
-    first = sequence_ids.index(1)
-    last = len(sequence_ids) - sequence_ids[::-1].index(1)
-    if sequence_ids.count(1) == last - first:
-        mask[first:last] = True
-    else:
-        mask[:] = [s == 1 for s in sequence_ids]
-    return mask
 
 
 def _tokenizers_version() -> str:

@@ -30,6 +30,7 @@ PROBE_CONTEXT = "The river, in 1850:  the town's new bridge   crossed it; café 
 
 _I32 = npt.NDArray[np.int32]
 _I8 = npt.NDArray[np.int8]
+Window = tuple[_I32, _I8, _I32, _I32]  # (input ids, type ids, char starts, char ends), each (T,)
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,8 @@ class TokenizedText:
 
     @classmethod
     def from_encoding(cls, encoding: Any) -> TokenizedText:
-        """Arrays of a `tokenizers.Encoding` (fromiter over the flattened offsets: 2x np.array's speed)."""
-        n = len(encoding.ids)
-        offsets = np.fromiter(itertools.chain.from_iterable(encoding.offsets), dtype=np.int32, count=2 * n)
-        offsets = offsets.reshape(n, 2)  # (n, 2)
+        """Arrays of a `tokenizers.Encoding`."""
+        offsets = _offsets(encoding)  # (n, 2)
         return cls(np.asarray(encoding.ids, dtype=np.int32), offsets[:, 0].copy(), offsets[:, 1].copy())
 
     def __len__(self) -> int:
@@ -142,21 +141,13 @@ class PairTemplate:
         ours = [self.assemble(question, context, a, b) for a, b in window_ranges(len(context), room, stride)]
         if len(ours) != len(theirs) or len(ours) < 2:
             return False
-        for (ids, types, starts, ends), encoding in zip(ours, theirs, strict=True):
-            offsets = np.asarray(encoding.offsets, dtype=np.int32).reshape(-1, 2)
-            in_context = np.array([s == 1 for s in encoding.sequence_ids]) & (offsets[:, 1] > offsets[:, 0])
-            if (
-                ids.tolist() != encoding.ids
-                or types.tolist() != encoding.type_ids
-                or starts.tolist() != np.where(in_context, offsets[:, 0], -1).tolist()
-                or ends.tolist() != np.where(in_context, offsets[:, 1], -1).tolist()
-            ):
+        for window, encoding in zip(ours, theirs, strict=True):
+            expected = pair_window(encoding)
+            if not all(np.array_equal(window[k], expected[k]) for k in range(len(window))):
                 return False
         return True
 
-    def assemble(
-        self, question: TokenizedText, context: TokenizedText, start: int, stop: int
-    ) -> tuple[_I32, _I8, _I32, _I32]:
+    def assemble(self, question: TokenizedText, context: TokenizedText, start: int, stop: int) -> Window:
         """One window: (input ids, type ids, char starts, char ends), each of shape (T,).
 
         Char offsets are -1 outside the context and on zero-width context tokens (they cannot bound a
@@ -186,6 +177,47 @@ class PairTemplate:
         starts[first : first + n_context] = np.where(real, slice_starts, -1)
         ends[first : first + n_context] = np.where(real, slice_ends, -1)
         return ids, types, starts, ends
+
+
+def pair_window(encoding: Any) -> Window:
+    """A window as the tokenizer's pair encoding gives it: (input ids, type ids, char starts, char ends).
+
+    Char offsets are -1 outside the context (the pair's second sequence) and on zero-width tokens, as in
+    `PairTemplate.assemble`.
+    """
+    offsets = _offsets(encoding)  # (T, 2)
+    in_context = context_mask(encoding.sequence_ids) & (offsets[:, 1] > offsets[:, 0])  # (T,)
+    return (
+        np.asarray(encoding.ids, dtype=np.int32),
+        np.asarray(encoding.type_ids, dtype=np.int8),
+        np.where(in_context, offsets[:, 0], -1).astype(np.int32),
+        np.where(in_context, offsets[:, 1], -1).astype(np.int32),
+    )
+
+
+def context_mask(sequence_ids: list[int | None]) -> npt.NDArray[np.bool_]:
+    """(T,) bool: which tokens belong to the pair's second sequence (the context).
+
+    The second sequence is one contiguous run in every pair template, so it is found with two C-level
+    list searches instead of a Python loop over tokens; anything else falls back to the loop.
+    """
+    mask = np.zeros(len(sequence_ids), dtype=bool)
+    if 1 not in sequence_ids:
+        return mask
+    first = sequence_ids.index(1)
+    last = len(sequence_ids) - sequence_ids[::-1].index(1)
+    if sequence_ids.count(1) == last - first:
+        mask[first:last] = True
+    else:
+        mask[:] = [s == 1 for s in sequence_ids]
+    return mask
+
+
+def _offsets(encoding: Any) -> _I32:
+    """(T, 2) character offsets of an encoding (fromiter over the flattened tuples: 2x np.array's speed)."""
+    n = len(encoding.ids)
+    flat = np.fromiter(itertools.chain.from_iterable(encoding.offsets), dtype=np.int32, count=2 * n)
+    return flat.reshape(n, 2)
 
 
 def window_ranges(n_context: int, room: int, stride: int) -> list[tuple[int, int]]:

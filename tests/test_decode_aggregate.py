@@ -218,8 +218,9 @@ def test_max_answer_len_edge() -> None:
         assert (answer.start, answer.end) == (0, expected_end)
 
 
-def test_nan_logits_raise() -> None:
-    f = Feature(
+def _one_context_token() -> Feature:
+    """A window of two tokens: one context token (characters 0-1), then the CLS."""
+    return Feature(
         "k",
         0,
         1,
@@ -229,6 +230,10 @@ def test_nan_logits_raise() -> None:
         np.array([1, -1], np.int32),
         cls_index=1,
     )
+
+
+def test_nan_logits_raise() -> None:
+    f = _one_context_token()
     start = torch.full((1, 8), float("nan"))
     with pytest.raises(DecodeError, match="NaN"):
         decode_batch(collate([f], 0, 8), start, torch.zeros(1, 8), 30, 20)
@@ -237,16 +242,7 @@ def test_nan_logits_raise() -> None:
 @pytest.mark.parametrize(("position", "raises"), [(0, True), (1, True), (5, False)])
 def test_infinite_logits_raise_where_they_are_used(position: int, raises: bool) -> None:
     """An overflowed (fp16) logit on a context token or the CLS would win with inf; padding is unused."""
-    f = Feature(
-        "k",
-        0,
-        1,
-        np.arange(2, dtype=np.int32),
-        np.zeros(2, np.int8),
-        np.array([0, -1], np.int32),
-        np.array([1, -1], np.int32),
-        cls_index=1,
-    )
+    f = _one_context_token()
     end = torch.zeros(1, 8)
     end[0, position] = float("inf")
     if raises:

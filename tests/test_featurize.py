@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from qa_core.config import FeaturizeConfig
-from qa_core.featurize import Featurizer, _second_sequence
+from qa_core.featurize import Featurizer
 from qa_core.model import QAModel
 from qa_core.records import Feature, Record
-from qa_core.windows import window_ranges
+from qa_core.windows import context_mask, window_ranges
 
 CONTEXT = (
     "The river flows past the old church. In 1850 the town built a bridge over the river, and in 1901 a "
@@ -139,9 +139,9 @@ def test_window_ranges_cut_like_the_tokenizer(tiny_model: QAModel, room: int, st
         [],
     ],
 )
-def test_second_sequence_mask_matches_a_loop(sequence_ids: list[int | None]) -> None:
+def test_context_mask_matches_a_loop(sequence_ids: list[int | None]) -> None:
     expected = np.array([s == 1 for s in sequence_ids], dtype=bool)
-    assert np.array_equal(_second_sequence(sequence_ids), expected)
+    assert np.array_equal(context_mask(sequence_ids), expected)
 
 
 def byte_level(add_prefix_space: bool) -> Any:
