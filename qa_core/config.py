@@ -26,6 +26,7 @@ DEFAULT_MODEL = str(Path(__file__).resolve().parent.parent / "models" / "docqa-m
 Dtype = Literal["fp32", "bf16", "fp16"]
 Quantize = Literal["none", "int8"]
 Device = Literal["auto", "cpu", "cuda"]
+WorkerModels = Literal["per_worker", "shared"]
 
 
 class ConfigError(ValueError):
@@ -156,6 +157,10 @@ class ModelConfig:
         require_gpu: Fail at start instead of running on CPU when no GPU is usable.
         allow_pickle: Allow `.bin` (pickle) checkpoints, which can run arbitrary code when loaded.
         trust_remote_code: Allow model code from the checkpoint's repository.
+        worker_models: With `docqa predict --workers N`: `per_worker`, each worker loads its own model
+            copy (measured on an H200: 18.6k rows/s with 16 workers); `shared`, one device server process
+            holds the model and runs every worker's forwards (one CUDA context instead of N time-sliced
+            ones; not yet measured on a GPU).
     """
 
     name_or_path: str = DEFAULT_MODEL
@@ -166,9 +171,14 @@ class ModelConfig:
     require_gpu: bool = False
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    worker_models: WorkerModels = "per_worker"
 
     def __post_init__(self) -> None:
         _require(bool(self.name_or_path), "model.name_or_path must not be empty")
+        _require(
+            self.worker_models in get_args(WorkerModels),
+            f"model.worker_models must be one of {get_args(WorkerModels)}",
+        )
         _require(self.dtype in get_args(Dtype), f"model.dtype must be one of {get_args(Dtype)}")
         _require(self.device in get_args(Device), f"model.device must be one of {get_args(Device)}")
         _require(self.quantize in get_args(Quantize), f"model.quantize must be one of {get_args(Quantize)}")

@@ -99,7 +99,7 @@ def run_batch_contained(
             stats.batches += 1
             stats.real_tokens += batch.real_tokens
             stats.padded_tokens += batch.padded_tokens
-        if model.device.type == "cpu":
+        if model.computes_on_host:
             # The batch's activations (host memory on a CPU) are freed: hand their pages back
             # (qa_core.heap). On a GPU they live on the device and the trim's ~2 ms would be pure cost.
             release_free_heap()
@@ -169,11 +169,15 @@ class QAEngine:
 
     @property
     def prefetch_depth(self) -> int:
-        """Sort buffers prepared ahead: the configured number, or auto (1 on a GPU, 0 on a CPU)."""
+        """Sort buffers prepared ahead: the configured number, or auto.
+
+        Auto is 0 when the forward runs on this process's CPU, else 1: the host work of the next buffer
+        overlaps the device's (or the device server's) work on this one.
+        """
         configured = self.config.batch.prefetch_buffers
         if configured is not None:
             return configured
-        return 1 if self.model.device.type == "cuda" else 0
+        return 0 if self.model.computes_on_host else 1
 
     def _sort_buffers(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[_SortBuffer]:
         """Host-side stages: rows -> records -> windows -> planned batches, one buffer at a time."""

@@ -94,6 +94,11 @@ class QAModel:
         self._takes_token_types = "token_type_ids" in params
 
     @property
+    def computes_on_host(self) -> bool:
+        """Whether the forward runs on this host's CPU (its activations are this process's memory)."""
+        return self.device.type == "cpu"
+
+    @property
     def pad_token_id(self) -> int:
         """Id used for padding positions."""
         pad = self.tokenizer.pad_token_id

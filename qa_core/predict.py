@@ -85,8 +85,9 @@ def predict(
         overwrite: Replace an existing output.
         progress: Show a progress bar with rows/s on stderr.
         model: An already loaded model (tests, benchmarks); loaded from `config.model` when None.
-        workers: Processes answering contiguous row ranges, each with its own model copy
-            (`qa_core.workers`; for a GPU that one process's host work leaves idle). 1: in this process.
+        workers: Processes answering contiguous row ranges (`qa_core.workers`; for a GPU that one
+            process's host work leaves idle), each with its own model copy or all served by one device
+            server process (`model.worker_models`). 1: in this process.
 
     Returns:
         The `_run.json` document.
@@ -119,6 +120,7 @@ def predict(
             resolve_device(config.model)
             load_tokenizer(config.model)
             ranges = row_ranges(total, workers)
+            shared = config.model.worker_models == "shared"
             ran = _answer_in_workers(
                 config,
                 files,
@@ -127,6 +129,7 @@ def predict(
                 ranges=ranges,
                 bar=bar,
                 prepare=lambda: prepare_output(output_dir, overwrite=overwrite),
+                shared=shared,
             )
         else:
             ran = _answer_here(
@@ -199,8 +202,12 @@ def _answer_in_workers(
     ranges: list[tuple[int, int]],
     bar: tqdm[Any],
     prepare: Callable[[], None],
+    shared: bool,
 ) -> _Ran:
-    """Rows split over worker processes (`qa_core.workers`), one part file pair each."""
+    """Rows split over worker processes (`qa_core.workers`), one part file pair each.
+
+    With `shared`, one device server process runs every worker's forwards (`qa_core.device_server`).
+    """
     threads = max(1, torch.get_num_threads() // len(ranges))
     jobs = [
         WorkerJob(
@@ -217,9 +224,13 @@ def _answer_in_workers(
         for part, (start, stop) in enumerate(ranges)
     ]
     logger.info(
-        "answering %d rows in %d worker processes, %d threads each", ranges[-1][1], len(jobs), threads
+        "answering %d rows in %d worker processes, %d threads each, %s",
+        ranges[-1][1],
+        len(jobs),
+        threads,
+        "one shared model (device server)" if shared else "a model each",
     )
-    results = run_workers(config, jobs, bar.update, prepare)
+    results = run_workers(config, jobs, bar.update, prepare, shared=shared)
     stats = EngineStats()
     for result in results:
         stats.add(result.stats)

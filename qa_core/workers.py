@@ -1,4 +1,4 @@
-"""`docqa predict --workers N`: N processes, each with its own model copy, answer contiguous row ranges.
+"""`docqa predict --workers N`: N processes answer contiguous row ranges, with a model each or one shared.
 
 One Python process cannot keep a GPU busy with a small model: reading, tokenizing, decoding and writing
 take far longer per question on the host than the forward pass takes on the device (see README
@@ -9,16 +9,18 @@ parent only plans the ranges, shows progress, adds up the counters and writes `_
 `COMPLETED` once every worker has finished; any worker's failure fails the job (no `COMPLETED`).
 
 Workers are spawned (never forked: CUDA and torch's thread pools do not survive a fork) and share the
-host's cores: each gets `cores // N` torch and tokenizer threads.
+host's cores: each gets `cores // N` torch and tokenizer threads. With `shared=True` (`model.worker_models`)
+the workers load no model: one more process, the device server (`qa_core.device_server`), owns it and runs
+every worker's batches.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import os
-import pickle
 import queue
 import signal
 import sys
@@ -30,7 +32,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from qa_core.config import QAConfig
+from qa_core.device_server import SERVER_PART, ClientChannel, serve, stop_server
 from qa_core.engine import EngineStats
+from qa_core.processes import picklable, start_parent_watch
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +59,8 @@ class WorkerJob:
         log_level: The parent's logging level (a spawned process starts with logging unset).
         system_arrow_pool: Whether the parent put Arrow on the system allocator (`qa_core.heap`), which a
             spawned process does not inherit.
+        channel: Queues to the device server when the workers share one model (set by `run_workers`);
+            None: the worker loads its own.
     """
 
     part: int
@@ -67,6 +73,7 @@ class WorkerJob:
     threads: int
     log_level: int = logging.WARNING
     system_arrow_pool: bool = False
+    channel: ClientChannel | None = None
 
 
 @dataclass(frozen=True)
@@ -108,22 +115,28 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any) -> No
     logging.basicConfig(
         level=job.log_level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
     )
-    threading.Thread(target=_exit_with_parent, name="docqa-parent-watch", daemon=True).start()
+    start_parent_watch()
     try:
         import torch
 
+        from qa_core.device_server import DeviceClient
         from qa_core.engine import QAEngine
         from qa_core.heap import use_system_arrow_pool
-        from qa_core.model import load_qa_model
+        from qa_core.model import load_qa_model, load_tokenizer
         from qa_core.read import iter_rows
         from qa_core.write import OutputWriter
 
         torch.set_num_threads(job.threads)
         if job.system_arrow_pool:
             use_system_arrow_pool()
-        model = load_qa_model(config.model)
+        if job.channel is None:
+            model: Any = load_qa_model(config.model)
+        else:
+            tokenizer = load_tokenizer(config.model)
         messages.put(("ready", job.part, None))
         go.wait()  # the parent prepares the output folder once every model has loaded
+        if job.channel is not None:
+            model = DeviceClient.connect(tokenizer, job.channel)
         writer = OutputWriter(
             job.output_dir,
             job.answer_schema,
@@ -146,91 +159,108 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any) -> No
         messages.put(("done", job.part, result))
     except BaseException as err:  # reported to the parent, which fails the job
         err.add_note(f"in predict worker {job.part}:\n{traceback.format_exc()}")
-        messages.put(("error", job.part, _picklable(err)))
-
-
-def _exit_with_parent() -> None:
-    """Ends this worker when its parent is gone (killed).
-
-    Its rows would be thrown away anyway, and a worker left running would keep writing into a folder that
-    the next run may be using.
-    """
-    parent = multiprocessing.parent_process()
-    while parent is not None and parent.is_alive():
-        time.sleep(POLL_SECONDS)
-    os._exit(1)
-
-
-def _picklable(err: BaseException) -> BaseException:
-    """The error itself when it crosses a process boundary intact, else a RuntimeError with its text."""
-    try:
-        pickle.loads(pickle.dumps(err))
-        return err
-    except Exception:  # any pickling failure: send the text instead
-        return RuntimeError(f"{type(err).__name__}: {err}")
+        messages.put(("error", job.part, picklable(err)))
 
 
 def run_workers(
-    config: QAConfig, jobs: list[WorkerJob], on_rows: Callable[[int], Any], prepare: Callable[[], None]
+    config: QAConfig,
+    jobs: list[WorkerJob],
+    on_rows: Callable[[int], Any],
+    prepare: Callable[[], None],
+    *,
+    shared: bool = False,
 ) -> list[WorkerResult]:
-    """Starts one spawned process per job and waits for all of them.
+    """Starts one spawned process per job (and the device server when `shared`) and waits for all.
 
     Args:
-        config: The resolved config (each worker loads `config.model` itself).
+        config: The resolved config (each worker, or the server, loads `config.model` itself).
         jobs: One job per worker.
         on_rows: Called with a number of newly answered rows (the progress bar).
         prepare: Called once every worker has loaded its model, before any writes (prepares the output
             folder: a model that fails to load leaves an existing output untouched).
+        shared: One device server process runs every worker's forwards (`qa_core.device_server`);
+            the workers load only the tokenizer.
 
     Returns:
         Each worker's result, in part order.
 
     Raises:
-        The first error a worker reports (the same exception class: `ModelLoadError`, `InputError`,
-        `OutputError`, ...), or `WorkerError` when a worker dies without a word. The other workers are
-        stopped first; a SIGTERM to this process stops them too.
+        The first error a worker or the server reports (the same exception class: `ModelLoadError`,
+        `InputError`, `OutputError`, ...), or `WorkerError` when one dies without a word. The other
+        processes are stopped first; a SIGTERM to this process stops them too.
     """
     context = multiprocessing.get_context("spawn")
     messages, go = context.Queue(), context.Event()
-    processes = [
-        context.Process(
+    processes: dict[int, Any] = {}
+    requests: Any = None
+    replies: list[Any] = []
+    if shared:
+        requests = context.Queue()
+        replies = [context.Queue() for _ in jobs]
+        jobs = [
+            dataclasses.replace(job, channel=ClientChannel(k, requests, replies[k]))
+            for k, job in enumerate(jobs)
+        ]
+        processes[SERVER_PART] = context.Process(
+            target=serve,
+            args=(config, requests, replies, messages, logging.getLogger().level),
+            name="docqa-device-server",
+        )
+    for job in jobs:
+        processes[job.part] = context.Process(
             target=_worker_main, args=(config, job, messages, go), name=f"docqa-worker-{job.part}"
         )
-        for job in jobs
-    ]
+    workers = {job.part for job in jobs}
     started = time.perf_counter()
     finished = False
     with _sigterm_as_exit():
         try:
-            for process in processes:
+            for process in processes.values():
                 process.start()
-            _collect(processes, messages, "ready", on_rows)
+            ready = _collect(processes, set(processes), messages, "ready", on_rows)
+            logger.info("%d workers ready after %.1f s", len(jobs), time.perf_counter() - started)
             prepare()
+            for reply_queue in replies:  # each worker's first reply: what the server loaded
+                reply_queue.put(ready[SERVER_PART])
             go.set()
-            results = _collect(processes, messages, "done", on_rows)
+            results = _collect(processes, workers, messages, "done", on_rows)
             logger.info("%d workers finished after %.1f s", len(jobs), time.perf_counter() - started)
             finished = True
         finally:
-            for process in processes:
+            if requests is not None and finished:
+                stop_server(requests)
+            for process in processes.values():
+                if process.pid is None:
+                    continue
                 if not finished and process.is_alive():
                     process.terminate()  # a failed job: the others' work would be thrown away anyway
-                if process.pid is not None:
+                process.join(timeout=None if not finished else 30)
+                if process.is_alive():
+                    process.terminate()
                     process.join()
     return [results[job.part] for job in jobs]
 
 
+def _name(part: int) -> str:
+    return "the device server" if part == SERVER_PART else f"predict worker {part}"
+
+
 def _collect(
-    processes: list[Any], messages: Any, wanted: str, on_rows: Callable[[int], Any]
+    processes: dict[int, Any],
+    needed: set[int],
+    messages: Any,
+    wanted: str,
+    on_rows: Callable[[int], Any],
 ) -> dict[int, Any]:
-    """Payloads of message `wanted` from every worker.
+    """Payloads of message `wanted` from the processes numbered `needed`, watching all `processes`.
 
     Raises:
-        A worker's error, or `WorkerError` when a worker has exited for `EXIT_GRACE_SECONDS` without
-        sending `wanted`.
+        A process's error, or `WorkerError` when a process has exited for `EXIT_GRACE_SECONDS` without
+        sending `wanted` (the device server must not exit at all before the workers are done).
     """
     got: dict[int, Any] = {}
     exited_at: dict[int, float] = {}
-    while len(got) < len(processes):
+    while len(got) < len(needed):
         try:
             kind, part, payload = messages.get(timeout=POLL_SECONDS)
         except queue.Empty:
@@ -242,13 +272,13 @@ def _collect(
         elif kind == wanted:
             got[part] = payload
         now = time.monotonic()
-        for part, process in enumerate(processes):
-            if part in got or process.exitcode is None:
+        for part, process in processes.items():
+            if (part in got and part in needed) or process.exitcode is None:
                 continue
             # Its last messages may still be in the pipe: give them a moment before calling it dead.
             if now - exited_at.setdefault(part, now) > EXIT_GRACE_SECONDS:
                 raise WorkerError(
-                    f"predict worker {part} exited with code {process.exitcode} without finishing "
+                    f"{_name(part)} exited with code {process.exitcode} without finishing "
                     "(killed? out of memory?); use fewer --workers or smaller batch caps"
                 )
     return got

@@ -46,6 +46,7 @@ def test_yaml_layers_and_overrides(tmp_path: Path) -> None:
         ("decode.top_k=0", "top_k must be >= 1"),
         ("featurize.doc_stride=400", "doc_stride"),
         ("model.dtype=fp8", "not one of"),
+        ("model.worker_models=auto", "not one of"),
         ("decode.handle_no_answer=1", "true/false"),
         ("input.passthrough_columns=[answer]", "collide"),
         ("top_k", "section.key=value"),

@@ -79,15 +79,20 @@ def _predict(source: Path, out: Path, model_dir: Path, *extra: str) -> int:
     return main([*args, "--no-progress", "--no-report", "--set", "input.passthrough_columns=[title]", *extra])
 
 
-def test_workers_write_what_one_process_writes(tmp_path: Path, tiny_model_dir: Path) -> None:
-    """Three workers over two files (good and bad rows) give one process's tables, in input order."""
+@pytest.mark.parametrize("worker_models", ["per_worker", "shared"])
+def test_workers_write_what_one_process_writes(
+    tmp_path: Path, tiny_model_dir: Path, worker_models: str
+) -> None:
+    """Three workers over two files (good and bad rows) give one process's tables, in input order, with
+    a model each or all served by the device server."""
     source = tmp_path / "in"
     source.mkdir()
     rows = [dict(r, title=f"{r['title']}-{k}") for k in range(3) for r in CLI_ROWS]  # 15 rows, 6 rejected
     pq.write_table(pa.Table.from_pylist(rows[:8]), source / "a.parquet", row_group_size=3)
     pq.write_table(pa.Table.from_pylist(rows[8:]), source / "b.parquet")
     assert _predict(source, tmp_path / "one", tiny_model_dir) == 0
-    assert _predict(source, tmp_path / "three", tiny_model_dir, "--workers", "3") == 0
+    shared = ["--set", f"model.worker_models={worker_models}"]
+    assert _predict(source, tmp_path / "three", tiny_model_dir, "--workers", "3", *shared) == 0
     for table in ("answers", "rejections"):
         one = pq.read_table(tmp_path / "one" / table)
         three = pq.read_table(tmp_path / "three" / table)
@@ -104,6 +109,8 @@ def test_workers_write_what_one_process_writes(tmp_path: Path, tiny_model_dir: P
     for key in ("rows_read", "answered", "rejected", "rejected_by_reason", "windows", "windows_per_row"):
         assert counts[key] == expected[key], key
     assert counts["rows_read"] == 15 and counts["rejected"] == 6
+    model = json.loads((tmp_path / "three" / "_run.json").read_text())["model"]
+    assert model == json.loads((tmp_path / "one" / "_run.json").read_text())["model"]
 
 
 def test_workers_fail_fast_on_a_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -131,11 +138,12 @@ def test_a_failing_worker_fails_the_job_in_one_line(
     assert_job_error(code, out, capsys, f"cannot read Parquet file {source}")
 
 
+@pytest.mark.parametrize("worker_models", ["per_worker", "shared"])
 def test_a_model_that_fails_to_load_leaves_the_previous_output(
-    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str], worker_models: str
 ) -> None:
-    """The folder is only prepared once every worker has its model: an --overwrite that fails to load
-    keeps the last complete output."""
+    """The folder is only prepared once every worker (or the device server) has its model: an
+    --overwrite that fails to load keeps the last complete output."""
     source = good_file(tmp_path / "in.parquet")
     out = tmp_path / "out"
     assert docqa("predict", source, out, tiny_model_dir) == 0
@@ -144,7 +152,8 @@ def test_a_model_that_fails_to_load_leaves_the_previous_output(
     for weights in broken.glob("*.safetensors"):
         weights.write_bytes(b"not safetensors")  # the tokenizer still loads: only the workers fail
     capsys.readouterr()
-    code = docqa("predict", source, out, broken, "--workers", "2", "--overwrite")
+    shared = ("--set", f"model.worker_models={worker_models}")
+    code = docqa("predict", source, out, broken, "--workers", "2", "--overwrite", *shared)
     err = capsys.readouterr().err
     assert code == 2 and "cannot load QA model" in err and "Traceback" not in err
     assert (out / "COMPLETED").exists() and pq.read_table(out / "answers").num_rows == len(ROWS)
@@ -153,7 +162,7 @@ def test_a_model_that_fails_to_load_leaves_the_previous_output(
 class _Exited:
     """A stand-in for a worker process that has exited."""
 
-    def __init__(self, exitcode: int) -> None:
+    def __init__(self, exitcode: int | None) -> None:
         self.exitcode = exitcode
 
 
@@ -167,11 +176,23 @@ def test_a_worker_that_exits_without_a_word_is_an_error(
     messages: queue.Queue[tuple[str, int, object]] = queue.Queue()
     messages.put(("done", 0, "result of worker 0"))
     with pytest.raises(workers.WorkerError, match=f"worker 1 exited with code {exitcode}"):
-        workers._collect([_Exited(0), _Exited(exitcode)], messages, "done", lambda rows: None)
+        workers._collect({0: _Exited(0), 1: _Exited(exitcode)}, {0, 1}, messages, "done", lambda rows: None)
     messages.put(("done", 0, "a"))
     messages.put(("done", 1, "b"))  # an exited worker's last message still in the pipe is not lost
-    got = workers._collect([_Exited(0), _Exited(0)], messages, "done", lambda rows: None)
+    got = workers._collect({0: _Exited(0), 1: _Exited(0)}, {0, 1}, messages, "done", lambda rows: None)
     assert got == {0: "a", 1: "b"}
+
+
+def test_a_device_server_that_exits_before_the_workers_are_done_is_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server sends no `done`, but it is watched: its exit fails the job instead of a hang."""
+    monkeypatch.setattr(workers, "POLL_SECONDS", 0.05)
+    monkeypatch.setattr(workers, "EXIT_GRACE_SECONDS", 0.2)
+    messages: queue.Queue[tuple[str, int, object]] = queue.Queue()
+    processes = {workers.SERVER_PART: _Exited(-9), 0: _Exited(None)}  # type: ignore[arg-type]
+    with pytest.raises(workers.WorkerError, match="the device server exited with code -9"):
+        workers._collect(processes, {0}, messages, "done", lambda rows: None)
 
 
 def _children(pid: int) -> list[int]:
@@ -180,16 +201,23 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
-def test_workers_stop_when_the_job_is_killed(tmp_path: Path, tiny_model_dir: Path, signum: int) -> None:
-    """A scheduler's SIGTERM stops the workers through the parent; after a SIGKILL they notice alone."""
+@pytest.mark.parametrize(
+    ("signum", "worker_models"),
+    [(signal.SIGTERM, "per_worker"), (signal.SIGKILL, "per_worker"), (signal.SIGKILL, "shared")],
+)
+def test_workers_stop_when_the_job_is_killed(
+    tmp_path: Path, tiny_model_dir: Path, signum: int, worker_models: str
+) -> None:
+    """A scheduler's SIGTERM stops the workers through the parent; after a SIGKILL they (and the device
+    server) notice alone."""
     source = tmp_path / "in.parquet"
     # 200,000 rows: about 20 s of work for each worker, far beyond the 6 s they get to notice the kill.
     pq.write_table(pa.Table.from_pylist(ROWS * 5000), source)
     out = tmp_path / "out"
     argv = ["predict", "--input", str(source), "--output", str(out), "--model", str(tiny_model_dir)]
+    shared = ["--set", f"model.worker_models={worker_models}"]
     job = subprocess.Popen(
-        [sys.executable, "-m", "docqa", *argv, "--no-progress", "--workers", "2"],
+        [sys.executable, "-m", "docqa", *argv, "--no-progress", "--workers", "2", *shared],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -197,7 +225,8 @@ def test_workers_stop_when_the_job_is_killed(tmp_path: Path, tiny_model_dir: Pat
     while not (out / "answers").exists() and time.monotonic() < deadline:
         time.sleep(0.1)  # the folder is prepared once both workers have loaded the model
     spawned = _children(job.pid)
-    assert (out / "answers").exists() and len(spawned) >= 2, "the workers never started"
+    expected = 3 if worker_models == "shared" else 2
+    assert (out / "answers").exists() and len(spawned) >= expected, "the workers never started"
     assert job.poll() is None, "the job finished before it could be killed"
     job.send_signal(signum)
     job.wait(timeout=30)

@@ -1,0 +1,197 @@
+"""`docqa predict --workers N` with `model.worker_models=shared`: one process runs every worker's forwards.
+
+Worker processes exist because one Python process's host work (read, tokenize, batch, decode, merge,
+write) leaves a GPU mostly idle with a small model. When each of N workers loads its own model, the device
+holds N CUDA contexts that it time-slices between, N model copies, and every worker pays CUDA's start-up.
+Here one server process owns the model on the device; the workers keep all their host work and send their
+padded batches to it instead of running the model themselves (`DeviceClient` stands in for `QAModel` in
+the worker's engine). The server runs them back to back in one context and sends each worker its logits.
+
+Transport is a `multiprocessing` queue per direction: requests from all workers on one queue, replies on
+one queue per worker. A request packs a batch into 5 bytes per token position (`_pack`), a reply is two
+(B, P) float32 arrays: small next to the forward itself. Each worker has at most one batch in flight (it
+waits for its logits), so the server's queue holds at most N batches; its threads take the next one while
+the device runs the last.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from qa_core.batch import Batch
+from qa_core.config import QAConfig
+from qa_core.processes import picklable, start_parent_watch
+
+logger = logging.getLogger(__name__)
+
+SERVER_PART = -1  # the server's number in the workers' message queue (workers are 0..N-1)
+# One thread prepares and launches a batch while another waits for its logits to come back from the
+# device; both release the GIL while they wait, so two keep the device fed.
+SERVER_THREADS = 2
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What the server loaded (the workers report it in `_run.json`)."""
+
+    model_id: str
+    revision: str
+    device: str
+    pad_token_id: int
+
+
+@dataclass(frozen=True)
+class ClientChannel:
+    """One worker's end of the server's queues (passed to the worker when it is spawned).
+
+    Attributes:
+        client: The worker's number (the index of its reply queue on the server).
+        requests: The server's request queue, shared by every worker.
+        replies: This worker's reply queue; the parent puts the `ServedModel` on it first.
+    """
+
+    client: int
+    requests: Any
+    replies: Any
+
+
+class DeviceClient:
+    """Stands in for `QAModel` in a worker's engine: `forward` runs on the server's device.
+
+    Args:
+        tokenizer: The model's fast tokenizer (loaded by the worker itself: featurization is its job).
+        channel: The worker's queues.
+        served: What the server loaded.
+    """
+
+    # The forward's activations live in the server: no heap trim after a batch here, and the engine
+    # prepares the next sort buffer while this worker waits for its logits.
+    computes_on_host = False
+
+    def __init__(self, tokenizer: Any, channel: ClientChannel, served: ServedModel) -> None:
+        self.tokenizer = tokenizer
+        self._channel = channel
+        self.model_id = served.model_id
+        self.revision = served.revision
+        self.device = torch.device(served.device)
+        self.pad_token_id = served.pad_token_id
+        self._sent = 0
+
+    @classmethod
+    def connect(cls, tokenizer: Any, channel: ClientChannel) -> DeviceClient:
+        """Waits for the `ServedModel` that the parent forwards once the server has loaded the model."""
+        served = channel.replies.get()
+        if not isinstance(served, ServedModel):
+            raise RuntimeError(f"expected the served model first on the reply queue, got {type(served)}")
+        return cls(tokenizer, channel, served)
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Start and end logits of a batch from the server, (B, P) float32 each, on this host's CPU.
+
+        Raises:
+            The server's error for this batch (for example `torch.OutOfMemoryError`, which the engine
+            answers by splitting the batch).
+        """
+        self._sent += 1
+        self._channel.requests.put((self._channel.client, self._sent, *_pack(batch)))
+        # Blocks until the server answers; if it dies, the parent sees it and stops this process.
+        seq, start, end, error = self._channel.replies.get()
+        if seq != self._sent:
+            raise RuntimeError(f"device server answered batch {seq}, expected {self._sent}")
+        if error is not None:
+            raise error
+        return torch.from_numpy(start), torch.from_numpy(end)
+
+
+def stop_server(requests: Any) -> None:
+    """Asks the server's threads to finish (each takes one stop mark)."""
+    for _ in range(SERVER_THREADS):
+        requests.put(None)
+
+
+def serve(config: QAConfig, requests: Any, replies: list[Any], messages: Any, log_level: int) -> None:
+    """The server process: loads the model, reports `ready`, answers requests until stopped.
+
+    Reports `("ready", SERVER_PART, ServedModel)` or `("error", SERVER_PART, exception)` on `messages`
+    (the workers' queue, read by `qa_core.workers.run_workers`).
+    """
+    from qa_core.model import load_qa_model
+
+    logging.basicConfig(
+        level=log_level,
+        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
+    )
+    start_parent_watch()
+    try:
+        # Host threads only launch kernels here; the workers need the cores.
+        torch.set_num_threads(1)
+        if torch.cuda.is_available():
+            # Set once for the process: per-call `sdpa_kernel` contexts of two threads could interleave
+            # and let cuDNN attention (a plan build per new batch shape) in (see qa_core.model).
+            torch.backends.cuda.enable_cudnn_sdp(False)
+        model = load_qa_model(config.model)
+        served = ServedModel(model.model_id, model.revision, str(model.device), model.pad_token_id)
+        threads = [
+            threading.Thread(target=_answer_requests, args=(model, requests, replies), daemon=True)
+            for _ in range(SERVER_THREADS)
+        ]
+        for thread in threads:
+            thread.start()
+        messages.put(("ready", SERVER_PART, served))
+        for thread in threads:
+            thread.join()
+    except BaseException as err:  # reported to the parent, which fails the job
+        err.add_note(f"in the device server (pid {os.getpid()}):\n{traceback.format_exc()}")
+        messages.put(("error", SERVER_PART, picklable(err)))
+
+
+def _answer_requests(model: Any, requests: Any, replies: list[Any]) -> None:
+    """One server thread: forward each request's batch, reply with its logits (or its error)."""
+    while True:
+        request = requests.get()
+        if request is None:
+            return
+        client, seq, *packed = request
+        reply: tuple[int, np.ndarray | None, np.ndarray | None, BaseException | None]
+        try:
+            start, end = model.forward(_unpack(*packed))
+            reply = (seq, _to_host(start), _to_host(end), None)
+        except Exception as err:  # the worker splits the batch or rejects its rows
+            if isinstance(err, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            reply = (seq, None, None, picklable(err))
+        replies[client].put(reply)
+
+
+def _pack(batch: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A batch in a fifth of its bytes for the queue (ids, segment ids, row lengths).
+
+    The attention mask is a prefix of ones (`collate`), so the row lengths carry it; ids fit int32,
+    segment ids uint8.
+    """
+    lengths = batch.attention_mask.sum(axis=1, dtype=np.int32)  # (B,)
+    return batch.input_ids.astype(np.int32), batch.token_type_ids.astype(np.uint8), lengths
+
+
+def _unpack(input_ids: np.ndarray, token_type_ids: np.ndarray, lengths: np.ndarray) -> Batch:
+    """The (B, P) int64 arrays of `_pack`'s batch (the windows themselves stay with the worker)."""
+    attention_mask = np.arange(input_ids.shape[1]) < lengths[:, None]  # (B, P)
+    return Batch(
+        (),
+        input_ids.astype(np.int64),
+        attention_mask.astype(np.int64),
+        token_type_ids.astype(np.int64),
+    )
+
+
+def _to_host(logits: torch.Tensor) -> np.ndarray:
+    """(B, P) float32 logits as a host array (waits for the device)."""
+    return logits.float().cpu().numpy()

@@ -1,0 +1,36 @@
+"""Helpers shared by the spawned processes of `docqa predict --workers` (workers and the device server)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import threading
+import time
+
+PARENT_POLL_SECONDS = 1.0  # how often a spawned process checks that its parent is still alive
+
+
+def start_parent_watch() -> None:
+    """Ends this spawned process when its parent is gone (killed), from a daemon thread.
+
+    Its rows would be thrown away anyway, and a process left running would keep writing into a folder
+    that the next run may be using (or keep holding the GPU).
+    """
+    threading.Thread(target=_exit_with_parent, name="docqa-parent-watch", daemon=True).start()
+
+
+def _exit_with_parent() -> None:
+    parent = multiprocessing.parent_process()
+    while parent is not None and parent.is_alive():
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)
+
+
+def picklable(err: BaseException) -> BaseException:
+    """The error itself when it crosses a process boundary intact, else a RuntimeError with its text."""
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:  # any pickling failure: send the text instead
+        return RuntimeError(f"{type(err).__name__}: {err}")
