@@ -19,9 +19,9 @@ DEVICE=${DEVICE:-cuda}
 PY=${PYTHON:-python3}
 N=2000
 ROWS=0  # 0: all of dev (10,570 questions)
-CHECK=(--workers 1,4,8,16 --copies 4 --warm-rows 600)
-HOST_CHECK=(--workers 1,8,16 --copies 4 --warm-rows 300)
-MANY=8  # --workers of the CLI run
+CHECK=(--workers 1,8,16 --copies 16 --warm-rows 600)  # 169,120 rows: >= 10,000 per process at 16
+HOST_CHECK=(--workers 16 --copies 16 --warm-rows 300)
+MANY=16  # --workers of the CLI run over those rows
 if [ "$QUICK" = quick ]; then
     N=200; ROWS=500; CHECK=(--workers 1,2 --copies 1 --warm-rows 50); HOST_CHECK=(--workers 2 --copies 1 --warm-rows 50)
     MANY=2
@@ -69,13 +69,15 @@ predict() {
 }
 predict "$WORK/dev.parquet" "$WORK/pred"
 step 60 "$PY" -m docqa eval --data "$DATA" --predictions "$WORK/pred" --json "$OUTDIR/eval-bf16.json"
-predict "$WORK/dev.parquet" "$WORK/pred-workers" --workers "$MANY"
-step 60 "$PY" -m docqa eval --data "$DATA" --predictions "$WORK/pred-workers" --json "$OUTDIR/eval-bf16-workers.json"
 
 # Steady state (start and model load left out) with 1..16 processes sharing the GPU and a profile of one
 # process; then the host alone (random logits instead of the model) with as many processes.
 step 300 "$PY" scripts/gpu_predict_check.py "$WORK/dev.parquet" "$WORK/check" --profile "${CHECK[@]}" \
     --set "model.device=$DEVICE"
 step 150 "$PY" scripts/gpu_predict_check.py "$WORK/dev.parquet" "$WORK/host" --host-only "${HOST_CHECK[@]}"
+# The CLI end to end over the check's rows with $MANY workers: worker start and model loads included.
+predict "$WORK/check/copies.parquet" "$WORK/pred-workers" --workers "$MANY"
+"$PY" -c "import json, sys; d = json.load(open(sys.argv[1])); print('CLI --workers', sys.argv[2], d['counts']['rows_read'],
+'rows, wall', d['timings'])" "$WORK/pred-workers/_run.json" "$MANY" 2>&1 | tee -a "$LOG"
 say "done"
 rm -rf "$WORK"

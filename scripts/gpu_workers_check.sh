@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# GPU check of `docqa predict --workers` (issue 5), one prepared script, about 3-4 minutes on an H200:
+#   1. the bf16 forward-only bound on all of SQuAD v1.1 dev (10,570 questions: steadier than 2,000);
+#   2. the CLI end to end on 16 copies of dev (169,120 rows) with a model per worker (16 workers) and with
+#      one shared model in a device server (15 and 16 workers); `_run.json` and the workers' "ready" /
+#      "finished" log lines give the wall time and the time past the start;
+#   3. all of dev with a shared model and 8 workers, scored (EM / F1 must match one process's).
+# Usage (repo root, CUDA machine, same python as scripts/gpu_bench.sh):
+#   scripts/gpu_workers_check.sh SQUAD_DEV_V1.1_JSON OUTDIR
+# DEVICE=cpu runs it on a CPU on the first 300 questions (a smoke test of the script).
+set -u -o pipefail
+DATA=${1:?SQuAD v1.1 dev JSON}
+OUTDIR=${2:?output folder}
+DEVICE=${DEVICE:-cuda}
+PY=${PYTHON:-python3}
+COPIES=16
+N=10570
+CONFIG=configs/dataflow-gpu.yaml
+RUNS=("16 per_worker" "15 shared" "16 shared")
+if [ "$DEVICE" != cuda ]; then
+    COPIES=1; N=300; CONFIG=configs/local.yaml; RUNS=("2 per_worker" "2 shared")
+fi
+mkdir -p "$OUTDIR"
+LOG="$OUTDIR/log.txt"
+WORK=$(mktemp -d)
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+say() { echo "== $(date +%T) $*" | tee -a "$LOG"; }
+step() {
+    local limit=$1
+    shift
+    say "$*"
+    timeout "$limit" "$@" 2>&1 | grep -v -e "Loading weights" -e "it/s\]" -e "loaded /" | tee -a "$LOG" | tail -12
+    local rc=$?
+    [ "$rc" = 0 ] || say "rc=$rc"
+}
+
+say "machine"
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
+    nproc
+    "$PY" -c "import torch, transformers, tokenizers; print('torch', torch.__version__, 'transformers',
+transformers.__version__, 'tokenizers', tokenizers.__version__)"
+    git rev-parse --short HEAD 2>/dev/null
+} 2>&1 | tee -a "$LOG"
+
+step 90 "$PY" -m benchmarks.bench --device "$DEVICE" --dtype bf16 --n "$N" --data "$DATA" --config "$CONFIG" \
+    --modes bound --json "$OUTDIR/bound-bf16.json"
+step 60 "$PY" -m docqa convert-squad --data "$DATA" --output "$WORK/dev.parquet"
+"$PY" -c "
+import sys, pyarrow as pa, pyarrow.parquet as pq
+base, copies = pq.read_table(sys.argv[1]).slice(0, int(sys.argv[4])), int(sys.argv[3])
+pq.write_table(base, sys.argv[1])
+parts = [base.set_column(0, 'id', pa.array([f'{c}-{i}' for i in base.column('id').to_pylist()]))
+         for c in range(copies)]
+pq.write_table(pa.concat_tables(parts), sys.argv[2], row_group_size=10_000)
+" "$WORK/dev.parquet" "$WORK/copies.parquet" "$COPIES" "$N"
+
+predict() {  # predict INPUT OUTPUT WORKERS WORKER_MODELS
+    step 150 "$PY" -m docqa predict --config "$CONFIG" --input "$1" --output "$2" --overwrite --no-progress \
+        --no-report --set "model.device=$DEVICE" --set "model.worker_models=$4" --workers "$3"
+    "$PY" -c "import json, sys; d = json.load(open(sys.argv[1])); print('RESULT', sys.argv[2], 'workers',
+sys.argv[3], d['counts']['rows_read'], 'rows', d['timings'], 'model_seconds', d['counts']['model_seconds'])" \
+        "$2/_run.json" "$4" "$3" 2>&1 | tee -a "$LOG"
+}
+for run in "${RUNS[@]}"; do
+    set -- $run
+    predict "$WORK/copies.parquet" "$WORK/pred-$1-$2" "$1" "$2"
+done
+predict "$WORK/dev.parquet" "$WORK/dev-shared" 8 shared
+step 60 "$PY" -m docqa eval --data "$DATA" --predictions "$WORK/dev-shared" --json "$OUTDIR/eval-shared.json"
+say "done"
+rm -rf "$WORK"
