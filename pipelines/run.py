@@ -22,12 +22,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 import fsspec
 from apache_beam.ml.inference.base import ModelHandler, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection
 
 from pipelines import metrics, progress
@@ -45,6 +45,10 @@ from pipelines.stages import (
     ValidateRows,
     count_result,
 )
+
+if TYPE_CHECKING:
+    from apache_beam.runners.runner import PipelineRunner
+
 from qa_core.calibration import apply_model_calibration
 from qa_core.config import QAConfig, add_config_arguments, config_from_arguments
 from qa_core.model import describe_model, load_tokenizer
@@ -200,6 +204,34 @@ def _workers_share_launcher_files(options: PipelineOptions) -> bool:
     return "Direct" in runner or str(view.get("environment_type") or "").upper() == "LOOPBACK"
 
 
+# Names under which Beam's DirectRunner is asked for (none given means DirectRunner).
+_DIRECT_RUNNER_NAMES = (None, "DirectRunner", "SwitchingDirectRunner")
+
+
+def local_runner(options: PipelineOptions) -> PipelineRunner | None:
+    """The runner for a local job: Beam's FnApiRunner where the DirectRunner was asked for, else None.
+
+    Beam 2.77's DirectRunner first tries the Prism runner, which downloads a Go binary from GitHub at run
+    time; offline, that attempt fails (leaving a temporary folder behind) and it falls back to the
+    FnApiRunner. docqa's local job is tested on the FnApiRunner, so it goes there directly: no download,
+    and the same runner online and offline. Its in-memory / multi-threading / multi-processing modes
+    (`--direct_running_mode`, `--direct_num_workers`) work as under the DirectRunner. `--runner` names any
+    other runner (PrismRunner included) unchanged: None lets Beam create it.
+    """
+    if options.view_as(StandardOptions).runner not in _DIRECT_RUNNER_NAMES:
+        return None
+    # Imported here, as the DirectRunner does: the runner modules pull in Beam's GCP clients.
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    # The same provisioning the DirectRunner gives the FnApiRunner: SDK worker processes read the job's
+    # options from it.
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    provision = beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(provision))
+
+
 def _check_model_on_launcher(config: QAConfig, options: PipelineOptions) -> str:
     """Fails fast on a missing or unusable model when workers load it from this machine's disk.
 
@@ -256,7 +288,7 @@ def run(
     options = PipelineOptions(beam_args, save_main_session=False)
     revision = _check_model_on_launcher(config, options)
     prepare_output(args.output, overwrite=args.overwrite)
-    pipeline = test_pipeline or beam.Pipeline(options=options)
+    pipeline = test_pipeline or beam.Pipeline(runner=local_runner(options), options=options)
     build_pipeline(pipeline, spec, model_handler)
     rows_read = count_rows(files)
     progress.start(rows_read, enabled=args.progress)

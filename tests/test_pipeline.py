@@ -1,4 +1,4 @@
-"""The Beam job: transforms with TestPipeline + assert_that, and Parquet -> Parquet on four engines."""
+"""The Beam job: transforms with TestPipeline + assert_that, and Parquet -> Parquet on three runner setups."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from docqa.cli import main
 from pipelines.inference import QAModelHandler, RowDone, WindowBatch, WindowFailure
-from pipelines.run import run
+from pipelines.run import local_runner, run
 from pipelines.stages import (
     REJECTIONS,
     UNMERGED_CANDIDATES,
@@ -70,6 +71,18 @@ ENGINES = {
     "multiprocess": ["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
     "portable": ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"],
 }
+# The DirectRunner (asked for by default) is replaced by the FnApiRunner it would fall back to, so Beam
+# never tries to download the Prism runner (pipelines.run.local_runner).
+RUNNERS = {
+    "direct": "beam:FnApiRunner",
+    "multiprocess": "beam:FnApiRunner",
+    "portable": "beam:PortableRunner",
+}
+
+
+def local_test_pipeline() -> BeamTestPipeline:
+    """A TestPipeline on the runner `docqa run` uses locally (no Prism download attempt)."""
+    return BeamTestPipeline(runner=local_runner(PipelineOptions()))
 
 
 def answer_set(out: Path) -> set[tuple[Any, ...]]:
@@ -101,6 +114,7 @@ def test_run_matches_predict_on_every_engine(
     rejections = pq.read_table(out / "rejections").to_pylist()
     assert {r["id"]: r["reason"] for r in rejections} == EXPECTED_REJECTIONS
     info = json.loads((out / "_run.json").read_text())
+    assert info["engine"] == RUNNERS[engine]
     counts = info["counts"]
     assert counts["rows_read"] == len(MIXED_ROWS) == counts["answered"] + counts["rejected"]
     assert counts["answered"] == 5
@@ -112,10 +126,24 @@ def test_run_matches_predict_on_every_engine(
     assert dup["t3"] in "the river church" and dup["t4"] in "a school music film"
 
 
+@pytest.mark.parametrize(
+    ("argv", "runner"),
+    [
+        ([], "FnApiRunner"),
+        (["--runner=DirectRunner", "--direct_num_workers=2"], "FnApiRunner"),
+        (["--runner=PrismRunner"], None),
+        (["--runner=PortableRunner"], None),
+    ],
+)
+def test_local_runner_skips_the_prism_download(argv: list[str], runner: str | None) -> None:
+    chosen = local_runner(PipelineOptions(argv))
+    assert (type(chosen).__name__ if chosen else None) == runner
+
+
 def test_validate_rows_transform() -> None:
     config = QAConfig()
     rows = [{"id": 1, "question": "q?", "context": "c"}, {"id": 2, "question": " ", "context": "c"}]
-    with BeamTestPipeline() as p:
+    with local_test_pipeline() as p:
         out = (
             p | beam.Create(rows) | beam.ParDo(ValidateRows(config)).with_outputs(REJECTIONS, main="records")
         )
@@ -142,7 +170,7 @@ def test_featurize_records_in_chunks_match_the_featurizer(tiny_model_dir: Path) 
         else:
             rejected.append((record.row_key, result.reason.value))
     assert len(rejected) == 75 and len(expected) == 225  # the zero-width contexts have no tokens
-    with BeamTestPipeline() as p:
+    with local_test_pipeline() as p:
         out = (
             p
             | beam.Create(records, reshuffle=False)
@@ -187,7 +215,7 @@ def test_bucket_windows_sorts_caps_and_sends_each_row_with_its_last_window() -> 
                 done_rows.append(done.record.row_key)
         assert sorted(done_rows) == sorted(record.row_key for record, _ in rows)
 
-    with BeamTestPipeline() as p:
+    with local_test_pipeline() as p:
         batches = p | beam.Create(rows, reshuffle=False) | beam.ParDo(BucketWindows(config))
         assert_that(batches, check)
 
