@@ -21,12 +21,12 @@ JOB_ERRORS: tuple[type[Exception], ...] = (ConfigError, FileNotFoundError, Permi
 
 
 def _job_errors() -> tuple[type[Exception], ...]:
-    from qa_core.model import ModelLoadError
+    from qa_core.model import DeviceFailedError, ModelLoadError
     from qa_core.read import InputError
     from qa_core.workers import WorkerError
     from qa_core.write import OutputError
 
-    return (*JOB_ERRORS, ModelLoadError, InputError, OutputError, WorkerError, ValueError)
+    return (*JOB_ERRORS, ModelLoadError, DeviceFailedError, InputError, OutputError, WorkerError, ValueError)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,13 +29,15 @@ import torch
 
 from qa_core.batch import Batch
 from qa_core.config import QAConfig
+from qa_core.model import DeviceFailedError
 from qa_core.processes import picklable, start_parent_watch
 
 logger = logging.getLogger(__name__)
 
 SERVER_PART = -1  # the server's number in the workers' message queue (workers are 0..N-1)
 # One thread prepares and launches a batch while another waits for its logits to come back from the
-# device; both release the GIL while they wait, so two keep the device fed.
+# device; both release the GIL while they wait, so two keep the device fed. Two forwards can then hold
+# activations at once: the batch caps (`max_batch_tokens`) must leave room on the device for two batches.
 SERVER_THREADS = 2
 
 
@@ -105,7 +108,7 @@ class DeviceClient:
         # Blocks until the server answers; if it dies, the parent sees it and stops this process.
         seq, start, end, error = self._channel.replies.get()
         if seq != self._sent:
-            raise RuntimeError(f"device server answered batch {seq}, expected {self._sent}")
+            raise DeviceFailedError(f"the device server answered batch {seq}, expected {self._sent}")
         if error is not None:
             raise error
         return torch.from_numpy(start), torch.from_numpy(end)
@@ -121,18 +124,38 @@ def serve(config: QAConfig, requests: Any, replies: list[Any], messages: Any, lo
     """The server process: loads the model, reports `ready`, answers requests until stopped.
 
     Reports `("ready", SERVER_PART, ServedModel)` or `("error", SERVER_PART, exception)` on `messages`
-    (the workers' queue, read by `qa_core.workers.run_workers`).
+    (the workers' queue, read by `qa_core.workers.run_workers`). A server thread that fails outside a
+    forward (a broken queue) reports its error and ends the process, so the parent fails the job instead
+    of the workers waiting for replies that never come.
     """
-    from qa_core.model import load_qa_model
+    from qa_core.model import load_qa_model, resolve_device
 
     logging.basicConfig(
         level=log_level,
         format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
     )
     start_parent_watch()
+
+    def report(err: BaseException) -> None:
+        err.add_note(f"in the device server (pid {os.getpid()}):\n{traceback.format_exc()}")
+        messages.put(("error", SERVER_PART, picklable(err)))
+
+    failing = threading.Lock()  # the first failing thread reports; a second one waits for the exit
+
+    def fail(err: BaseException) -> None:
+        with failing:
+            report(err)
+            messages.close()
+            messages.join_thread()  # the error is in the pipe before the process ends
+            os._exit(1)
+
     try:
-        # Host threads only launch kernels here; the workers need the cores.
-        torch.set_num_threads(1)
+        if resolve_device(config.model).type == "cuda":
+            # Host threads only launch kernels here; the workers need the cores.
+            torch.set_num_threads(1)
+        else:
+            # The forwards themselves run on these cores (`shared` is meant for GPUs; see README).
+            torch.set_num_threads(max(1, torch.get_num_threads() // SERVER_THREADS))
         if torch.cuda.is_available():
             # Set once for the process: per-call `sdpa_kernel` contexts of two threads could interleave
             # and let cuDNN attention (a plan build per new batch shape) in (see qa_core.model).
@@ -140,7 +163,7 @@ def serve(config: QAConfig, requests: Any, replies: list[Any], messages: Any, lo
         model = load_qa_model(config.model)
         served = ServedModel(model.model_id, model.revision, str(model.device), model.pad_token_id)
         threads = [
-            threading.Thread(target=_answer_requests, args=(model, requests, replies), daemon=True)
+            threading.Thread(target=_answer_requests, args=(model, requests, replies, fail), daemon=True)
             for _ in range(SERVER_THREADS)
         ]
         for thread in threads:
@@ -149,26 +172,49 @@ def serve(config: QAConfig, requests: Any, replies: list[Any], messages: Any, lo
         for thread in threads:
             thread.join()
     except BaseException as err:  # reported to the parent, which fails the job
-        err.add_note(f"in the device server (pid {os.getpid()}):\n{traceback.format_exc()}")
-        messages.put(("error", SERVER_PART, picklable(err)))
+        report(err)
 
 
-def _answer_requests(model: Any, requests: Any, replies: list[Any]) -> None:
-    """One server thread: forward each request's batch, reply with its logits (or its error)."""
-    while True:
-        request = requests.get()
-        if request is None:
-            return
-        client, seq, *packed = request
-        reply: tuple[int, np.ndarray | None, np.ndarray | None, BaseException | None]
-        try:
-            start, end = model.forward(_unpack(*packed))
-            reply = (seq, _to_host(start), _to_host(end), None)
-        except Exception as err:  # the worker splits the batch or rejects its rows
-            if isinstance(err, torch.cuda.OutOfMemoryError):
-                torch.cuda.empty_cache()
-            reply = (seq, None, None, picklable(err))
-        replies[client].put(reply)
+_Reply = tuple[int, np.ndarray | None, np.ndarray | None, BaseException | None]
+
+
+def _answer_requests(
+    model: Any, requests: Any, replies: list[Any], fail: Callable[[BaseException], None]
+) -> None:
+    """One server thread: forward each request's batch, reply with its logits (or its error).
+
+    Args:
+        model: The loaded `QAModel`.
+        requests: The queue of `(client, seq, *packed batch)` requests; `None` stops this thread.
+        replies: The workers' reply queues, indexed by client.
+        fail: Called with any error outside a forward (the process cannot go on answering).
+    """
+    try:
+        while True:
+            request = requests.get()
+            if request is None:
+                return
+            client, seq, *packed = request
+            replies[client].put(_answer(model, seq, packed))
+    except BaseException as err:
+        fail(err)
+
+
+def _answer(model: Any, seq: int, packed: list[np.ndarray]) -> _Reply:
+    """The reply to one request: its logits, or the forward's error for the worker's engine."""
+    try:
+        start, end = model.forward(_unpack(*packed))
+        return (seq, _to_host(start), _to_host(end), None)
+    except torch.AcceleratorError as err:  # a CUDA error but out-of-memory: no later batch can run
+        error: BaseException = DeviceFailedError(f"the device server's {model.device} device failed: {err}")
+    except Exception as err:  # the worker splits the batch or rejects its rows
+        error = picklable(err)
+    # The traceback would keep the failed forward's frames (its activations on the device) alive while
+    # the reply waits in the queue and the worker retries with half the batch.
+    error.with_traceback(None)
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        torch.cuda.empty_cache()
+    return (seq, None, None, error)
 
 
 def _pack(batch: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

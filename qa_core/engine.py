@@ -25,7 +25,7 @@ from qa_core.config import QAConfig
 from qa_core.decode import decode_batch
 from qa_core.featurize import Featurizer
 from qa_core.heap import release_free_heap
-from qa_core.model import QAModel
+from qa_core.model import DeviceFailedError, QAModel
 from qa_core.prefetch import prefetch
 from qa_core.records import Answer, Feature, Reason, Record, Rejection, WindowCandidates
 from qa_core.validate import validate_row
@@ -87,42 +87,61 @@ def run_batch_contained(
     Returns:
         Candidates of every window that succeeded, and (window, error) for windows that still failed
         alone (their rows become `MODEL_ERROR` rejections).
+
+    Raises:
+        DeviceFailedError: The device cannot run any batch any more (a CUDA error other than out of
+            memory, or the model's server failed): splitting would only reject every later row.
     """
     try:
-        started = time.perf_counter()
-        start_logits, end_logits = model.forward(batch)
-        out = decode_batch(
-            batch, start_logits, end_logits, config.decode.max_answer_len, config.decode.n_best
-        )
-        if stats is not None:
-            stats.model_seconds += time.perf_counter() - started
-            stats.batches += 1
-            stats.real_tokens += batch.real_tokens
-            stats.padded_tokens += batch.padded_tokens
-        if model.computes_on_host:
-            # The batch's activations (host memory on a CPU) are freed: hand their pages back
-            # (qa_core.heap). On a GPU they live on the device and the trim's ~2 ms would be pure cost.
-            release_free_heap()
-        return out, []
+        return _forward_and_decode(model, batch, config, stats), []
+    except DeviceFailedError:
+        raise
+    except torch.AcceleratorError as err:  # CUDA errors but out-of-memory: the context is unusable
+        raise DeviceFailedError(
+            f"the {model.device} device failed: {err} (no batch can run after this; rerun the job)"
+        ) from err
     except Exception as err:
-        if isinstance(err, torch.cuda.OutOfMemoryError):
-            torch.cuda.empty_cache()
-            if stats is not None:
-                stats.oom_splits += 1
-        if len(batch.features) == 1:
-            logger.warning("window of row %s failed: %s", batch.features[0].row_key, err)
-            return [], [(batch.features[0], f"{type(err).__name__}: {err}")]
+        error = f"{type(err).__name__}: {err}"
+        out_of_memory = isinstance(err, torch.cuda.OutOfMemoryError)
+    # The halves run outside the `except` block: there the error's traceback would keep the failed
+    # forward's frames, and with them its activations on the device, alive during the retry.
+    if out_of_memory:
+        torch.cuda.empty_cache()
         if stats is not None:
-            stats.batch_splits += 1
-        half = len(batch.features) // 2
-        results: list[WindowCandidates] = []
-        failures: list[tuple[Feature, str]] = []
-        for part in (batch.features[:half], batch.features[half:]):
-            sub = collate(part, model.pad_token_id, config.batch.pad_to_multiple_of)
-            ok, bad = run_batch_contained(model, sub, config, stats)
-            results.extend(ok)
-            failures.extend(bad)
-        return results, failures
+            stats.oom_splits += 1
+    if len(batch.features) == 1:
+        logger.warning("window of row %s failed: %s", batch.features[0].row_key, error)
+        return [], [(batch.features[0], error)]
+    if stats is not None:
+        stats.batch_splits += 1
+    half = len(batch.features) // 2
+    results: list[WindowCandidates] = []
+    failures: list[tuple[Feature, str]] = []
+    for part in (batch.features[:half], batch.features[half:]):
+        sub = collate(part, model.pad_token_id, config.batch.pad_to_multiple_of)
+        ok, bad = run_batch_contained(model, sub, config, stats)
+        results.extend(ok)
+        failures.extend(bad)
+    return results, failures
+
+
+def _forward_and_decode(
+    model: QAModel, batch: Batch, config: QAConfig, stats: EngineStats | None
+) -> list[WindowCandidates]:
+    """One batch through the model and the span decoder, counted in `stats`."""
+    started = time.perf_counter()
+    start_logits, end_logits = model.forward(batch)
+    out = decode_batch(batch, start_logits, end_logits, config.decode.max_answer_len, config.decode.n_best)
+    if stats is not None:
+        stats.model_seconds += time.perf_counter() - started
+        stats.batches += 1
+        stats.real_tokens += batch.real_tokens
+        stats.padded_tokens += batch.padded_tokens
+    if model.computes_on_host:
+        # The batch's activations (host memory on a CPU) are freed: hand their pages back
+        # (qa_core.heap). On a GPU they live on the device and the trim's ~2 ms would be pure cost.
+        release_free_heap()
+    return out
 
 
 @dataclass

@@ -41,6 +41,15 @@ class ModelLoadError(RuntimeError):
     """The model cannot be loaded as configured; the message says what to change."""
 
 
+class DeviceFailedError(RuntimeError):
+    """The device, or the process that runs the model, can run no more batches: the job fails.
+
+    A batch that merely fails (out of memory, a bad window) is split and its rows rejected; this error is
+    for what no split can fix: a CUDA error that leaves the context unusable, a device server that is out
+    of step. Rejecting every later row instead would mark a broken run COMPLETED.
+    """
+
+
 def resolve_device(config: ModelConfig) -> torch.device:
     """The device to run on, failing fast when a GPU is required or asked for but absent.
 

@@ -117,10 +117,16 @@ def predict(
         if workers > 1 and total:
             # Fail fast here, before the folder is touched and N processes start: no GPU, a missing or
             # unsafe checkpoint, no fast tokenizer (what the workers' loads would fail on).
-            resolve_device(config.model)
+            device = resolve_device(config.model)
             load_tokenizer(config.model)
             ranges = row_ranges(total, workers)
             shared = config.model.worker_models == "shared"
+            if shared and device.type != "cuda":
+                logger.warning(
+                    "model.worker_models=shared on %s: one server process runs every worker's forwards, "
+                    "which pays off on a GPU; on a CPU per_worker is as fast or faster",
+                    device,
+                )
             ran = _answer_in_workers(
                 config,
                 files,

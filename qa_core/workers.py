@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 PROGRESS_EVERY_ROWS = 256  # rows between a worker's progress messages
 POLL_SECONDS = 1.0  # how often the parent checks that no worker died without a word
 EXIT_GRACE_SECONDS = 3.0  # an exited worker's messages still in the pipe arrive within this
+FINISH_SECONDS = 30.0  # a finished job's children (the server flushing its queues) end within this
+SIGNAL_SECONDS = 5.0  # a child ends within this after SIGTERM, else it gets SIGKILL
 
 
 @dataclass(frozen=True)
@@ -230,15 +232,22 @@ def run_workers(
             if requests is not None and finished:
                 stop_server(requests)
             for process in processes.values():
-                if process.pid is None:
-                    continue
-                if not finished and process.is_alive():
-                    process.terminate()  # a failed job: the others' work would be thrown away anyway
-                process.join(timeout=None if not finished else 30)
-                if process.is_alive():
-                    process.terminate()
-                    process.join()
+                _stop(process, graceful=finished)
     return [results[job.part] for job in jobs]
+
+
+def _stop(process: Any, graceful: bool) -> None:
+    """Waits for a child to end, or ends it: SIGTERM, then SIGKILL if it hangs (say, in a CUDA call)."""
+    if process.pid is None:
+        return
+    if graceful:
+        process.join(timeout=FINISH_SECONDS)
+    # Else a failed job: the others' work would be thrown away anyway.
+    for send_signal in (process.terminate, process.kill):
+        if not process.is_alive():
+            break
+        send_signal()
+        process.join(timeout=SIGNAL_SECONDS)
 
 
 def _name(part: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +26,7 @@ from qa_core.device_server import (
 )
 from qa_core.engine import EngineStats, run_batch_contained
 from qa_core.featurize import Featurizer
+from qa_core.model import DeviceFailedError
 from qa_core.records import Record
 
 
@@ -54,14 +56,56 @@ class _FailsAbove:
         return self.model.forward(batch)  # type: ignore[no-any-return]
 
 
+def _unexpected(err: BaseException) -> None:
+    raise AssertionError(f"a server thread failed: {err!r}")
+
+
+class _CudaFails:
+    """The model, failing every batch as a broken CUDA context does."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.device = torch.device("cuda")
+        self.pad_token_id = model.pad_token_id
+        self.computes_on_host = False
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+
+
+class _RemembersFailedActivations:
+    """The model; its first batch of several windows fails with out-of-memory after 'allocating'
+    activations. Records whether those were still alive when each later batch came."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.device = model.device
+        self.pad_token_id = model.pad_token_id
+        self.computes_on_host = True
+        self.failed: weakref.ref[torch.Tensor] | None = None
+        self.alive_at_retry: list[bool] = []
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.failed is not None:
+            self.alive_at_retry.append(self.failed() is not None)
+        elif batch.input_ids.shape[0] > 1:
+            activations = torch.ones(batch.input_ids.shape)
+            self.failed = weakref.ref(activations)
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.model.forward(batch)  # type: ignore[no-any-return]
+
+
 @pytest.fixture
 def served(tiny_model: Any, request: pytest.FixtureRequest) -> Iterator[DeviceClient]:
     """A client wired to server threads in this process (the queues are the same protocol)."""
-    limit = getattr(request, "param", None)
-    model = tiny_model if limit is None else _FailsAbove(tiny_model, limit)
+    param = getattr(request, "param", None)
+    model = tiny_model if param is None else param(tiny_model)
     requests: queue.Queue[Any] = queue.Queue()
     replies: list[queue.Queue[Any]] = [queue.Queue()]
-    threads = [threading.Thread(target=_answer_requests, args=(model, requests, replies)) for _ in range(2)]
+    threads = [
+        threading.Thread(target=_answer_requests, args=(model, requests, replies, _unexpected))
+        for _ in range(2)
+    ]
     for thread in threads:
         thread.start()
     info = ServedModel(tiny_model.model_id, tiny_model.revision, "cpu", tiny_model.pad_token_id)
@@ -92,7 +136,7 @@ def test_client_gets_the_models_logits(tiny_model: Any, served: DeviceClient) ->
     assert served.model_id == tiny_model.model_id and not served.computes_on_host
 
 
-@pytest.mark.parametrize("served", [1], indirect=True)
+@pytest.mark.parametrize("served", [lambda model: _FailsAbove(model, 1)], indirect=True)
 def test_server_out_of_memory_splits_the_batch_in_the_worker(tiny_model: Any, served: DeviceClient) -> None:
     """The server fails batches of more than one window; the worker's engine splits down to single
     windows and ends with the same candidates as the model run directly."""
@@ -107,3 +151,57 @@ def test_server_out_of_memory_splits_the_batch_in_the_worker(tiny_model: Any, se
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a.starts, b.starts)
         np.testing.assert_allclose(a.logits, b.logits, rtol=1e-5, atol=1e-5)  # other batch shapes
+
+
+@pytest.mark.parametrize("served", [_CudaFails], indirect=True)
+def test_a_cuda_error_in_the_server_fails_the_job_not_the_rows(tiny_model: Any, served: DeviceClient) -> None:
+    """No split can fix a broken CUDA context: the engine raises instead of rejecting every row."""
+    with pytest.raises(DeviceFailedError, match="illegal memory access"):
+        run_batch_contained(served, _batch(tiny_model), QAConfig(), EngineStats())  # type: ignore[arg-type]
+
+
+def test_a_cuda_error_in_process_fails_the_job_not_the_rows(tiny_model: Any) -> None:
+    with pytest.raises(DeviceFailedError, match="illegal memory access"):
+        run_batch_contained(_CudaFails(tiny_model), _batch(tiny_model), QAConfig())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("where", ["in_process", "served"])
+def test_the_failed_forwards_memory_is_freed_before_the_retry(tiny_model: Any, where: str) -> None:
+    """After an out-of-memory, the halves run with the failed batch's activations released (neither the
+    engine's nor the server's copy of the error may keep its traceback's frames)."""
+    model = _RemembersFailedActivations(tiny_model)
+    runner: Any = model
+    if where == "served":
+        requests: queue.Queue[Any] = queue.Queue()
+        replies: list[queue.Queue[Any]] = [queue.Queue()]
+        thread = threading.Thread(target=_answer_requests, args=(model, requests, replies, _unexpected))
+        thread.start()
+        replies[0].put(ServedModel("m", "r", "cpu", tiny_model.pad_token_id))
+        runner = DeviceClient.connect(tiny_model.tokenizer, ClientChannel(0, requests, replies[0]))
+    try:
+        _, failed = run_batch_contained(runner, _batch(tiny_model), QAConfig(), EngineStats())
+    finally:
+        if where == "served":
+            stop_server(requests)
+            thread.join(timeout=10)
+    assert not failed and model.alive_at_retry and not any(model.alive_at_retry)
+
+
+def test_a_server_thread_failing_outside_a_forward_reports_and_ends() -> None:
+    """A malformed request (a broken queue) must not leave the workers waiting: `fail` gets the error."""
+    requests: queue.Queue[Any] = queue.Queue()
+    failures: list[BaseException] = []
+    thread = threading.Thread(target=_answer_requests, args=(None, requests, [], failures.append))
+    thread.start()
+    requests.put(("not a request",))
+    thread.join(timeout=10)
+    assert not thread.is_alive() and len(failures) == 1 and isinstance(failures[0], ValueError)
+
+
+def test_a_reply_out_of_step_fails_the_job(tiny_model: Any) -> None:
+    replies: queue.Queue[Any] = queue.Queue()
+    replies.put(ServedModel("m", "r", "cpu", tiny_model.pad_token_id))
+    replies.put((7, None, None, None))  # the answer to some other batch
+    client = DeviceClient.connect(tiny_model.tokenizer, ClientChannel(0, queue.Queue(), replies))
+    with pytest.raises(DeviceFailedError, match="answered batch 7, expected 1"):
+        run_batch_contained(client, _batch(tiny_model), QAConfig())  # type: ignore[arg-type]
