@@ -33,26 +33,9 @@ LOG="$OUTDIR/log.txt"
 WORK=$(mktemp -d)
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
-say() { echo "== $(date +%T) $*" | tee -a "$LOG"; }
-# step SECONDS CMD...: one step under a time limit; a failure is logged and the script goes on.
-step() {
-    local limit=$1
-    shift
-    say "$*"
-    timeout "$limit" "$@" 2>&1 | grep -v -e "Loading weights" -e "it/s\]" | tee -a "$LOG" | tail -20
-    local rc=$?
-    [ "$rc" = 0 ] || say "rc=$rc"
-}
-
-say "machine"
-{
-    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
-    nproc
-    "$PY" -c "import sys, torch, transformers, tokenizers, pyarrow; print(sys.version.split()[0], 'torch',
-torch.__version__, 'transformers', transformers.__version__, 'tokenizers', tokenizers.__version__,
-'pyarrow', pyarrow.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())"
-    git rev-parse --short HEAD 2>/dev/null
-} 2>&1 | tee -a "$LOG"
+# shellcheck source=scripts/gpu_common.sh
+source "$(dirname "$0")/gpu_common.sh"
+machine_info
 
 step 300 "$PY" -m benchmarks.bench --device "$DEVICE" --dtype bf16 --n "$N" --data "$DATA" \
     --config "$GPU_CONFIG" --modes seed,bound,predict --json "$OUTDIR/bench-bf16.json"

@@ -25,24 +25,9 @@ LOG="$OUTDIR/log.txt"
 WORK=$(mktemp -d)
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
-say() { echo "== $(date +%T) $*" | tee -a "$LOG"; }
-step() {
-    local limit=$1
-    shift
-    say "$*"
-    timeout "$limit" "$@" 2>&1 | grep -v -e "Loading weights" -e "it/s\]" -e "loaded /" | tee -a "$LOG" | tail -12
-    local rc=$?
-    [ "$rc" = 0 ] || say "rc=$rc"
-}
-
-say "machine"
-{
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
-    nproc
-    "$PY" -c "import torch, transformers, tokenizers; print('torch', torch.__version__, 'transformers',
-transformers.__version__, 'tokenizers', tokenizers.__version__)"
-    git rev-parse --short HEAD 2>/dev/null
-} 2>&1 | tee -a "$LOG"
+# shellcheck source=scripts/gpu_common.sh
+source "$(dirname "$0")/gpu_common.sh"
+machine_info
 
 step 90 "$PY" -m benchmarks.bench --device "$DEVICE" --dtype bf16 --n "$N" --data "$DATA" --config "$CONFIG" \
     --modes bound --json "$OUTDIR/bound-bf16.json"
