@@ -10,11 +10,13 @@ with the rows. Measured on `docqa predict` (bf16, SQuAD dev rows, 2 cores; bench
   throughput: the freed pages are faulted in (and zero-filled) again by the next batch. Trimming every
   8th batch costs half as much but leaves the peak at 1.0 GB (the leftovers of differently shaped
   batches are not reused by the next one);
-- `malloc_trim(0)` after a batch only once the resident set has grown `TRIM_SLACK_BYTES` (256 MiB) past
-  what the last trim left (this module): the next batches reuse up to that much freed memory without
-  faults, and the resident set stays within it of the live size. fp32 predict on 1,000 dev rows: 41.0-41.5
-  q/s vs 38.5-39.3 trimming every batch (peak 0.88-0.93 GB vs 0.81-0.85); bf16 predict of 10,000 rows
-  took 110 s vs 120-123 s, peak 0.95 GB vs 0.81 GB (2,000 rows: 0.87 vs 0.73-0.75 GB);
+- `malloc_trim(0)` after a batch only once the resident set has grown `TRIM_SLACK_BYTES` past what the
+  last trim left (this module): the next batches reuse up to that much freed memory without faults, and
+  the resident set stays within it of the live size. Against trimming every batch: fp32 predict on 1,000
+  dev rows 40.3-40.9 q/s with 128 MiB, 41.0-41.5 with 256 MiB, 38.5-39.3 every batch; bf16 predict peak
+  after 2,000 / 10,000 rows 0.76 / 0.85 GB with 128 MiB (108 s for the 10,000), 0.85-0.90 / 0.95-0.99 GB
+  with 256 MiB (101-110 s), 0.73-0.75 / 0.81 GB every batch (120-123 s). 128 MiB keeps most of the speed
+  for little memory;
 - pinning the mmap threshold at 128 KiB (`mallopt`): 0.72 GB and flat, but every fresh mapping is
   zero-filled by the kernel and the forward pass got 23% slower in fp32, 27% in bf16;
 - running the largest batch shapes first: flat, but at 1.4 GB from the first row.
@@ -32,9 +34,9 @@ import os
 import sys
 from typing import Any
 
-# Freed heap kept for reuse before a trim hands it back: about one fp32 batch's activations at the
-# default caps (32 windows x 384 tokens), so the next batch's allocations find their pages resident.
-TRIM_SLACK_BYTES = 256 << 20
+# Freed heap kept for reuse before a trim hands it back: the next batch's allocations find most of their
+# pages resident (measurements in the module docstring).
+TRIM_SLACK_BYTES = 128 << 20
 
 
 def _load_malloc_trim() -> Any:

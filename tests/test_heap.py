@@ -26,14 +26,14 @@ def _resident(monkeypatch: pytest.MonkeyPatch, sizes_mb: list[int | None]) -> No
 
 
 def test_trims_only_when_the_slack_has_piled_up(trims: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
-    assert heap.TRIM_SLACK_BYTES == 256 * MB
+    assert heap.TRIM_SLACK_BYTES == 128 * MB
     # Each call reads the resident set; a trim reads it again afterwards (what the trim left).
-    _resident(monkeypatch, [500, 300, 400, 555, 557, 200])
-    heap.release_free_heap()  # 500 - 0 >= 256: trim, leaves 300
-    heap.release_free_heap()  # 400 - 300 < 256: keep
-    heap.release_free_heap()  # 555 - 300 < 256: keep
+    _resident(monkeypatch, [500, 300, 400, 427, 429, 200])
+    heap.release_free_heap()  # 500 - 0 >= 128: trim, leaves 300
+    heap.release_free_heap()  # 400 - 300 < 128: keep
+    heap.release_free_heap()  # 427 - 300 < 128: keep
     assert len(trims) == 1
-    heap.release_free_heap()  # 557 - 300 >= 256: trim, leaves 200
+    heap.release_free_heap()  # 429 - 300 >= 128: trim, leaves 200
     assert len(trims) == 2 and heap._TrimState.resident_after_trim == 200 * MB
 
 
