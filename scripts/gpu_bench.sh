@@ -28,14 +28,8 @@ if [ "$QUICK" = quick ]; then
 fi
 GPU_CONFIG=configs/dataflow-gpu.yaml
 [ "$DEVICE" = cuda ] || GPU_CONFIG=configs/local.yaml
-mkdir -p "$OUTDIR"
-LOG="$OUTDIR/log.txt"
-WORK=$(mktemp -d)
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-
 # shellcheck source=scripts/gpu_common.sh
-source "$(dirname "$0")/gpu_common.sh"
-machine_info
+source "$(dirname "$0")/gpu_common.sh"  # sets LOG and WORK under OUTDIR, logs the machine
 
 step 300 "$PY" -m benchmarks.bench --device "$DEVICE" --dtype bf16 --n "$N" --data "$DATA" \
     --config "$GPU_CONFIG" --modes seed,bound,predict --json "$OUTDIR/bench-bf16.json"

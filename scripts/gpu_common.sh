@@ -1,5 +1,6 @@
-# Shared by the GPU check scripts (sourced, not run): logging, time-limited steps, the machine's
-# description. Expects LOG (the log file) and PY (the python to use) to be set.
+# Shared by the GPU check scripts (sourced, not run): the run's folders, logging, time-limited steps,
+# the machine's description. Expects OUTDIR (the output folder) and PY (the python to use) to be set;
+# sets LOG (OUTDIR/log.txt) and WORK (a scratch folder) and logs the machine.
 
 say() { echo "== $(date +%T) $*" | tee -a "$LOG"; }
 
@@ -25,3 +26,9 @@ torch.__version__, 'transformers', transformers.__version__, 'tokenizers', token
         git rev-parse --short HEAD 2>/dev/null
     } 2>&1 | tee -a "$LOG"
 }
+
+mkdir -p "$OUTDIR"
+LOG="$OUTDIR/log.txt"
+WORK=$(mktemp -d)
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+machine_info

@@ -20,14 +20,8 @@ RUNS=("16 per_worker" "15 shared" "16 shared")
 if [ "$DEVICE" != cuda ]; then
     COPIES=1; N=300; CONFIG=configs/local.yaml; RUNS=("2 per_worker" "2 shared")
 fi
-mkdir -p "$OUTDIR"
-LOG="$OUTDIR/log.txt"
-WORK=$(mktemp -d)
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-
 # shellcheck source=scripts/gpu_common.sh
-source "$(dirname "$0")/gpu_common.sh"
-machine_info
+source "$(dirname "$0")/gpu_common.sh"  # sets LOG and WORK under OUTDIR, logs the machine
 
 step 90 "$PY" -m benchmarks.bench --device "$DEVICE" --dtype bf16 --n "$N" --data "$DATA" --config "$CONFIG" \
     --modes bound --json "$OUTDIR/bound-bf16.json"
