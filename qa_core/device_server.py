@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +29,7 @@ import torch
 from qa_core.batch import Batch
 from qa_core.config import QAConfig
 from qa_core.model import DeviceFailedError
-from qa_core.processes import picklable, start_parent_watch
+from qa_core.processes import picklable, report_error, start_child
 
 logger = logging.getLogger(__name__)
 
@@ -130,15 +129,10 @@ def serve(config: QAConfig, requests: Any, replies: list[Any], messages: Any, lo
     """
     from qa_core.model import load_qa_model, resolve_device
 
-    logging.basicConfig(
-        level=log_level,
-        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
-    )
-    start_parent_watch()
+    start_child(log_level)
 
     def report(err: BaseException) -> None:
-        err.add_note(f"in the device server (pid {os.getpid()}):\n{traceback.format_exc()}")
-        messages.put(("error", SERVER_PART, picklable(err)))
+        report_error(messages, SERVER_PART, f"the device server (pid {os.getpid()})", err)
 
     failing = threading.Lock()  # the first failing thread reports; a second one waits for the exit
 

@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import pickle
 import threading
 import time
+import traceback
+from typing import Any
 
 PARENT_POLL_SECONDS = 1.0  # how often a spawned process checks that its parent is still alive
+
+
+def start_child(log_level: int) -> None:
+    """A spawned process's first call: the parent's log level and format, and the parent watch."""
+    logging.basicConfig(
+        level=log_level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+    )
+    start_parent_watch()
+
+
+def report_error(messages: Any, part: int, where: str, err: BaseException) -> None:
+    """Sends `("error", part, err)` to the parent, with this process's traceback as a note.
+
+    Call it from the `except` block that caught `err` (the note is that block's traceback).
+    """
+    err.add_note(f"in {where}:\n{traceback.format_exc()}")
+    messages.put(("error", part, picklable(err)))
 
 
 def start_parent_watch() -> None:

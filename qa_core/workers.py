@@ -26,7 +26,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +33,7 @@ from typing import Any
 from qa_core.config import QAConfig
 from qa_core.device_server import SERVER_PART, ClientChannel, serve, stop_server
 from qa_core.engine import EngineStats
-from qa_core.processes import picklable, start_parent_watch
+from qa_core.processes import report_error, start_child
 
 logger = logging.getLogger(__name__)
 
@@ -114,10 +113,7 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any) -> No
     """
     # Rayon (the Rust tokenizer's pool) reads this when it starts its pool, at the first batch.
     os.environ["RAYON_NUM_THREADS"] = str(job.threads)
-    logging.basicConfig(
-        level=job.log_level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
-    )
-    start_parent_watch()
+    start_child(job.log_level)
     try:
         import torch
 
@@ -160,8 +156,7 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any) -> No
         result = WorkerResult(job.part, engine.stats, model.model_id, model.revision, str(model.device))
         messages.put(("done", job.part, result))
     except BaseException as err:  # reported to the parent, which fails the job
-        err.add_note(f"in predict worker {job.part}:\n{traceback.format_exc()}")
-        messages.put(("error", job.part, picklable(err)))
+        report_error(messages, job.part, f"predict worker {job.part}", err)
 
 
 def run_workers(
