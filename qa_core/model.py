@@ -21,6 +21,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from qa_core.batch import Batch
 from qa_core.config import ModelConfig
+from qa_core.heap import cap_onednn_caches
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +221,9 @@ def load_qa_model(config: ModelConfig) -> QAModel:
     Args:
         config: Which checkpoint, dtype, device and safety switches.
 
+    On a CPU it also caps ideep's and oneDNN's per-shape caches for this process (`qa_core.heap`), unless
+    the environment sets them.
+
     Raises:
         ModelLoadError: Missing checkpoint, pickle weights without `allow_pickle`, no fast tokenizer, or
             a required GPU that is absent.
@@ -228,6 +232,9 @@ def load_qa_model(config: ModelConfig) -> QAModel:
 
     device = resolve_device(config)
     dtype = TORCH_DTYPES[config.dtype]
+    if device.type == "cpu":
+        # Before the first forward: the default per-shape caches grow the resident set with the rows.
+        cap_onednn_caches()
     tokenizer = load_tokenizer(config)
     try:
         model = AutoModelForQuestionAnswering.from_pretrained(

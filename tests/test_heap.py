@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from qa_core import heap
+from qa_core.config import ModelConfig
+from qa_core.model import load_qa_model
 
 MB = 1 << 20
 
@@ -47,3 +53,57 @@ def test_trims_every_time_without_a_resident_set(trims: list[int], monkeypatch: 
 def test_reads_this_processes_resident_set() -> None:
     resident = heap._resident_bytes()
     assert resident is None or 10 * MB < resident < 64 * 1024 * MB
+
+
+def test_caps_onednn_caches_unless_the_environment_sets_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    ideep, onednn = heap.ONEDNN_CACHE_ENVS
+    monkeypatch.delenv(ideep, raising=False)
+    monkeypatch.setenv(onednn, "500")  # the user's choice wins
+    assert heap.cap_onednn_caches(12) == [ideep]
+    assert (os.environ[ideep], os.environ[onednn]) == ("12", "500")
+
+
+def test_loading_a_cpu_model_caps_the_onednn_caches(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in heap.ONEDNN_CACHE_ENVS:
+        monkeypatch.delenv(name, raising=False)
+    load_qa_model(ModelConfig(name_or_path=str(tiny_model_dir), device="cpu"))
+    assert all(os.environ[name] == str(heap.ONEDNN_CACHE_CAPACITY) for name in heap.ONEDNN_CACHE_ENVS)
+
+
+# Runs a bf16 linear over 320 batch shapes in a fresh process and prints how much its resident set grew.
+_SHAPES_SCRIPT = """
+import sys
+import torch
+from qa_core import heap
+if sys.argv[1] == "capped":
+    heap.cap_onednn_caches()
+layer = torch.nn.Linear(384, 1536).to(torch.bfloat16)
+with torch.no_grad():
+    layer(torch.ones(1, 8, 384, dtype=torch.bfloat16))
+    heap._MALLOC_TRIM(0)
+    before = heap._resident_bytes()
+    for rows in range(1, 33):
+        for width in range(64, 224, 16):
+            layer(torch.ones(rows, width, 384, dtype=torch.bfloat16))
+    heap._MALLOC_TRIM(0)  # what stays is what something still holds
+print(heap._resident_bytes() - before)
+"""
+
+
+def _growth(mode: str) -> int:
+    env = {k: v for k, v in os.environ.items() if k not in heap.ONEDNN_CACHE_ENVS}
+    done = subprocess.run(
+        [sys.executable, "-c", _SHAPES_SCRIPT, mode], env=env, capture_output=True, text=True, check=True
+    )
+    return int(done.stdout.split()[-1])
+
+
+@pytest.mark.skipif(heap._MALLOC_TRIM is None, reason="needs glibc's malloc_trim and /proc")
+def test_the_caps_keep_new_batch_shapes_from_growing_the_resident_set() -> None:
+    uncapped = _growth("uncapped")
+    if uncapped < 32 * MB:
+        pytest.skip(f"this CPU's bf16 matmuls do not fill oneDNN's caches (+{uncapped / MB:.0f} MB)")
+    capped = _growth("capped")
+    assert capped < uncapped / 4, (capped / MB, uncapped / MB)
