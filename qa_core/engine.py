@@ -4,8 +4,8 @@ Rows stream through a sort buffer: records are featurized until about `sort_buff
 buffered, the buffer is batched by length, run, decoded and aggregated, and its results are yielded in
 input order. On a GPU the host-side half (read, validate, tokenize, plan) of the next buffer runs in a
 prefetch thread while the model runs on the current one (`batch.prefetch_buffers`). Memory is bounded by
-the buffers in flight, whatever the input size; on a CPU glibc's heap is trimmed after every batch
-(`qa_core.heap`).
+the buffers in flight, whatever the input size; on a CPU glibc's heap is trimmed after a batch once
+128 MiB of freed memory have piled up, and model loading caps oneDNN's per-shape caches (`qa_core.heap`).
 """
 
 from __future__ import annotations
