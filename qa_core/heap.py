@@ -69,7 +69,8 @@ def use_system_arrow_pool() -> None:
     """Makes glibc malloc Arrow's default memory pool, so the per-batch trim also returns its pages.
 
     Process-wide: called by the `docqa predict` command, not by the library functions, which leave the
-    caller's process settings alone.
+    caller's process settings alone (but for `cap_onednn_caches`, which model loading must call before the
+    first forward and which only fills in variables the environment leaves unset).
     """
     import pyarrow as pa
 

@@ -57,7 +57,8 @@ def test_reads_this_processes_resident_set() -> None:
 
 def test_caps_onednn_caches_unless_the_environment_sets_them(monkeypatch: pytest.MonkeyPatch) -> None:
     ideep, onednn = heap.ONEDNN_CACHE_ENVS
-    monkeypatch.delenv(ideep, raising=False)
+    monkeypatch.setenv(ideep, "")  # recorded, so the value set below is undone after the test
+    monkeypatch.delenv(ideep)
     monkeypatch.setenv(onednn, "500")  # the user's choice wins
     assert heap.cap_onednn_caches(12) == [ideep]
     assert (os.environ[ideep], os.environ[onednn]) == ("12", "500")
@@ -67,7 +68,8 @@ def test_loading_a_cpu_model_caps_the_onednn_caches(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name in heap.ONEDNN_CACHE_ENVS:
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # recorded, so what loading sets is undone after the test
+        monkeypatch.delenv(name)
     load_qa_model(ModelConfig(name_or_path=str(tiny_model_dir), device="cpu"))
     assert all(os.environ[name] == str(heap.ONEDNN_CACHE_CAPACITY) for name in heap.ONEDNN_CACHE_ENVS)
 
