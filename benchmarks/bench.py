@@ -4,7 +4,8 @@ Modes (each runs in a fresh subprocess, so peak RSS and warm-up are per mode; on
 once untimed first, see `_full_warm_up`):
     seed        one question at a time: tokenize, forward, best span (the seed design's way)
     bound       forward only, pre-tokenized windows sorted by length, padded like docqa's batches
-    predict     `docqa predict` in-process, Parquet to Parquet, end to end (model already loaded)
+    predict     `docqa predict` in-process, Parquet to Parquet, end to end (model already loaded);
+                with --workers N, `docqa predict --workers N` from every worker loaded to the last answer
     run         `docqa run` on DirectRunner, Parquet to Parquet, end to end (includes worker model load)
     beam-stock  RunInference with Beam's PyTorch keyed-tensor handler, windows padded to max_seq_len
 """
@@ -41,9 +42,13 @@ MODES = ("seed", "bound", "predict", "run", "beam-stock")
 DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json.zip")
 
 
-def _rows(data: str, n: int) -> list[dict[str, Any]]:
+def _rows(data: str, n: int, repeat: int = 1) -> list[dict[str, Any]]:
+    """The first `n` questions of `data`, `repeat` times over (copy c's ids get a `c-` prefix)."""
     table = squad_to_table(load_squad(data)).slice(0, n).select(["id", "question", "context"])
-    return list(table.to_pylist())
+    rows = list(table.to_pylist())
+    if repeat == 1:
+        return rows
+    return [dict(row, id=f"{copy}-{row['id']}") for copy in range(repeat) for row in rows]
 
 
 def _records(rows: list[dict[str, Any]]) -> list[Record]:
@@ -146,6 +151,34 @@ def bench_predict(
     counts = info["counts"]
     return {
         "seconds": time.perf_counter() - started,
+        "real_tokens": counts["real_tokens"],
+        "padded_tokens": counts["padded_tokens"],
+    }
+
+
+def bench_predict_workers(
+    config: QAConfig, rows: list[dict[str, Any]], workdir: Path, workers: int
+) -> dict[str, Any]:
+    """`docqa predict --workers N` in-process, Parquet to Parquet; the figure is the answering alone.
+
+    Like the one-process mode, the time excludes loading the model: it runs from the moment every
+    worker (and the device server, with `model.worker_models=shared`) has loaded to the last answer
+    (`_run.json`'s `answer_seconds`). The start-up and the whole command's time are kept beside it. There
+    is no untimed first pass (each run starts fresh processes), so on a GPU each worker's first batch of
+    every shape is inside the time: give it enough rows (`--repeat`) to amortize that as a long job does.
+    """
+    from qa_core.predict import predict
+
+    source = workdir / "input.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), source)
+    info = predict(config, str(source), str(workdir / "predict"), progress=False, workers=workers)
+    counts, timings = info["counts"], info["timings"]
+    return {
+        "seconds": timings["answer_seconds"],
+        "startup_seconds": timings["startup_seconds"],
+        "whole_seconds": timings["wall_seconds"],
+        "workers": workers,
+        "worker_models": config.model.worker_models,
         "real_tokens": counts["real_tokens"],
         "padded_tokens": counts["padded_tokens"],
     }
@@ -257,14 +290,21 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     """Runs one mode in this process and returns its figures."""
     config = _config(args)
     torch.manual_seed(0)
-    model = load_qa_model(config.model)
-    rows = _rows(args.data, args.n)
+    rows = _rows(args.data, args.n, args.repeat)
     with tempfile.TemporaryDirectory() as tmp:
-        figures = RUNNERS[args.mode](model, config, rows, Path(tmp))
+        if args.mode == "predict" and args.workers > 1:
+            # The workers load their own models: one here would only hold the device's memory.
+            figures = bench_predict_workers(config, rows, Path(tmp), args.workers)
+        else:
+            figures = RUNNERS[args.mode](load_qa_model(config.model), config, rows, Path(tmp))
     figures.update(
         mode=args.mode,
         questions=len(rows),
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # With workers, the largest of this process and its workers (each process's own peak, not a sum).
+        peak_rss_mb=max(
+            resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        )
+        / 1024,
     )
     return figures
 
@@ -291,6 +331,14 @@ def format_table(results: list[dict[str, Any]]) -> str:
             f"{r['mode']:<11}{r['questions_per_s']:>9.2f}{r['real_tokens_per_s']:>12.0f}"
             f"{r['padding_efficiency']:>9.3f}{r['peak_rss_mb']:>13.0f}{ratio:>9}"
         )
+    for r in results:
+        if "workers" in r:  # the answering alone is in the table; say what it leaves out
+            whole = r["questions"] / r["whole_seconds"]
+            lines.append(
+                f"{r['mode']}: {r['workers']} workers ({r['worker_models']}), start-up "
+                f"{r['startup_seconds']:.1f} s; the whole command {whole:.2f} q/s; peak RSS of the "
+                "largest process"
+            )
     return "\n".join(lines)
 
 
@@ -302,6 +350,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="QA checkpoint (default: the bundled model)")
     parser.add_argument("--data", default=DEFAULT_DATA, help="SQuAD JSON whose first N questions are used")
     parser.add_argument("--n", type=int, default=2000, help="questions (default 2000)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="every mode answers the N questions this many times over, with fresh ids (default 1; more "
+        "rows for a fast device, where start-up and first-shape costs would dominate N questions)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="the predict mode runs `docqa predict --workers N` (with --set model.worker_models=shared "
+        "for one device server); its figure is the answering after every process has loaded (default 1)",
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default cpu)")
     parser.add_argument(
         "--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="dtype (default fp32)"
@@ -319,7 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs each mode in a child process and prints the table."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.repeat < 1 or args.workers < 1:
+        parser.error(f"--repeat and --workers must be >= 1, got {args.repeat} and {args.workers}")
     if args.mode:
         print(json.dumps(run_mode(args)))
         return 0
@@ -328,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     passthrough = list(argv if argv is not None else sys.argv[1:])
     for mode in args.modes.split(","):
-        logger.info("bench %s on %d questions", mode, args.n)
+        logger.info("bench %s on %d questions", mode, args.n * args.repeat)
         child = subprocess.run(
             [sys.executable, "-m", "benchmarks.bench", *passthrough, "--mode", mode],
             capture_output=True,

@@ -47,10 +47,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         from qa_core.report import try_write_report
 
         try_write_report(args.output)
-    counts = info["counts"]
+    counts, timings = info["counts"], info["timings"]
     print(
         f"rows {counts['rows_read']}: answered {counts['answered']}, rejected {counts['rejected']} "
-        f"{counts['rejected_by_reason'] or ''} in {info['timings']['wall_seconds']} s -> {args.output}"
+        f"{counts['rejected_by_reason'] or ''} in {timings['wall_seconds']} s (model load "
+        f"{timings['startup_seconds']} s, then {timings['answer_rows_per_second']} rows/s) -> {args.output}"
     )
     return 0
 

@@ -38,9 +38,34 @@ def run_info(
     inputs: list[str],
     counts: dict[str, Any],
     wall_seconds: float,
+    startup_seconds: float | None = None,
 ) -> dict[str, Any]:
-    """The `_run.json` document shared by both engines."""
+    """The `_run.json` document shared by both engines.
+
+    Args:
+        config: The resolved config (stored whole, with its hash).
+        model_id: The checkpoint's id or path.
+        revision: Its revision (a content hash for a local directory).
+        device: Where it ran.
+        engine: `predict`, or `beam:<runner class>`.
+        inputs: The input files (URLs redacted here).
+        counts: The engine's counters.
+        wall_seconds: The whole job's seconds.
+        startup_seconds: Seconds from the start until the model (every worker's, or the device
+            server's) was loaded and answering began, when the engine knows it (`docqa predict`). The
+            timings then also give the answering part alone: the rate a longer input approaches, since
+            start-up is paid once per job (on a GPU with `--workers`, tens of seconds).
+    """
     rows = counts.get("rows_read", 0)
+    timings: dict[str, Any] = {
+        "wall_seconds": round(wall_seconds, 3),
+        "rows_per_second": round(rows / wall_seconds, 3) if wall_seconds > 0 else None,
+    }
+    if startup_seconds is not None:
+        answer_seconds = wall_seconds - startup_seconds
+        timings["startup_seconds"] = round(startup_seconds, 3)
+        timings["answer_seconds"] = round(answer_seconds, 3)
+        timings["answer_rows_per_second"] = round(rows / answer_seconds, 3) if answer_seconds > 0 else None
     return {
         "docqa_version": __version__,
         "engine": engine,
@@ -54,10 +79,7 @@ def run_info(
         },
         "inputs": [redact_url(f) for f in inputs],
         "counts": counts,
-        "timings": {
-            "wall_seconds": round(wall_seconds, 3),
-            "rows_per_second": round(rows / wall_seconds, 3) if wall_seconds > 0 else None,
-        },
+        "timings": timings,
         "environment": {
             "python": sys.version.split()[0],
             "torch": torch.__version__,
@@ -156,6 +178,7 @@ def predict(
         inputs=files,
         counts=ran.stats.to_dict(),
         wall_seconds=time.perf_counter() - started,
+        startup_seconds=ran.answering_since - started,
     )
     if ran.writer is not None:
         ran.writer.close(info)
@@ -170,13 +193,17 @@ def predict(
 
 @dataclass(frozen=True)
 class _Ran:
-    """What answering the rows produced: counters, the model, and the writer still to close (or None)."""
+    """What answering the rows produced: counters, the model, and the writer still to close (or None).
+
+    `answering_since` is the `time.perf_counter()` at which the model(s) had loaded and answering began.
+    """
 
     stats: EngineStats
     model_id: str
     revision: str
     device: str
     writer: OutputWriter | None
+    answering_since: float
 
 
 def _answer_here(
@@ -191,12 +218,15 @@ def _answer_here(
 ) -> _Ran:
     """All rows in this process, into part 0; the writer is left open for `_run.json`."""
     qa_model = model if model is not None else load_qa_model(config.model)
+    answering_since = time.perf_counter()
     writer = OutputWriter(output_dir, *schemas, config.decode.top_k, overwrite=overwrite)
     engine = QAEngine(qa_model, config)
     for result in engine.answer_rows(iter_rows(files, config.input)):
         writer.write(result)
         bar.update(1)
-    return _Ran(engine.stats, qa_model.model_id, qa_model.revision, str(qa_model.device), writer)
+    return _Ran(
+        engine.stats, qa_model.model_id, qa_model.revision, str(qa_model.device), writer, answering_since
+    )
 
 
 def _answer_in_workers(
@@ -236,9 +266,15 @@ def _answer_in_workers(
         threads,
         "one shared model (device server)" if shared else "a model each",
     )
-    results = run_workers(config, jobs, bar.update, prepare, shared=shared)
+    ready_at: list[float] = []
+
+    def prepare_when_ready() -> None:  # run_workers calls it once every process has loaded
+        ready_at.append(time.perf_counter())
+        prepare()
+
+    results = run_workers(config, jobs, bar.update, prepare_when_ready, shared=shared)
     stats = EngineStats()
     for result in results:
         stats.add(result.stats)
     first = results[0]
-    return _Ran(stats, first.model_id, first.revision, first.device, None)
+    return _Ran(stats, first.model_id, first.revision, first.device, None, ready_at[0])

@@ -228,6 +228,11 @@ def _run_section(info: dict[str, Any], stats: AnswerStats, figures: _Figures) ->
         ("wall seconds", timings.get("wall_seconds")),
         ("rows/s", timings.get("rows_per_second")),
     ]
+    if "startup_seconds" in timings:  # `docqa predict` only: Beam's runners load models on their workers
+        summary += [
+            ("start-up seconds (model load)", timings["startup_seconds"]),
+            ("rows/s after start-up", timings.get("answer_rows_per_second")),
+        ]
     parts = ["<h2>Run</h2>", _table(summary)]
     score_edges = np.linspace(0.0, 1.0, SCORE_BINS + 1)
     images = [

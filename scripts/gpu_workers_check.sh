@@ -2,8 +2,9 @@
 # GPU check of `docqa predict --workers` (issue 5), one prepared script, about 3-4 minutes on an H200:
 #   1. the bf16 forward-only bound on all of SQuAD v1.1 dev (10,570 questions: steadier than 2,000);
 #   2. the CLI end to end on 16 copies of dev (169,120 rows) with a model per worker (16 workers) and with
-#      one shared model in a device server (15 and 16 workers); `_run.json` and the workers' "ready" /
-#      "finished" log lines give the wall time and the time past the start;
+#      one shared model in a device server (15 and 16 workers); `_run.json`'s timings split the wall time
+#      into start-up (every process loaded) and answering (`answer_rows_per_second`, the figure to set
+#      against the bound);
 #   3. all of dev with a shared model and 8 workers, scored (EM / F1 must match one process's).
 # Usage (repo root, CUDA machine, same python as scripts/gpu_bench.sh):
 #   scripts/gpu_workers_check.sh SQUAD_DEV_V1.1_JSON OUTDIR

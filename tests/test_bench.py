@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -12,8 +13,9 @@ from benchmarks.bench import MODES, main
 from qa_core.model import ModelLoadError
 
 
-def test_bench_all_modes(tmp_path: Path, tiny_model_dir: Path) -> None:
-    squad = {
+def _squad(questions: int) -> dict[str, Any]:
+    """A SQuAD document of `questions` paragraphs of growing length, one question each."""
+    return {
         "version": "1.1",
         "data": [
             {
@@ -29,13 +31,16 @@ def test_bench_all_modes(tmp_path: Path, tiny_model_dir: Path) -> None:
                             }
                         ],
                     }
-                    for i in range(6)
+                    for i in range(questions)
                 ],
             }
         ],
     }
+
+
+def test_bench_all_modes(tmp_path: Path, tiny_model_dir: Path) -> None:
     data = tmp_path / "squad.json"
-    data.write_text(json.dumps(squad))
+    data.write_text(json.dumps(_squad(6)))
     out = tmp_path / "bench.json"
     assert main(["--model", str(tiny_model_dir), "--data", str(data), "--n", "6", "--json", str(out)]) == 0
     results = {r["mode"]: r for r in json.loads(out.read_text())["results"]}
@@ -48,6 +53,32 @@ def test_bench_all_modes(tmp_path: Path, tiny_model_dir: Path) -> None:
     # The bound runs the same batches as predict and run (same caps, same padding multiple).
     assert results["bound"]["padded_tokens"] == results["predict"]["padded_tokens"]
     assert results["bound"]["padded_tokens"] == results["run"]["padded_tokens"]
+
+
+def test_bench_predict_with_workers_times_the_answering(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--workers` runs predict in worker processes and times it from every worker loaded; `--repeat`
+    answers the questions again with fresh ids (the bound repeats them too)."""
+    data = tmp_path / "squad.json"
+    data.write_text(json.dumps(_squad(4)))
+    out = tmp_path / "bench.json"
+    argv = ["--model", str(tiny_model_dir), "--data", str(data), "--n", "4", "--repeat", "3"]
+    assert main([*argv, "--workers", "2", "--modes", "bound,predict", "--json", str(out)]) == 0
+    results = {r["mode"]: r for r in json.loads(out.read_text())["results"]}
+    predict, bound = results["predict"], results["bound"]
+    assert predict["questions"] == bound["questions"] == 12
+    assert predict["padded_tokens"] == bound["padded_tokens"]  # the same batches, split over workers
+    assert predict["workers"] == 2 and predict["worker_models"] == "per_worker"
+    # Spawned workers import torch and load a model before answering: start-up is outside the figure.
+    assert predict["startup_seconds"] > 0.5
+    assert predict["seconds"] + predict["startup_seconds"] < predict["whole_seconds"] + 0.01
+    assert "predict: 2 workers (per_worker), start-up" in capsys.readouterr().out
+
+
+def test_bench_rejects_zero_workers(tiny_model_dir: Path) -> None:
+    with pytest.raises(SystemExit):
+        main(["--model", str(tiny_model_dir), "--workers", "0"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

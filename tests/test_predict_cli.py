@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -72,6 +73,31 @@ def test_predict_writes_the_layout(tmp_path: Path, tiny_model_dir: Path) -> None
     assert info["counts"]["rows_read"] == 5 == info["counts"]["answered"] + info["counts"]["rejected"]
     assert info["config"]["decode"]["top_k"] == 3 and len(info["config_hash"]) == 16
     assert info["model"]["revision"].startswith("sha256:")
+
+
+def test_timings_split_model_load_from_answering(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`_run.json` gives start-up (up to a loaded model) and the answering after it, adding up to the wall."""
+    import qa_core.predict
+
+    real_load = qa_core.predict.load_qa_model
+
+    def slow_load(config: object) -> object:
+        time.sleep(0.3)
+        return real_load(config)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(qa_core.predict, "load_qa_model", slow_load)
+    code, out = run_predict(tmp_path, tiny_model_dir, "--no-report")
+    assert code == 0
+    timings = json.loads((out / "_run.json").read_text())["timings"]
+    assert timings["startup_seconds"] >= 0.3
+    assert timings["startup_seconds"] + timings["answer_seconds"] == pytest.approx(
+        timings["wall_seconds"], abs=0.002
+    )
+    # Both are rounded to the millisecond.
+    assert timings["answer_rows_per_second"] == pytest.approx(5 / timings["answer_seconds"], rel=0.2)
+    assert timings["rows_per_second"] < timings["answer_rows_per_second"]
 
 
 def test_existing_output_needs_overwrite(

@@ -111,6 +111,12 @@ def test_workers_write_what_one_process_writes(
     assert counts["rows_read"] == 15 and counts["rejected"] == 6
     model = json.loads((tmp_path / "three" / "_run.json").read_text())["model"]
     assert model == json.loads((tmp_path / "one" / "_run.json").read_text())["model"]
+    timings = json.loads((tmp_path / "three" / "_run.json").read_text())["timings"]
+    # Start-up lasts until every spawned process has imported torch and loaded its model (or tokenizer).
+    assert timings["startup_seconds"] > 0.5
+    assert timings["startup_seconds"] + timings["answer_seconds"] == pytest.approx(
+        timings["wall_seconds"], abs=0.002
+    )
 
 
 def test_workers_fail_fast_on_a_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
