@@ -162,8 +162,9 @@ def bench_predict_workers(
     """`docqa predict --workers N` in-process, Parquet to Parquet; the figure is the answering alone.
 
     Like the one-process mode, the time excludes loading the model: it runs from the moment every
-    worker (and the device server, with `model.worker_models=shared`) has loaded to the last answer
-    (`_run.json`'s `answer_seconds`). The start-up and the whole command's time are kept beside it. There
+    worker (and the device server, with `model.worker_models=shared`) has loaded to every worker's last
+    answer (`_run.json`'s `answer_seconds`; the processes' exit is left out too). The start-up and the
+    whole command's time are kept beside it. There
     is no untimed first pass (each run starts fresh processes), so on a GPU each worker's first batch of
     every shape is inside the time: give it enough rows (`--repeat`) to amortize that as a long job does.
     """
@@ -177,7 +178,7 @@ def bench_predict_workers(
         "seconds": timings["answer_seconds"],
         "startup_seconds": timings["startup_seconds"],
         "whole_seconds": timings["wall_seconds"],
-        "workers": workers,
+        "workers": min(workers, len(rows)),  # as `row_ranges` plans them
         "worker_models": config.model.worker_models,
         "real_tokens": counts["real_tokens"],
         "padded_tokens": counts["padded_tokens"],
@@ -383,8 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     """Runs each mode in a child process and prints the table."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.repeat < 1 or args.workers < 1:
-        parser.error(f"--repeat and --workers must be >= 1, got {args.repeat} and {args.workers}")
+    if min(args.n, args.repeat, args.workers) < 1:
+        parser.error(f"--n, --repeat and --workers must be >= 1, got {args.n}, {args.repeat}, {args.workers}")
+    if args.workers > 1 and "predict" not in args.modes.split(","):
+        parser.error("--workers applies to the predict mode only: add predict to --modes")
     if args.mode:
         print(json.dumps(run_mode(args)))
         return 0

@@ -49,8 +49,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         try_write_report(args.output)
     counts, timings = info["counts"], info["timings"]
     print(
-        f"rows {counts['rows_read']}: answered {counts['answered']}, rejected {counts['rejected']} "
-        f"{counts['rejected_by_reason'] or ''} in {timings['wall_seconds']} s (model load "
+        f"rows {counts['rows_read']}: answered {counts['answered']}, rejected {counts['rejected']}"
+        f"{' ' + str(counts['rejected_by_reason']) if counts['rejected_by_reason'] else ''} in "
+        f"{timings['wall_seconds']} s (start-up "
         f"{timings['startup_seconds']} s, then {timings['answer_rows_per_second']} rows/s) -> {args.output}"
     )
     return 0

@@ -38,7 +38,7 @@ def run_info(
     inputs: list[str],
     counts: dict[str, Any],
     wall_seconds: float,
-    startup_seconds: float | None = None,
+    answering: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """The `_run.json` document shared by both engines.
 
@@ -51,18 +51,21 @@ def run_info(
         inputs: The input files (URLs redacted here).
         counts: The engine's counters.
         wall_seconds: The whole job's seconds.
-        startup_seconds: Seconds from the start until the model (every worker's, or the device
-            server's) was loaded and answering began, when the engine knows it (`docqa predict`). The
-            timings then also give the answering part alone: the rate a longer input approaches, since
-            start-up is paid once per job (on a GPU with `--workers`, tens of seconds).
+        answering: Seconds from the job's start to the first and to the end of answering, when the
+            engine knows them (`docqa predict`). Before it: reading the footers, loading the model (every
+            worker's, or the device server's) and preparing the output; after it: closing the files and
+            waiting for worker processes to exit. The timings then give start-up and the answering's own
+            rate, which a longer input approaches (start-up is paid once per job: on a GPU with
+            `--workers`, tens of seconds).
     """
     rows = counts.get("rows_read", 0)
     timings: dict[str, Any] = {
         "wall_seconds": round(wall_seconds, 3),
         "rows_per_second": round(rows / wall_seconds, 3) if wall_seconds > 0 else None,
     }
-    if startup_seconds is not None:
-        answer_seconds = wall_seconds - startup_seconds
+    if answering is not None:
+        startup_seconds, answered_at = answering
+        answer_seconds = answered_at - startup_seconds
         timings["startup_seconds"] = round(startup_seconds, 3)
         timings["answer_seconds"] = round(answer_seconds, 3)
         timings["answer_rows_per_second"] = round(rows / answer_seconds, 3) if answer_seconds > 0 else None
@@ -178,7 +181,7 @@ def predict(
         inputs=files,
         counts=ran.stats.to_dict(),
         wall_seconds=time.perf_counter() - started,
-        startup_seconds=ran.answering_since - started,
+        answering=(ran.answering[0] - started, ran.answering[1] - started),
     )
     if ran.writer is not None:
         ran.writer.close(info)
@@ -195,7 +198,8 @@ def predict(
 class _Ran:
     """What answering the rows produced: counters, the model, and the writer still to close (or None).
 
-    `answering_since` is the `time.perf_counter()` at which the model(s) had loaded and answering began.
+    `answering` holds the `time.perf_counter()` readings at which answering began (the model or models
+    loaded, the output prepared) and ended (the last answer handed to the writer).
     """
 
     stats: EngineStats
@@ -203,7 +207,7 @@ class _Ran:
     revision: str
     device: str
     writer: OutputWriter | None
-    answering_since: float
+    answering: tuple[float, float]
 
 
 def _answer_here(
@@ -218,15 +222,14 @@ def _answer_here(
 ) -> _Ran:
     """All rows in this process, into part 0; the writer is left open for `_run.json`."""
     qa_model = model if model is not None else load_qa_model(config.model)
-    answering_since = time.perf_counter()
     writer = OutputWriter(output_dir, *schemas, config.decode.top_k, overwrite=overwrite)
     engine = QAEngine(qa_model, config)
+    began = time.perf_counter()
     for result in engine.answer_rows(iter_rows(files, config.input)):
         writer.write(result)
         bar.update(1)
-    return _Ran(
-        engine.stats, qa_model.model_id, qa_model.revision, str(qa_model.device), writer, answering_since
-    )
+    answering = (began, time.perf_counter())
+    return _Ran(engine.stats, qa_model.model_id, qa_model.revision, str(qa_model.device), writer, answering)
 
 
 def _answer_in_workers(
@@ -266,15 +269,22 @@ def _answer_in_workers(
         threads,
         "one shared model (device server)" if shared else "a model each",
     )
-    ready_at: list[float] = []
+    marks: list[float] = []  # when answering began (every process loaded) and ended (all done)
 
-    def prepare_when_ready() -> None:  # run_workers calls it once every process has loaded
-        ready_at.append(time.perf_counter())
+    def prepare_and_mark() -> None:  # run_workers calls it once every process has loaded
         prepare()
+        marks.append(time.perf_counter())
 
-    results = run_workers(config, jobs, bar.update, prepare_when_ready, shared=shared)
+    results = run_workers(
+        config,
+        jobs,
+        bar.update,
+        prepare_and_mark,
+        shared=shared,
+        on_finished=lambda: marks.append(time.perf_counter()),
+    )
     stats = EngineStats()
     for result in results:
         stats.add(result.stats)
     first = results[0]
-    return _Ran(stats, first.model_id, first.revision, first.device, None, ready_at[0])
+    return _Ran(stats, first.model_id, first.revision, first.device, None, (marks[0], marks[1]))

@@ -230,7 +230,7 @@ def _run_section(info: dict[str, Any], stats: AnswerStats, figures: _Figures) ->
     ]
     if "startup_seconds" in timings:  # `docqa predict` only: Beam's runners load models on their workers
         summary += [
-            ("start-up seconds (model load)", timings["startup_seconds"]),
+            ("start-up seconds (model load, output prepared)", timings["startup_seconds"]),
             ("rows/s after start-up", timings.get("answer_rows_per_second")),
         ]
     parts = ["<h2>Run</h2>", _table(summary)]

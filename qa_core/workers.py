@@ -166,6 +166,7 @@ def run_workers(
     prepare: Callable[[], None],
     *,
     shared: bool = False,
+    on_finished: Callable[[], None] | None = None,
 ) -> list[WorkerResult]:
     """Starts one spawned process per job (and the device server when `shared`) and waits for all.
 
@@ -177,6 +178,8 @@ def run_workers(
             folder: a model that fails to load leaves an existing output untouched).
         shared: One device server process runs every worker's forwards (`qa_core.device_server`);
             the workers load only the tokenizer.
+        on_finished: Called once every worker has reported `done`, before the processes are waited for
+            (the end of the answering, for the job's timings).
 
     Returns:
         Each worker's result, in part order.
@@ -221,6 +224,8 @@ def run_workers(
                 reply_queue.put(ready[SERVER_PART])
             go.set()
             results = _collect(processes, workers, messages, "done", on_rows)
+            if on_finished is not None:
+                on_finished()
             logger.info("%d workers finished after %.1f s", len(jobs), time.perf_counter() - started)
             finished = True
         finally:

@@ -68,17 +68,21 @@ def test_bench_predict_with_workers_times_the_answering(
     results = {r["mode"]: r for r in json.loads(out.read_text())["results"]}
     predict, bound = results["predict"], results["bound"]
     assert predict["questions"] == bound["questions"] == 12
-    assert predict["padded_tokens"] == bound["padded_tokens"]  # the same batches, split over workers
+    assert predict["real_tokens"] == bound["real_tokens"]  # the same windows, split over two workers
     assert predict["workers"] == 2 and predict["worker_models"] == "per_worker"
-    # Spawned workers import torch and load a model before answering: start-up is outside the figure.
-    assert predict["startup_seconds"] > 0.5
-    assert predict["seconds"] + predict["startup_seconds"] < predict["whole_seconds"] + 0.01
+    # Spawned workers import torch and load a model before answering: start-up is outside the figure,
+    # and so is the workers' exit.
+    assert predict["startup_seconds"] > 0.2
+    assert 0 < predict["seconds"] < predict["whole_seconds"] - predict["startup_seconds"]
     assert "predict: 2 workers (per_worker), start-up" in capsys.readouterr().out
 
 
-def test_bench_rejects_zero_workers(tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize(
+    "bad", [["--workers", "0"], ["--repeat", "0"], ["--n", "0"], ["--workers", "2", "--modes", "bound"]]
+)
+def test_bench_rejects_bad_arguments(tiny_model_dir: Path, bad: list[str]) -> None:
     with pytest.raises(SystemExit):
-        main(["--model", str(tiny_model_dir), "--workers", "0"])
+        main(["--model", str(tiny_model_dir), *bad])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -113,10 +113,9 @@ def test_workers_write_what_one_process_writes(
     assert model == json.loads((tmp_path / "one" / "_run.json").read_text())["model"]
     timings = json.loads((tmp_path / "three" / "_run.json").read_text())["timings"]
     # Start-up lasts until every spawned process has imported torch and loaded its model (or tokenizer).
-    assert timings["startup_seconds"] > 0.5
-    assert timings["startup_seconds"] + timings["answer_seconds"] == pytest.approx(
-        timings["wall_seconds"], abs=0.002
-    )
+    assert timings["startup_seconds"] > 0.2
+    # The workers' exit (after their last answer) is in the wall time only.
+    assert 0 < timings["answer_seconds"] < timings["wall_seconds"] - timings["startup_seconds"]
 
 
 def test_workers_fail_fast_on_a_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
