@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check of `docqa predict --workers` (issue 5), one prepared script, about 3-4 minutes on an H200:
-#   1. the bf16 forward-only bound on all of SQuAD v1.1 dev (10,570 questions: steadier than 2,000);
+#   1. the forward-only bound in the config's dtype (bf16) on all of SQuAD v1.1 dev (10,570 questions:
+#      steadier than 2,000);
 #   2. the CLI end to end on 16 copies of dev (169,120 rows) with a model per worker (16 workers) and with
 #      one shared model in a device server (15 and 16 workers); `_run.json`'s timings split the wall time
 #      into start-up (every process loaded) and answering (`answer_rows_per_second`, the figure to set
@@ -18,14 +19,15 @@ COPIES=16
 N=10570
 CONFIG=configs/dataflow-gpu.yaml
 RUNS=("16 per_worker" "15 shared" "16 shared")
+DTYPE=bf16  # the config's
 if [ "$DEVICE" != cuda ]; then
-    COPIES=1; N=300; CONFIG=configs/local.yaml; RUNS=("2 per_worker" "2 shared")
+    COPIES=1; N=300; CONFIG=configs/local.yaml; RUNS=("2 per_worker" "2 shared"); DTYPE=fp32
 fi
 # shellcheck source=scripts/gpu_common.sh
 source "$(dirname "$0")/gpu_common.sh"  # sets LOG and WORK under OUTDIR, logs the machine
 
-step 90 "$PY" -m benchmarks.bench --device "$DEVICE" --dtype bf16 --n "$N" --data "$DATA" --config "$CONFIG" \
-    --modes bound --json "$OUTDIR/bound-bf16.json"
+step 90 "$PY" -m benchmarks.bench --device "$DEVICE" --dtype "$DTYPE" --n "$N" --data "$DATA" --config "$CONFIG" \
+    --modes bound --json "$OUTDIR/bound.json"
 step 60 "$PY" -m docqa convert-squad --data "$DATA" --output "$WORK/dev.parquet"
 "$PY" -c "
 import sys, pyarrow as pa, pyarrow.parquet as pq
@@ -39,9 +41,11 @@ pq.write_table(pa.concat_tables(parts), sys.argv[2], row_group_size=10_000)
 predict() {  # predict INPUT OUTPUT WORKERS WORKER_MODELS
     step 150 "$PY" -m docqa predict --config "$CONFIG" --input "$1" --output "$2" --overwrite --no-progress \
         --no-report --set "model.device=$DEVICE" --set "model.worker_models=$4" --workers "$3"
-    "$PY" -c "import json, sys; d = json.load(open(sys.argv[1])); print('RESULT', sys.argv[2], 'workers',
-sys.argv[3], d['counts']['rows_read'], 'rows', d['timings'], 'model_seconds', d['counts']['model_seconds'])" \
-        "$2/_run.json" "$4" "$3" 2>&1 | tee -a "$LOG"
+    "$PY" -c "import json, sys; d = json.load(open(sys.argv[1])); t = d['timings']
+bound = [r for r in json.load(open(sys.argv[4]))['results'] if r['mode'] == 'bound'][0]['questions_per_s']
+print('RESULT', sys.argv[2], 'workers', sys.argv[3], d['counts']['rows_read'], 'rows', t, 'model_seconds',
+d['counts']['model_seconds'], 'x bound: answering %.2f, whole %.2f' % (t['answer_rows_per_second'] / bound,
+t['rows_per_second'] / bound))" "$2/_run.json" "$4" "$3" "$OUTDIR/bound.json" 2>&1 | tee -a "$LOG"
 }
 for run in "${RUNS[@]}"; do
     set -- $run
