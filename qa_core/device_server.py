@@ -29,7 +29,7 @@ import torch
 from qa_core.batch import Batch
 from qa_core.config import QAConfig
 from qa_core.model import DeviceFailedError
-from qa_core.processes import picklable, report_error, start_child
+from qa_core.processes import picklable, report_error, skip_final_collection, start_child
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +165,7 @@ def serve(config: QAConfig, requests: Any, replies: list[Any], messages: Any, lo
         messages.put(("ready", SERVER_PART, served))
         for thread in threads:
             thread.join()
+        skip_final_collection()
     except BaseException as err:  # reported to the parent, which fails the job
         report(err)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import os
@@ -20,6 +21,18 @@ def start_child(log_level: int) -> None:
         level=log_level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
     )
     start_parent_watch()
+
+
+def skip_final_collection() -> None:
+    """Shortens a finished spawned process's exit, which its parent waits for, from about 0.85 s to 0.1 s.
+
+    A process that has imported torch and transformers and loaded a model spends most of its exit in
+    Python's last garbage collection over every module's objects (measured on a 2-core CPU). Frozen
+    objects are left out of it; the process ends normally otherwise (finalizers and atexit handlers run:
+    ending with `os._exit` instead left multiprocessing's semaphores to the resource tracker, which warns).
+    Call it when the process's work is done.
+    """
+    gc.freeze()
 
 
 def report_error(messages: Any, part: int, where: str, err: BaseException) -> None:

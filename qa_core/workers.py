@@ -33,7 +33,7 @@ from typing import Any
 from qa_core.config import QAConfig
 from qa_core.device_server import SERVER_PART, ClientChannel, serve, stop_server
 from qa_core.engine import EngineStats
-from qa_core.processes import report_error, start_child
+from qa_core.processes import report_error, skip_final_collection, start_child
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +155,7 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any) -> No
         messages.put(("rows", job.part, done % PROGRESS_EVERY_ROWS))
         result = WorkerResult(job.part, engine.stats, model.model_id, model.revision, str(model.device))
         messages.put(("done", job.part, result))
+        skip_final_collection()
     except BaseException as err:  # reported to the parent, which fails the job
         report_error(messages, job.part, f"predict worker {job.part}", err)
 
