@@ -2,6 +2,6 @@
 
 import sys
 
-from docqa.cli import main
+from docqa.cli import console_main
 
-sys.exit(main())
+sys.exit(console_main())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -167,6 +169,18 @@ def test_pickle_checkpoint_refused(
 def test_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["predict", "--input", str(tmp_path / "nope*.parquet"), "--output", str(tmp_path / "o")])
     assert code == 2 and "no input Parquet files" in capsys.readouterr().err
+
+
+def test_python_m_docqa_exits_with_the_commands_code(tmp_path: Path) -> None:
+    """`python -m docqa` (and the console script) run `console_main`: `main`'s exit code, its message."""
+    missing = str(tmp_path / "nope*.parquet")
+    child = subprocess.run(
+        [sys.executable, "-m", "docqa", "predict", "--input", missing, "--output", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert child.returncode == 2 and "no input Parquet files" in child.stderr
 
 
 def test_convert_then_eval_round_trip(tmp_path: Path, tiny_model_dir: Path) -> None:
