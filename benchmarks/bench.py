@@ -164,9 +164,9 @@ def bench_predict_workers(
     Like the one-process mode, the time excludes loading the model: it runs from the moment every
     worker (and the device server, with `model.worker_models=shared`) has loaded to every worker's last
     answer (`_run.json`'s `answer_seconds`; the processes' exit is left out too). The start-up and the
-    whole command's time are kept beside it. There
-    is no untimed first pass (each run starts fresh processes), so on a GPU each worker's first batch of
-    every shape is inside the time: give it enough rows (`--repeat`) to amortize that as a long job does.
+    whole command's time are kept beside it. There is no untimed first pass (each run starts fresh
+    processes), so on a GPU each worker's first batch of every shape is inside the time: give it enough
+    rows (`--repeat`) to amortize that as a long job does.
     """
     from qa_core.predict import predict
 

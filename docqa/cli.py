@@ -262,7 +262,7 @@ def console_main() -> int:
 
     The process has imported torch and transformers, and Python's last garbage collection over their
     objects took about 0.85 s of every command's exit (2-core CPU; `docqa predict` of the 16-row sample
-    4.3 s -> 3.6 s). Every output is written and closed by now, so the objects are frozen out of that
+    4.2-4.4 s -> 3.4-3.5 s). Every output is written and closed by now, so the objects are frozen out of that
     collection. `main` itself leaves the interpreter alone: tests and other callers run it in-process.
     """
     code = main()
