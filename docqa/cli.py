@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import sys
@@ -14,6 +13,7 @@ from docqa import train_command
 from docqa.user_commands import register as register_user_commands
 from qa_core import __version__
 from qa_core.config import ConfigError, add_config_arguments, config_from_arguments
+from qa_core.processes import skip_final_collection
 
 logger = logging.getLogger("docqa")
 
@@ -260,13 +260,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def console_main() -> int:
     """The `docqa` console script and `python -m docqa`: `main`, then a quicker exit.
 
-    The process has imported torch and transformers, and Python's last garbage collection over their
-    objects took about 0.85 s of every command's exit (2-core CPU; `docqa predict` of the 16-row sample
-    4.2-4.4 s -> 3.4-3.5 s). Every output is written and closed by now, so the objects are frozen out of that
-    collection. `main` itself leaves the interpreter alone: tests and other callers run it in-process.
+    Every output is written and closed by now, so Python's last garbage collection over torch's and
+    transformers' objects is skipped (`skip_final_collection`: `docqa predict` of the 16-row sample
+    4.2-4.4 s -> 3.4-3.5 s). `main` itself leaves the interpreter alone: tests and other callers run it
+    in-process.
     """
     code = main()
-    gc.freeze()
+    skip_final_collection()
     return code
 
 
