@@ -28,14 +28,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from qa_core.aggregate import aggregate
-from qa_core.batch import collate, plan_batches
 from qa_core.config import DEFAULT_MODEL, QAConfig, add_config_arguments, load_config
-from qa_core.decode import decode_batch
-from qa_core.featurize import Featurizer
-from qa_core.model import QAModel, load_qa_model, resolve_device
+from qa_core.evaluation.squad import load_squad, squad_to_table
 from qa_core.records import Feature, Record
-from qa_core.squad import load_squad, squad_to_table
+from qa_core.runtime.model import QAModel, load_qa_model, resolve_device
+from qa_core.stages.aggregate import aggregate
+from qa_core.stages.batch import collate, plan_batches
+from qa_core.stages.decode import decode_batch
+from qa_core.stages.featurize import Featurizer
 
 logger = logging.getLogger("docqa.bench")
 MODES = ("seed", "bound", "predict", "run", "beam-stock")
@@ -139,7 +139,7 @@ def bench_predict(
     model: QAModel, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
 ) -> dict[str, Any]:
     """`docqa predict` in-process, Parquet to Parquet."""
-    from qa_core.predict import predict
+    from qa_core.jobs.predict import predict
 
     source = workdir / "input.parquet"
     pq.write_table(pa.Table.from_pylist(rows), source)
@@ -168,7 +168,7 @@ def bench_predict_workers(
     processes), so on a GPU each worker's first batch of every shape is inside the time: give it enough
     rows (`--repeat`) to amortize that as a long job does.
     """
-    from qa_core.predict import predict
+    from qa_core.jobs.predict import predict
 
     source = workdir / "input.parquet"
     pq.write_table(pa.Table.from_pylist(rows), source)

@@ -13,7 +13,7 @@ from docqa import train_command
 from docqa.user_commands import register as register_user_commands
 from qa_core import __version__
 from qa_core.config import ConfigError, add_config_arguments, config_from_arguments
-from qa_core.processes import skip_final_collection
+from qa_core.jobs.processes import skip_final_collection
 
 logger = logging.getLogger("docqa")
 
@@ -22,20 +22,20 @@ JOB_ERRORS: tuple[type[Exception], ...] = (ConfigError, FileNotFoundError, Permi
 
 
 def _job_errors() -> tuple[type[Exception], ...]:
-    from qa_core.model import DeviceFailedError, ModelLoadError
-    from qa_core.read import InputError
-    from qa_core.workers import WorkerError
-    from qa_core.write import OutputError
+    from qa_core.io.read import InputError
+    from qa_core.io.write import OutputError
+    from qa_core.jobs.workers import WorkerError
+    from qa_core.runtime.model import DeviceFailedError, ModelLoadError
 
     return (*JOB_ERRORS, ModelLoadError, DeviceFailedError, InputError, OutputError, WorkerError, ValueError)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from qa_core.heap import use_system_arrow_pool
-    from qa_core.predict import predict
+    from qa_core.jobs.predict import predict
+    from qa_core.runtime.heap import use_system_arrow_pool
 
     config = config_from_arguments(args)
-    use_system_arrow_pool()  # keeps the resident set flat over long inputs (qa_core.heap)
+    use_system_arrow_pool()  # keeps the resident set flat over long inputs (qa_core.runtime.heap)
     info = predict(
         config,
         args.input,
@@ -45,7 +45,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         workers=args.workers,
     )
     if not args.no_report:
-        from qa_core.report import try_write_report
+        from qa_core.tools.report import try_write_report
 
         try_write_report(args.output)
     counts, timings = info["counts"], info["timings"]
@@ -59,8 +59,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from qa_core.evaluate import evaluate, load_predictions
-    from qa_core.squad import load_squad
+    from qa_core.evaluation.evaluate import evaluate, load_predictions
+    from qa_core.evaluation.squad import load_squad
 
     result = evaluate(load_squad(args.data), load_predictions(args.predictions))
     print(result.format_table())
@@ -71,7 +71,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert_squad(args: argparse.Namespace) -> int:
-    from qa_core.squad import convert_squad
+    from qa_core.evaluation.squad import convert_squad
 
     rows = convert_squad(args.data, args.output)
     print(f"wrote {rows} rows to {args.output}")
@@ -194,7 +194,7 @@ def _run_beam(argv: Sequence[str]) -> int:
     output = _flag_value(args, "--output")
     if code == 0 and output:
         if report:
-            from qa_core.report import try_write_report
+            from qa_core.tools.report import try_write_report
 
             try_write_report(output)
         print(summarize_run(infos[0], output))

@@ -43,7 +43,7 @@ def register(commands: Any) -> None:
     Args:
         commands: The object returned by `ArgumentParser.add_subparsers()`.
     """
-    from qa_core.train_config import TrainConfig
+    from qa_core.train.config import TrainConfig
 
     d = TrainConfig()
     p = commands.add_parser(
@@ -188,7 +188,7 @@ def register(commands: Any) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The `TrainConfig` of parsed `docqa train` arguments."""
-    from qa_core.train_config import TrainConfig
+    from qa_core.train.config import TrainConfig
 
     return TrainConfig(
         learning_rate=args.lr,
@@ -212,7 +212,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def run_train(args: argparse.Namespace) -> int:
     """Runs `docqa train` and prints a one-line summary."""
-    from qa_core.train import train
+    from qa_core.train.trainer import train
 
     result = train(
         args.base,

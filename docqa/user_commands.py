@@ -26,7 +26,7 @@ def _write_json(path: str, document: dict[str, Any]) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from qa_core.report import write_report
+    from qa_core.tools.report import write_report
 
     path = write_report(args.dir, data=args.data)
     print(f"wrote {path}")
@@ -34,8 +34,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from qa_core.calibrate import calibrate, check_model_dir, save_calibration
     from qa_core.config import config_from_arguments
+    from qa_core.evaluation.calibrate import calibrate, check_model_dir, save_calibration
 
     config = config_from_arguments(args)
     model_dir = config.model.name_or_path
@@ -54,7 +54,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 def _cmd_estimate(args: argparse.Namespace) -> int:
     from qa_core.config import config_from_arguments
-    from qa_core.estimate import estimate
+    from qa_core.tools.estimate import estimate
 
     bench = args.bench
     if bench is None and Path(DEFAULT_BENCH).is_file():

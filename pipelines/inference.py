@@ -21,11 +21,11 @@ from typing import Any
 from apache_beam.ml.inference.base import ModelHandler
 
 from pipelines import metrics
-from qa_core.batch import collate
 from qa_core.config import QAConfig
-from qa_core.engine import EngineStats, run_batch_contained
-from qa_core.model import QAModel, load_qa_model
+from qa_core.engine.loop import EngineStats, run_batch_contained
 from qa_core.records import Feature, Record, WindowCandidates
+from qa_core.runtime.model import QAModel, load_qa_model
+from qa_core.stages.batch import collate
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ are opened through Beam's file systems wherever Beam has one for the scheme (loc
 an `InputError` naming the file and row group (Beam's own reader names neither). Large and
 dictionary-encoded string columns are read as plain Python strings.
 
-Writing uses `WriteToParquet` with the explicit schemas of `qa_core.schema`, so both engines write the
+Writing uses `WriteToParquet` with the explicit schemas of `qa_core.io.schema`, so both engines write the
 same tables; it needs a Beam file system for the output's scheme (`beam_filesystem_usable`).
 """
 
@@ -28,7 +28,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import PCollection
 
 from qa_core.config import InputConfig
-from qa_core.read import InputError
+from qa_core.io.read import InputError
 
 # Beam registers its S3 file system even without boto3, which it then needs on first use.
 _SCHEME_NEEDS = {"s3": "boto3"}
@@ -96,7 +96,7 @@ class ReadRows(beam.PTransform):  # type: ignore[type-arg]
     """Files -> row dicts of the configured columns, read one row group per element.
 
     Args:
-        files: Resolved input files (see `qa_core.read.resolve_inputs`).
+        files: Resolved input files (see `qa_core.io.read.resolve_inputs`).
         config: Which columns to read.
     """
 

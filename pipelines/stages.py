@@ -17,14 +17,14 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines import metrics, progress
 from pipelines.inference import RowDone, WindowBatch, WindowFailure
-from qa_core.aggregate import AggregateError, aggregate
-from qa_core.batch import plan_batches
 from qa_core.config import QAConfig
-from qa_core.engine import FEATURIZE_CHUNK_ROWS
-from qa_core.featurize import Featurizer
-from qa_core.model import load_tokenizer
+from qa_core.engine.loop import FEATURIZE_CHUNK_ROWS
 from qa_core.records import Answer, Feature, Reason, Record, Rejection, WindowCandidates
-from qa_core.validate import validate_row
+from qa_core.runtime.model import load_tokenizer
+from qa_core.stages.aggregate import AggregateError, aggregate
+from qa_core.stages.batch import plan_batches
+from qa_core.stages.featurize import Featurizer
+from qa_core.stages.validate import validate_row
 
 REJECTIONS = "rejections"
 # Pieces of rows that one bundle could not complete, keyed by row, for the fallback merge.
@@ -110,7 +110,7 @@ class BucketWindows(beam.DoFn):
     does not sort by length (its length buckets need a streaming `max_batch_duration_secs`), and padding
     to an unsorted batch's longest window wastes about a third of the compute on SQuAD-like data. Rows
     are buffered per bundle (until `sort_buffer_windows` windows), their windows sorted with
-    `qa_core.batch.plan_batches`, and each batch is emitted with the rows whose last window it holds;
+    `qa_core.stages.batch.plan_batches`, and each batch is emitted with the rows whose last window it holds;
     RunInference then runs each batch as one forward pass.
     """
 

@@ -31,8 +31,8 @@ import pyarrow.parquet as pq
 import torch
 
 from qa_core.config import QAConfig, load_config
-from qa_core.model import QAModel, load_qa_model, load_tokenizer
-from qa_core.predict import predict
+from qa_core.jobs.predict import predict
+from qa_core.runtime.model import QAModel, load_qa_model, load_tokenizer
 
 
 def _config(overrides: list[str]) -> QAConfig:

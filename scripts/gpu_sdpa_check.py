@@ -1,7 +1,7 @@
 """Forward-only timing of real SQuAD batch shapes on CUDA, first (cold) and second (warm) pass.
 
 Tells per-shape one-time costs (attention plan building, kernel selection) from steady-state speed, with
-docqa's SDPA backends (`qa_core.model.CUDA_ATTENTION_BACKENDS`, no cuDNN attention) or with cuDNN
+docqa's SDPA backends (`qa_core.runtime.model.CUDA_ATTENTION_BACKENDS`, no cuDNN attention) or with cuDNN
 attention allowed too (torch's own choice):
     python scripts/gpu_sdpa_check.py SQUAD_JSON docqa|with-cudnn bf16|fp32 PAD_MULTIPLE [N_QUESTIONS]
 """
@@ -15,10 +15,10 @@ import torch
 from torch.nn.attention import SDPBackend
 
 from benchmarks.bench import _rows, _windows
-from qa_core import model as qa_model
-from qa_core.batch import collate, plan_batches
 from qa_core.config import load_config
-from qa_core.model import load_qa_model
+from qa_core.runtime import model as qa_model
+from qa_core.runtime.model import load_qa_model
+from qa_core.stages.batch import collate, plan_batches
 
 
 def main() -> None:

@@ -11,8 +11,8 @@ import torch
 
 from pipelines.inference import QAModelHandler, WindowFailure
 from qa_core.config import QAConfig
-from qa_core.model import QAModel
 from qa_core.records import Feature, WindowCandidates
+from qa_core.runtime.model import QAModel
 from tests.test_engine import MarkerModel, PoisonModel
 
 # Marker model: answers span from the token "river" to the token "church".

@@ -22,10 +22,10 @@ import pytest
 
 from pipelines.run import run
 from qa_core.config import load_config
-from qa_core.engine import QAEngine
-from qa_core.model import QAModel
-from qa_core.predict import predict
+from qa_core.engine.loop import QAEngine
+from qa_core.jobs.predict import predict
 from qa_core.records import Answer, Reason, Rejection
+from qa_core.runtime.model import QAModel
 from tests import fakes
 
 ANSWER = "ANSWER"
@@ -301,7 +301,7 @@ MEMORY_SCRIPT = textwrap.dedent(
     """
     import resource, sys
     from qa_core.config import load_config
-    from qa_core.engine import QAEngine
+    from qa_core.engine.loop import QAEngine
     from qa_core.records import Answer
     from tests import fakes
     from tests.test_bad_rows import big_context

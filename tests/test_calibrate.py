@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qa_core.calibrate import candidate_answers, split_sample
-from qa_core.calibration import apply_model_calibration
 from qa_core.config import DecodeConfig, FeaturizeConfig, ModelConfig, QAConfig
-from qa_core.engine import QAEngine
+from qa_core.engine.loop import QAEngine
+from qa_core.evaluation.calibrate import candidate_answers, split_sample
+from qa_core.evaluation.calibration import apply_model_calibration
+from qa_core.evaluation.reliability import CandidateLogits, expected_calibration_error, fit_temperature
+from qa_core.evaluation.squad import load_squad
 from qa_core.records import Answer
-from qa_core.reliability import CandidateLogits, expected_calibration_error, fit_temperature
-from qa_core.squad import load_squad
 from tests.user_commands_data import WORDS, run_command, write_squad
 
 

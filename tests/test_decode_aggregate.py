@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from qa_core.aggregate import AggregateError, aggregate
-from qa_core.batch import collate
 from qa_core.config import DecodeConfig
-from qa_core.decode import DecodeError, _top_candidates, decode_batch
 from qa_core.records import Feature, Record
+from qa_core.stages.aggregate import AggregateError, aggregate
+from qa_core.stages.batch import collate
+from qa_core.stages.decode import DecodeError, _top_candidates, decode_batch
 
 
 @dataclass

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from qa_core.batch import Batch, collate
 from qa_core.config import QAConfig
-from qa_core.device_server import (
+from qa_core.engine.loop import EngineStats, run_batch_contained
+from qa_core.records import Record
+from qa_core.runtime.device_server import (
     ClientChannel,
     DeviceClient,
     ServedModel,
@@ -24,10 +25,9 @@ from qa_core.device_server import (
     _unpack,
     stop_server,
 )
-from qa_core.engine import EngineStats, run_batch_contained
-from qa_core.featurize import Featurizer
-from qa_core.model import DeviceFailedError
-from qa_core.records import Record
+from qa_core.runtime.model import DeviceFailedError
+from qa_core.stages.batch import Batch, collate
+from qa_core.stages.featurize import Featurizer
 
 
 def _batch(model: Any) -> Batch:

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from qa_core.config import BatchConfig, FeaturizeConfig, QAConfig, load_config
-from qa_core.engine import QAEngine
-from qa_core.model import QAModel
+from qa_core.engine.loop import QAEngine
 from qa_core.records import Answer, Feature, Reason, Record, Rejection
+from qa_core.runtime.model import QAModel
 
 UNICODE_CONTEXTS = [
     "東京は日本の首都です。 the capital city of japan is tokyo.",
@@ -221,7 +221,7 @@ def test_poison_row_rejects_only_itself(tiny_model: QAModel) -> None:
 
 
 def test_windows_that_stop_early_are_a_rejection_not_a_silent_cut(tiny_model: QAModel) -> None:
-    from qa_core.featurize import Featurizer
+    from qa_core.stages.featurize import Featurizer
 
     featurizer = Featurizer(tiny_model.tokenizer, QAConfig().featurize)
     context = "the river church"
@@ -249,9 +249,9 @@ def test_prefetch_is_on_for_a_gpu_and_off_for_a_cpu_unless_configured(tiny_model
 def test_cuda_forward_leaves_out_cudnn_attention(tiny_model: QAModel) -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from qa_core.batch import collate
-    from qa_core.featurize import Featurizer
-    from qa_core.model import CUDA_ATTENTION_BACKENDS
+    from qa_core.runtime.model import CUDA_ATTENTION_BACKENDS
+    from qa_core.stages.batch import collate
+    from qa_core.stages.featurize import Featurizer
 
     assert SDPBackend.CUDNN_ATTENTION not in CUDA_ATTENTION_BACKENDS
     assert SDPBackend.EFFICIENT_ATTENTION in CUDA_ATTENTION_BACKENDS  # serves padding masks in bf16

@@ -1,4 +1,4 @@
-"""Tests of qa_core.evaluate: SQuAD normalisation, EM/F1 rules, prediction loading and golden scores."""
+"""qa_core.evaluation.evaluate: SQuAD normalisation, EM/F1 rules, prediction loading, golden scores."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from qa_core.evaluate import (
+from qa_core.evaluation.evaluate import (
     EvalResult,
     EvalScores,
     evaluate,
@@ -20,7 +20,7 @@ from qa_core.evaluate import (
     load_predictions,
     normalize_answer,
 )
-from qa_core.squad import SquadAnswer, SquadDataset, SquadExample, load_squad
+from qa_core.evaluation.squad import SquadAnswer, SquadDataset, SquadExample, load_squad
 
 SQUAD_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"
 

@@ -22,15 +22,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import qa_core.predict
+import qa_core.jobs.predict
 from docqa.cli import main
 from pipelines.run import run
 from qa_core.config import load_config
-from qa_core.engine import QAEngine
-from qa_core.model import QAModel
-from qa_core.predict import predict
+from qa_core.engine.loop import QAEngine
+from qa_core.io.write import OutputError, OutputWriter
+from qa_core.jobs.predict import predict
 from qa_core.records import Answer
-from qa_core.write import OutputError, OutputWriter
+from qa_core.runtime.model import QAModel
 from tests import fakes
 from tests.conftest import write_parquet
 from tests.test_engine import MarkerModel, make_rows
@@ -204,7 +204,7 @@ def test_crash_mid_write_leaves_nothing_that_looks_complete(
     # The engine featurizes 128 rows at a time: with small sort buffers and row groups, the first 128
     # answers are in a half-written part file when the crash comes in the second chunk.
     settings = ["batch.sort_buffer_windows=8", "batch.max_batch_windows=4"]
-    monkeypatch.setattr(qa_core.predict, "OutputWriter", functools.partial(OutputWriter, flush_rows=5))
+    monkeypatch.setattr(qa_core.jobs.predict, "OutputWriter", functools.partial(OutputWriter, flush_rows=5))
     ids = tiny_model.tokenizer.convert_tokens_to_ids([fakes.START_WORD, fakes.END_WORD])
     crashing = fakes.wrap(CrashModel(*ids, crash_at=40), tiny_model.tokenizer, "crash")
     with pytest.raises(KeyboardInterrupt):

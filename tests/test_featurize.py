@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from qa_core.config import FeaturizeConfig
-from qa_core.featurize import Featurizer
-from qa_core.model import QAModel
 from qa_core.records import Feature, Record
-from qa_core.windows import context_mask, window_ranges
+from qa_core.runtime.model import QAModel
+from qa_core.stages.featurize import Featurizer
+from qa_core.stages.windows import context_mask, window_ranges
 
 CONTEXT = (
     "The river flows past the old church. In 1850 the town built a bridge over the river, and in 1901 a "

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from qa_core import heap
 from qa_core.config import ModelConfig
-from qa_core.model import load_qa_model
+from qa_core.runtime import heap
+from qa_core.runtime.model import load_qa_model
 
 MB = 1 << 20
 
@@ -78,7 +78,7 @@ def test_loading_a_cpu_model_caps_the_onednn_caches(
 _SHAPES_SCRIPT = """
 import sys
 import torch
-from qa_core import heap
+from qa_core.runtime import heap
 if sys.argv[1] == "capped":
     heap.cap_onednn_caches()
 layer = torch.nn.Linear(384, 1536).to(torch.bfloat16)

@@ -10,7 +10,7 @@ import qa_core
 
 
 def test_qa_core_imports_no_beam() -> None:
-    modules = [f"qa_core.{m.name}" for m in pkgutil.iter_modules(qa_core.__path__)]
+    modules = [m.name for m in pkgutil.walk_packages(qa_core.__path__, "qa_core.")]
     code = (
         "import importlib, sys\n"
         f"for name in {modules!r}: importlib.import_module(name)\n"

@@ -28,8 +28,8 @@ from pipelines.stages import (
     ValidateRows,
 )
 from qa_core.config import BatchConfig, QAConfig, load_config
-from qa_core.model import QAModel
 from qa_core.records import Answer, Feature, Reason, Record, WindowCandidates
+from qa_core.runtime.model import QAModel
 from tests.conftest import write_parquet
 from tests.test_engine import PoisonModel
 
@@ -155,8 +155,8 @@ def test_validate_rows_transform() -> None:
 def test_featurize_records_in_chunks_match_the_featurizer(tiny_model_dir: Path) -> None:
     """Records featurized in chunks (full ones in process, the rest in finish_bundle): every record once,
     with the windows the featurizer gives it alone, rejections tagged."""
-    from qa_core.featurize import Featurizer
-    from qa_core.model import load_tokenizer
+    from qa_core.runtime.model import load_tokenizer
+    from qa_core.stages.featurize import Featurizer
 
     config = load_config([], [f"model.name_or_path={tiny_model_dir}", "model.device=cpu"])
     contexts = ["the city of the river " * 40, "the team won", "\u200b\u200b", "a school music film " * 3]

@@ -81,10 +81,10 @@ def test_timings_split_start_up_from_answering(
     tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`_run.json` gives start-up (up to a loaded model) and the answering after it, within the wall."""
-    import qa_core.predict
-    from qa_core.write import OutputWriter
+    import qa_core.jobs.predict
+    from qa_core.io.write import OutputWriter
 
-    real_load, real_write = qa_core.predict.load_qa_model, OutputWriter.write
+    real_load, real_write = qa_core.jobs.predict.load_qa_model, OutputWriter.write
 
     def slow_load(config: object) -> object:
         time.sleep(0.3)
@@ -94,7 +94,7 @@ def test_timings_split_start_up_from_answering(
         time.sleep(0.2)
         real_write(self, result)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(qa_core.predict, "load_qa_model", slow_load)
+    monkeypatch.setattr(qa_core.jobs.predict, "load_qa_model", slow_load)
     monkeypatch.setattr(OutputWriter, "write", slow_write)
     code, out = run_predict(tmp_path, tiny_model_dir, "--no-report")
     assert code == 0

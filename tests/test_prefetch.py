@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from qa_core.prefetch import prefetch
+from qa_core.engine.prefetch import prefetch
 
 
 class InputBrokeError(RuntimeError):

@@ -14,11 +14,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qa_core.aggregate import aggregate
-from qa_core.batch import collate
 from qa_core.config import DecodeConfig
-from qa_core.decode import decode_batch
 from qa_core.records import Answer, Feature, Record, SpanScore, WindowCandidates
+from qa_core.stages.aggregate import aggregate
+from qa_core.stages.batch import collate
+from qa_core.stages.decode import decode_batch
 
 PROPERTY_SETTINGS = settings(max_examples=200, deadline=None, derandomize=True)
 PAD_LOGIT = 1e5  # larger than any real logit: padding positions must never be chosen

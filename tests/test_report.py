@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from docqa.cli import main
-from qa_core.report import question_type, write_report
+from qa_core.tools.report import question_type, write_report
 from tests.user_commands_data import run_command, write_squad
 
 SMALL_WINDOWS = [

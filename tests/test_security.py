@@ -140,9 +140,9 @@ def test_secret_beam_options_are_not_written(
 
 
 def test_credentials_in_urls_are_redacted() -> None:
-    from qa_core.predict import run_info
-    from qa_core.read import InputError, resolve_inputs
-    from qa_core.storage import redact_url
+    from qa_core.io.read import InputError, resolve_inputs
+    from qa_core.io.storage import redact_url
+    from qa_core.jobs.predict import run_info
 
     assert redact_url("s3://AKIA:s3cr3t@bucket/in/") == "s3://***@bucket/in/"
     assert redact_url("https://user:s3cr3t@host/a.parquet") == "https://***@host/a.parquet"

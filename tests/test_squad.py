@@ -1,4 +1,4 @@
-"""Tests of qa_core.squad: loading SQuAD files in every container form and converting them to Parquet."""
+"""qa_core.evaluation.squad: loading SQuAD files in every container form, converting them to Parquet."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import fsspec
 import pyarrow.parquet as pq
 import pytest
 
-from qa_core.squad import (
+from qa_core.evaluation.squad import (
     SQUAD_TABLE_SCHEMA,
     SquadAnswer,
     SquadDataset,

@@ -12,10 +12,10 @@ from safetensors.numpy import load_file
 
 from docqa.train_command import main, model_card
 from qa_core.config import ConfigError, FeaturizeConfig
-from qa_core.squad import SquadAnswer, SquadDataset, SquadExample, load_squad
-from qa_core.train import plan_epoch, train
-from qa_core.train_config import TrainConfig
-from qa_core.train_data import build_train_windows
+from qa_core.evaluation.squad import SquadAnswer, SquadDataset, SquadExample, load_squad
+from qa_core.train.config import TrainConfig
+from qa_core.train.data import build_train_windows
+from qa_core.train.trainer import plan_epoch, train
 
 SUBJECTS = ["city", "school", "team", "river", "church", "film", "state", "country", "region", "university"]
 VERBS = ["founded", "known", "called", "made", "used"]
@@ -67,7 +67,7 @@ def _tokenizer(model_dir: Path) -> Any:
 
 
 def test_labels_point_at_answer_tokens_or_cls(tiny_model_dir: Path) -> None:
-    from qa_core.featurize import Featurizer
+    from qa_core.stages.featurize import Featurizer
 
     words = " ".join(f"{w} and" for w in SUBJECTS * 3)
     context = f"{words} the answer is great music {words}"
@@ -95,7 +95,7 @@ def test_labels_point_at_answer_tokens_or_cls(tiny_model_dir: Path) -> None:
 
 
 def test_mismatched_and_missing_answers_are_counted(tiny_model_dir: Path) -> None:
-    from qa_core.featurize import Featurizer
+    from qa_core.stages.featurize import Featurizer
 
     good, other = _examples(2)
     bad = SquadExample("bad", "t", good.context, good.question, (SquadAnswer("zzz", 0),), False)
@@ -228,7 +228,7 @@ def test_resume_continues_the_same_run(tiny_model_dir: Path, tmp_path: Path) -> 
 
 @pytest.mark.skipif(not SQUAD_TRAIN.is_file(), reason="shared SQuAD train file absent")
 def test_real_squad_windows_are_labelled(tiny_model_dir: Path) -> None:
-    from qa_core.featurize import Featurizer
+    from qa_core.stages.featurize import Featurizer
 
     dataset = load_squad(str(SQUAD_TRAIN))
     _, stats = build_train_windows(

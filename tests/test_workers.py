@@ -18,11 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from docqa.cli import main
-from qa_core import workers
 from qa_core.config import InputConfig
-from qa_core.engine import EngineStats
-from qa_core.read import iter_rows
-from qa_core.workers import row_ranges
+from qa_core.engine.loop import EngineStats
+from qa_core.io.read import iter_rows
+from qa_core.jobs import workers
+from qa_core.jobs.workers import row_ranges
 from tests.test_bad_files import ROWS, assert_job_error, corrupt_pages, docqa, good_file
 from tests.test_predict_cli import ROWS as CLI_ROWS
 

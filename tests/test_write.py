@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from qa_core.io.schema import ANSWERS_DIR, REJECTIONS_DIR, answer_schema, rejection_schema
+from qa_core.io.write import OutputWriter
 from qa_core.records import Answer, Reason, Rejection
-from qa_core.schema import ANSWERS_DIR, REJECTIONS_DIR, answer_schema, rejection_schema
-from qa_core.write import OutputWriter
 
 
 def _answer(i: int) -> Answer:

@@ -10,7 +10,7 @@ parent only plans the ranges, shows progress, adds up the counters and writes `_
 
 Workers are spawned (never forked: CUDA and torch's thread pools do not survive a fork) and share the
 host's cores: each gets `cores // N` torch and tokenizer threads. With `shared=True` (`model.worker_models`)
-the workers load no model: one more process, the device server (`qa_core.device_server`), owns it and runs
+the workers load no model: one more process, the device server (`runtime.device_server`), owns it and runs
 every worker's batches.
 """
 
@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from qa_core.config import QAConfig
-from qa_core.device_server import SERVER_PART, ClientChannel, serve, stop_server
-from qa_core.engine import EngineStats
-from qa_core.processes import report_error, skip_final_collection, start_child
+from qa_core.engine.loop import EngineStats
+from qa_core.jobs.processes import report_error, skip_final_collection, start_child
+from qa_core.runtime.device_server import SERVER_PART, ClientChannel, serve, stop_server
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class WorkerJob:
         rejection_schema: Arrow schema of the rejections table.
         threads: Torch and tokenizer threads for this worker.
         log_level: The parent's logging level (a spawned process starts with logging unset).
-        system_arrow_pool: Whether the parent put Arrow on the system allocator (`qa_core.heap`), which a
+        system_arrow_pool: Whether the parent put Arrow on the system allocator (`runtime.heap`), which a
             spawned process does not inherit.
         channel: Queues to the device server when the workers share one model (set by `run_workers`);
             None: the worker loads its own.
@@ -117,12 +117,12 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any) -> No
     try:
         import torch
 
-        from qa_core.device_server import DeviceClient
-        from qa_core.engine import QAEngine
-        from qa_core.heap import use_system_arrow_pool
-        from qa_core.model import load_qa_model, load_tokenizer
-        from qa_core.read import iter_rows
-        from qa_core.write import OutputWriter
+        from qa_core.engine.loop import QAEngine
+        from qa_core.io.read import iter_rows
+        from qa_core.io.write import OutputWriter
+        from qa_core.runtime.device_server import DeviceClient
+        from qa_core.runtime.heap import use_system_arrow_pool
+        from qa_core.runtime.model import load_qa_model, load_tokenizer
 
         torch.set_num_threads(job.threads)
         if job.system_arrow_pool:
@@ -177,7 +177,7 @@ def run_workers(
         on_rows: Called with a number of newly answered rows (the progress bar).
         prepare: Called once every worker has loaded its model, before any writes (prepares the output
             folder: a model that fails to load leaves an existing output untouched).
-        shared: One device server process runs every worker's forwards (`qa_core.device_server`);
+        shared: One device server process runs every worker's forwards (`qa_core.runtime.device_server`);
             the workers load only the tokenizer.
         on_finished: Called once every worker has reported `done`, before the processes are waited for
             (the end of the answering, for the job's timings).

@@ -1,4 +1,4 @@
-"""Configuration and result records of `docqa train` (see `qa_core.train`)."""
+"""Configuration and result records of `docqa train` (see `qa_core.train.trainer`)."""
 
 from __future__ import annotations
 

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from qa_core.batch import Batch
 from qa_core.config import QAConfig
-from qa_core.model import DeviceFailedError
-from qa_core.processes import picklable, report_error, skip_final_collection, start_child
+from qa_core.jobs.processes import picklable, report_error, skip_final_collection, start_child
+from qa_core.runtime.model import DeviceFailedError
+from qa_core.stages.batch import Batch
 
 logger = logging.getLogger(__name__)
 
@@ -123,11 +123,11 @@ def serve(config: QAConfig, requests: Any, replies: list[Any], messages: Any, lo
     """The server process: loads the model, reports `ready`, answers requests until stopped.
 
     Reports `("ready", SERVER_PART, ServedModel)` or `("error", SERVER_PART, exception)` on `messages`
-    (the workers' queue, read by `qa_core.workers.run_workers`). A server thread that fails outside a
+    (the workers' queue, read by `qa_core.jobs.workers.run_workers`). A server thread that fails outside a
     forward (a broken queue) reports its error and ends the process, so the parent fails the job instead
     of the workers waiting for replies that never come.
     """
-    from qa_core.model import load_qa_model, resolve_device
+    from qa_core.runtime.model import load_qa_model, resolve_device
 
     start_child(log_level)
 
@@ -152,7 +152,7 @@ def serve(config: QAConfig, requests: Any, replies: list[Any], messages: Any, lo
             torch.set_num_threads(max(1, torch.get_num_threads() // SERVER_THREADS))
         if torch.cuda.is_available():
             # Set once for the process: per-call `sdpa_kernel` contexts of two threads could interleave
-            # and let cuDNN attention (a plan build per new batch shape) in (see qa_core.model).
+            # and let cuDNN attention (a plan build per new batch shape) in (see qa_core.runtime.model).
             torch.backends.cuda.enable_cudnn_sdp(False)
         model = load_qa_model(config.model)
         served = ServedModel(model.model_id, model.revision, str(model.device), model.pad_token_id)

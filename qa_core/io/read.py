@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qa_core.config import InputConfig
-from qa_core.storage import bucket_problem, describe_storage_error, redact_url, to_url, url_to_fs
+from qa_core.io.storage import bucket_problem, describe_storage_error, redact_url, to_url, url_to_fs
 
 logger = logging.getLogger(__name__)
 

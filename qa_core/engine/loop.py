@@ -5,7 +5,7 @@ buffered, the buffer is batched by length, run, decoded and aggregated, and its 
 input order. On a GPU the host-side half (read, validate, tokenize, plan) of the next buffer runs in a
 prefetch thread while the model runs on the current one (`batch.prefetch_buffers`). Memory is bounded by
 the buffers in flight, whatever the input size; on a CPU glibc's heap is trimmed after a batch once
-128 MiB of freed memory have piled up, and model loading caps oneDNN's per-shape caches (`qa_core.heap`).
+128 MiB of freed memory have piled up, and model loading caps oneDNN's per-shape caches (`runtime.heap`).
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ from typing import Any
 
 import torch
 
-from qa_core.aggregate import aggregate
-from qa_core.batch import Batch, collate, plan_batches
 from qa_core.config import QAConfig
-from qa_core.decode import decode_batch
-from qa_core.featurize import Featurizer
-from qa_core.heap import release_free_heap
-from qa_core.model import DeviceFailedError, QAModel
-from qa_core.prefetch import prefetch
+from qa_core.engine.prefetch import prefetch
 from qa_core.records import Answer, Feature, Reason, Record, Rejection, WindowCandidates
-from qa_core.validate import validate_row
+from qa_core.runtime.heap import release_free_heap
+from qa_core.runtime.model import DeviceFailedError, QAModel
+from qa_core.stages.aggregate import aggregate
+from qa_core.stages.batch import Batch, collate, plan_batches
+from qa_core.stages.decode import decode_batch
+from qa_core.stages.featurize import Featurizer
+from qa_core.stages.validate import validate_row
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def _forward_and_decode(
         stats.padded_tokens += batch.padded_tokens
     if model.computes_on_host:
         # The batch's activations (host memory on a CPU) are freed: hand their pages back
-        # (qa_core.heap). On a GPU they live on the device and the trim's ~2 ms would be pure cost.
+        # (qa_core.runtime.heap). On a GPU they live on the device and the trim's ~2 ms would be pure cost.
         release_free_heap()
     return out
 

@@ -30,11 +30,18 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from qa_core.evaluate import EvalResult, evaluate, load_predictions
-from qa_core.read import InputError
-from qa_core.reliability import expected_calibration_error, is_correct, reliability_bins
-from qa_core.schema import ANSWERS_DIR, COMPLETED_FILE, REJECTIONS_DIR, REPORT_DIR, REPORT_FILE, RUN_INFO_FILE
-from qa_core.squad import SquadDataset, load_squad
+from qa_core.evaluation.evaluate import EvalResult, evaluate, load_predictions
+from qa_core.evaluation.reliability import expected_calibration_error, is_correct, reliability_bins
+from qa_core.evaluation.squad import SquadDataset, load_squad
+from qa_core.io.read import InputError
+from qa_core.io.schema import (
+    ANSWERS_DIR,
+    COMPLETED_FILE,
+    REJECTIONS_DIR,
+    REPORT_DIR,
+    REPORT_FILE,
+    RUN_INFO_FILE,
+)
 
 logger = logging.getLogger(__name__)
 # matplotlib logs every categorical axis at INFO; keep run logs readable.

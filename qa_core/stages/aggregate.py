@@ -102,7 +102,7 @@ def aggregate(record: Record, candidates: Sequence[WindowCandidates], config: De
         null_logit = min(nulls)
 
     all_logits = logits if null_logit is None else np.append(logits, null_logit)
-    # Temperature scaling (1.0 unless the model ships a calibration, see qa_core.calibration).
+    # Temperature scaling (1.0 unless the model ships a calibration, see qa_core.evaluation.calibration).
     probs = _softmax(all_logits / config.temperature)
     # Only the spans that can be returned are materialized (`top_k`; the null answer is ranked among
     # them below, and anything it pushes past `top_k` is cut anyway).

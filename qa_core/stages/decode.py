@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from qa_core.batch import Batch
 from qa_core.records import WindowCandidates
+from qa_core.stages.batch import Batch
 
 
 class DecodeError(ValueError):

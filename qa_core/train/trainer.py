@@ -2,7 +2,7 @@
 
 The objective is the usual SQuAD one: the mean of the cross-entropy of the gold start token and of the
 gold end token, each a softmax over the window's real tokens (padding masked). Windows come from the
-inference featurizer (`qa_core.train_data`). Batches are length-grouped: each epoch's windows are
+inference featurizer (`qa_core.train.data`). Batches are length-grouped: each epoch's windows are
 shuffled with a seeded generator, cut into chunks of `sort_chunk_batches` batches, sorted by length
 inside a chunk, split into batches and the batches of a chunk shuffled again, so batches are padded
 little yet their lengths do not drift along the run.
@@ -32,12 +32,12 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from tqdm import tqdm
 
-from qa_core.batch import collate
 from qa_core.config import ConfigError, FeaturizeConfig
-from qa_core.featurize import Featurizer
-from qa_core.squad import load_squad
-from qa_core.train_config import RESUME_FREE_FIELDS, TrainConfig, TrainResult
-from qa_core.train_data import TrainWindow, build_train_windows, load_ambiguous_ids
+from qa_core.evaluation.squad import load_squad
+from qa_core.stages.batch import collate
+from qa_core.stages.featurize import Featurizer
+from qa_core.train.config import RESUME_FREE_FIELDS, TrainConfig, TrainResult
+from qa_core.train.data import TrainWindow, build_train_windows, load_ambiguous_ids
 
 logger = logging.getLogger(__name__)
 
@@ -411,11 +411,11 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """EM/F1 of a model directory on a SQuAD file, with docqa's own inference engine and evaluator."""
     from qa_core.config import ModelConfig, QAConfig
-    from qa_core.engine import QAEngine
-    from qa_core.evaluate import evaluate
-    from qa_core.model import load_qa_model
+    from qa_core.engine.loop import QAEngine
+    from qa_core.evaluation.evaluate import evaluate
+    from qa_core.evaluation.squad import SquadDataset, squad_to_table
     from qa_core.records import Answer
-    from qa_core.squad import SquadDataset, squad_to_table
+    from qa_core.runtime.model import load_qa_model
 
     dataset = load_squad(squad_path)
     if limit is not None:

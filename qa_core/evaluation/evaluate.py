@@ -21,7 +21,7 @@ from typing import Any
 import fsspec
 import pyarrow.parquet as pq
 
-from qa_core.squad import SquadDataset
+from qa_core.evaluation.squad import SquadDataset
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ held-out half, so the held-out figures never use a question the temperature was 
 one paragraph can land in both halves (they share a context, not a question).
 
 Candidate logits: the fit needs every candidate logit of a row, not only the top-1 score. Rather than
-re-implementing the candidate merging of `qa_core.aggregate`, this module runs the engine's public stages
+re-implementing the candidate merging of `stages.aggregate`, this module runs the engine's public stages
 (validate, featurize, plan/collate, `run_batch_contained`, which decodes with the job's `n_best`) and then
 calls `aggregate` itself with a copy of the decode config whose `top_k` (and `n_best`, which `aggregate`
 does not use) is unbounded and whose temperature is 1: the returned `top_k` list is then exactly the
@@ -33,17 +33,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from qa_core.aggregate import aggregate
-from qa_core.batch import collate, plan_batches
-from qa_core.calibration import CALIBRATION_FILE, write_calibration
 from qa_core.config import ConfigError, QAConfig
-from qa_core.engine import run_batch_contained
-from qa_core.featurize import Featurizer
-from qa_core.model import QAModel, load_qa_model
+from qa_core.engine.loop import run_batch_contained
+from qa_core.evaluation.calibration import CALIBRATION_FILE, write_calibration
+from qa_core.evaluation.reliability import LOG_T_RANGE, CandidateLogits, fit_temperature, is_correct
+from qa_core.evaluation.squad import SquadExample, load_squad
 from qa_core.records import Answer, Feature, Record, WindowCandidates
-from qa_core.reliability import LOG_T_RANGE, CandidateLogits, fit_temperature, is_correct
-from qa_core.squad import SquadExample, load_squad
-from qa_core.validate import validate_row
+from qa_core.runtime.model import QAModel, load_qa_model
+from qa_core.stages.aggregate import aggregate
+from qa_core.stages.batch import collate, plan_batches
+from qa_core.stages.featurize import Featurizer
+from qa_core.stages.validate import validate_row
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Training windows: SQuAD examples cut by the inference `Featurizer` and labelled with answer tokens.
 
-Training and inference share one windowing code path (`qa_core.featurize.Featurizer`), so the model is
+Training and inference share one windowing code path (`qa_core.stages.featurize.Featurizer`), so the model is
 trained on exactly the windows it later answers from. Each example's first gold answer, the character
 span `[answer_start, answer_start + len(text))`, becomes a label per window: the context tokens covering
 the answer's first and last character, or the window's CLS token (both labels) when the answer is not
@@ -29,9 +29,9 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from qa_core.featurize import Featurizer
+from qa_core.evaluation.squad import SquadDataset
 from qa_core.records import Feature, Record, Rejection
-from qa_core.squad import SquadDataset
+from qa_core.stages.featurize import Featurizer
 
 logger = logging.getLogger(__name__)
 

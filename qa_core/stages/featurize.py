@@ -2,7 +2,7 @@
 
 The windows are the fast (Rust) tokenizer's overflow windows of `truncation="only_second"`: the whole
 (possibly cut) question in every window, sliding over the context with `doc_stride` tokens of overlap.
-They are built from each distinct context of a call tokenized once (`qa_core.windows`; SQuAD dev
+They are built from each distinct context of a call tokenized once (`qa_core.stages.windows`; SQuAD dev
 featurized 2.9x faster on one core, identical windows) when the tokenizer's pair template allows, else
 from the tokenizer's pair encoding itself. Offsets come from the tokenizer's offset mapping, so they
 index code points of the original context string, whatever the normalizer does (lower-casing, accent
@@ -19,7 +19,7 @@ import numpy as np
 
 from qa_core.config import FeaturizeConfig
 from qa_core.records import Feature, Reason, Record, Rejection
-from qa_core.windows import PairTemplate, TokenizedText, Window, pair_window, window_ranges
+from qa_core.stages.windows import PairTemplate, TokenizedText, Window, pair_window, window_ranges
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class Featurizer:
         template: PairTemplate,
         results: list[list[Feature] | Rejection | None],
     ) -> None:
-        """Windows from questions and distinct contexts tokenized once each (`qa_core.windows`)."""
+        """Windows from questions and distinct contexts tokenized once each (`qa_core.stages.windows`)."""
         distinct = list(dict.fromkeys(records[i].context for i, _ in todo))
         encoded = self._questions.encode_batch(distinct, add_special_tokens=False)
         contexts = {c: TokenizedText.from_encoding(e) for c, e in zip(distinct, encoded, strict=True)}

@@ -4,7 +4,7 @@
 2. A stratified sample (`sample` rows, one drawn at random from each of `sample` equal runs of
    consecutive rows, so spread over every file and row group) is read with column projection, validated
    and featurized with the model's tokenizer, exactly as the job does.
-3. The sampled windows are planned into batches with `qa_core.batch.plan_batches` in sort buffers of
+3. The sampled windows are planned into batches with `qa_core.stages.batch.plan_batches` in sort buffers of
    `batch.sort_buffer_windows` windows. When the sample has fewer windows than one buffer (and the job
    will have more), the sample is repeated to fill it, so the padding reflects full buffers.
 4. Per-row means are scaled to all rows; padded tokens = real tokens / padding efficiency.
@@ -32,13 +32,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from qa_core.batch import padded_length, plan_batches
 from qa_core.config import ConfigError, QAConfig
-from qa_core.featurize import Featurizer
-from qa_core.model import load_tokenizer
-from qa_core.read import InputError, read_input_schema, resolve_inputs
+from qa_core.io.read import InputError, read_input_schema, resolve_inputs
 from qa_core.records import Feature, Record, Rejection
-from qa_core.validate import validate_row
+from qa_core.runtime.model import load_tokenizer
+from qa_core.stages.batch import padded_length, plan_batches
+from qa_core.stages.featurize import Featurizer
+from qa_core.stages.validate import validate_row
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from qa_core.evaluate import exact_match, normalize_answer
-from qa_core.squad import SquadExample
+from qa_core.evaluation.evaluate import exact_match, normalize_answer
+from qa_core.evaluation.squad import SquadExample
 
 FloatArray = npt.NDArray[np.float64]
 LOG_T_RANGE = (-3.0, 3.0)

@@ -17,8 +17,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from qa_core.records import Answer, Rejection
-from qa_core.schema import (
+from qa_core.io.schema import (
     ANSWERS_DIR,
     COMPLETED_FILE,
     REJECTIONS_DIR,
@@ -29,7 +28,8 @@ from qa_core.schema import (
     rejection_to_row,
     rows_to_table,
 )
-from qa_core.storage import bucket_problem, describe_storage_error
+from qa_core.io.storage import bucket_problem, describe_storage_error
+from qa_core.records import Answer, Rejection
 
 logger = logging.getLogger(__name__)
 

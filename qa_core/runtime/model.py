@@ -19,9 +19,9 @@ import torch
 from safetensors import SafetensorError
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from qa_core.batch import Batch
 from qa_core.config import ModelConfig
-from qa_core.heap import cap_onednn_caches
+from qa_core.runtime.heap import cap_onednn_caches
+from qa_core.stages.batch import Batch
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ def load_qa_model(config: ModelConfig) -> QAModel:
     Args:
         config: Which checkpoint, dtype, device and safety switches.
 
-    On a CPU it also caps ideep's and oneDNN's per-shape caches for this process (`qa_core.heap`), unless
+    On a CPU it also caps ideep's and oneDNN's per-shape caches for this process (`runtime.heap`), unless
     the environment sets them.
 
     Raises:

@@ -15,15 +15,15 @@ import torch
 from tqdm import tqdm
 
 from qa_core import __version__
-from qa_core.calibration import apply_model_calibration
 from qa_core.config import QAConfig
-from qa_core.engine import EngineStats, QAEngine
-from qa_core.model import QAModel, load_qa_model, load_tokenizer, resolve_device
-from qa_core.read import count_rows, iter_rows, read_input_schema, resolve_inputs
-from qa_core.schema import answer_schema, rejection_schema
-from qa_core.storage import redact_url
-from qa_core.workers import WorkerJob, row_ranges, run_workers
-from qa_core.write import OutputWriter, check_output, mark_completed, prepare_output
+from qa_core.engine.loop import EngineStats, QAEngine
+from qa_core.evaluation.calibration import apply_model_calibration
+from qa_core.io.read import count_rows, iter_rows, read_input_schema, resolve_inputs
+from qa_core.io.schema import answer_schema, rejection_schema
+from qa_core.io.storage import redact_url
+from qa_core.io.write import OutputWriter, check_output, mark_completed, prepare_output
+from qa_core.jobs.workers import WorkerJob, row_ranges, run_workers
+from qa_core.runtime.model import QAModel, load_qa_model, load_tokenizer, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def predict(
         overwrite: Replace an existing output.
         progress: Show a progress bar with rows/s on stderr.
         model: An already loaded model (tests, benchmarks); loaded from `config.model` when None.
-        workers: Processes answering contiguous row ranges (`qa_core.workers`; for a GPU that one
+        workers: Processes answering contiguous row ranges (`qa_core.jobs.workers`; for a GPU that one
             process's host work leaves idle), each with its own model copy or all served by one device
             server process (`model.worker_models`). 1: in this process.
 
@@ -243,9 +243,9 @@ def _answer_in_workers(
     prepare: Callable[[], None],
     shared: bool,
 ) -> _Ran:
-    """Rows split over worker processes (`qa_core.workers`), one part file pair each.
+    """Rows split over worker processes (`qa_core.jobs.workers`), one part file pair each.
 
-    With `shared`, one device server process runs every worker's forwards (`qa_core.device_server`).
+    With `shared`, one device server process runs every worker's forwards (`qa_core.runtime.device_server`).
     """
     threads = max(1, torch.get_num_threads() // len(ranges))
     jobs = [
