@@ -31,7 +31,8 @@ import torch
 from qa_core.config import DEFAULT_MODEL, QAConfig, add_config_arguments, load_config
 from qa_core.evaluation.squad import load_squad, squad_to_table
 from qa_core.records import Feature, Record
-from qa_core.runtime.model import QAModel, load_qa_model, resolve_device
+from qa_core.runtime.loading import load_qa_model, resolve_device
+from qa_core.runtime.torch_runner import TorchRunner
 from qa_core.stages.aggregate import aggregate
 from qa_core.stages.batch import collate, plan_batches
 from qa_core.stages.decode import decode_batch
@@ -55,7 +56,7 @@ def _records(rows: list[dict[str, Any]]) -> list[Record]:
     return [Record(str(i), r["id"], r["question"], r["context"]) for i, r in enumerate(rows)]
 
 
-def _windows(model: QAModel, config: QAConfig, rows: list[dict[str, Any]]) -> list[Feature]:
+def _windows(model: TorchRunner, config: QAConfig, rows: list[dict[str, Any]]) -> list[Feature]:
     featurizer = Featurizer(model.tokenizer, config.featurize)
     out: list[Feature] = []
     for result in featurizer.featurize(_records(rows)):
@@ -64,11 +65,11 @@ def _windows(model: QAModel, config: QAConfig, rows: list[dict[str, Any]]) -> li
     return out
 
 
-def _warm_up(model: QAModel, windows: list[Feature]) -> None:
+def _warm_up(model: TorchRunner, windows: list[Feature]) -> None:
     model.forward(collate(windows[:4], model.pad_token_id, 8))
 
 
-def _full_warm_up(model: QAModel) -> bool:
+def _full_warm_up(model: TorchRunner) -> bool:
     """Whether a mode runs once untimed over all its rows before the timed run.
 
     On CUDA the first batch of each new (B, P) shape pays one-time costs (kernel selection, attention
@@ -80,7 +81,9 @@ def _full_warm_up(model: QAModel) -> bool:
     return model.device.type == "cuda"
 
 
-def bench_seed(model: QAModel, config: QAConfig, rows: list[dict[str, Any]], workdir: Path) -> dict[str, Any]:
+def bench_seed(
+    model: TorchRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
+) -> dict[str, Any]:
     """One question at a time, its windows in one batch padded to their own longest."""
     featurizer = Featurizer(model.tokenizer, config.featurize)
 
@@ -105,7 +108,7 @@ def bench_seed(model: QAModel, config: QAConfig, rows: list[dict[str, Any]], wor
 
 
 def bench_bound(
-    model: QAModel, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
+    model: TorchRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
 ) -> dict[str, Any]:
     """Forward only over length-sorted, pre-tokenized, pre-padded batches."""
     windows = _windows(model, config, rows)
@@ -136,7 +139,7 @@ def bench_bound(
 
 
 def bench_predict(
-    model: QAModel, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
+    model: TorchRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
 ) -> dict[str, Any]:
     """`docqa predict` in-process, Parquet to Parquet."""
     from qa_core.jobs.predict import predict
@@ -185,7 +188,9 @@ def bench_predict_workers(
     }
 
 
-def bench_run(model: QAModel, config: QAConfig, rows: list[dict[str, Any]], workdir: Path) -> dict[str, Any]:
+def bench_run(
+    model: TorchRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
+) -> dict[str, Any]:
     """`docqa run` on DirectRunner, Parquet to Parquet, whole job."""
     from pipelines.run import run
 
@@ -215,7 +220,7 @@ def bench_run(model: QAModel, config: QAConfig, rows: list[dict[str, Any]], work
 
 
 def bench_beam_stock(
-    model: QAModel, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
+    model: TorchRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
 ) -> dict[str, Any]:
     """Beam's PytorchModelHandlerKeyedTensor: windows padded to max_seq_len, Beam's own batching."""
     import apache_beam as beam

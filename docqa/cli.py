@@ -12,7 +12,8 @@ from typing import Any
 from docqa import train_command
 from docqa.user_commands import register as register_user_commands
 from qa_core import __version__
-from qa_core.config import ConfigError, add_config_arguments, config_from_arguments
+from qa_core.config import add_config_arguments, config_from_arguments
+from qa_core.errors import ConfigError
 from qa_core.jobs.processes import skip_final_collection
 
 logger = logging.getLogger("docqa")
@@ -22,10 +23,7 @@ JOB_ERRORS: tuple[type[Exception], ...] = (ConfigError, FileNotFoundError, Permi
 
 
 def _job_errors() -> tuple[type[Exception], ...]:
-    from qa_core.io.read import InputError
-    from qa_core.io.write import OutputError
-    from qa_core.jobs.workers import WorkerError
-    from qa_core.runtime.model import DeviceFailedError, ModelLoadError
+    from qa_core.errors import DeviceFailedError, InputError, ModelLoadError, OutputError, WorkerError
 
     return (*JOB_ERRORS, ModelLoadError, DeviceFailedError, InputError, OutputError, WorkerError, ValueError)
 

@@ -24,7 +24,8 @@ from pipelines import metrics
 from qa_core.config import QAConfig
 from qa_core.engine.loop import EngineStats, run_batch_contained
 from qa_core.records import Feature, Record, WindowCandidates
-from qa_core.runtime.model import QAModel, load_qa_model
+from qa_core.runtime.loading import load_qa_model
+from qa_core.runtime.torch_runner import TorchRunner
 from qa_core.stages.batch import collate
 
 
@@ -71,8 +72,8 @@ class WindowBatch:
         return len(self.features)
 
 
-class QAModelHandler(ModelHandler[Feature, WindowCandidates | WindowFailure | RowDone, QAModel]):
-    """Loads one `QAModel` per worker process (RunInference shares it between DoFn instances).
+class QAModelHandler(ModelHandler[Feature, WindowCandidates | WindowFailure | RowDone, TorchRunner]):
+    """Loads one `TorchRunner` per worker process (RunInference shares it between DoFn instances).
 
     Args:
         config: The job config (model section for loading, batch/decode for running).
@@ -84,13 +85,13 @@ class QAModelHandler(ModelHandler[Feature, WindowCandidates | WindowFailure | Ro
         super().__init__(model_copies=model_copies)
         self._config = config
 
-    def load_model(self) -> QAModel:
+    def load_model(self) -> TorchRunner:
         return load_qa_model(self._config.model)
 
     def run_inference(
         self,
         batch: Sequence[Feature],
-        model: QAModel,
+        model: TorchRunner,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[WindowCandidates | WindowFailure | RowDone]:
         padded = collate(list(batch), model.pad_token_id, self._config.batch.pad_to_multiple_of)

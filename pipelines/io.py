@@ -28,7 +28,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import PCollection
 
 from qa_core.config import InputConfig
-from qa_core.io.read import InputError
+from qa_core.errors import InputError
 
 # Beam registers its S3 file system even without boto3, which it then needs on first use.
 _SCHEME_NEEDS = {"s3": "boto3"}

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from apache_beam.runners.runner import PipelineRunner
 
 from qa_core.config import QAConfig, add_config_arguments, config_from_arguments
+from qa_core.errors import OutputError
 from qa_core.evaluation.calibration import apply_model_calibration
 from qa_core.io.read import InputSchema, count_rows, read_input_schema, resolve_inputs
 from qa_core.io.schema import (
@@ -60,9 +61,9 @@ from qa_core.io.schema import (
     rejection_schema,
     rejection_to_row,
 )
-from qa_core.io.write import OutputError, check_output, mark_completed, prepare_output
+from qa_core.io.write import check_output, mark_completed, prepare_output
 from qa_core.jobs.predict import run_info
-from qa_core.runtime.model import describe_model, load_tokenizer
+from qa_core.runtime.loading import describe_model, load_tokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from pipelines.inference import RowDone, WindowBatch, WindowFailure
 from qa_core.config import QAConfig
 from qa_core.engine.loop import FEATURIZE_CHUNK_ROWS
 from qa_core.records import Answer, Feature, Reason, Record, Rejection, WindowCandidates
-from qa_core.runtime.model import load_tokenizer
+from qa_core.runtime.loading import load_tokenizer
 from qa_core.stages.aggregate import AggregateError, aggregate
 from qa_core.stages.batch import plan_batches
 from qa_core.stages.featurize import Featurizer

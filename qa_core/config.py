@@ -20,6 +20,8 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 import fsspec
 import yaml
 
+from qa_core.errors import ConfigError
+
 DEFAULT_MODEL = str(Path(__file__).resolve().parent.parent / "models" / "docqa-minilm-l6-squad")
 """The bundled default model (issue 4): trained by `docqa train`, shipped in `models/`."""
 
@@ -27,10 +29,6 @@ Dtype = Literal["fp32", "bf16", "fp16"]
 Quantize = Literal["none", "int8"]
 Device = Literal["auto", "cpu", "cuda"]
 WorkerModels = Literal["per_worker", "shared"]
-
-
-class ConfigError(ValueError):
-    """A configuration value or file is invalid; the message says what to change."""
 
 
 def _require(condition: bool, message: str) -> None:

@@ -32,7 +32,8 @@ import torch
 
 from qa_core.config import QAConfig, load_config
 from qa_core.jobs.predict import predict
-from qa_core.runtime.model import QAModel, load_qa_model, load_tokenizer
+from qa_core.runtime.loading import load_qa_model, load_tokenizer
+from qa_core.runtime.torch_runner import TorchRunner
 
 
 def _config(overrides: list[str]) -> QAConfig:
@@ -64,10 +65,10 @@ class _InstantLogits(torch.nn.Module):
         )
 
 
-def _load(config: QAConfig, host_only: bool) -> QAModel:
+def _load(config: QAConfig, host_only: bool) -> TorchRunner:
     if not host_only:
         return load_qa_model(config.model)
-    return QAModel(
+    return TorchRunner(
         _InstantLogits(), load_tokenizer(config.model), torch.device("cpu"), torch.float32, "instant", "-"
     )
 

@@ -1,7 +1,7 @@
 """Forward-only timing of real SQuAD batch shapes on CUDA, first (cold) and second (warm) pass.
 
 Tells per-shape one-time costs (attention plan building, kernel selection) from steady-state speed, with
-docqa's SDPA backends (`qa_core.runtime.model.CUDA_ATTENTION_BACKENDS`, no cuDNN attention) or with cuDNN
+docqa's SDPA backends (`qa_core.runtime.loading.CUDA_ATTENTION_BACKENDS`, no cuDNN attention) or with cuDNN
 attention allowed too (torch's own choice):
     python scripts/gpu_sdpa_check.py SQUAD_JSON docqa|with-cudnn bf16|fp32 PAD_MULTIPLE [N_QUESTIONS]
 """
@@ -16,8 +16,8 @@ from torch.nn.attention import SDPBackend
 
 from benchmarks.bench import _rows, _windows
 from qa_core.config import load_config
-from qa_core.runtime import model as qa_model
-from qa_core.runtime.model import load_qa_model
+from qa_core.runtime import torch_runner as qa_model
+from qa_core.runtime.loading import load_qa_model
 from qa_core.stages.batch import collate, plan_batches
 
 
@@ -33,7 +33,7 @@ def main() -> None:
     batches = [collate(g, model.pad_token_id, multiple) for g in plan_batches(windows, config.batch)]
     shapes = sorted({b.input_ids.shape for b in batches})
     if backends == "with-cudnn":
-        # QAModel.forward reads this list at each call: widen it to what torch may pick by itself.
+        # TorchRunner.forward reads this list at each call: widen it to what torch may pick by itself.
         qa_model.CUDA_ATTENTION_BACKENDS = [*qa_model.CUDA_ATTENTION_BACKENDS, SDPBackend.CUDNN_ATTENTION]
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     times = []

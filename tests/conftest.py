@@ -45,7 +45,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
     from qa_core.config import ModelConfig
-    from qa_core.runtime.model import load_qa_model
+    from qa_core.runtime.loading import load_qa_model
 
     return load_qa_model(ModelConfig(name_or_path=str(tiny_model_dir), device="cpu"))
 

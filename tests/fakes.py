@@ -12,7 +12,7 @@ import torch
 from pipelines.inference import QAModelHandler, WindowFailure
 from qa_core.config import QAConfig
 from qa_core.records import Feature, WindowCandidates
-from qa_core.runtime.model import QAModel
+from qa_core.runtime.torch_runner import TorchRunner
 from tests.test_engine import MarkerModel, PoisonModel
 
 # Marker model: answers span from the token "river" to the token "church".
@@ -25,11 +25,11 @@ def load_tokenizer(model_dir: str) -> Any:
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-def wrap(module: torch.nn.Module, tokenizer: Any, name: str) -> QAModel:
-    return QAModel(module, tokenizer, torch.device("cpu"), torch.float32, name, "test")
+def wrap(module: torch.nn.Module, tokenizer: Any, name: str) -> TorchRunner:
+    return TorchRunner(module, tokenizer, torch.device("cpu"), torch.float32, name, "test")
 
 
-def marker(tokenizer: Any) -> QAModel:
+def marker(tokenizer: Any) -> TorchRunner:
     """A model whose answer is the span from "river" to "church" (instant on CPU)."""
     return wrap(MarkerModel(*tokenizer.convert_tokens_to_ids([START_WORD, END_WORD])), tokenizer, "marker")
 
@@ -53,12 +53,12 @@ class OOMModel(MarkerModel):
         return super().forward(input_ids, attention_mask, token_type_ids)
 
 
-def oom_model(tokenizer: Any, max_windows: int) -> QAModel:
+def oom_model(tokenizer: Any, max_windows: int) -> TorchRunner:
     ids = tokenizer.convert_tokens_to_ids([START_WORD, END_WORD])
     return wrap(OOMModel(*ids, max_windows=max_windows), tokenizer, "oom")
 
 
-def poison_model(tokenizer: Any) -> QAModel:
+def poison_model(tokenizer: Any) -> TorchRunner:
     ids = tokenizer.convert_tokens_to_ids([START_WORD, END_WORD, POISON_WORD])
     return wrap(PoisonModel(*ids), tokenizer, "poison")
 
@@ -77,7 +77,7 @@ class FakeModelHandler(QAModelHandler):
         super().__init__(config)
         self._dir, self._kind, self._max_windows = model_dir, kind, max_windows
 
-    def load_model(self) -> QAModel:
+    def load_model(self) -> TorchRunner:
         tokenizer = load_tokenizer(self._dir)
         if self._kind == "poison":
             return poison_model(tokenizer)
@@ -99,7 +99,7 @@ class KillOnceHandler(FakeModelHandler):
     def run_inference(
         self,
         batch: Sequence[Feature],
-        model: QAModel,
+        model: TorchRunner,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[WindowCandidates | WindowFailure]:
         try:

@@ -25,7 +25,7 @@ from qa_core.config import load_config
 from qa_core.engine.loop import QAEngine
 from qa_core.jobs.predict import predict
 from qa_core.records import Answer, Reason, Rejection
-from qa_core.runtime.model import QAModel
+from qa_core.runtime.torch_runner import TorchRunner
 from tests import fakes
 
 ANSWER = "ANSWER"
@@ -209,7 +209,7 @@ def engine_outcomes(results: list[Answer | Rejection], cases: list[Case]) -> dic
     return out
 
 
-def test_engine_answers_or_rejects_every_row(tiny_model: QAModel) -> None:
+def test_engine_answers_or_rejects_every_row(tiny_model: TorchRunner) -> None:
     """The random tiny BERT on every kind (but the two huge contexts), rows passed as Python dicts."""
     cases = [c for c in CORPUS if c.kind not in BIG] + DICT_ONLY
     engine = QAEngine(tiny_model, load_config([], ["decode.top_k=3"]))
@@ -219,7 +219,7 @@ def test_engine_answers_or_rejects_every_row(tiny_model: QAModel) -> None:
     assert stats.rows == len(cases) == stats.answered + sum(stats.rejected.values())
 
 
-def test_engine_marker_answers_are_exact(tiny_model: QAModel) -> None:
+def test_engine_marker_answers_are_exact(tiny_model: TorchRunner) -> None:
     """With the marker model the answer of each row is known, the huge contexts included."""
     model = fakes.marker(tiny_model.tokenizer)
     config = load_config([], [f"featurize.max_context_chars={LIMIT}"])
@@ -274,7 +274,7 @@ PARQUET_SETTINGS = [f"featurize.max_context_chars={LIMIT}", "input.passthrough_c
 
 
 @pytest.fixture(scope="module")
-def predicted(corpus_file: Path, tiny_model: QAModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def predicted(corpus_file: Path, tiny_model: TorchRunner, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bad_rows_predict") / "out"
     config = load_config([], PARQUET_SETTINGS)
     predict(config, str(corpus_file), str(out), progress=False, model=fakes.marker(tiny_model.tokenizer))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks.bench import MODES, main
-from qa_core.runtime.model import ModelLoadError
+from qa_core.errors import ModelLoadError
 
 
 def _squad(questions: int) -> dict[str, Any]:

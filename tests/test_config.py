@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from qa_core.config import ConfigError, QAConfig, load_config
+from qa_core.config import QAConfig, load_config
+from qa_core.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

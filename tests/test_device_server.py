@@ -15,6 +15,7 @@ import torch
 
 from qa_core.config import QAConfig
 from qa_core.engine.loop import EngineStats, run_batch_contained
+from qa_core.errors import DeviceFailedError
 from qa_core.records import Record
 from qa_core.runtime.device_server import (
     ClientChannel,
@@ -25,7 +26,6 @@ from qa_core.runtime.device_server import (
     _unpack,
     stop_server,
 )
-from qa_core.runtime.model import DeviceFailedError
 from qa_core.stages.batch import Batch, collate
 from qa_core.stages.featurize import Featurizer
 

@@ -14,7 +14,7 @@ import torch
 from qa_core.config import BatchConfig, FeaturizeConfig, QAConfig, load_config
 from qa_core.engine.loop import QAEngine
 from qa_core.records import Answer, Feature, Reason, Record, Rejection
-from qa_core.runtime.model import QAModel
+from qa_core.runtime.torch_runner import TorchRunner
 
 UNICODE_CONTEXTS = [
     "東京は日本の首都です。 the capital city of japan is tokyo.",
@@ -61,7 +61,7 @@ def answers_of(engine: QAEngine, rows: list[dict[str, Any]]) -> dict[str, Answer
     return out
 
 
-def test_same_answers_for_batch_sizes_and_order(tiny_model: QAModel) -> None:
+def test_same_answers_for_batch_sizes_and_order(tiny_model: TorchRunner) -> None:
     rows = make_rows(60)
     base = load_config([], ["decode.top_k=2"])
     results = []
@@ -92,7 +92,7 @@ def test_same_answers_for_batch_sizes_and_order(tiny_model: QAModel) -> None:
             assert other[key].logit_score == pytest.approx(answer.logit_score, rel=1e-4, abs=1e-4)
 
 
-def test_answers_are_exact_substrings_on_unicode(tiny_model: QAModel) -> None:
+def test_answers_are_exact_substrings_on_unicode(tiny_model: TorchRunner) -> None:
     cfg = load_config([], ["decode.top_k=5"])
     rows = [
         {"id": i, "question": q, "context": c}
@@ -122,12 +122,12 @@ class MarkerModel(torch.nn.Module):
         return SimpleNamespace(start_logits=start, end_logits=end)
 
 
-def marker_model(tokenizer: Any) -> QAModel:
+def marker_model(tokenizer: Any) -> TorchRunner:
     ids = tokenizer.convert_tokens_to_ids(["river", "church"])
-    return QAModel(MarkerModel(*ids), tokenizer, torch.device("cpu"), torch.float32, "marker", "test")
+    return TorchRunner(MarkerModel(*ids), tokenizer, torch.device("cpu"), torch.float32, "marker", "test")
 
 
-def test_long_context_answer_across_window_boundary(tiny_model: QAModel) -> None:
+def test_long_context_answer_across_window_boundary(tiny_model: TorchRunner) -> None:
     model = marker_model(tiny_model.tokenizer)
     cfg = dataclasses.replace(
         QAConfig(), featurize=FeaturizeConfig(max_seq_len=64, doc_stride=24, max_question_len=8)
@@ -144,7 +144,7 @@ def test_long_context_answer_across_window_boundary(tiny_model: QAModel) -> None
     assert result.answer == context[result.start : result.end]
 
 
-def test_rejections_and_question_truncation(tiny_model: QAModel) -> None:
+def test_rejections_and_question_truncation(tiny_model: TorchRunner) -> None:
     cfg = load_config([], ["featurize.max_context_chars=1000"])
     rows = [
         {"id": None, "question": "q", "context": "c"},
@@ -174,7 +174,7 @@ def test_rejections_and_question_truncation(tiny_model: QAModel) -> None:
     assert isinstance(long_question, Answer)  # cut to max_question_len, still answered
 
 
-def test_duplicate_ids_are_answered_separately(tiny_model: QAModel) -> None:
+def test_duplicate_ids_are_answered_separately(tiny_model: TorchRunner) -> None:
     model = marker_model(tiny_model.tokenizer)
     rows = [
         {"id": "dup", "question": "what?", "context": "the river church the"},
@@ -199,9 +199,9 @@ class PoisonModel(MarkerModel):
         return super().forward(input_ids, attention_mask, token_type_ids)
 
 
-def test_poison_row_rejects_only_itself(tiny_model: QAModel) -> None:
+def test_poison_row_rejects_only_itself(tiny_model: TorchRunner) -> None:
     tok = tiny_model.tokenizer
-    model = QAModel(
+    model = TorchRunner(
         PoisonModel(*tok.convert_tokens_to_ids(["river", "church", "film"])),
         tok,
         torch.device("cpu"),
@@ -220,7 +220,7 @@ def test_poison_row_rejects_only_itself(tiny_model: QAModel) -> None:
     assert engine.stats.batch_splits > 0
 
 
-def test_windows_that_stop_early_are_a_rejection_not_a_silent_cut(tiny_model: QAModel) -> None:
+def test_windows_that_stop_early_are_a_rejection_not_a_silent_cut(tiny_model: TorchRunner) -> None:
     from qa_core.stages.featurize import Featurizer
 
     featurizer = Featurizer(tiny_model.tokenizer, QAConfig().featurize)
@@ -238,7 +238,7 @@ def test_windows_that_stop_early_are_a_rejection_not_a_silent_cut(tiny_model: QA
     assert featurizer._uncovered_tail(context + "\x00\x01", whole) is None
 
 
-def test_prefetch_is_on_for_a_gpu_and_off_for_a_cpu_unless_configured(tiny_model: QAModel) -> None:
+def test_prefetch_is_on_for_a_gpu_and_off_for_a_cpu_unless_configured(tiny_model: TorchRunner) -> None:
     auto = load_config([], [])
     assert QAEngine(tiny_model, auto).prefetch_depth == 0
     on_gpu = dataclasses.replace(tiny_model, device=torch.device("cuda"))  # never run: only the device
@@ -246,10 +246,10 @@ def test_prefetch_is_on_for_a_gpu_and_off_for_a_cpu_unless_configured(tiny_model
     assert QAEngine(tiny_model, load_config([], ["batch.prefetch_buffers=2"])).prefetch_depth == 2
 
 
-def test_cuda_forward_leaves_out_cudnn_attention(tiny_model: QAModel) -> None:
+def test_cuda_forward_leaves_out_cudnn_attention(tiny_model: TorchRunner) -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from qa_core.runtime.model import CUDA_ATTENTION_BACKENDS
+    from qa_core.runtime.torch_runner import CUDA_ATTENTION_BACKENDS
     from qa_core.stages.batch import collate
     from qa_core.stages.featurize import Featurizer
 

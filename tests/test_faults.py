@@ -27,10 +27,11 @@ from docqa.cli import main
 from pipelines.run import run
 from qa_core.config import load_config
 from qa_core.engine.loop import QAEngine
-from qa_core.io.write import OutputError, OutputWriter
+from qa_core.errors import OutputError
+from qa_core.io.write import OutputWriter
 from qa_core.jobs.predict import predict
 from qa_core.records import Answer
-from qa_core.runtime.model import QAModel
+from qa_core.runtime.torch_runner import TorchRunner
 from tests import fakes
 from tests.conftest import write_parquet
 from tests.test_engine import MarkerModel, make_rows
@@ -61,7 +62,7 @@ def outputs(out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict
 
 @pytest.mark.parametrize("engine", ["predict", "run"])
 def test_poison_row_rejects_only_that_row(
-    engine: str, tmp_path: Path, tiny_model: QAModel, tiny_model_dir: Path
+    engine: str, tmp_path: Path, tiny_model: TorchRunner, tiny_model_dir: Path
 ) -> None:
     source = write_parquet(tmp_path / "in.parquet", marker_rows(24, poison_at=(7,)))
     out = tmp_path / "out"
@@ -83,7 +84,7 @@ def test_poison_row_rejects_only_that_row(
 OOM_SETTINGS = ["batch.max_batch_windows=16", "batch.max_batch_tokens=100000"]
 
 
-def test_oom_splits_batches_and_answers_every_row(tiny_model: QAModel) -> None:
+def test_oom_splits_batches_and_answers_every_row(tiny_model: TorchRunner) -> None:
     model = fakes.oom_model(tiny_model.tokenizer, max_windows=3)
     engine = QAEngine(model, load_config([], OOM_SETTINGS))
     rows = marker_rows(40)
@@ -95,7 +96,9 @@ def test_oom_splits_batches_and_answers_every_row(tiny_model: QAModel) -> None:
 
 
 @pytest.mark.parametrize("engine", ["predict", "run"])
-def test_oom_in_both_engines(engine: str, tmp_path: Path, tiny_model: QAModel, tiny_model_dir: Path) -> None:
+def test_oom_in_both_engines(
+    engine: str, tmp_path: Path, tiny_model: TorchRunner, tiny_model_dir: Path
+) -> None:
     source = write_parquet(tmp_path / "in.parquet", marker_rows(30))
     out = tmp_path / "out"
     settings = [*OOM_SETTINGS, f"model.name_or_path={tiny_model_dir}"]
@@ -194,7 +197,7 @@ class CrashModel(MarkerModel):
 
 def test_crash_mid_write_leaves_nothing_that_looks_complete(
     tmp_path: Path,
-    tiny_model: QAModel,
+    tiny_model: TorchRunner,
     tiny_model_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

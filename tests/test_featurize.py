@@ -9,7 +9,7 @@ import pytest
 
 from qa_core.config import FeaturizeConfig
 from qa_core.records import Feature, Record
-from qa_core.runtime.model import QAModel
+from qa_core.runtime.torch_runner import TorchRunner
 from qa_core.stages.featurize import Featurizer
 from qa_core.stages.windows import context_mask, window_ranges
 
@@ -66,7 +66,7 @@ def templated(tokenizer: Any, kind: str) -> Any:
 @pytest.mark.parametrize("kind", ["bert", "roberta", "context-first", "bert-pair-path"])
 @pytest.mark.parametrize(("max_seq_len", "doc_stride"), [(384, 128), (64, 16), (48, 8)])
 def test_windows_match_the_transformers_call(
-    tiny_model: QAModel, max_seq_len: int, doc_stride: int, kind: str
+    tiny_model: TorchRunner, max_seq_len: int, doc_stride: int, kind: str
 ) -> None:
     """Both ways of building windows (shared contexts, pair encoding) give the tokenizer's own windows."""
     tokenizer = templated(tiny_model.tokenizer, kind.removesuffix("-pair-path"))
@@ -109,7 +109,7 @@ def test_windows_match_the_transformers_call(
 
 @pytest.mark.parametrize("stride", [0, 1, 2, 4, 6])
 @pytest.mark.parametrize("room", [1, 3, 5, 7])
-def test_window_ranges_cut_like_the_tokenizer(tiny_model: QAModel, room: int, stride: int) -> None:
+def test_window_ranges_cut_like_the_tokenizer(tiny_model: TorchRunner, room: int, stride: int) -> None:
     """`window_ranges` against `tokenizers.Encoding.truncate` on contexts of 0-30 tokens."""
     from tokenizers import Tokenizer
 
@@ -186,7 +186,7 @@ PIECES = [
 
 
 @pytest.mark.parametrize("kind", ["bert", "byte-level", "byte-level-prefix-space"])
-def test_shared_contexts_equal_the_pair_encoding_on_odd_text(tiny_model: QAModel, kind: str) -> None:
+def test_shared_contexts_equal_the_pair_encoding_on_odd_text(tiny_model: TorchRunner, kind: str) -> None:
     """Both window builders agree (features or rejection reason) on random text full of edge cases:
     zero-width and combining characters, runs of spaces, empty and blank contexts, cut questions."""
     tokenizer = {

@@ -12,7 +12,7 @@ import pytest
 
 from qa_core.config import ModelConfig
 from qa_core.runtime import heap
-from qa_core.runtime.model import load_qa_model
+from qa_core.runtime.loading import load_qa_model
 
 MB = 1 << 20
 

@@ -29,7 +29,7 @@ from pipelines.stages import (
 )
 from qa_core.config import BatchConfig, QAConfig, load_config
 from qa_core.records import Answer, Feature, Reason, Record, WindowCandidates
-from qa_core.runtime.model import QAModel
+from qa_core.runtime.torch_runner import TorchRunner
 from tests.conftest import write_parquet
 from tests.test_engine import PoisonModel
 
@@ -155,7 +155,7 @@ def test_validate_rows_transform() -> None:
 def test_featurize_records_in_chunks_match_the_featurizer(tiny_model_dir: Path) -> None:
     """Records featurized in chunks (full ones in process, the rest in finish_bundle): every record once,
     with the windows the featurizer gives it alone, rejections tagged."""
-    from qa_core.runtime.model import load_tokenizer
+    from qa_core.runtime.loading import load_tokenizer
     from qa_core.stages.featurize import Featurizer
 
     config = load_config([], [f"model.name_or_path={tiny_model_dir}", "model.device=cpu"])
@@ -267,12 +267,12 @@ class PoisonHandler(QAModelHandler):
         super().__init__(config)
         self._dir = tokenizer_dir
 
-    def load_model(self) -> QAModel:
+    def load_model(self) -> TorchRunner:
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(self._dir)
         ids = tok.convert_tokens_to_ids(["river", "church", "film"])
-        return QAModel(PoisonModel(*ids), tok, torch.device("cpu"), torch.float32, "poison", "test")
+        return TorchRunner(PoisonModel(*ids), tok, torch.device("cpu"), torch.float32, "poison", "test")
 
 
 def test_poison_row_rejects_only_that_row(tmp_path: Path, tiny_model_dir: Path) -> None:

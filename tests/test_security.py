@@ -140,7 +140,8 @@ def test_secret_beam_options_are_not_written(
 
 
 def test_credentials_in_urls_are_redacted() -> None:
-    from qa_core.io.read import InputError, resolve_inputs
+    from qa_core.errors import InputError
+    from qa_core.io.read import resolve_inputs
     from qa_core.io.storage import redact_url
     from qa_core.jobs.predict import run_info
 

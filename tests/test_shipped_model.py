@@ -9,7 +9,7 @@ import pytest
 from qa_core.config import DEFAULT_MODEL, QAConfig
 from qa_core.engine.loop import QAEngine
 from qa_core.records import Answer
-from qa_core.runtime.model import load_qa_model
+from qa_core.runtime.loading import load_qa_model
 
 CONTEXT = (
     "The Harwick lighthouse stands on a granite point at the mouth of the Ess estuary. It was built in "

@@ -11,7 +11,8 @@ import pytest
 from safetensors.numpy import load_file
 
 from docqa.train_command import main, model_card
-from qa_core.config import ConfigError, FeaturizeConfig
+from qa_core.config import FeaturizeConfig
+from qa_core.errors import ConfigError
 from qa_core.evaluation.squad import SquadAnswer, SquadDataset, SquadExample, load_squad
 from qa_core.train.config import TrainConfig
 from qa_core.train.data import build_train_windows

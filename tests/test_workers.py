@@ -20,6 +20,7 @@ import pytest
 from docqa.cli import main
 from qa_core.config import InputConfig
 from qa_core.engine.loop import EngineStats
+from qa_core.errors import WorkerError
 from qa_core.io.read import iter_rows
 from qa_core.jobs import workers
 from qa_core.jobs.workers import row_ranges
@@ -180,7 +181,7 @@ def test_a_worker_that_exits_without_a_word_is_an_error(
     monkeypatch.setattr(workers, "EXIT_GRACE_SECONDS", 0.2)
     messages: queue.Queue[tuple[str, int, object]] = queue.Queue()
     messages.put(("done", 0, "result of worker 0"))
-    with pytest.raises(workers.WorkerError, match=f"worker 1 exited with code {exitcode}"):
+    with pytest.raises(WorkerError, match=f"worker 1 exited with code {exitcode}"):
         workers._collect({0: _Exited(0), 1: _Exited(exitcode)}, {0, 1}, messages, "done", lambda rows: None)
     messages.put(("done", 0, "a"))
     messages.put(("done", 1, "b"))  # an exited worker's last message still in the pipe is not lost
@@ -196,7 +197,7 @@ def test_a_device_server_that_exits_before_the_workers_are_done_is_an_error(
     monkeypatch.setattr(workers, "EXIT_GRACE_SECONDS", 0.2)
     messages: queue.Queue[tuple[str, int, object]] = queue.Queue()
     processes = {workers.SERVER_PART: _Exited(-9), 0: _Exited(None)}  # type: ignore[arg-type]
-    with pytest.raises(workers.WorkerError, match="the device server exited with code -9"):
+    with pytest.raises(WorkerError, match="the device server exited with code -9"):
         workers._collect(processes, {0}, messages, "done", lambda rows: None)
 
 

@@ -21,9 +21,10 @@ import torch
 
 from qa_core.config import QAConfig
 from qa_core.engine.prefetch import prefetch
+from qa_core.errors import DeviceFailedError
 from qa_core.records import Answer, Feature, Reason, Record, Rejection, WindowCandidates
 from qa_core.runtime.heap import release_free_heap
-from qa_core.runtime.model import DeviceFailedError, QAModel
+from qa_core.runtime.torch_runner import TorchRunner
 from qa_core.stages.aggregate import aggregate
 from qa_core.stages.batch import Batch, collate, plan_batches
 from qa_core.stages.decode import decode_batch
@@ -80,7 +81,7 @@ class EngineStats:
 
 
 def run_batch_contained(
-    model: QAModel, batch: Batch, config: QAConfig, stats: EngineStats | None = None
+    model: TorchRunner, batch: Batch, config: QAConfig, stats: EngineStats | None = None
 ) -> tuple[list[WindowCandidates], list[tuple[Feature, str]]]:
     """Forward + decode of a batch; a failing batch is split in halves down to single windows.
 
@@ -126,7 +127,7 @@ def run_batch_contained(
 
 
 def _forward_and_decode(
-    model: QAModel, batch: Batch, config: QAConfig, stats: EngineStats | None
+    model: TorchRunner, batch: Batch, config: QAConfig, stats: EngineStats | None
 ) -> list[WindowCandidates]:
     """One batch through the model and the span decoder, counted in `stats`."""
     started = time.perf_counter()
@@ -162,11 +163,11 @@ class QAEngine:
     """Answers rows with one loaded model, in plain Python (used by `docqa predict` and tests).
 
     Args:
-        model: A loaded `QAModel`.
+        model: A loaded `TorchRunner`.
         config: The resolved job config.
     """
 
-    def __init__(self, model: QAModel, config: QAConfig) -> None:
+    def __init__(self, model: TorchRunner, config: QAConfig) -> None:
         self.model = model
         self.config = config
         self.featurizer = Featurizer(model.tokenizer, config.featurize)

@@ -33,13 +33,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from qa_core.config import ConfigError, QAConfig
+from qa_core.config import QAConfig
 from qa_core.engine.loop import run_batch_contained
+from qa_core.errors import ConfigError
 from qa_core.evaluation.calibration import CALIBRATION_FILE, write_calibration
 from qa_core.evaluation.reliability import LOG_T_RANGE, CandidateLogits, fit_temperature, is_correct
 from qa_core.evaluation.squad import SquadExample, load_squad
 from qa_core.records import Answer, Feature, Record, WindowCandidates
-from qa_core.runtime.model import QAModel, load_qa_model
+from qa_core.runtime.loading import load_qa_model
+from qa_core.runtime.torch_runner import TorchRunner
 from qa_core.stages.aggregate import aggregate
 from qa_core.stages.batch import collate, plan_batches
 from qa_core.stages.featurize import Featurizer
@@ -70,7 +72,7 @@ def split_sample(examples: Sequence[SquadExample], n: int) -> tuple[list[SquadEx
 
 
 def candidate_answers(
-    model: QAModel, config: QAConfig, rows: Sequence[dict[str, Any]]
+    model: TorchRunner, config: QAConfig, rows: Sequence[dict[str, Any]]
 ) -> list[Answer | None]:
     """Each row's answer with its full candidate list (in `top_k`), at temperature 1.
 
@@ -114,7 +116,7 @@ def candidate_answers(
 
 
 def labelled_logits(
-    model: QAModel, config: QAConfig, examples: Sequence[SquadExample], squad_v2: bool
+    model: TorchRunner, config: QAConfig, examples: Sequence[SquadExample], squad_v2: bool
 ) -> CandidateLogits:
     """Candidate logits, returned-answer index (0: `top_k` lists it first) and exact-match label per row.
 
@@ -199,7 +201,7 @@ class CalibrationResult:
 
 
 def calibrate(
-    config: QAConfig, data_path: str, n: int = 2000, *, model: QAModel | None = None
+    config: QAConfig, data_path: str, n: int = 2000, *, model: TorchRunner | None = None
 ) -> CalibrationResult:
     """Fits the temperature of `config.model` on `n` questions of a SQuAD file.
 

@@ -13,7 +13,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from qa_core.config import ConfigError, QAConfig
+from qa_core.config import QAConfig
+from qa_core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

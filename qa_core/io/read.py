@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qa_core.config import InputConfig
+from qa_core.errors import InputError
 from qa_core.io.storage import bucket_problem, describe_storage_error, redact_url, to_url, url_to_fs
 
 logger = logging.getLogger(__name__)
@@ -24,10 +25,6 @@ logger = logging.getLogger(__name__)
 # Errors pyarrow raises on a file that is not (or no longer) valid Parquet; UnicodeDecodeError is a
 # ValueError, raised on invalid UTF-8 in a string column.
 _FILE_ERRORS = (OSError, ValueError, pa.ArrowException)
-
-
-class InputError(RuntimeError):
-    """The job's input cannot be used; the message names the file and what to change."""
 
 
 def _hidden(relative: str) -> bool:

@@ -17,6 +17,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from qa_core.errors import OutputError
 from qa_core.io.schema import (
     ANSWERS_DIR,
     COMPLETED_FILE,
@@ -32,10 +33,6 @@ from qa_core.io.storage import bucket_problem, describe_storage_error
 from qa_core.records import Answer, Rejection
 
 logger = logging.getLogger(__name__)
-
-
-class OutputError(RuntimeError):
-    """The output location cannot be used; the message says what to change."""
 
 
 IN_PROGRESS_PREFIX = "_in-progress-"

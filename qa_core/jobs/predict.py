@@ -23,7 +23,8 @@ from qa_core.io.schema import answer_schema, rejection_schema
 from qa_core.io.storage import redact_url
 from qa_core.io.write import OutputWriter, check_output, mark_completed, prepare_output
 from qa_core.jobs.workers import WorkerJob, row_ranges, run_workers
-from qa_core.runtime.model import QAModel, load_qa_model, load_tokenizer, resolve_device
+from qa_core.runtime.loading import load_qa_model, load_tokenizer, resolve_device
+from qa_core.runtime.torch_runner import TorchRunner
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def predict(
     *,
     overwrite: bool = False,
     progress: bool = True,
-    model: QAModel | None = None,
+    model: TorchRunner | None = None,
     workers: int = 1,
 ) -> dict[str, Any]:
     """Answers every row of the input Parquet files and writes the output layout.
@@ -217,7 +218,7 @@ def _answer_here(
     output_dir: str,
     schemas: tuple[pa.Schema, pa.Schema],
     overwrite: bool,
-    model: QAModel | None,
+    model: TorchRunner | None,
     bar: tqdm[Any],
 ) -> _Ran:
     """All rows in this process, into part 0; the writer is left open for `_run.json`."""

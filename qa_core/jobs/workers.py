@@ -32,6 +32,7 @@ from typing import Any
 
 from qa_core.config import QAConfig
 from qa_core.engine.loop import EngineStats
+from qa_core.errors import WorkerError
 from qa_core.jobs.processes import report_error, skip_final_collection, start_child
 from qa_core.runtime.device_server import SERVER_PART, ClientChannel, serve, stop_server
 
@@ -88,10 +89,6 @@ class WorkerResult:
     device: str
 
 
-class WorkerError(RuntimeError):
-    """A worker process died without reporting (killed, out of memory); the job has no `COMPLETED`."""
-
-
 def row_ranges(total_rows: int, workers: int) -> list[tuple[int, int]]:
     """Splits `total_rows` into `workers` contiguous, near-equal, non-empty ranges (fewer if few rows)."""
     workers = max(1, min(workers, total_rows))
@@ -122,7 +119,7 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any) -> No
         from qa_core.io.write import OutputWriter
         from qa_core.runtime.device_server import DeviceClient
         from qa_core.runtime.heap import use_system_arrow_pool
-        from qa_core.runtime.model import load_qa_model, load_tokenizer
+        from qa_core.runtime.loading import load_qa_model, load_tokenizer
 
         torch.set_num_threads(job.threads)
         if job.system_arrow_pool:

@@ -4,7 +4,7 @@ Worker processes exist because one Python process's host work (read, tokenize, b
 write) leaves a GPU mostly idle with a small model. When each of N workers loads its own model, the device
 holds N CUDA contexts that it time-slices between, N model copies, and every worker pays CUDA's start-up.
 Here one server process owns the model on the device; the workers keep all their host work and send their
-padded batches to it instead of running the model themselves (`DeviceClient` stands in for `QAModel` in
+padded batches to it instead of running the model themselves (`DeviceClient` stands in for `TorchRunner` in
 the worker's engine). The server runs them back to back in one context and sends each worker its logits.
 
 Transport is a `multiprocessing` queue per direction: requests from all workers on one queue, replies on
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from qa_core.config import QAConfig
+from qa_core.errors import DeviceFailedError
 from qa_core.jobs.processes import picklable, report_error, skip_final_collection, start_child
-from qa_core.runtime.model import DeviceFailedError
 from qa_core.stages.batch import Batch
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class ClientChannel:
 
 
 class DeviceClient:
-    """Stands in for `QAModel` in a worker's engine: `forward` runs on the server's device.
+    """Stands in for `TorchRunner` in a worker's engine: `forward` runs on the server's device.
 
     Args:
         tokenizer: The model's fast tokenizer (loaded by the worker itself: featurization is its job).
@@ -127,7 +127,7 @@ def serve(config: QAConfig, requests: Any, replies: list[Any], messages: Any, lo
     forward (a broken queue) reports its error and ends the process, so the parent fails the job instead
     of the workers waiting for replies that never come.
     """
-    from qa_core.runtime.model import load_qa_model, resolve_device
+    from qa_core.runtime.loading import load_qa_model, resolve_device
 
     start_child(log_level)
 
@@ -152,7 +152,7 @@ def serve(config: QAConfig, requests: Any, replies: list[Any], messages: Any, lo
             torch.set_num_threads(max(1, torch.get_num_threads() // SERVER_THREADS))
         if torch.cuda.is_available():
             # Set once for the process: per-call `sdpa_kernel` contexts of two threads could interleave
-            # and let cuDNN attention (a plan build per new batch shape) in (see qa_core.runtime.model).
+            # and let cuDNN attention (a plan build per new batch shape) in (see qa_core.runtime.loading).
             torch.backends.cuda.enable_cudnn_sdp(False)
         model = load_qa_model(config.model)
         served = ServedModel(model.model_id, model.revision, str(model.device), model.pad_token_id)
@@ -179,7 +179,7 @@ def _answer_requests(
     """One server thread: forward each request's batch, reply with its logits (or its error).
 
     Args:
-        model: The loaded `QAModel`.
+        model: The loaded `TorchRunner`.
         requests: The queue of `(client, seq, *packed batch)` requests; `None` stops this thread.
         replies: The workers' reply queues, indexed by client.
         fail: Called with any error outside a forward (the process cannot go on answering).

@@ -32,10 +32,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from qa_core.config import ConfigError, QAConfig
-from qa_core.io.read import InputError, read_input_schema, resolve_inputs
+from qa_core.config import QAConfig
+from qa_core.errors import ConfigError, InputError
+from qa_core.io.read import read_input_schema, resolve_inputs
 from qa_core.records import Feature, Record, Rejection
-from qa_core.runtime.model import load_tokenizer
+from qa_core.runtime.loading import load_tokenizer
 from qa_core.stages.batch import padded_length, plan_batches
 from qa_core.stages.featurize import Featurizer
 from qa_core.stages.validate import validate_row

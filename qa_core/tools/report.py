@@ -30,10 +30,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from qa_core.errors import InputError
 from qa_core.evaluation.evaluate import EvalResult, evaluate, load_predictions
 from qa_core.evaluation.reliability import expected_calibration_error, is_correct, reliability_bins
 from qa_core.evaluation.squad import SquadDataset, load_squad
-from qa_core.io.read import InputError
 from qa_core.io.schema import (
     ANSWERS_DIR,
     COMPLETED_FILE,

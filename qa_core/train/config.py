@@ -6,7 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from qa_core.config import ConfigError, FeaturizeConfig
+from qa_core.config import FeaturizeConfig
+from qa_core.errors import ConfigError
 
 # Fields that may change between a run and its resumption without changing the run.
 RESUME_FREE_FIELDS = frozenset({"threads", "checkpoint_every", "keep_checkpoints", "log_every", "progress"})

@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from tqdm import tqdm
 
-from qa_core.config import ConfigError, FeaturizeConfig
+from qa_core.config import FeaturizeConfig
+from qa_core.errors import ConfigError
 from qa_core.evaluation.squad import load_squad
 from qa_core.stages.batch import collate
 from qa_core.stages.featurize import Featurizer
@@ -415,7 +416,7 @@ def evaluate_model(
     from qa_core.evaluation.evaluate import evaluate
     from qa_core.evaluation.squad import SquadDataset, squad_to_table
     from qa_core.records import Answer
-    from qa_core.runtime.model import load_qa_model
+    from qa_core.runtime.loading import load_qa_model
 
     dataset = load_squad(squad_path)
     if limit is not None:

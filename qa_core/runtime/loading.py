@@ -1,54 +1,26 @@
-"""Stage 4: load a question-answering checkpoint and its fast tokenizer; run padded batches through it.
+"""Loading a checkpoint safely: its device, its fast tokenizer, its weights, and the revision recorded.
 
-Any Hugging Face `AutoModelForQuestionAnswering` checkpoint works: a head of two learned vectors over the
-encoder's token states gives `start_logits` and `end_logits`, shape (B, P).
+Local directories are checked before anything is loaded (exists, safetensors weights unless
+`model.allow_pickle`); the revision in `_run.json` is a content hash for a local directory.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import inspect
 import logging
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from qa_core.config import ModelConfig
+from qa_core.errors import ModelLoadError
 from qa_core.runtime.heap import cap_onednn_caches
-from qa_core.stages.batch import Batch
+from qa_core.runtime.torch_runner import TORCH_DTYPES, TorchRunner
 
 logger = logging.getLogger(__name__)
-
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-# SDPA backends allowed on CUDA: all but cuDNN attention. On Hopper, torch picks cuDNN attention for
-# bf16/fp16 with a padding mask, and cuDNN builds an execution plan for every new (B, P) batch shape:
-# measured on an H200 (torch 2.11, the bundled model, 9 batch shapes of 2,000 SQuAD questions), the first
-# pass took 2.07 s with cuDNN and 0.35 s without; warm passes 0.048 s vs 0.062 s. docqa's batches come in
-# dozens of shapes and its forward is a small share of a job's time (benchmarks/RESULTS.md), so the
-# one-time plan builds cost far more than the warm speed-up returns. `sdpa_kernel` sets torch's
-# process-wide flags and restores them on exit: threads that overlap their forwards can leave cuDNN
-# allowed for a batch (only a speed difference, never a different result beyond rounding).
-CUDA_ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-
-
-class ModelLoadError(RuntimeError):
-    """The model cannot be loaded as configured; the message says what to change."""
-
-
-class DeviceFailedError(RuntimeError):
-    """The device, or the process that runs the model, can run no more batches: the job fails.
-
-    A batch that merely fails (out of memory, a bad window) is split and its rows rejected; this error is
-    for what no split can fix: a CUDA error that leaves the context unusable, a device server that is out
-    of step. Rejecting every later row instead would mark a broken run COMPLETED.
-    """
 
 
 def resolve_device(config: ModelConfig) -> torch.device:
@@ -76,63 +48,6 @@ def _local_revision(path: Path) -> str:
                 for chunk in iter(lambda: handle.read(1 << 22), b""):
                     digest.update(chunk)
     return "sha256:" + digest.hexdigest()[:16]
-
-
-@dataclass
-class QAModel:
-    """A loaded QA model with its tokenizer, device and dtype.
-
-    Attributes:
-        model: The `AutoModelForQuestionAnswering` module, in eval mode.
-        tokenizer: Its fast tokenizer.
-        device: Where the model runs.
-        dtype: Weight dtype.
-        model_id: The configured name or path.
-        revision: Hub commit, or a content hash for a local directory.
-    """
-
-    model: Any
-    tokenizer: Any
-    device: torch.device
-    dtype: torch.dtype
-    model_id: str
-    revision: str
-
-    def __post_init__(self) -> None:
-        params = inspect.signature(self.model.forward).parameters
-        # DistilBERT/RoBERTa-style models take no segment ids.
-        self._takes_token_types = "token_type_ids" in params
-
-    @property
-    def computes_on_host(self) -> bool:
-        """Whether the forward runs on this host's CPU (its activations are this process's memory)."""
-        return self.device.type == "cpu"
-
-    @property
-    def pad_token_id(self) -> int:
-        """Id used for padding positions."""
-        pad = self.tokenizer.pad_token_id
-        return int(pad) if pad is not None else 0
-
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Start and end logits of a batch, (B, P) float32 each, on the model's device."""
-        on_gpu = self.device.type == "cuda"
-
-        def to_device(array: Any) -> torch.Tensor:
-            tensor = torch.from_numpy(array)
-            # Pinned host memory lets the copy overlap with compute on CUDA.
-            return tensor.pin_memory().to(self.device, non_blocking=True) if on_gpu else tensor
-
-        inputs = {
-            "input_ids": to_device(batch.input_ids),
-            "attention_mask": to_device(batch.attention_mask),
-        }
-        if self._takes_token_types:
-            inputs["token_type_ids"] = to_device(batch.token_type_ids)
-        backends = sdpa_kernel(CUDA_ATTENTION_BACKENDS) if on_gpu else contextlib.nullcontext()
-        with torch.inference_mode(), backends:
-            output = self.model(**inputs)
-        return output.start_logits.float(), output.end_logits.float()
 
 
 def _explain(err: BaseException) -> str:
@@ -215,7 +130,7 @@ def _quantize_int8(model: Any) -> Any:
     )
 
 
-def load_qa_model(config: ModelConfig) -> QAModel:
+def load_qa_model(config: ModelConfig) -> TorchRunner:
     """Loads a QA checkpoint and its fast tokenizer as configured.
 
     Args:
@@ -256,4 +171,4 @@ def load_qa_model(config: ModelConfig) -> QAModel:
         model = _quantize_int8(model)
     revision = describe_model(config)
     logger.info("loaded %s (%s) on %s as %s", config.name_or_path, revision, device, config.dtype)
-    return QAModel(model, tokenizer, device, dtype, config.name_or_path, revision)
+    return TorchRunner(model, tokenizer, device, dtype, config.name_or_path, revision)
