@@ -29,14 +29,14 @@ import pyarrow.parquet as pq
 import torch
 
 from qa_core.config import DEFAULT_MODEL, QAConfig, add_config_arguments, load_config
+from qa_core.engine.assembly import assemble_row
+from qa_core.engine.contained import run_batch_contained
+from qa_core.engine.host import RowPreparer
 from qa_core.evaluation.squad import load_squad, squad_to_table
-from qa_core.records import Feature, Record
+from qa_core.records import Feature, RowWindows
 from qa_core.runtime.loading import load_qa_model, resolve_device
 from qa_core.runtime.torch_runner import TorchRunner
-from qa_core.stages.aggregate import aggregate
 from qa_core.stages.batch import collate, plan_batches
-from qa_core.stages.decode import decode_batch
-from qa_core.stages.featurize import Featurizer
 
 logger = logging.getLogger("docqa.bench")
 MODES = ("seed", "bound", "predict", "run", "beam-stock")
@@ -52,17 +52,10 @@ def _rows(data: str, n: int, repeat: int = 1) -> list[dict[str, Any]]:
     return [dict(row, id=f"{copy}-{row['id']}") for copy in range(repeat) for row in rows]
 
 
-def _records(rows: list[dict[str, Any]]) -> list[Record]:
-    return [Record(str(i), r["id"], r["question"], r["context"]) for i, r in enumerate(rows)]
-
-
 def _windows(model: TorchRunner, config: QAConfig, rows: list[dict[str, Any]]) -> list[Feature]:
-    featurizer = Featurizer(model.tokenizer, config.featurize)
-    out: list[Feature] = []
-    for result in featurizer.featurize(_records(rows)):
-        if isinstance(result, list):
-            out.extend(result)
-    return out
+    """Every window of the rows, from the engine's host half (validate, featurize)."""
+    prepared = RowPreparer(model.tokenizer, config).prepare_chunks(rows)
+    return [f for chunk in prepared for item in chunk if isinstance(item, RowWindows) for f in item.windows]
 
 
 def _warm_up(model: TorchRunner, windows: list[Feature]) -> None:
@@ -85,19 +78,18 @@ def bench_seed(
     model: TorchRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
 ) -> dict[str, Any]:
     """One question at a time, its windows in one batch padded to their own longest."""
-    featurizer = Featurizer(model.tokenizer, config.featurize)
+    preparer = RowPreparer(model.tokenizer, config)
 
     def one_at_a_time() -> dict[str, Any]:
         real = padded = 0
         started = time.perf_counter()
-        for record in _records(rows):
-            (windows,) = featurizer.featurize([record])
-            if not isinstance(windows, list):
+        for position, row in enumerate(rows):
+            (item,) = preparer.prepare([row], position)
+            if not isinstance(item, RowWindows):
                 continue
-            batch = collate(windows, model.pad_token_id, 1)  # the seed pads to the question's own longest
-            start, end = model.forward(batch)
-            candidates = decode_batch(batch, start, end, config.decode.max_answer_len, config.decode.n_best)
-            aggregate(record, candidates, config.decode)
+            batch = collate(item.windows, model.pad_token_id, 1)  # the seed pads to the question's longest
+            candidates, failures = run_batch_contained(model, batch, config)
+            assemble_row(item.record, candidates, [error for _, error in failures], config.decode)
             real, padded = real + batch.real_tokens, padded + batch.padded_tokens
         return {"seconds": time.perf_counter() - started, "real_tokens": real, "padded_tokens": padded}
 

@@ -22,20 +22,13 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from pipelines import metrics
 from qa_core.config import QAConfig
-from qa_core.engine.loop import EngineStats, run_batch_contained
+from qa_core.engine.assembly import WindowFailure
+from qa_core.engine.contained import run_batch_contained
+from qa_core.engine.stats import EngineStats
 from qa_core.records import Feature, Record, WindowCandidates
 from qa_core.runtime.loading import load_qa_model
 from qa_core.runtime.torch_runner import TorchRunner
 from qa_core.stages.batch import collate
-
-
-@dataclass(frozen=True)
-class WindowFailure:
-    """A window whose forward pass failed even alone; its row becomes a `MODEL_ERROR` rejection."""
-
-    row_key: str
-    error: str
-    window_index: int  # counted by the merge: a row is complete when each of its windows has arrived
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ same tables; it needs a Beam file system for the output's scheme (`beam_filesyst
 from __future__ import annotations
 
 import importlib.util
+import itertools
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import IO, Any, cast
@@ -29,6 +30,7 @@ from apache_beam.pvalue import PCollection
 
 from qa_core.config import InputConfig
 from qa_core.errors import InputError
+from qa_core.io.read import file_row_counts
 
 # Beam registers its S3 file system even without boto3, which it then needs on first use.
 _SCHEME_NEEDS = {"s3": "boto3"}
@@ -42,11 +44,6 @@ def beam_filesystem_usable(path: str) -> bool:
         return False
     module = _SCHEME_NEEDS.get(FileSystems.get_scheme(path) or "")
     return module is None or importlib.util.find_spec(module) is not None
-
-
-def beam_can_read(path: str) -> bool:
-    """Whether a Beam file system can open this path (otherwise fsspec does)."""
-    return beam_filesystem_usable(path)
 
 
 def _open(path: str) -> AbstractContextManager[IO[bytes]]:
@@ -67,33 +64,42 @@ def _short(err: BaseException) -> str:
 
 
 class _ListRowGroups(beam.DoFn):
-    def process(self, path: str) -> Iterator[tuple[str, int]]:
+    """`(file, its first row's position)` -> `(file, row group, the group's first row's position)`."""
+
+    def process(self, element: tuple[str, int]) -> Iterator[tuple[str, int, int]]:
+        path, position = element
         try:
             with _open(path) as handle:
-                groups = pq.ParquetFile(handle).metadata.num_row_groups
+                metadata = pq.ParquetFile(handle).metadata
         except _READ_ERRORS as err:
             raise InputError(f"cannot read Parquet file {path}: {_short(err)}") from err
-        for index in range(groups):
-            yield path, index
+        for index in range(metadata.num_row_groups):
+            yield path, index, position
+            position += metadata.row_group(index).num_rows
 
 
 class _ReadRowGroup(beam.DoFn):
+    """`(file, row group, first position)` -> `(position, row dict)` of every row of the group."""
+
     def __init__(self, config: InputConfig) -> None:
         self._columns = config.columns
 
-    def process(self, element: tuple[str, int]) -> Iterator[dict[str, Any]]:
-        path, index = element
+    def process(self, element: tuple[str, int, int]) -> Iterator[tuple[int, dict[str, Any]]]:
+        path, index, first = element
         try:
             with _open(path) as handle:
                 table = pq.ParquetFile(handle).read_row_group(index, columns=self._columns)
             rows = table.to_pylist()
         except _READ_ERRORS as err:
             raise InputError(f"cannot read Parquet file {path} (row group {index}): {_short(err)}") from err
-        yield from rows
+        yield from enumerate(rows, start=first)
 
 
 class ReadRows(beam.PTransform):  # type: ignore[type-arg]
-    """Files -> row dicts of the configured columns, read one row group per element.
+    """Files -> `(position, row dict)` of the configured columns, read one row group per element.
+
+    A row's position (0-based, over all files in order) is its engine key (`qa_core.records.row_key`),
+    as in `docqa predict`; the files' first positions come from their footers, read here on the launcher.
 
     Args:
         files: Resolved input files (see `qa_core.io.read.resolve_inputs`).
@@ -106,9 +112,10 @@ class ReadRows(beam.PTransform):  # type: ignore[type-arg]
         self._config = config
 
     def expand(self, pipeline: beam.Pipeline) -> PCollection[Any]:
+        starts = list(itertools.accumulate(file_row_counts(self._files), initial=0))
         rows: PCollection[Any] = (
             pipeline
-            | "InputFiles" >> beam.Create(self._files)
+            | "InputFiles" >> beam.Create(list(zip(self._files, starts, strict=False)))
             | "RowGroups" >> beam.ParDo(_ListRowGroups())
             | "Spread" >> beam.Reshuffle()
             | "ReadRowGroups" >> beam.ParDo(_ReadRowGroup(self._config))

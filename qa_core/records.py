@@ -4,7 +4,8 @@ rows (dicts) -> `Record` or `Rejection` (validate) -> `Feature`, one tokenized w
 `Batch` of padded windows (batch) -> logits (model) -> `WindowCandidates` (decode) -> `Answer` (aggregate).
 
 A row is identified inside the engine by `row_key`, unique per input row; the user's `id` may repeat and
-is only carried to the outputs.
+is only carried to the outputs. Every engine (predict, its workers, the Beam job, calibrate, estimate,
+bench) keys a row by its position in the job's input (`row_key`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,15 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+
+def row_key(position: int) -> str:
+    """The engine key of the row at `position` (0-based, counted over all input files in order).
+
+    Positions are unique within a job (worker processes and Beam row groups know their first row), and
+    the same input gives the same keys, so batch planning is deterministic.
+    """
+    return str(position)
 
 
 class Reason(StrEnum):
@@ -176,3 +186,16 @@ class Answer:
     null_score_diff: float | None
     top_k: tuple[SpanScore, ...] = ()
     passthrough: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RowWindows:
+    """A validated record with its tokenized windows (the output of featurize for one row).
+
+    Attributes:
+        record: The record.
+        windows: Its windows, in window order (at least one).
+    """
+
+    record: Record
+    windows: tuple[Feature, ...]

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from qa_core.config import QAConfig
-from qa_core.engine.loop import EngineStats, run_batch_contained
+from qa_core.engine.contained import run_batch_contained
+from qa_core.engine.stats import EngineStats
 from qa_core.errors import DeviceFailedError
 from qa_core.records import Record
 from qa_core.runtime.device_server import (

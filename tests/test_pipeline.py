@@ -16,7 +16,8 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from docqa.cli import main
-from pipelines.inference import QAModelHandler, RowDone, WindowBatch, WindowFailure
+from pipelines.inference import QAModelHandler, RowDone, WindowBatch
+from qa_core.engine.assembly import WindowFailure
 from pipelines.run import local_runner, run
 from pipelines.stages import (
     REJECTIONS,
@@ -28,7 +29,7 @@ from pipelines.stages import (
     ValidateRows,
 )
 from qa_core.config import BatchConfig, QAConfig, load_config
-from qa_core.records import Answer, Feature, Reason, Record, WindowCandidates
+from qa_core.records import Answer, Feature, Reason, Record, RowWindows, WindowCandidates
 from qa_core.runtime.torch_runner import TorchRunner
 from tests.conftest import write_parquet
 from tests.test_engine import PoisonModel
@@ -144,10 +145,10 @@ def test_validate_rows_transform() -> None:
     config = QAConfig()
     rows = [{"id": 1, "question": "q?", "context": "c"}, {"id": 2, "question": " ", "context": "c"}]
     with local_test_pipeline() as p:
-        out = (
-            p | beam.Create(rows) | beam.ParDo(ValidateRows(config)).with_outputs(REJECTIONS, main="records")
-        )
-        assert_that(out.records | "Ids" >> beam.Map(lambda r: r.id), equal_to([1]), label="records")
+        positioned = p | beam.Create([(7, rows[0]), (8, rows[1])])
+        out = positioned | beam.ParDo(ValidateRows(config)).with_outputs(REJECTIONS, main="records")
+        keyed = out.records | "Ids" >> beam.Map(lambda r: (r.row_key, r.id))
+        assert_that(keyed, equal_to([("7", 1)]), label="records")  # keyed by the input position
         reasons = out[REJECTIONS] | "Reasons" >> beam.Map(lambda r: (r.id, r.reason.value))
         assert_that(reasons, equal_to([(2, "EMPTY_QUESTION")]), label="rejections")
 
@@ -177,7 +178,7 @@ def test_featurize_records_in_chunks_match_the_featurizer(tiny_model_dir: Path) 
             | beam.ParDo(FeaturizeRecords(config)).with_outputs(REJECTIONS, main="rows")
         )
         windows = out.rows | "Windows" >> beam.Map(
-            lambda row: (row[0].row_key, [(f.window_index, f.input_ids.tolist()) for f in row[1]])
+            lambda row: (row.record.row_key, [(f.window_index, f.input_ids.tolist()) for f in row.windows])
         )
         assert_that(windows, equal_to(expected), label="rows")
         reasons = out[REJECTIONS] | "Reasons" >> beam.Map(lambda r: (r.row_key, r.reason.value))
@@ -189,9 +190,9 @@ def _feature(key: str, length: int, index: int = 0, n_windows: int = 1) -> Featu
     return Feature(key, index, n_windows, ids, np.zeros(length, np.int8), ids, ids + 1, 0)
 
 
-def _row(key: str, *lengths: int) -> tuple[Record, list[Feature]]:
-    windows = [_feature(key, n, i, len(lengths)) for i, n in enumerate(lengths)]
-    return Record(key, key, "q", "c"), windows
+def _row(key: str, *lengths: int) -> RowWindows:
+    windows = tuple(_feature(key, n, i, len(lengths)) for i, n in enumerate(lengths))
+    return RowWindows(Record(key, key, "q", "c"), windows)
 
 
 def test_bucket_windows_sorts_caps_and_sends_each_row_with_its_last_window() -> None:
@@ -199,7 +200,7 @@ def test_bucket_windows_sorts_caps_and_sends_each_row_with_its_last_window() -> 
     lengths = [3, 40, 9, 17, 5, 33, 8, 8, 2, 30, 12]
     rows = [_row(f"k{i}", n) for i, n in enumerate(lengths)]
     rows += [_row("long", 40, 40, 6), _row("pair", 2, 33)]  # windows of one row land in several batches
-    all_windows = sorted((f.row_key, f.window_index) for _, windows in rows for f in windows)
+    all_windows = sorted((f.row_key, f.window_index) for row in rows for f in row.windows)
 
     def check(batches: list[WindowBatch]) -> None:
         assert sorted((f.row_key, f.window_index) for b in batches for f in b) == all_windows
@@ -213,7 +214,7 @@ def test_bucket_windows_sorts_caps_and_sends_each_row_with_its_last_window() -> 
                 # Every window of a finished row has been sent, in this batch or an earlier one.
                 assert all((done.record.row_key, i) in seen for i in range(done.n_windows))
                 done_rows.append(done.record.row_key)
-        assert sorted(done_rows) == sorted(record.row_key for record, _ in rows)
+        assert sorted(done_rows) == sorted(row.record.row_key for row in rows)
 
     with local_test_pipeline() as p:
         batches = p | beam.Create(rows, reshuffle=False) | beam.ParDo(BucketWindows(config))

@@ -19,7 +19,7 @@ import pytest
 
 from docqa.cli import main
 from qa_core.config import InputConfig
-from qa_core.engine.loop import EngineStats
+from qa_core.engine.stats import EngineStats
 from qa_core.errors import WorkerError
 from qa_core.io.read import iter_rows
 from qa_core.jobs import workers

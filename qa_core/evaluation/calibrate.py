@@ -5,16 +5,12 @@ file, not its first articles); the last bit of the same hash puts each one in th
 held-out half, so the held-out figures never use a question the temperature was fitted on. Questions of
 one paragraph can land in both halves (they share a context, not a question).
 
-Candidate logits: the fit needs every candidate logit of a row, not only the top-1 score. Rather than
-re-implementing the candidate merging of `stages.aggregate`, this module runs the engine's public stages
-(validate, featurize, plan/collate, `run_batch_contained`, which decodes with the job's `n_best`) and then
-calls `aggregate` itself with a copy of the decode config whose `top_k` (and `n_best`, which `aggregate`
-does not use) is unbounded and whose temperature is 1: the returned `top_k` list is then exactly the
-candidate set the row's `score` is a softmax over (every window's `n_best` spans de-duplicated by
-character span, plus the null answer), each with its raw `logit_score`. Running `QAEngine` with
-`decode.top_k = decode.n_best` would instead truncate the set to `n_best` entries for rows with several
-windows and bias the refitted score upwards. A test checks that the top-1 answer and score equal
-`QAEngine`'s.
+Candidate logits: the fit needs every candidate logit of a row, not only the top-1 score. The job's
+engine answers the sample with `candidates="all"`: windows are decoded with the job's `n_best`, and the
+row's `top_k` then lists exactly the candidate set its `score` is a softmax over (every window's `n_best`
+spans de-duplicated by character span, plus the null answer), each with its raw `logit_score`. Setting
+`decode.top_k = decode.n_best` instead would truncate the set to `n_best` entries for rows with several
+windows and bias the refitted score upwards.
 
 Label: the returned answer is right when it exactly matches a gold answer after the official SQuAD
 normalisation (under v2.0, an empty gold list means the right answer is "").
@@ -22,11 +18,9 @@ normalisation (under v2.0, an empty gold list means the right answer is "").
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,23 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from qa_core.config import QAConfig
-from qa_core.engine.loop import run_batch_contained
+from qa_core.engine.loop import QAEngine
 from qa_core.errors import ConfigError
 from qa_core.evaluation.calibration import CALIBRATION_FILE, write_calibration
 from qa_core.evaluation.reliability import LOG_T_RANGE, CandidateLogits, fit_temperature, is_correct
 from qa_core.evaluation.squad import SquadExample, load_squad
-from qa_core.records import Answer, Feature, Record, WindowCandidates
+from qa_core.records import Answer
 from qa_core.runtime.loading import load_qa_model
-from qa_core.runtime.torch_runner import TorchRunner
-from qa_core.stages.aggregate import aggregate
-from qa_core.stages.batch import collate, plan_batches
-from qa_core.stages.featurize import Featurizer
-from qa_core.stages.validate import validate_row
+from qa_core.runtime.runner import ModelRunner
 
 logger = logging.getLogger(__name__)
-
-CHUNK_ROWS = 128
-_ALL = 1 << 30  # "every candidate" as a top_k
 
 
 def question_hash(question_id: str) -> bytes:
@@ -72,51 +59,28 @@ def split_sample(examples: Sequence[SquadExample], n: int) -> tuple[list[SquadEx
 
 
 def candidate_answers(
-    model: TorchRunner, config: QAConfig, rows: Sequence[dict[str, Any]]
+    runner: ModelRunner, config: QAConfig, rows: Sequence[dict[str, Any]]
 ) -> list[Answer | None]:
     """Each row's answer with its full candidate list (in `top_k`), at temperature 1.
 
+    The job's own engine answers the rows (`QAEngine` with `candidates="all"`), so the fit sees exactly
+    the candidates, logits and rejections the job produces.
+
     Args:
-        model: The loaded model.
+        runner: The loaded model.
         config: Job config (featurize, batch, `decode.n_best`, `max_answer_len`, no-answer handling).
         rows: Input rows with the configured id / question / context columns.
 
     Returns:
         One entry per row: an `Answer` whose `top_k` holds every candidate ranked as the engine ranks
-        them (the returned answer first), or None for a row the engine would reject.
+        them (the returned answer first), or None for a row the engine rejects.
     """
-    featurizer = Featurizer(model.tokenizer, config.featurize)
-    wide = dataclasses.replace(config.decode, top_k=_ALL, n_best=_ALL, temperature=1.0)
-    out: list[Answer | None] = []
-    for begin in range(0, len(rows), CHUNK_ROWS):
-        chunk = rows[begin : begin + CHUNK_ROWS]
-        validated = [
-            validate_row(row, str(begin + i), config.input, config.featurize) for i, row in enumerate(chunk)
-        ]
-        records = [r for r in validated if isinstance(r, Record)]
-        windows: dict[str, list[Feature]] = {}
-        for record, result in zip(records, featurizer.featurize(records), strict=True):
-            if isinstance(result, list):
-                windows[record.row_key] = result
-        by_row: dict[str, list[WindowCandidates]] = defaultdict(list)
-        failed: set[str] = set()
-        features = [f for fs in windows.values() for f in fs]
-        for group in plan_batches(features, config.batch):
-            batch = collate(group, model.pad_token_id, config.batch.pad_to_multiple_of)
-            ok, bad = run_batch_contained(model, batch, config)
-            for candidates in ok:
-                by_row[candidates.row_key].append(candidates)
-            failed.update(feature.row_key for feature, _ in bad)
-        for item in validated:
-            if isinstance(item, Record) and item.row_key in windows and item.row_key not in failed:
-                out.append(aggregate(item, by_row[item.row_key], wide))
-            else:
-                out.append(None)
-    return out
+    engine = QAEngine(runner, config, candidates="all")
+    return [result if isinstance(result, Answer) else None for result in engine.answer_rows(rows)]
 
 
 def labelled_logits(
-    model: TorchRunner, config: QAConfig, examples: Sequence[SquadExample], squad_v2: bool
+    runner: ModelRunner, config: QAConfig, examples: Sequence[SquadExample], squad_v2: bool
 ) -> CandidateLogits:
     """Candidate logits, returned-answer index (0: `top_k` lists it first) and exact-match label per row.
 
@@ -129,7 +93,7 @@ def labelled_logits(
     ]
     logits: list[list[float]] = []
     correct: list[bool] = []
-    for example, answer in zip(examples, candidate_answers(model, config, rows), strict=True):
+    for example, answer in zip(examples, candidate_answers(runner, config, rows), strict=True):
         if answer is None:
             continue
         logits.append([s.logit_score for s in answer.top_k])
@@ -201,7 +165,7 @@ class CalibrationResult:
 
 
 def calibrate(
-    config: QAConfig, data_path: str, n: int = 2000, *, model: TorchRunner | None = None
+    config: QAConfig, data_path: str, n: int = 2000, *, model: ModelRunner | None = None
 ) -> CalibrationResult:
     """Fits the temperature of `config.model` on `n` questions of a SQuAD file.
 

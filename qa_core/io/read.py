@@ -215,10 +215,15 @@ def _rows_of(batch: pa.RecordBatch) -> Iterator[dict[str, object]]:
         yield dict(zip(names, values, strict=True))
 
 
-def count_rows(files: Sequence[str]) -> int:
-    """Rows in Parquet files, from their footers (no data pages are read)."""
-    total = 0
+def file_row_counts(files: Sequence[str]) -> list[int]:
+    """Rows of each Parquet file, from its footer (no data pages are read)."""
+    counts = []
     for file in files:
         with fsspec.open(file, "rb") as handle:
-            total += pq.ParquetFile(handle).metadata.num_rows
-    return total
+            counts.append(pq.ParquetFile(handle).metadata.num_rows)
+    return counts
+
+
+def count_rows(files: Sequence[str]) -> int:
+    """Rows in Parquet files, from their footers (no data pages are read)."""
+    return sum(file_row_counts(files))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import fsspec
@@ -149,6 +150,30 @@ class OutputWriter:
             raise OutputError(
                 f"cannot write the output: {describe_storage_error(err, self.output_dir)}"
             ) from err
+
+    def write_all(
+        self, results: Iterable[Answer | Rejection], on_rows: Callable[[int], object], every: int = 1
+    ) -> int:
+        """Writes every result of a stream (an engine's `answer_rows`), reporting progress.
+
+        Args:
+            results: Answers and rejections, in output order.
+            on_rows: Called with the number of rows written since its last call, every `every` rows and
+                once at the end for the rest (a progress bar, a worker's progress message).
+            every: Rows between two progress calls.
+
+        Returns:
+            The rows written.
+        """
+        written = 0
+        for result in results:
+            self.write(result)
+            written += 1
+            if written % every == 0:
+                on_rows(every)
+        if written % every:
+            on_rows(written % every)
+        return written
 
     def close_tables(self) -> None:
         """Closes (and renames into place) the answers and rejections part files.

@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from qa_core import __version__
 from qa_core.config import QAConfig
-from qa_core.engine.loop import EngineStats, QAEngine
+from qa_core.engine.loop import QAEngine
+from qa_core.engine.stats import EngineStats
 from qa_core.evaluation.calibration import apply_model_calibration
 from qa_core.io.read import count_rows, iter_rows, read_input_schema, resolve_inputs
 from qa_core.io.schema import answer_schema, rejection_schema
@@ -226,9 +227,7 @@ def _answer_here(
     writer = OutputWriter(output_dir, *schemas, config.decode.top_k, overwrite=overwrite)
     engine = QAEngine(qa_model, config)
     began = time.perf_counter()
-    for result in engine.answer_rows(iter_rows(files, config.input)):
-        writer.write(result)
-        bar.update(1)
+    writer.write_all(engine.answer_rows(iter_rows(files, config.input)), bar.update)
     answering = (began, time.perf_counter())
     return _Ran(engine.stats, qa_model.model_id, qa_model.revision, str(qa_model.device), writer, answering)
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qa_core.config import QAConfig
-from qa_core.engine.loop import EngineStats
+from qa_core.engine.stats import EngineStats
 from qa_core.errors import WorkerError
 from qa_core.jobs.processes import report_error, skip_final_collection, start_child
 from qa_core.runtime.device_server import SERVER_PART, ClientChannel, serve, stop_server
@@ -120,18 +120,20 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any) -> No
         from qa_core.runtime.device_server import DeviceClient
         from qa_core.runtime.heap import use_system_arrow_pool
         from qa_core.runtime.loading import load_qa_model, load_tokenizer
+        from qa_core.runtime.runner import ModelRunner
 
         torch.set_num_threads(job.threads)
         if job.system_arrow_pool:
             use_system_arrow_pool()
+        runner: ModelRunner  # the model in this process, or the device server's stand-in
         if job.channel is None:
-            model: Any = load_qa_model(config.model)
+            runner = load_qa_model(config.model)
         else:
             tokenizer = load_tokenizer(config.model)
         messages.put(("ready", job.part, None))
         go.wait()  # the parent prepares the output folder once every model has loaded
         if job.channel is not None:
-            model = DeviceClient.connect(tokenizer, job.channel)
+            runner = DeviceClient.connect(tokenizer, job.channel)
         writer = OutputWriter(
             job.output_dir,
             job.answer_schema,
@@ -140,17 +142,15 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any) -> No
             part=job.part,
             prepare=False,
         )
-        engine = QAEngine(model, config)
-        done = 0
+        engine = QAEngine(runner, config)
         rows = iter_rows(job.files, config.input, start=job.start, stop=job.stop)
-        for answer in engine.answer_rows(rows):
-            writer.write(answer)
-            done += 1
-            if done % PROGRESS_EVERY_ROWS == 0:
-                messages.put(("rows", job.part, PROGRESS_EVERY_ROWS))
+        writer.write_all(
+            engine.answer_rows(rows, first_position=job.start),
+            lambda n: messages.put(("rows", job.part, n)),
+            every=PROGRESS_EVERY_ROWS,
+        )
         writer.close_tables()
-        messages.put(("rows", job.part, done % PROGRESS_EVERY_ROWS))
-        result = WorkerResult(job.part, engine.stats, model.model_id, model.revision, str(model.device))
+        result = WorkerResult(job.part, engine.stats, runner.model_id, runner.revision, str(runner.device))
         messages.put(("done", job.part, result))
         skip_final_collection()
     except BaseException as err:  # reported to the parent, which fails the job

@@ -29,6 +29,7 @@ import torch
 from qa_core.config import QAConfig
 from qa_core.errors import DeviceFailedError
 from qa_core.jobs.processes import picklable, report_error, skip_final_collection, start_child
+from qa_core.runtime.runner import ModelRunner
 from qa_core.stages.batch import Batch
 
 logger = logging.getLogger(__name__)
@@ -174,7 +175,7 @@ _Reply = tuple[int, np.ndarray | None, np.ndarray | None, BaseException | None]
 
 
 def _answer_requests(
-    model: Any, requests: Any, replies: list[Any], fail: Callable[[BaseException], None]
+    model: ModelRunner, requests: Any, replies: list[Any], fail: Callable[[BaseException], None]
 ) -> None:
     """One server thread: forward each request's batch, reply with its logits (or its error).
 
@@ -195,7 +196,7 @@ def _answer_requests(
         fail(err)
 
 
-def _answer(model: Any, seq: int, packed: list[np.ndarray]) -> _Reply:
+def _answer(model: ModelRunner, seq: int, packed: list[np.ndarray]) -> _Reply:
     """The reply to one request: its logits, or the forward's error for the worker's engine."""
     try:
         start, end = model.forward(_unpack(*packed))

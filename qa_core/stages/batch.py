@@ -7,7 +7,7 @@ length-sorted batches over 99%.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,15 +102,3 @@ def collate(features: Sequence[Feature], pad_token_id: int, pad_to_multiple_of: 
         token_type_ids[row, :n] = feature.token_type_ids
     return Batch(tuple(features), input_ids, attention_mask, token_type_ids)
 
-
-def batches(features: Iterable[Feature], config: BatchConfig, pad_token_id: int) -> Iterator[Batch]:
-    """Sort buffers of `sort_buffer_windows` windows, planned and collated into padded batches."""
-    buffer: list[Feature] = []
-    for feature in features:
-        buffer.append(feature)
-        if len(buffer) >= config.sort_buffer_windows:
-            for group in plan_batches(buffer, config):
-                yield collate(group, pad_token_id, config.pad_to_multiple_of)
-            buffer = []
-    for group in plan_batches(buffer, config):
-        yield collate(group, pad_token_id, config.pad_to_multiple_of)

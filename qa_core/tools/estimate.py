@@ -33,13 +33,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qa_core.config import QAConfig
+from qa_core.engine.host import RowPreparer
 from qa_core.errors import ConfigError, InputError
 from qa_core.io.read import read_input_schema, resolve_inputs
-from qa_core.records import Feature, Record, Rejection
+from qa_core.records import Feature, Rejection, RowWindows
 from qa_core.runtime.loading import load_tokenizer
 from qa_core.stages.batch import padded_length, plan_batches
-from qa_core.stages.featurize import Featurizer
-from qa_core.stages.validate import validate_row
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +46,6 @@ GPU_ASSUMED_SPEEDUP = 20.0
 """Placeholder GPU / CPU throughput ratio used only without `--gpu-bench`: an order-of-magnitude guess for
 one data-center GPU in fp16 against the benchmarked CPU. Not measured; replace it with a GPU bench."""
 BENCH_MODES = ("predict", "run")
-CHUNK_ROWS = 128
 
 
 @dataclass(frozen=True)
@@ -143,35 +141,21 @@ class SampleFigures:
 def measure_sample(
     rows: list[dict[str, Any]], tokenizer: Any, config: QAConfig, total_rows: int
 ) -> SampleFigures:
-    """Validates and featurizes the sampled rows and plans their windows into padded batches."""
-    featurizer = Featurizer(tokenizer, config.featurize)
-    rejected: Counter[str] = Counter()
-    windows: list[int] = []
-    tokens: list[int] = []
-    features: list[Feature] = []
-    for begin in range(0, len(rows), CHUNK_ROWS):
-        validated = [
-            validate_row(row, str(begin + i), config.input, config.featurize)
-            for i, row in enumerate(rows[begin : begin + CHUNK_ROWS])
-        ]
-        records = [r for r in validated if isinstance(r, Record)]
-        featurized = iter(featurizer.featurize(records))
-        for item in validated:
-            result = next(featurized) if isinstance(item, Record) else item
-            if isinstance(result, Rejection):
-                rejected[result.reason.value] += 1
-                windows.append(0)
-                tokens.append(0)
-            else:
-                windows.append(len(result))
-                tokens.append(sum(f.length for f in result))
-                features += result
+    """Validates and featurizes the sampled rows (the engine's host half) and plans their windows."""
+    preparer = RowPreparer(tokenizer, config)
+    prepared = [item for chunk in preparer.prepare_chunks(rows) for item in chunk]
+    windowed = [item for item in prepared if isinstance(item, RowWindows)]
+    rejected = Counter(item.reason.value for item in prepared if isinstance(item, Rejection))
     return SampleFigures(
         rows=len(rows),
         rejected_by_reason=dict(sorted(rejected.items())),
-        windows_per_row=tuple(windows),
-        real_tokens_per_row=tuple(tokens),
-        padding_efficiency=_padding_efficiency(features, config, total_rows / max(len(rows), 1)),
+        windows_per_row=tuple(len(item.windows) if isinstance(item, RowWindows) else 0 for item in prepared),
+        real_tokens_per_row=tuple(
+            sum(f.length for f in item.windows) if isinstance(item, RowWindows) else 0 for item in prepared
+        ),
+        padding_efficiency=_padding_efficiency(
+            [f for item in windowed for f in item.windows], config, total_rows / max(len(rows), 1)
+        ),
     )
 
 

@@ -1,0 +1,178 @@
+"""Host half of the engine: rows -> validated records -> windows -> sort buffers planned into batches.
+
+Every engine uses these pieces: `docqa predict` and its workers (through `QAEngine`), the Beam DoFns
+(`pipelines.stages`), calibration, the cost estimate and the benchmark. Rows are keyed by their position
+in the job's input (`qa_core.records.row_key`), validated one by one, and featurized
+`FEATURIZE_CHUNK_ROWS` at a time (one call into the Rust tokenizer per chunk, and a context shared by
+several rows of the chunk is tokenized once). A sort buffer holds about `batch.sort_buffer_windows`
+windows, whose batches are planned together by length (`qa_core.stages.batch.plan_batches`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from qa_core.config import QAConfig
+from qa_core.engine.stats import EngineStats
+from qa_core.records import Feature, Record, Rejection, RowWindows, row_key
+from qa_core.stages.batch import plan_batches
+from qa_core.stages.featurize import Featurizer
+from qa_core.stages.validate import validate_row
+
+FEATURIZE_CHUNK_ROWS = 128  # records tokenized per call (the Rust tokenizer amortizes per-call cost)
+
+Prepared = RowWindows | Rejection
+"""A row after the host half: its windows, or why it is rejected."""
+
+_T = TypeVar("_T")
+
+
+def validate_at(row: Mapping[str, Any], position: int, config: QAConfig) -> Record | Rejection:
+    """The record of the input row at `position` (keyed by it), or its rejection."""
+    return validate_row(row, row_key(position), config.input, config.featurize)
+
+
+class RowPreparer:
+    """Validates and featurizes rows with one tokenizer and config, counting them in `stats`.
+
+    Args:
+        tokenizer: The model's fast tokenizer.
+        config: The job config (`input`, `featurize`).
+        stats: The run's counters (`rows`, `windows_per_row`); a fresh one when None.
+    """
+
+    def __init__(self, tokenizer: Any, config: QAConfig, stats: EngineStats | None = None) -> None:
+        self.config = config
+        self.stats = stats if stats is not None else EngineStats()
+        self._featurizer = Featurizer(tokenizer, config.featurize)
+
+    def validate(self, row: Mapping[str, Any], position: int) -> Record | Rejection:
+        """The record of the input row at `position`, or its rejection (counted)."""
+        self.stats.rows += 1
+        return validate_at(row, position, self.config)
+
+    def featurize(self, records: Sequence[Record]) -> list[Prepared]:
+        """Each record's windows (or its rejection), in order; one tokenizer call for all of them."""
+        out: list[Prepared] = []
+        for record, result in zip(records, self._featurizer.featurize(records), strict=True):
+            if isinstance(result, Rejection):
+                out.append(result)
+            else:
+                self.stats.windows_per_row[len(result)] += 1
+                out.append(RowWindows(record, tuple(result)))
+        return out
+
+    def prepare(self, rows: Sequence[Mapping[str, Any]], first_position: int) -> list[Prepared]:
+        """Validates and featurizes a chunk of rows, keeping their order.
+
+        Args:
+            rows: Consecutive input rows.
+            first_position: The input position of `rows[0]`.
+        """
+        validated = [self.validate(row, first_position + i) for i, row in enumerate(rows)]
+        featurized = iter(self.featurize([item for item in validated if isinstance(item, Record)]))
+        return [next(featurized) if isinstance(item, Record) else item for item in validated]
+
+    def prepare_chunks(
+        self, rows: Iterable[Mapping[str, Any]], first_position: int = 0
+    ) -> Iterator[list[Prepared]]:
+        """`prepare` over a stream of rows, `FEATURIZE_CHUNK_ROWS` at a time."""
+        position = first_position
+        for chunk in chunks(rows, FEATURIZE_CHUNK_ROWS):
+            yield self.prepare(chunk, position)
+            position += len(chunk)
+
+
+@dataclass
+class SortBuffer:
+    """One sort buffer, ready for the model.
+
+    Attributes:
+        items: Per input row, in input order: its windows, or its rejection.
+        groups: The buffer's windows, grouped into batches by length, shortest first (padded only when
+            run, so at most one batch's padded arrays exist at a time).
+    """
+
+    items: list[Prepared]
+    groups: deque[list[Feature]]
+
+    def rows_completed_by(self) -> list[list[RowWindows]]:
+        """Per batch of `groups`, the rows whose last window it holds (their other windows come earlier)."""
+        last_group = {f.row_key: index for index, group in enumerate(self.groups) for f in group}
+        completed: list[list[RowWindows]] = [[] for _ in self.groups]
+        for item in self.items:
+            if isinstance(item, RowWindows):
+                completed[last_group[item.record.row_key]].append(item)
+        return completed
+
+
+def plan_buffer(items: list[Prepared], config: QAConfig, stats: EngineStats | None = None) -> SortBuffer:
+    """The sort buffer of `items`: their windows planned into length-sorted batches."""
+    windows = [f for item in items if isinstance(item, RowWindows) for f in item.windows]
+    if stats is not None:
+        stats.windows += len(windows)
+    return SortBuffer(items, deque(plan_batches(windows, config.batch)))
+
+
+class SortBufferer:
+    """Collects prepared rows until they hold `batch.sort_buffer_windows` windows, then plans them.
+
+    The one buffering rule of every engine: `QAEngine` adds a featurized chunk at a time, the Beam job
+    (`pipelines.stages.BucketWindows`) a row at a time within a bundle.
+
+    Args:
+        config: The job config (`batch`).
+        stats: Counts the planned windows when given.
+    """
+
+    def __init__(self, config: QAConfig, stats: EngineStats | None = None) -> None:
+        self._config = config
+        self._stats = stats
+        self._pending: list[Prepared] = []
+        self._windows = 0
+
+    def add(self, items: Iterable[Prepared]) -> SortBuffer | None:
+        """Adds rows; returns the planned buffer once it is full, else None."""
+        for item in items:
+            self._pending.append(item)
+            if isinstance(item, RowWindows):
+                self._windows += len(item.windows)
+        if self._windows >= self._config.batch.sort_buffer_windows:
+            return self.flush()
+        return None
+
+    def flush(self) -> SortBuffer | None:
+        """The buffer of the rows added so far (None when there are none), and a fresh start."""
+        if not self._pending:
+            return None
+        items, self._pending, self._windows = self._pending, [], 0
+        return plan_buffer(items, self._config, self._stats)
+
+
+def sort_buffers(
+    prepared_chunks: Iterable[list[Prepared]], config: QAConfig, stats: EngineStats | None = None
+) -> Iterator[SortBuffer]:
+    """Sort buffers of chunks of prepared rows (a buffer closes after the chunk that fills it)."""
+    bufferer = SortBufferer(config, stats)
+    for chunk in prepared_chunks:
+        buffer = bufferer.add(chunk)
+        if buffer is not None:
+            yield buffer
+    last = bufferer.flush()
+    if last is not None:
+        yield last
+
+
+def chunks(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    """Consecutive lists of `size` items (the last one shorter)."""
+    chunk: list[_T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

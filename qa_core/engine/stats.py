@@ -1,0 +1,64 @@
+"""The counters of a run: what the engine saw and did, reported as the `counts` of `_run.json`."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from qa_core.records import Answer, Rejection
+
+
+@dataclass
+class EngineStats:
+    """Counters of a run (also the `counts` of `_run.json`).
+
+    Mutable on purpose: every engine piece adds to the one instance of its run.
+    """
+
+    rows: int = 0
+    answered: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    windows: int = 0
+    windows_per_row: Counter[int] = field(default_factory=Counter)
+    batches: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    batch_splits: int = 0
+    oom_splits: int = 0
+    model_seconds: float = 0.0
+
+    def count_result(self, result: Answer | Rejection) -> Answer | Rejection:
+        """Counts an output row (answered, or rejected by reason) and returns it."""
+        if isinstance(result, Answer):
+            self.answered += 1
+        else:
+            self.rejected[result.reason.value] += 1
+        return result
+
+    def add(self, other: EngineStats) -> None:
+        """Adds another run's counters to these (the worker processes of `docqa predict --workers`)."""
+        for name, value in vars(other).items():
+            mine = getattr(self, name)
+            if isinstance(mine, Counter):
+                mine.update(value)  # adds counts, unlike dict.update
+            else:
+                setattr(self, name, mine + value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able counters."""
+        return {
+            "rows_read": self.rows,
+            "answered": self.answered,
+            "rejected": sum(self.rejected.values()),
+            "rejected_by_reason": dict(sorted(self.rejected.items())),
+            "windows": self.windows,
+            "windows_per_row": {str(k): v for k, v in sorted(self.windows_per_row.items())},
+            "batches": self.batches,
+            "real_tokens": self.real_tokens,
+            "padded_tokens": self.padded_tokens,
+            "padding_efficiency": self.real_tokens / self.padded_tokens if self.padded_tokens else None,
+            "batch_splits": self.batch_splits,
+            "oom_splits": self.oom_splits,
+            "model_seconds": round(self.model_seconds, 3),
+        }
