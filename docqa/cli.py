@@ -14,7 +14,7 @@ from docqa.user_commands import register as register_user_commands
 from qa_core import __version__
 from qa_core.config import add_config_arguments, config_from_arguments
 from qa_core.errors import ConfigError
-from qa_core.jobs.processes import skip_final_collection
+from qa_core.runtime.processes import skip_final_collection
 
 logger = logging.getLogger("docqa")
 

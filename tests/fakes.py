@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from pipelines.inference import QAModelHandler
-from qa_core.engine.assembly import WindowFailure
 from qa_core.config import QAConfig
+from qa_core.engine.assembly import WindowFailure
 from qa_core.records import Feature, WindowCandidates
 from qa_core.runtime.torch_runner import TorchRunner
 from tests.test_engine import MarkerModel, PoisonModel

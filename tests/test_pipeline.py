@@ -17,7 +17,6 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from docqa.cli import main
 from pipelines.inference import QAModelHandler, RowDone, WindowBatch
-from qa_core.engine.assembly import WindowFailure
 from pipelines.run import local_runner, run
 from pipelines.stages import (
     REJECTIONS,
@@ -29,6 +28,7 @@ from pipelines.stages import (
     ValidateRows,
 )
 from qa_core.config import BatchConfig, QAConfig, load_config
+from qa_core.engine.assembly import WindowFailure
 from qa_core.records import Answer, Feature, Reason, Record, RowWindows, WindowCandidates
 from qa_core.runtime.torch_runner import TorchRunner
 from tests.conftest import write_parquet

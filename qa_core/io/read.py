@@ -116,39 +116,55 @@ def read_input_schema(files: list[str], config: InputConfig) -> InputSchema:
         InputError: An unreadable file, a missing column, a question or context column that does not
             hold text, or a column whose type differs between files, naming the file.
     """
-    text_columns = {
-        config.question_column: "question_column",
-        config.context_column: "context_column",
-    }
     first: dict[str, tuple[pa.Field, str]] = {}
     for file in files:
-        schema = _file_schema(file)
-        missing = [c for c in config.columns if c not in schema.names]
-        if missing:
-            raise InputError(
-                f"{file} has no column(s) {missing} (it has {schema.names}); set input.id_column / "
-                "question_column / context_column / passthrough_columns to match"
-            )
-        for name in config.columns:
-            field = schema.field(name)
-            if name in text_columns and not _is_text(field.type):
-                raise InputError(
-                    f"{file}: column '{name}' (input.{text_columns[name]}) has type {field.type}, expected "
-                    "strings; cast the column to string or point the setting at a text column"
-                )
-            plain = field.with_type(pa.string() if name in text_columns else _plain(field.type))
-            seen = first.get(name)
+        for plain in _checked_fields(_file_schema(file), file, config):
+            seen = first.get(plain.name)
             if seen is None or pa.types.is_null(seen[0].type):
-                first[name] = (plain, file)
+                first[plain.name] = (plain, file)
             elif not pa.types.is_null(plain.type) and plain.type != seen[0].type:
                 raise InputError(
-                    f"{file}: column '{name}' has type {field.type}, but {seen[1]} has {seen[0].type}; "
-                    "every input file must give a column the same type"
+                    f"{file}: column '{plain.name}' has type {plain.type}, but {seen[1]} has "
+                    f"{seen[0].type}; every input file must give a column the same type"
                 )
     if not first:
         raise InputError("no input files")
     fields = tuple(first[c][0] for c in config.columns)
     return InputSchema(id_field=fields[0], fields=fields)
+
+
+def table_input_schema(schema: pa.Schema, config: InputConfig, source: str = "the table") -> InputSchema:
+    """`read_input_schema` for one in-memory table's schema (the Python API).
+
+    Raises:
+        InputError: A missing column, or a question or context column that does not hold text.
+    """
+    fields = tuple(_checked_fields(schema, source, config))
+    return InputSchema(id_field=fields[0], fields=fields)
+
+
+def _checked_fields(schema: pa.Schema, source: str, config: InputConfig) -> list[pa.Field]:
+    """The configured columns' fields of one schema, as the job writes them (text columns as strings)."""
+    text_columns = {
+        config.question_column: "question_column",
+        config.context_column: "context_column",
+    }
+    missing = [c for c in config.columns if c not in schema.names]
+    if missing:
+        raise InputError(
+            f"{source} has no column(s) {missing} (it has {schema.names}); set input.id_column / "
+            "question_column / context_column / passthrough_columns to match"
+        )
+    fields = []
+    for name in config.columns:
+        field = schema.field(name)
+        if name in text_columns and not _is_text(field.type):
+            raise InputError(
+                f"{source}: column '{name}' (input.{text_columns[name]}) has type {field.type}, expected "
+                "strings; cast the column to string or point the setting at a text column"
+            )
+        fields.append(field.with_type(pa.string() if name in text_columns else _plain(field.type)))
+    return fields
 
 
 def _plain(type_: pa.DataType) -> pa.DataType:

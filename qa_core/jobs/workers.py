@@ -33,8 +33,8 @@ from typing import Any
 from qa_core.config import QAConfig
 from qa_core.engine.stats import EngineStats
 from qa_core.errors import WorkerError
-from qa_core.jobs.processes import report_error, skip_final_collection, start_child
 from qa_core.runtime.device_server import SERVER_PART, ClientChannel, serve, stop_server
+from qa_core.runtime.processes import report_error, skip_final_collection, start_child
 
 logger = logging.getLogger(__name__)
 

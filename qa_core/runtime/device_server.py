@@ -28,7 +28,7 @@ import torch
 
 from qa_core.config import QAConfig
 from qa_core.errors import DeviceFailedError
-from qa_core.jobs.processes import picklable, report_error, skip_final_collection, start_child
+from qa_core.runtime.processes import picklable, report_error, skip_final_collection, start_child
 from qa_core.runtime.runner import ModelRunner
 from qa_core.stages.batch import Batch
 

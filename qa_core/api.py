@@ -1,0 +1,69 @@
+"""The Python API: load a config and a model, answer rows or a pyarrow Table, as `docqa predict` does.
+
+    import qa_core
+    config = qa_core.load_config(overrides=["decode.top_k=3"])
+    model = qa_core.load_model(config)
+    for result in qa_core.answer_rows(model, config, [{"id": 1, "question": "...", "context": "..."}]):
+        print(result)  # an Answer, or a Rejection with its reason code
+
+The same engine, config checks and calibration as the command-line jobs; nothing is written to storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from qa_core.config import QAConfig
+from qa_core.engine.loop import QAEngine
+from qa_core.evaluation.calibration import apply_model_calibration
+from qa_core.io.read import table_input_schema
+from qa_core.io.schema import answer_schema, answer_to_row, rejection_schema, rejection_to_row, rows_to_table
+from qa_core.records import Answer, Rejection
+from qa_core.runtime.loading import load_qa_model
+from qa_core.runtime.runner import ModelRunner
+
+
+def load_model(config: QAConfig) -> ModelRunner:
+    """Loads `config.model` (checkpoint, dtype, device, safety switches) in this process.
+
+    Raises:
+        ModelLoadError: Missing or unsafe checkpoint, no fast tokenizer, or a required GPU absent.
+    """
+    return load_qa_model(config.model)
+
+
+def answer_rows(
+    model: ModelRunner, config: QAConfig, rows: Iterable[Mapping[str, Any]]
+) -> Iterator[Answer | Rejection]:
+    """Answers rows (dicts with the configured id / question / context columns), one result per row.
+
+    Results come in input order; the model's `calibration.json` applies as in a job.
+    """
+    engine = QAEngine(model, apply_model_calibration(config))
+    yield from engine.answer_rows(rows)
+
+
+def answer_table(model: ModelRunner, config: QAConfig, table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Answers every row of a table; returns (answers, rejections) with the schemas `docqa predict` writes.
+
+    Raises:
+        InputError: A configured column is missing, or the question or context column holds no text.
+    """
+    schema = table_input_schema(table.schema, config.input)
+    config = apply_model_calibration(config)
+    top_k = config.decode.top_k
+    passthrough = [schema.field(c) for c in config.input.passthrough_columns]
+    answers: list[dict[str, Any]] = []
+    rejections: list[dict[str, Any]] = []
+    for result in QAEngine(model, config).answer_rows(table.select(config.input.columns).to_pylist()):
+        if isinstance(result, Answer):
+            answers.append(answer_to_row(result, top_k))
+        else:
+            rejections.append(rejection_to_row(result))
+    return (
+        rows_to_table(answers, answer_schema(schema.id_field.type, passthrough, top_k)),
+        rows_to_table(rejections, rejection_schema(schema.id_field.type, schema.fields)),
+    )
