@@ -9,6 +9,7 @@ op on the model's device, and only the `n_best` best candidates per window (a fe
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from qa_core.records import WindowCandidates
@@ -82,20 +83,10 @@ def decode_batch(
         DecodeError: When the logits hold NaN, are infinite on a context or CLS token (fp16 overflow), or
             have the wrong shape.
     """
+    _check_logits(batch, start_logits, end_logits)
     n_windows, width = batch.input_ids.shape
-    if start_logits.shape != (n_windows, width) or end_logits.shape != (n_windows, width):
-        raise DecodeError(
-            f"logits of shape {tuple(start_logits.shape)} / {tuple(end_logits.shape)} do not match the "
-            f"batch ({n_windows}, {width})"
-        )
-    if bool(torch.isnan(start_logits).any() | torch.isnan(end_logits).any()):
-        raise DecodeError("the model produced NaN logits")
     device = start_logits.device
-    char_starts = np.full((n_windows, width), -1, dtype=np.int64)  # (B, P)
-    char_ends = np.full((n_windows, width), -1, dtype=np.int64)  # (B, P)
-    for row, feature in enumerate(batch.features):
-        char_starts[row, : feature.length] = feature.char_starts
-        char_ends[row, : feature.length] = feature.char_ends
+    char_starts, char_ends = _char_offsets(batch)  # (B, P) each, -1 outside the context
     in_context = torch.from_numpy(char_starts >= 0).to(device)  # (B, P)
     # Tokens outside the context get -inf, so every pair with one of them scores -inf: the (B, P) masks
     # replace a mask over all (B, P, L) pairs.
@@ -112,16 +103,8 @@ def decode_batch(
     top_scores = top_scores_t.cpu().numpy()  # (B, K)
     top_flat = top_flat_t.cpu().numpy()  # (B, K): i * L + d
 
-    cls_index = torch.tensor([f.cls_index for f in batch.features], device=device)  # (B,)
-    has_cls = cls_index >= 0
-    safe_cls = cls_index.clamp(min=0).unsqueeze(1)
     # The CLS token is outside the context: its logits come from the unmasked tensors.
-    null_logits = (
-        (raw_start.gather(1, safe_cls) + raw_end.gather(1, safe_cls)).squeeze(1).cpu().numpy()
-    )  # (B,)
-    has_cls_np = has_cls.cpu().numpy()
-    if not np.isfinite(null_logits[has_cls_np]).all():
-        raise DecodeError("the model produced infinite logits at the CLS token")
+    null_logits, has_cls_np = _null_logits(batch, raw_start, raw_end)
 
     out: list[WindowCandidates] = []
     for row, feature in enumerate(batch.features):
@@ -140,3 +123,42 @@ def decode_batch(
             )
         )
     return out
+
+
+def _check_logits(batch: Batch, start_logits: torch.Tensor, end_logits: torch.Tensor) -> None:
+    """Raises `DecodeError` on logits of the wrong shape or holding NaN."""
+    shape = tuple(batch.input_ids.shape)  # (B, P)
+    if tuple(start_logits.shape) != shape or tuple(end_logits.shape) != shape:
+        raise DecodeError(
+            f"logits of shape {tuple(start_logits.shape)} / {tuple(end_logits.shape)} do not match the "
+            f"batch {shape}"
+        )
+    if bool(torch.isnan(start_logits).any() | torch.isnan(end_logits).any()):
+        raise DecodeError("the model produced NaN logits")
+
+
+def _char_offsets(batch: Batch) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(B, P) start and end characters of every token position, -1 outside the context and in padding."""
+    char_starts = np.full(batch.input_ids.shape, -1, dtype=np.int64)
+    char_ends = np.full(batch.input_ids.shape, -1, dtype=np.int64)
+    for row, feature in enumerate(batch.features):
+        char_starts[row, : feature.length] = feature.char_starts
+        char_ends[row, : feature.length] = feature.char_ends
+    return char_starts, char_ends
+
+
+def _null_logits(
+    batch: Batch, start: torch.Tensor, end: torch.Tensor
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """Per window, `start[cls] + end[cls]` (B,) and whether the window has a CLS token (B,).
+
+    Raises:
+        DecodeError: When a CLS logit is infinite (fp16 overflow).
+    """
+    cls_index = torch.tensor([f.cls_index for f in batch.features], device=start.device)  # (B,)
+    has_cls = (cls_index >= 0).cpu().numpy()
+    safe_cls = cls_index.clamp(min=0).unsqueeze(1)  # (B, 1)
+    null_logits = (start.gather(1, safe_cls) + end.gather(1, safe_cls)).squeeze(1).cpu().numpy()  # (B,)
+    if not np.isfinite(null_logits[has_cls]).all():
+        raise DecodeError("the model produced infinite logits at the CLS token")
+    return null_logits, has_cls
