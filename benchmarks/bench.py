@@ -1,13 +1,8 @@
 """`docqa bench`: throughput of docqa against the anchors, on the same model and the same rows.
 
-Modes (each runs in a fresh subprocess, so peak RSS and warm-up are per mode; on CUDA each runs its rows
-once untimed first, see `_full_warm_up`):
-    seed        one question at a time: tokenize, forward, best span (the seed design's way)
-    bound       forward only, pre-tokenized windows sorted by length, padded like docqa's batches
-    predict     `docqa predict` in-process, Parquet to Parquet, end to end (model already loaded);
-                with --workers N, `docqa predict --workers N` from every worker loaded to the last answer
-    run         `docqa run` on DirectRunner, Parquet to Parquet, end to end (includes worker model load)
-    beam-stock  RunInference with Beam's PyTorch keyed-tensor handler, windows padded to max_seq_len
+The modes and the arguments are described in `benchmarks.options` (importable without torch, for the
+`docqa` CLI). Each mode runs in a fresh `python -m benchmarks.bench ... --mode X` subprocess, so peak RSS
+and warm-up are per mode; on CUDA each runs its rows once untimed first (`_full_warm_up`).
 """
 
 from __future__ import annotations
@@ -23,15 +18,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from qa_core.config import DEFAULT_MODEL, QAConfig, add_config_arguments, load_config
+from benchmarks.options import DESCRIPTION, MODES, add_bench_arguments, check_bench_arguments
+from qa_core.config import QAConfig, load_config
 from qa_core.engine.assembly import assemble_row
 from qa_core.engine.contained import run_batch_contained
 from qa_core.engine.host import RowPreparer
+from qa_core.errors import InputError, JobError
 from qa_core.evaluation.squad import load_squad, squad_to_table
 from qa_core.records import Feature, RowWindows
 from qa_core.runtime.loading import load_qa_model, resolve_device
@@ -39,8 +37,11 @@ from qa_core.runtime.torch_runner import TorchRunner
 from qa_core.stages.batch import collate, plan_batches
 
 logger = logging.getLogger("docqa.bench")
-MODES = ("seed", "bound", "predict", "run", "beam-stock")
-DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json.zip")
+__all__ = ["MODES", "build_parser", "main", "run_bench"]
+
+
+class BenchError(JobError, RuntimeError):
+    """A bench mode failed in its child process; the message holds the end of its stderr."""
 
 
 def _rows(data: str, n: int, repeat: int = 1) -> list[dict[str, Any]]:
@@ -157,7 +158,7 @@ def bench_predict_workers(
     """`docqa predict --workers N` in-process, Parquet to Parquet; the figure is the answering alone.
 
     Like the one-process mode, the time excludes loading the model: it runs from the moment every
-    worker (and the device server, with `model.worker_models=shared`) has loaded to every worker's last
+    worker (and the device server, with `runtime.worker_models=shared`) has loaded to every worker's last
     answer (`_run.json`'s `answer_seconds`; the processes' exit is left out too). The start-up and the
     whole command's time are kept beside it. There is no untimed first pass (each run starts fresh
     processes), so on a GPU each worker's first batch of every shape is inside the time: give it enough
@@ -174,7 +175,7 @@ def bench_predict_workers(
         "startup_seconds": timings["startup_seconds"],
         "whole_seconds": timings["wall_seconds"],
         "workers": min(workers, len(rows)),  # as `row_ranges` plans them
-        "worker_models": config.model.worker_models,
+        "worker_models": config.runtime.worker_models,
         "real_tokens": counts["real_tokens"],
         "padded_tokens": counts["padded_tokens"],
     }
@@ -199,7 +200,7 @@ def bench_run(
         "--set",
         f"model.dtype={config.model.dtype}",
         "--set",
-        f"model.device={model.device.type}",
+        f"runtime.device={model.device.type}",
     ]
     started = time.perf_counter()
     info = run(argv)
@@ -279,7 +280,7 @@ def _config(args: argparse.Namespace) -> QAConfig:
     base = [
         f"model.name_or_path={json.dumps(args.model)}",
         f"model.dtype={args.dtype}",
-        f"model.device={args.device}",
+        f"runtime.device={args.device}",
     ]
     return load_config(args.config, [*base, *args.overrides])
 
@@ -294,7 +295,7 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
             # The workers load their own models: one here would only hold the device's memory.
             figures = bench_predict_workers(config, rows, Path(tmp), args.workers)
         else:
-            figures = RUNNERS[args.mode](load_qa_model(config.model), config, rows, Path(tmp))
+            figures = RUNNERS[args.mode](load_qa_model(config.model, config.runtime), config, rows, Path(tmp))
     figures.update(
         mode=args.mode,
         questions=len(rows),
@@ -341,71 +342,55 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Arguments of `docqa bench`."""
+    """The parser of `python -m benchmarks.bench` (the same arguments as `docqa bench`)."""
     parser = argparse.ArgumentParser(
-        prog="docqa bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="docqa bench", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="QA checkpoint (default: the bundled model)")
-    parser.add_argument("--data", default=DEFAULT_DATA, help="SQuAD JSON whose first N questions are used")
-    parser.add_argument("--n", type=int, default=2000, help="questions (default 2000)")
-    parser.add_argument(
-        "--repeat",
-        type=int,
-        default=1,
-        help="every mode answers the N questions this many times over, with fresh ids (default 1; more "
-        "rows for a fast device, where start-up and first-shape costs would dominate N questions)",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="the predict mode runs `docqa predict --workers N` (with --set model.worker_models=shared "
-        "for one device server); its figure is the answering after every process has loaded (default 1)",
-    )
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default cpu)")
-    parser.add_argument(
-        "--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="dtype (default fp32)"
-    )
-    parser.add_argument(
-        "--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}"
-    )
-    add_config_arguments(parser, model=False)
-    parser.add_argument(
-        "--json", default="out/bench.json", help="write the results here (default out/bench.json)"
-    )
-    parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)  # one mode, in a child process
+    add_bench_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs each mode in a child process and prints the table."""
+    """Entry point of `python -m benchmarks.bench`: parses `argv`, then `run_bench`."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if min(args.n, args.repeat, args.workers) < 1:
-        parser.error(f"--n, --repeat and --workers must be >= 1, got {args.n}, {args.repeat}, {args.workers}")
-    if args.workers > 1 and "predict" not in args.modes.split(","):
-        parser.error("--workers applies to the predict mode only: add predict to --modes")
+    check_bench_arguments(parser, args)
+    return run_bench(args, list(argv if argv is not None else sys.argv[1:]))
+
+
+def run_bench(args: argparse.Namespace, argv: list[str]) -> int:
+    """Runs each mode in a child process (`argv` plus `--mode X`) and prints the table.
+
+    With `args.mode` set (in a child), runs that mode here and prints its figures as JSON.
+
+    Raises:
+        InputError: The `--data` file does not exist.
+        ModelLoadError, ConfigError: The model's device or the config, checked before any child starts.
+        BenchError: A mode failed in its child process.
+    """
     if args.mode:
         print(json.dumps(run_mode(args)))
         return 0
-    # Fail in one line, before any child starts, on a config error or an absent GPU.
-    resolve_device(_config(args).model)
+    # Fail in one line, before any child starts, on a config error, an absent GPU or missing data.
+    resolve_device(_config(args).runtime)
+    fs, data_path = fsspec.core.url_to_fs(args.data)
+    if not fs.exists(data_path):
+        raise InputError(f"--data {args.data}: no such SQuAD file")
     results = []
-    passthrough = list(argv if argv is not None else sys.argv[1:])
     for mode in args.modes.split(","):
         logger.info("bench %s on %d questions", mode, args.n * args.repeat)
         child = subprocess.run(
-            [sys.executable, "-m", "benchmarks.bench", *passthrough, "--mode", mode],
+            [sys.executable, "-m", "benchmarks.bench", *argv, "--mode", mode],
             capture_output=True,
             text=True,
             check=False,
         )
         if child.returncode != 0:
-            raise RuntimeError(f"bench mode {mode} failed:\n{child.stderr[-3000:]}")
+            raise BenchError(f"bench mode {mode} failed:\n{child.stderr[-3000:]}")
         results.append(json.loads(child.stdout.strip().splitlines()[-1]))
     results = summarize(results)
     print(format_table(results))
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "argv": argv or sys.argv[1:]}
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "argv": argv}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     return 0

@@ -1,4 +1,9 @@
-"""`docqa`: predict (in-process), eval, convert-squad; job-level errors exit non-zero with one line."""
+"""`docqa`: one argparse dispatcher over every command; job-level errors exit with one line and code 2.
+
+`docqa run` declares docqa's flags of the Beam job (`pipelines.options`) and passes every other flag to
+Beam's pipeline options; any other command rejects unknown flags. Beam, torch and the benchmark itself
+are imported inside the commands that use them, not at start-up.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +11,34 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from benchmarks.options import DESCRIPTION as BENCH_DESCRIPTION
+from benchmarks.options import add_bench_arguments, check_bench_arguments
 from docqa import train_command
 from docqa.user_commands import register as register_user_commands
+from pipelines.options import DESCRIPTION as RUN_DESCRIPTION
+from pipelines.options import add_run_arguments
 from qa_core import __version__
 from qa_core.config import add_config_arguments, config_from_arguments
-from qa_core.errors import ConfigError
+from qa_core.errors import OutputError
+from qa_core.jobs.guard import run_guarded
 from qa_core.runtime.processes import skip_final_collection
 
 logger = logging.getLogger("docqa")
 
-# Errors that mean "the job is misconfigured", reported as one line instead of a traceback.
-JOB_ERRORS: tuple[type[Exception], ...] = (ConfigError, FileNotFoundError, PermissionError)
-
-
-def _job_errors() -> tuple[type[Exception], ...]:
-    from qa_core.errors import DeviceFailedError, InputError, ModelLoadError, OutputError, WorkerError
-
-    return (*JOB_ERRORS, ModelLoadError, DeviceFailedError, InputError, OutputError, WorkerError, ValueError)
+# The logging level of a command when --log-level is not given: the bench's table stays readable.
+DEFAULT_LOG_LEVELS = {"bench": "WARNING"}
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from qa_core.jobs.predict import predict
     from qa_core.runtime.heap import use_system_arrow_pool
 
-    config = config_from_arguments(args)
+    # --workers N wins over runtime.workers of the config files and --set.
+    workers = [] if args.workers is None else [f"runtime.workers={args.workers}"]
+    config = config_from_arguments(args, *workers)
     use_system_arrow_pool()  # keeps the resident set flat over long inputs (qa_core.runtime.heap)
     info = predict(
         config,
@@ -40,7 +46,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         args.output,
         overwrite=args.overwrite,
         progress=not args.no_progress,
-        workers=args.workers,
+        workers=config.runtime.workers,
     )
     if not args.no_report:
         from qa_core.tools.report import try_write_report
@@ -63,8 +69,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(load_squad(args.data), load_predictions(args.predictions))
     print(result.format_table())
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(result.to_dict(), handle, indent=2)
+        try:
+            with open(args.json, "w", encoding="utf-8") as handle:
+                json.dump(result.to_dict(), handle, indent=2)
+        except OSError as err:
+            raise OutputError(f"cannot write --json {args.json}: {err.strerror or err}") from err
     return 0
 
 
@@ -93,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Batch extractive question answering over Parquet tables of questions and contexts.",
     )
     parser.add_argument("--version", action="version", version=f"docqa {__version__}")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument(
+        "--log-level", help="logging level (default INFO; WARNING for bench, whose table is the output)"
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for job-level errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -113,10 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers",
         type=_positive_int,
-        default=1,
         metavar="N",
-        help="processes answering contiguous row ranges, each with its own model copy, sharing the "
-        "device and the cores (default 1; on a GPU one process's host work leaves it mostly idle)",
+        help="processes answering contiguous row ranges, sharing the device and the cores; sets "
+        "runtime.workers (default 1; on a GPU one process's host work leaves it mostly idle)",
     )
     add_config_arguments(p)
     p.set_defaults(func=_cmd_predict)
@@ -148,55 +158,44 @@ def build_parser() -> argparse.ArgumentParser:
     register_user_commands(commands)
 
     train_command.register(commands)
-    commands.add_parser(
+    r = commands.add_parser(
         "run",
-        help="answer Parquet tables with the Apache Beam job (any runner); `docqa run --help` for flags",
-        add_help=False,
+        help="answer Parquet tables with the Apache Beam job (any runner); Beam options pass through",
+        description=RUN_DESCRIPTION,
     )
-    commands.add_parser(
+    add_run_arguments(r)
+    r.set_defaults(func=_cmd_run, passes_unknown_flags=True)
+    b = commands.add_parser(
         "bench",
-        help="throughput vs. the seed's way, the forward-only bound and stock Beam; `docqa bench --help`",
-        add_help=False,
+        help="throughput vs. the seed's way, the forward-only bound and stock Beam",
+        description=BENCH_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_bench_arguments(b)
+    b.set_defaults(func=_cmd_bench, check=lambda args: check_bench_arguments(b, args))
     return parser
 
 
-def run_guarded(
-    command: str,
-    job: Callable[[], Any],
-    debug: bool = False,
-    errors: tuple[type[Exception], ...] = (),
-) -> int:
-    """Runs a command; job-level errors (and `errors`) become one line on stderr and exit code 2."""
-    try:
-        result = job()
-    except (*_job_errors(), *errors) as err:
-        if debug:
-            raise
-        print(f"docqa {command}: error: {err}", file=sys.stderr)
-        return 2
-    return result if isinstance(result, int) else 0
+def _cmd_run(args: argparse.Namespace) -> int:
+    """`docqa run ...`: the Beam job, given the raw arguments (Beam's options are not ours to parse)."""
+    from pipelines.run import run
 
-
-def _run_beam(argv: Sequence[str]) -> int:
-    """`docqa run ...`: Beam flags are not ours to parse, so the Beam job gets the raw arguments."""
-    from pipelines.run import PipelineError, run
-
-    debug = "--debug" in argv
-    report = "--no-report" not in argv
-    args = [a for a in argv if a not in ("--debug", "--no-report")]
-    if not debug:
+    if not args.debug:
         _brief_beam_errors()
-    infos: list[dict[str, Any]] = []
-    code = run_guarded("run", lambda: infos.append(run(args)), debug, errors=(PipelineError,))
-    output = _flag_value(args, "--output")
-    if code == 0 and output:
-        if report:
-            from qa_core.tools.report import try_write_report
+    info = run(args.command_argv)
+    if not args.no_report:
+        from qa_core.tools.report import try_write_report
 
-            try_write_report(output)
-        print(summarize_run(infos[0], output))
-    return code
+        try_write_report(args.output)
+    print(summarize_run(info, args.output))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    """`docqa bench ...`: each mode runs in a child process with the same arguments."""
+    from benchmarks.bench import run_bench
+
+    return run_bench(args, args.command_argv)
 
 
 def summarize_run(info: dict[str, Any], output: str) -> str:
@@ -230,28 +229,31 @@ def _brief_beam_errors() -> None:
             handler.addFilter(_BriefBeamErrors())
 
 
-def _flag_value(argv: Sequence[str], flag: str) -> str | None:
-    for index, item in enumerate(argv):
-        if item == flag and index + 1 < len(argv):
-            return argv[index + 1]
-        if item.startswith(flag + "="):
-            return item.split("=", 1)[1]
-    return None
+def _command_argv(argv: Sequence[str], command: str) -> list[str]:
+    """The arguments after the command's name: `argv` less the top-level options before it."""
+    takes_value = ("--log-level",)
+    index = 0
+    while index < len(argv) and argv[index] != command:
+        name, has_value = argv[index].split("=", 1)[0], "=" in argv[index]
+        # argparse accepts unambiguous prefixes of a long option (`--log` for `--log-level`).
+        if not has_value and len(name) > 2 and any(option.startswith(name) for option in takes_value):
+            index += 1
+        index += 1
+    return list(argv[index + 1 :])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `docqa` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "run":
-        _configure_logging("INFO")
-        return _run_beam(argv[1:])
-    if argv and argv[0] == "bench":
-        from benchmarks.bench import main as bench_main
-
-        _configure_logging("WARNING")
-        return run_guarded("bench", lambda: bench_main(argv[1:]))
-    args = build_parser().parse_args(argv)
-    _configure_logging(args.log_level.upper())
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "passes_unknown_flags", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    check = getattr(args, "check", None)
+    if check is not None:
+        check(args)
+    args.command_argv = _command_argv(argv, args.command)
+    _configure_logging((args.log_level or DEFAULT_LOG_LEVELS.get(args.command, "INFO")).upper())
     return run_guarded(args.command, lambda: args.func(args), args.debug)
 
 

@@ -1,7 +1,9 @@
 """`docqa train`: fine-tune a base encoder for extractive QA on a SQuAD-format training file.
 
 Registered into the `docqa` parser by `register(commands)`; also runnable on its own as
-`python -m docqa.train_command train ...`.
+`python -m docqa.train_command train ...`. Hyperparameters are the config's `train` section and the
+windows its `featurize` section (`--config` / `--set`, as for the other commands); each train flag
+overrides one key of them (`FLAG_KEYS`).
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from qa_core.config import FeaturizeConfig
+from qa_core.config import add_config_arguments
+
+if TYPE_CHECKING:
+    from qa_core.config import QAConfig
+    from qa_core.train.config import TrainConfig
 
 logger = logging.getLogger("docqa")
 
@@ -83,142 +89,177 @@ def register(commands: Any) -> None:
         "--resume",
         action="store_true",
         help="continue the run from the latest checkpoint in DIR/checkpoints (the settings "
-        "must be the same, except --threads and --checkpoint-every)",
+        "must be the same, except train.threads, checkpoint_every, keep_checkpoints, log_every and "
+        "progress)",
     )
     io.add_argument(
         "--max-train-examples",
         type=_positive_int,
         metavar="N",
-        help="train on the first N examples only (smoke runs)",
+        help="train.max_train_examples: train on the first N examples only (smoke runs)",
     )
     io.add_argument(
         "--drop-ambiguous",
         action="store_true",
-        help="skip answers whose text occurs several times in the context (their offset was "
-        "chosen by a heuristic in the rebuilt train file); kept by default",
+        default=None,
+        help="train.drop_ambiguous=true: skip answers whose text occurs several times in the context "
+        "(their offset was chosen by a heuristic in the rebuilt train file); kept by default",
     )
 
-    h = p.add_argument_group("hyperparameters")
+    h = p.add_argument_group(
+        "hyperparameters",
+        "each flag overrides its key of the config's train (or featurize) section; defaults from "
+        "configs/base.yaml",
+    )
     length = h.add_mutually_exclusive_group()
     length.add_argument(
-        "--epochs", type=float, default=d.epochs, help=f"passes over the data (default {d.epochs})"
+        "--epochs", type=float, help=f"train.epochs: passes over the data (default {d.epochs})"
     )
     length.add_argument(
         "--max-steps",
         type=_positive_int,
         metavar="N",
-        help="optimizer steps of the whole run, overriding --epochs; the learning rate "
+        help="train.max_steps: optimizer steps of the whole run, overriding --epochs; the learning rate "
         "decays to 0 at this step",
     )
     h.add_argument(
-        "--lr", type=float, default=d.learning_rate, help=f"peak learning rate (default {d.learning_rate})"
+        "--lr", type=float, help=f"train.learning_rate: peak learning rate (default {d.learning_rate})"
     )
     h.add_argument(
         "--batch-size",
         type=_positive_int,
-        default=d.batch_size,
-        help=f"windows per forward pass (default {d.batch_size})",
+        help=f"train.batch_size: windows per forward pass (default {d.batch_size})",
     )
     h.add_argument(
         "--grad-accum",
         type=_positive_int,
-        default=d.grad_accum,
-        help="forward passes per optimizer step; effective batch = batch size x this "
+        help="train.grad_accum: forward passes per optimizer step; effective batch = batch size x this "
         f"(default {d.grad_accum})",
     )
     h.add_argument(
         "--warmup-ratio",
         type=float,
-        default=d.warmup_ratio,
-        help=f"fraction of steps of linear warm-up (default {d.warmup_ratio})",
+        help=f"train.warmup_ratio: fraction of steps of linear warm-up (default {d.warmup_ratio})",
     )
     h.add_argument(
         "--weight-decay",
         type=float,
-        default=d.weight_decay,
-        help=f"AdamW weight decay (default {d.weight_decay})",
+        help=f"train.weight_decay: AdamW weight decay (default {d.weight_decay})",
     )
     h.add_argument(
         "--seed",
         type=int,
-        default=d.seed,
-        help=f"seed of head init, dropout and data order (default {d.seed})",
+        help=f"train.seed: seed of head init, dropout and data order (default {d.seed})",
     )
     h.add_argument(
         "--max-seq-len",
         type=_positive_int,
-        default=FeaturizeConfig().max_seq_len,
-        help="tokens per window (default 384; use the same for inference)",
+        help=f"featurize.max_seq_len: tokens per window (default {d.featurize.max_seq_len}; inference "
+        "reads the same key)",
     )
     h.add_argument(
         "--doc-stride",
         type=int,
-        default=FeaturizeConfig().doc_stride,
-        help="overlap of consecutive windows in tokens (default 128)",
+        help="featurize.doc_stride: overlap of consecutive windows in tokens "
+        f"(default {d.featurize.doc_stride})",
     )
 
     r = p.add_argument_group("run")
     r.add_argument(
         "--checkpoint-every",
         type=int,
-        default=d.checkpoint_every,
         metavar="N",
-        help=f"save a checkpoint every N optimizer steps, 0 for none (default {d.checkpoint_every})",
+        help="train.checkpoint_every: save a checkpoint every N optimizer steps, 0 for none "
+        f"(default {d.checkpoint_every})",
     )
     bf16 = r.add_mutually_exclusive_group()
     bf16.add_argument(
         "--bf16",
         dest="bf16",
         action="store_true",
-        default=d.bf16,
-        help="bfloat16 autocast (default; fast on CPUs with AVX512-BF16/AMX and on GPUs)",
+        default=None,
+        help="train.bf16=true: bfloat16 autocast (default; fast on CPUs with AVX512-BF16/AMX and on GPUs)",
     )
-    bf16.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in fp32")
-    r.add_argument("--threads", type=_positive_int, metavar="N", help="torch CPU threads (default: torch's)")
+    bf16.add_argument("--no-bf16", dest="bf16", action="store_false", default=None, help="train in fp32")
+    r.add_argument(
+        "--threads",
+        type=_positive_int,
+        metavar="N",
+        help="train.threads: torch CPU threads (default: torch's)",
+    )
     r.add_argument(
         "--log-every",
         type=_positive_int,
-        default=d.log_every,
         metavar="N",
-        help=f"a progress line in DIR/train.log every N optimizer steps (default {d.log_every})",
+        help="train.log_every: a progress line in DIR/train.log every N optimizer steps "
+        f"(default {d.log_every})",
     )
-    r.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    r.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=None,
+        help="train.progress=false: no progress bar (log lines only)",
+    )
+    add_config_arguments(p, model=False)
     p.set_defaults(func=run_train)
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
-    """The `TrainConfig` of parsed `docqa train` arguments."""
-    from qa_core.train.config import TrainConfig
+# `docqa train` flag (argparse dest) -> the config key it overrides.
+FLAG_KEYS: dict[str, tuple[str, str]] = {
+    "lr": ("train", "learning_rate"),
+    "batch_size": ("train", "batch_size"),
+    "grad_accum": ("train", "grad_accum"),
+    "epochs": ("train", "epochs"),
+    "max_steps": ("train", "max_steps"),
+    "warmup_ratio": ("train", "warmup_ratio"),
+    "weight_decay": ("train", "weight_decay"),
+    "seed": ("train", "seed"),
+    "checkpoint_every": ("train", "checkpoint_every"),
+    "bf16": ("train", "bf16"),
+    "threads": ("train", "threads"),
+    "log_every": ("train", "log_every"),
+    "progress": ("train", "progress"),
+    "max_train_examples": ("train", "max_train_examples"),
+    "drop_ambiguous": ("train", "drop_ambiguous"),
+    "max_seq_len": ("featurize", "max_seq_len"),
+    "doc_stride": ("featurize", "doc_stride"),
+}
 
-    return TrainConfig(
-        learning_rate=args.lr,
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        warmup_ratio=args.warmup_ratio,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        bf16=args.bf16,
-        threads=args.threads,
-        featurize=FeaturizeConfig(max_seq_len=args.max_seq_len, doc_stride=args.doc_stride),
-        max_train_examples=args.max_train_examples,
-        drop_ambiguous=args.drop_ambiguous,
-        log_every=args.log_every,
-        progress=not args.no_progress,
-    )
+
+def flag_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The flags given on the command line as `{section: {key: value}}` (absent flags are None)."""
+    layer: dict[str, dict[str, Any]] = {}
+    for dest, (section, key) in FLAG_KEYS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            layer.setdefault(section, {})[key] = value
+    return layer
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[QAConfig, TrainConfig]:
+    """The inference config and the `TrainConfig` of parsed `docqa train` arguments.
+
+    `--config` files, then `--set` items, then the train flags (`FLAG_KEYS`), later winning; the
+    `featurize` section is the one inference reads, and the `--eval` scores are answered with the
+    inference config.
+    """
+    from qa_core.train.config import load_train_config
+
+    return load_train_config(args.config, args.overrides, flag_overrides(args))
 
 
 def run_train(args: argparse.Namespace) -> int:
     """Runs `docqa train` and prints a one-line summary."""
     from qa_core.train.trainer import train
 
+    inference, config = config_from_args(args)
     result = train(
         args.base,
         args.train,
         args.output,
-        config_from_args(args),
+        config,
+        eval_config=inference,
         resume=args.resume,
         eval_path=args.eval,
         eval_limit=args.eval_limit,

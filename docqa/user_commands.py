@@ -1,9 +1,8 @@
 """`docqa report`, `docqa calibrate` and `docqa estimate`: argparse sub-commands over `qa_core` modules.
 
 Wire them into `docqa.cli.build_parser` with `register(commands)`. Each command's `func(args) -> int`
-raises job-level errors (`InputError`, `ConfigError`, `ModelLoadError`, `ValueError`, ...) that
-`docqa.cli.run_guarded` turns into one line and exit code 2. `docqa.cli` is imported inside functions
-so this module can be imported from it without a cycle.
+raises job-level errors (`qa_core.errors.JobError`: `InputError`, `ConfigError`, `ModelLoadError`, ...)
+that `qa_core.jobs.guard.run_guarded` turns into one line and exit code 2.
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ class QAModelHandler(ModelHandler[Feature, WindowCandidates | WindowFailure | Ro
         self._config = config
 
     def load_model(self) -> TorchRunner:
-        return load_qa_model(self._config.model)
+        return load_qa_model(self._config.model, self._config.runtime)
 
     def run_inference(
         self,

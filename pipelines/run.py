@@ -33,6 +33,7 @@ from apache_beam.pvalue import PCollection
 from pipelines import metrics, progress
 from pipelines.inference import QAModelHandler
 from pipelines.io import ReadRows, beam_filesystem_usable, write_table
+from pipelines.options import DESCRIPTION, add_run_arguments
 from pipelines.stages import (
     REJECTIONS,
     UNMERGED_CANDIDATES,
@@ -49,8 +50,8 @@ from pipelines.stages import (
 if TYPE_CHECKING:
     from apache_beam.runners.runner import PipelineRunner
 
-from qa_core.config import QAConfig, add_config_arguments, config_from_arguments
-from qa_core.errors import OutputError
+from qa_core.config import QAConfig, config_from_arguments
+from qa_core.errors import JobError, OutputError
 from qa_core.evaluation.calibration import apply_model_calibration
 from qa_core.io.read import InputSchema, count_rows, read_input_schema, resolve_inputs
 from qa_core.io.schema import (
@@ -62,13 +63,14 @@ from qa_core.io.schema import (
     rejection_to_row,
 )
 from qa_core.io.write import check_output, mark_completed, prepare_output
+from qa_core.jobs.guard import run_guarded
 from qa_core.jobs.predict import run_info
 from qa_core.runtime.loading import describe_model, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
 
-class PipelineError(RuntimeError):
+class PipelineError(JobError, RuntimeError):
     """The pipeline itself failed (on the runner or a worker); the message is the cause in one line."""
 
 
@@ -179,22 +181,8 @@ class write_table_transform(beam.PTransform):  # type: ignore[type-arg]  # noqa:
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     """Parses docqa's own flags; everything else is returned untouched for Beam's `PipelineOptions`."""
-    parser = argparse.ArgumentParser(
-        prog="docqa run",
-        description="Answer a Parquet table with Apache Beam. Any Beam pipeline option (--runner, "
-        "--direct_num_workers, --job_endpoint, --project, --region, ...) passes through to Beam.",
-    )
-    parser.add_argument("--input", required=True, metavar="GLOB", help="Parquet file, directory or glob")
-    parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
-    add_config_arguments(parser)
-    parser.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="no progress bar (in-process runners)"
-    )
-    parser.add_argument("--no-report", action="store_true", help="(docqa run) do not write DIR/report.html")
-    parser.add_argument(
-        "--debug", action="store_true", help="(docqa run) show tracebacks of job-level errors"
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser = argparse.ArgumentParser(prog="docqa run", description=DESCRIPTION)
+    add_run_arguments(parser)
     return parser.parse_known_args(argv)
 
 
@@ -330,7 +318,7 @@ def run(
         config,
         model_id=config.model.name_or_path,
         revision=revision,
-        device=config.model.device,
+        device=config.runtime.device,
         engine=f"beam:{type(pipeline.runner).__name__}",
         inputs=files,
         counts=counts,
@@ -342,10 +330,8 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m pipelines.run`."""
-    from docqa.cli import run_guarded
-
-    return run_guarded("run", lambda: run(argv) and 0, errors=(PipelineError,))
+    """Entry point of `python -m pipelines.run`; job errors exit with one line and code 2."""
+    return run_guarded("run", lambda: run(argv) and 0)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def load_model(config: QAConfig) -> ModelRunner:
     Raises:
         ModelLoadError: Missing or unsafe checkpoint, no fast tokenizer, or a required GPU absent.
     """
-    return load_qa_model(config.model)
+    return load_qa_model(config.model, config.runtime)
 
 
 def answer_rows(

@@ -1,9 +1,12 @@
 """Typed, frozen configuration for every stage, loaded from layered YAML files and `key=value` overrides.
 
-A config is a tree of frozen dataclasses, one per stage. YAML files hold only per-environment values: each
-file is a mapping of section name to a mapping of field to value, later files override earlier ones, and
-unknown sections or fields are rejected with the accepted names in the message. The resolved config and
-its hash are written beside every output (`_run.json`).
+A config is a tree of frozen dataclasses, one per section: featurize, batch, decode, model, input and
+runtime (`QAConfig`), plus `train` for `docqa train` (`qa_core.train.config`). configs/base.yaml lists
+every key with its default and meaning. Each YAML file is a mapping of section name to a mapping of field
+to value; later files override earlier ones, `--set section.key=value` overrides every file, and unknown
+sections or fields are rejected with the accepted names in the message. Keys that moved to another
+section (`MOVED_KEYS`) are still accepted with a deprecation warning. The resolved config and its hash
+are written beside every output (`_run.json`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -22,8 +26,12 @@ import yaml
 
 from qa_core.errors import ConfigError
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_MODEL = str(Path(__file__).resolve().parent.parent / "models" / "docqa-minilm-l6-squad")
-"""The bundled default model (issue 4): trained by `docqa train`, shipped in `models/`."""
+"""The bundled default model: trained by `docqa train`, shipped in `models/`."""
+BUNDLED = "bundled"
+"""`model.name_or_path: bundled` (configs/base.yaml) names `DEFAULT_MODEL` without spelling its path."""
 
 Dtype = Literal["fp32", "bf16", "fp16"]
 Quantize = Literal["none", "int8"]
@@ -83,29 +91,19 @@ class BatchConfig:
             and oneDNN kernels prefer multiples of 8).
         sort_buffer_windows: Windows buffered and sorted by length before batching; bigger buffers give
             less padding, at the cost of memory and latency.
-        prefetch_buffers: Sort buffers read, tokenized and planned ahead by a background thread while the
-            model runs; each costs the memory of one buffer. 0 prepares each buffer only when the model is
-            idle; null (auto) means 1 on a GPU and 0 on a CPU, where the thread only competes with the
-            model for the same cores (measured 2-3% slower on 2 cores).
     """
 
-    # 32 windows / 8192 padded tokens: on SQuAD-like data smaller batches span fewer lengths (padding
-    # efficiency 0.962 vs 0.946 at 64 / 16384, measured on 2,000 dev questions); GPU configs raise both.
+    # Small batches span fewer window lengths, so they waste less padding on a CPU; GPU configs raise both.
     max_batch_windows: int = 32
     max_batch_tokens: int = 8192
     pad_to_multiple_of: int = 8
     sort_buffer_windows: int = 2048
-    prefetch_buffers: int | None = None
 
     def __post_init__(self) -> None:
         _require(self.max_batch_windows >= 1, "batch.max_batch_windows must be >= 1")
         _require(self.pad_to_multiple_of >= 1, "batch.pad_to_multiple_of must be >= 1")
         _require(self.sort_buffer_windows >= 1, "batch.sort_buffer_windows must be >= 1")
         _require(self.max_batch_tokens >= 1, "batch.max_batch_tokens must be >= 1")
-        _require(
-            self.prefetch_buffers is None or self.prefetch_buffers >= 0,
-            "batch.prefetch_buffers must be >= 0 or null (auto)",
-        )
 
 
 @dataclass(frozen=True)
@@ -147,42 +145,69 @@ class ModelConfig:
     """Which checkpoint to load and how.
 
     Attributes:
-        name_or_path: A local directory or a Hugging Face hub id (hub ids need a network).
+        name_or_path: A local directory or a Hugging Face hub id (hub ids need a network). `bundled`
+            (the default) is the model shipped in `models/` (`DEFAULT_MODEL`), resolved to its absolute
+            path; write `./bundled` for a local directory of that name.
         revision: Hub revision (branch, tag or commit); ignored for local directories.
         dtype: Weights and activations dtype; logits are cast to fp32 before decoding.
-        quantize: `int8`: dynamic int8 quantization of the linear layers (CPU only), the CPU fast path.
-        device: `auto` takes CUDA when available.
-        require_gpu: Fail at start instead of running on CPU when no GPU is usable.
+        quantize: `int8`: dynamic int8 quantization of the linear layers, a CPU fast path that needs
+            fp32 weights and a CPU device (`runtime.device`).
         allow_pickle: Allow `.bin` (pickle) checkpoints, which can run arbitrary code when loaded.
         trust_remote_code: Allow model code from the checkpoint's repository.
-        worker_models: With `docqa predict --workers N`: `per_worker`, each worker loads its own model
-            copy (measured on an H200: 18.6k rows/s with 16 workers); `shared`, one device server process
-            holds the model and runs every worker's forwards (one CUDA context instead of N time-sliced
-            ones; not yet measured on a GPU).
     """
 
     name_or_path: str = DEFAULT_MODEL
     revision: str | None = None
     dtype: Dtype = "fp32"
     quantize: Quantize = "none"
-    device: Device = "auto"
-    require_gpu: bool = False
     allow_pickle: bool = False
     trust_remote_code: bool = False
-    worker_models: WorkerModels = "per_worker"
 
     def __post_init__(self) -> None:
         _require(bool(self.name_or_path), "model.name_or_path must not be empty")
-        _require(
-            self.worker_models in get_args(WorkerModels),
-            f"model.worker_models must be one of {get_args(WorkerModels)}",
-        )
+        if self.name_or_path == BUNDLED:
+            object.__setattr__(self, "name_or_path", DEFAULT_MODEL)  # frozen: set once, while building
         _require(self.dtype in get_args(Dtype), f"model.dtype must be one of {get_args(Dtype)}")
-        _require(self.device in get_args(Device), f"model.device must be one of {get_args(Device)}")
         _require(self.quantize in get_args(Quantize), f"model.quantize must be one of {get_args(Quantize)}")
         _require(
-            self.quantize == "none" or (self.dtype == "fp32" and self.device != "cuda"),
-            "model.quantize=int8 runs on CPU with fp32 weights: set model.dtype=fp32 and model.device=cpu",
+            self.quantize == "none" or self.dtype == "fp32",
+            "model.quantize=int8 runs with fp32 weights: set model.dtype=fp32 or model.quantize=none",
+        )
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how the job runs: device, worker processes, host-side prefetching.
+
+    Attributes:
+        device: `auto` takes CUDA when available, else the CPU.
+        require_gpu: Fail at start instead of running on the CPU when no GPU is usable.
+        workers: `docqa predict` processes answering contiguous row ranges (`--workers N` wins over it).
+        worker_models: With several workers: `per_worker`, each worker loads its own model copy;
+            `shared`, one device server process holds the model and runs every worker's forwards (one
+            CUDA context instead of one per worker).
+        prefetch_buffers: Sort buffers read, tokenized and planned ahead by a background thread while the
+            model runs; each costs the memory of one buffer. 0 prepares each buffer only when the model is
+            idle; null (auto) means 1 when the forward runs off this process's CPU (a GPU, a device
+            server) and 0 otherwise, where the thread would only compete with the model for the cores.
+    """
+
+    device: Device = "auto"
+    require_gpu: bool = False
+    workers: int = 1
+    worker_models: WorkerModels = "per_worker"
+    prefetch_buffers: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.device in get_args(Device), f"runtime.device must be one of {get_args(Device)}")
+        _require(self.workers >= 1, f"runtime.workers must be >= 1, got {self.workers}")
+        _require(
+            self.worker_models in get_args(WorkerModels),
+            f"runtime.worker_models must be one of {get_args(WorkerModels)}",
+        )
+        _require(
+            self.prefetch_buffers is None or self.prefetch_buffers >= 0,
+            "runtime.prefetch_buffers must be >= 0 or null (auto)",
         )
 
 
@@ -233,13 +258,21 @@ RESERVED_OUTPUT_COLUMNS = frozenset(
 
 @dataclass(frozen=True)
 class QAConfig:
-    """The whole resolved configuration of a job."""
+    """The whole resolved configuration of a job, one frozen section per stage."""
 
     featurize: FeaturizeConfig = field(default_factory=FeaturizeConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     input: InputConfig = field(default_factory=InputConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        _require(
+            self.model.quantize == "none" or self.runtime.device != "cuda",
+            "model.quantize=int8 is a CPU fast path: set runtime.device=cpu (or auto on a CPU machine), "
+            "or model.quantize=none",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-able data."""
@@ -249,6 +282,18 @@ class QAConfig:
         """A short stable hash of the resolved config (sha256 of its canonical JSON)."""
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+MOVED_KEYS: dict[tuple[str, str], tuple[str, str]] = {
+    ("model", "device"): ("runtime", "device"),
+    ("model", "require_gpu"): ("runtime", "require_gpu"),
+    ("model", "worker_models"): ("runtime", "worker_models"),
+    ("batch", "prefetch_buffers"): ("runtime", "prefetch_buffers"),
+}
+"""Keys of earlier releases, still accepted (with a deprecation warning) under their old section."""
+
+OTHER_SECTIONS = ("train",)
+"""Sections that only other commands use (`docqa train`): checked on load, not part of `QAConfig`."""
 
 
 _T = TypeVar("_T")
@@ -289,7 +334,18 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported field type {annotation!r}")
 
 
-def _build_section(cls: type[_T], values: Mapping[str, Any], section: str) -> _T:
+def build_section(cls: type[_T], values: Mapping[str, Any], section: str) -> _T:
+    """Builds one section's dataclass from plain data: unknown keys rejected, values type-checked.
+
+    Args:
+        cls: The section's frozen dataclass (every field typed with a supported annotation).
+        values: `{field: value}`; missing fields take their defaults.
+        section: The section's name, for messages.
+
+    Raises:
+        ConfigError: On an unknown key, a wrongly typed value or a failed check of the dataclass.
+    """
+    _require(isinstance(values, Mapping), f"config section '{section}' must be a mapping")
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     unknown = set(values) - known
@@ -300,25 +356,56 @@ def _build_section(cls: type[_T], values: Mapping[str, Any], section: str) -> _T
     return cls(**kwargs)
 
 
+def _move_deprecated_keys(layer: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """One layer (a file, or all `--set` items) with the keys of `MOVED_KEYS` under their new section.
+
+    Raises:
+        ConfigError: When the layer gives a setting under both names with different values.
+    """
+    data = {k: dict(v) if isinstance(v, Mapping) else v for k, v in layer.items()}
+    for (old_section, key), (new_section, new_key) in MOVED_KEYS.items():
+        section = data.get(old_section)
+        if not isinstance(section, dict) or key not in section:
+            continue
+        value = section.pop(key)
+        logger.warning("%s: %s.%s is deprecated; use %s.%s", where, old_section, key, new_section, new_key)
+        if data.get(new_section) is None:
+            data[new_section] = {}
+        target = data[new_section]
+        if not isinstance(target, dict):
+            continue  # reported by `build_section`
+        _require(
+            new_key not in target or target[new_key] == value,
+            f"{where}: {old_section}.{key}={value!r} (deprecated) contradicts "
+            f"{new_section}.{new_key}={target.get(new_key)!r}; keep only {new_section}.{new_key}",
+        )
+        target[new_key] = value
+    return data
+
+
 def config_from_dict(data: Mapping[str, Any]) -> QAConfig:
     """Builds a `QAConfig` from nested plain data, rejecting unknown sections and keys.
 
     Args:
-        data: `{section: {field: value}}`; missing sections and fields take their defaults.
+        data: `{section: {field: value}}`; missing sections and fields take their defaults. Deprecated
+            keys (`MOVED_KEYS`) are moved to their new section; `OTHER_SECTIONS` are checked, not kept.
 
     Raises:
         ConfigError: On an unknown key, a wrongly typed value or a failed check.
     """
-    sections = {f.name: f.type for f in fields(QAConfig)}
+    data = _move_deprecated_keys(data, "config")
     hints = get_type_hints(QAConfig)
-    unknown = set(data) - set(sections)
-    _require(not unknown, f"unknown config section(s) {sorted(unknown)}; accepted: {sorted(sections)}")
-    built: dict[str, Any] = {}
-    for name in sections:
-        values = data.get(name) or {}
-        _require(isinstance(values, Mapping), f"config section '{name}' must be a mapping")
-        built[name] = _build_section(hints[name], values, name)
-    return QAConfig(**built)
+    sections = [f.name for f in fields(QAConfig)]
+    unknown = set(data) - set(sections) - set(OTHER_SECTIONS)
+    _require(
+        not unknown,
+        f"unknown config section(s) {sorted(unknown)}; accepted: {sorted([*sections, *OTHER_SECTIONS])}",
+    )
+    if "train" in data:
+        from qa_core.train.config import train_config_from_dict  # imports this module: not at the top
+
+        train_config_from_dict(data)
+    return QAConfig(**{name: build_section(hints[name], data.get(name) or {}, name) for name in sections})
 
 
 def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -339,15 +426,19 @@ def parse_override(item: str) -> dict[str, Any]:
     return {section: {name: yaml.safe_load(raw)}}
 
 
-def load_config(paths: Iterable[str] = (), overrides: Iterable[str] = ()) -> QAConfig:
-    """Loads YAML config files in order, then applies `section.key=value` overrides.
+def load_data(
+    paths: Iterable[str] = (),
+    overrides: Iterable[str] = (),
+    layers: Iterable[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """The layered plain data of YAML files, `section.key=value` overrides and `layers`, not yet checked.
 
-    Args:
-        paths: YAML files (local or fsspec URLs); later files override earlier ones.
-        overrides: Items such as `decode.top_k=3`.
+    Each file, then all the overrides together, then each of `layers` (a command's own flags, as
+    `{section: {field: value}}`) is one layer: deprecated keys are moved to their new section within the
+    layer (a contradiction inside one layer is an error), then later layers win.
 
     Raises:
-        ConfigError: When a file cannot be read or parsed, or a value is invalid.
+        ConfigError: When a file cannot be read or parsed, or a layer contradicts itself.
     """
     data: dict[str, Any] = {}
     for path in paths:
@@ -357,16 +448,35 @@ def load_config(paths: Iterable[str] = (), overrides: Iterable[str] = ()) -> QAC
         except (OSError, yaml.YAMLError) as err:
             raise ConfigError(f"cannot read config file {path}: {err}") from err
         _require(isinstance(loaded, Mapping), f"config file {path} must hold a mapping of sections")
-        data = _deep_merge(data, loaded)
+        data = _deep_merge(data, _move_deprecated_keys(loaded, f"config file {path}"))
+    layer: dict[str, Any] = {}
     for item in overrides:
-        data = _deep_merge(data, parse_override(item))
-    return config_from_dict(data)
+        layer = _deep_merge(layer, parse_override(item))
+    data = _deep_merge(data, _move_deprecated_keys(layer, "--set"))
+    for flags in layers:
+        data = _deep_merge(data, _move_deprecated_keys(flags, "command-line flags"))
+    return data
+
+
+def load_config(paths: Iterable[str] = (), overrides: Iterable[str] = ()) -> QAConfig:
+    """Loads YAML config files in order, then applies `section.key=value` overrides.
+
+    Args:
+        paths: YAML files (local or fsspec URLs); later files override earlier ones.
+        overrides: Items such as `decode.top_k=3`; they override every file.
+
+    Raises:
+        ConfigError: When a file cannot be read or parsed, or a value is invalid.
+    """
+    return config_from_dict(load_data(paths, overrides))
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, *, model: bool = True) -> None:
     """Adds `--config` and `--set` (and `--model`), shared by every command that runs a model."""
     if model:
-        parser.add_argument("--model", help=f"QA checkpoint directory or hub id (default: {DEFAULT_MODEL})")
+        parser.add_argument(
+            "--model", help=f"QA checkpoint directory or hub id (default: model.name_or_path, {BUNDLED})"
+        )
     parser.add_argument(
         "--config",
         action="append",
@@ -384,9 +494,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, model: bool = True)
     )
 
 
-def config_from_arguments(args: argparse.Namespace, *extra: str) -> QAConfig:
-    """The config from parsed `--config`/`--set`/`--model` arguments, then `extra` overrides."""
+def overrides_from_arguments(args: argparse.Namespace, *extra: str) -> list[str]:
+    """The `--set` items of parsed arguments, then `--model` as `model.name_or_path`, then `extra`."""
     overrides = list(args.overrides)
     if getattr(args, "model", None):
         overrides.append(f"model.name_or_path={json.dumps(args.model)}")
-    return load_config(args.config, [*overrides, *extra])
+    return [*overrides, *extra]
+
+
+def config_from_arguments(args: argparse.Namespace, *extra: str) -> QAConfig:
+    """The config from parsed `--config`/`--set`/`--model` arguments, then `extra` overrides."""
+    return load_config(args.config, overrides_from_arguments(args, *extra))

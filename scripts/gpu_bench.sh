@@ -42,7 +42,7 @@ pq.write_table(t.slice(0, int(sys.argv[2])), sys.argv[1])" "$WORK/dev.parquet" "
 fi
 predict() {
     step 150 "$PY" -m docqa predict --config "$GPU_CONFIG" --input "$1" --output "$2" --overwrite \
-        --no-progress --no-report --set "model.device=$DEVICE" "${@:3}"
+        --no-progress --no-report --set "runtime.device=$DEVICE" "${@:3}"
 }
 predict "$WORK/dev.parquet" "$WORK/pred"
 step 60 "$PY" -m docqa eval --data "$DATA" --predictions "$WORK/pred" --json "$OUTDIR/eval-bf16.json"
@@ -50,7 +50,7 @@ step 60 "$PY" -m docqa eval --data "$DATA" --predictions "$WORK/pred" --json "$O
 # Steady state (start and model load left out) with 1..16 processes sharing the GPU and a profile of one
 # process; then the host alone (random logits instead of the model) with as many processes.
 step 300 "$PY" scripts/gpu_predict_check.py "$WORK/dev.parquet" "$WORK/check" --profile "${CHECK[@]}" \
-    --set "model.device=$DEVICE"
+    --set "runtime.device=$DEVICE"
 step 150 "$PY" scripts/gpu_predict_check.py "$WORK/dev.parquet" "$WORK/host" --host-only "${HOST_CHECK[@]}"
 # The CLI end to end over the check's rows with $MANY workers: worker start and model loads included.
 predict "$WORK/check/copies.parquet" "$WORK/pred-workers" --workers "$MANY"

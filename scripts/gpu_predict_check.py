@@ -37,7 +37,7 @@ from qa_core.runtime.torch_runner import TorchRunner
 
 
 def _config(overrides: list[str]) -> QAConfig:
-    device = [] if torch.cuda.is_available() else ["model.device=cpu", "model.require_gpu=false"]
+    device = [] if torch.cuda.is_available() else ["runtime.device=cpu", "runtime.require_gpu=false"]
     return load_config(["configs/dataflow-gpu.yaml"], [*device, *overrides])
 
 
@@ -67,7 +67,7 @@ class _InstantLogits(torch.nn.Module):
 
 def _load(config: QAConfig, host_only: bool) -> TorchRunner:
     if not host_only:
-        return load_qa_model(config.model)
+        return load_qa_model(config.model, config.runtime)
     return TorchRunner(
         _InstantLogits(), load_tokenizer(config.model), torch.device("cpu"), torch.float32, "instant", "-"
     )

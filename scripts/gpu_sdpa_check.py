@@ -26,9 +26,9 @@ def main() -> None:
     data, backends, dtype, multiple = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     n = int(sys.argv[5]) if len(sys.argv) > 5 else 2000
     on_gpu = torch.cuda.is_available()  # off a GPU it only smoke-tests this script
-    device = ["model.device=cpu", "model.require_gpu=false"] if not on_gpu else []
+    device = ["runtime.device=cpu", "runtime.require_gpu=false"] if not on_gpu else []
     config = load_config(["configs/dataflow-gpu.yaml"], [f"model.dtype={dtype}", *device])
-    model = load_qa_model(config.model)
+    model = load_qa_model(config.model, config.runtime)
     windows = _windows(model, config, _rows(data, n))
     batches = [collate(g, model.pad_token_id, multiple) for g in plan_batches(windows, config.batch)]
     shapes = sorted({b.input_ids.shape for b in batches})

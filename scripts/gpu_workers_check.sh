@@ -40,7 +40,7 @@ pq.write_table(pa.concat_tables(parts), sys.argv[2], row_group_size=10_000)
 
 predict() {  # predict INPUT OUTPUT WORKERS WORKER_MODELS
     step 150 "$PY" -m docqa predict --config "$CONFIG" --input "$1" --output "$2" --overwrite --no-progress \
-        --no-report --set "model.device=$DEVICE" --set "model.worker_models=$4" --workers "$3"
+        --no-report --set "runtime.device=$DEVICE" --set "runtime.worker_models=$4" --workers "$3"
     "$PY" -c "import json, sys; d = json.load(open(sys.argv[1])); t = d['timings']
 bound = [r for r in json.load(open(sys.argv[4]))['results'] if r['mode'] == 'bound'][0]['questions_per_s']
 print('RESULT', sys.argv[2], 'workers', sys.argv[3], d['counts']['rows_read'], 'rows', t, 'model_seconds',

@@ -44,10 +44,10 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
-    from qa_core.config import ModelConfig
+    from qa_core.config import ModelConfig, RuntimeConfig
     from qa_core.runtime.loading import load_qa_model
 
-    return load_qa_model(ModelConfig(name_or_path=str(tiny_model_dir), device="cpu"))
+    return load_qa_model(ModelConfig(name_or_path=str(tiny_model_dir)), RuntimeConfig(device="cpu"))
 
 
 def write_parquet(path: Path, rows: list[dict[str, object]], schema: pa.Schema | None = None) -> Path:

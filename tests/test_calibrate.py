@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qa_core.config import DecodeConfig, FeaturizeConfig, ModelConfig, QAConfig
+from qa_core.config import DecodeConfig, FeaturizeConfig, ModelConfig, QAConfig, RuntimeConfig
 from qa_core.engine.loop import QAEngine
 from qa_core.evaluation.calibrate import candidate_answers, split_sample
 from qa_core.evaluation.calibration import apply_model_calibration
@@ -66,7 +66,8 @@ def test_candidate_sets_reproduce_the_engine(tiny_model) -> None:  # type: ignor
     config = QAConfig(
         featurize=FeaturizeConfig(max_seq_len=32, doc_stride=8, max_question_len=12),
         decode=DecodeConfig(n_best=3, calibration="off"),
-        model=ModelConfig(name_or_path=tiny_model.model_id, device="cpu"),
+        model=ModelConfig(name_or_path=tiny_model.model_id),
+        runtime=RuntimeConfig(device="cpu"),
     )
     words = WORDS[:12]
     rows = [

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
-from qa_core.config import QAConfig, load_config
+from qa_core.config import DEFAULT_MODEL, OTHER_SECTIONS, QAConfig, load_config
 from qa_core.errors import ConfigError
+from qa_core.train.config import TrainConfig, load_train_config, train_config_from_dict
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -47,7 +52,10 @@ def test_yaml_layers_and_overrides(tmp_path: Path) -> None:
         ("decode.top_k=0", "top_k must be >= 1"),
         ("featurize.doc_stride=400", "doc_stride"),
         ("model.dtype=fp8", "not one of"),
-        ("model.worker_models=auto", "not one of"),
+        ("runtime.worker_models=auto", "not one of"),
+        ("runtime.workers=0", "runtime.workers must be >= 1"),
+        ("train.lr=1", "unknown key"),
+        ("train.featurize=1", "featurize section"),
         ("decode.handle_no_answer=1", "true/false"),
         ("input.passthrough_columns=[answer]", "collide"),
         ("top_k", "section.key=value"),
@@ -68,3 +76,79 @@ def test_shipped_config_files_load() -> None:
 def test_unreadable_file() -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(["/nonexistent/config.yaml"])
+
+
+def test_base_yaml_is_the_reference_of_every_key_and_default() -> None:
+    """configs/base.yaml lists every section and key, each with its default and a comment."""
+    text = (CONFIGS / "base.yaml").read_text()
+    raw = yaml.safe_load(text)
+    sections = {f.name: getattr(QAConfig(), f.name) for f in dataclasses.fields(QAConfig)}
+    sections["train"] = TrainConfig()
+    assert set(raw) == set(sections) and set(OTHER_SECTIONS) <= set(raw)
+    for name, defaults in sections.items():
+        keys = {f.name for f in dataclasses.fields(defaults)} - ({"featurize"} if name == "train" else set())
+        assert set(raw[name]) == keys, f"section {name}: base.yaml {sorted(raw[name])} != {sorted(keys)}"
+    assert load_config([str(CONFIGS / "base.yaml")]) == QAConfig()
+    assert train_config_from_dict(raw) == TrainConfig()
+    for line in text.splitlines():
+        if re.match(r"^  \w+:", line):
+            assert re.search(r"#\s*\S", line), f"base.yaml: no comment on {line!r}"
+
+
+def test_bundled_names_the_default_model() -> None:
+    assert raw_model_default() == "bundled"
+    assert load_config([], ["model.name_or_path=bundled"]).model.name_or_path == DEFAULT_MODEL
+
+
+def raw_model_default() -> str:
+    return str(yaml.safe_load((CONFIGS / "base.yaml").read_text())["model"]["name_or_path"])
+
+
+def test_runtime_keys_moved_out_of_model_and_batch(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    caplog.set_level(logging.WARNING)
+    old = load_config(
+        [],
+        [
+            "model.device=cpu",
+            "model.require_gpu=true",
+            "model.worker_models=shared",
+            "batch.prefetch_buffers=2",
+        ],
+    )
+    assert dataclasses.asdict(old.runtime) == {
+        "device": "cpu",
+        "require_gpu": True,
+        "workers": 1,
+        "worker_models": "shared",
+        "prefetch_buffers": 2,
+    }
+    assert "model.device is deprecated; use runtime.device" in caplog.text
+    assert "batch.prefetch_buffers is deprecated; use runtime.prefetch_buffers" in caplog.text
+    # The same value both ways is fine; different values in one layer are an error.
+    assert load_config([], ["model.device=cpu", "runtime.device=cpu"]).runtime.device == "cpu"
+    with pytest.raises(ConfigError, match=r"model.device='cuda' \(deprecated\) contradicts runtime.device"):
+        load_config([], ["model.device=cuda", "runtime.device=cpu"])
+    # Across layers the later one wins: an old-style overlay over base.yaml's runtime section.
+    overlay = tmp_path / "old.yaml"
+    overlay.write_text("model:\n  device: cpu\n  dtype: bf16\n")
+    layered = load_config([str(CONFIGS / "base.yaml"), str(overlay)])
+    assert layered.runtime.device == "cpu" and layered.model.dtype == "bf16"
+    assert load_config([str(overlay)], ["runtime.device=auto"]).runtime.device == "auto"
+
+
+def test_int8_needs_fp32_on_a_cpu() -> None:
+    assert load_config([], ["model.quantize=int8", "runtime.device=cpu"]).model.quantize == "int8"
+    with pytest.raises(ConfigError, match=r"runtime\.device=cpu"):
+        load_config([], ["model.quantize=int8", "runtime.device=cuda"])
+    with pytest.raises(ConfigError, match="fp32"):
+        load_config([], ["model.quantize=int8", "model.dtype=bf16"])
+
+
+def test_train_section_uses_the_same_loader(tmp_path: Path) -> None:
+    file = tmp_path / "train.yaml"
+    file.write_text("featurize:\n  max_seq_len: 256\ntrain:\n  learning_rate: 0.001\n  seed: 7\n")
+    inference, train = load_train_config([str(file)], ["train.seed=8"], {"train": {"batch_size": 4}})
+    assert train.featurize == inference.featurize and train.featurize.max_seq_len == 256
+    assert (train.learning_rate, train.seed, train.batch_size) == (0.001, 8, 4)
+    with pytest.raises(ConfigError, match="expected a number"):
+        load_train_config([], ["train.learning_rate=fast"])

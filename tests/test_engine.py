@@ -76,8 +76,9 @@ def test_same_answers_for_batch_sizes_and_order(tiny_model: TorchRunner) -> None
     results.append(answers_of(QAEngine(tiny_model, small_buffer), rows))
     # Synchronous (no prefetch thread) and several buffers prefetched ahead.
     for depth in (0, 3):
-        batching = BatchConfig(sort_buffer_windows=9, prefetch_buffers=depth)
-        prefetched = dataclasses.replace(base, batch=batching)
+        batching = BatchConfig(sort_buffer_windows=9)
+        runtime = dataclasses.replace(base.runtime, prefetch_buffers=depth)
+        prefetched = dataclasses.replace(base, batch=batching, runtime=runtime)
         results.append(answers_of(QAEngine(tiny_model, prefetched), rows))
     first = results[0]
     for other in results[1:]:
@@ -243,7 +244,7 @@ def test_prefetch_is_on_for_a_gpu_and_off_for_a_cpu_unless_configured(tiny_model
     assert QAEngine(tiny_model, auto).prefetch_depth == 0
     on_gpu = dataclasses.replace(tiny_model, device=torch.device("cuda"))  # never run: only the device
     assert QAEngine(on_gpu, auto).prefetch_depth == 1
-    assert QAEngine(tiny_model, load_config([], ["batch.prefetch_buffers=2"])).prefetch_depth == 2
+    assert QAEngine(tiny_model, load_config([], ["runtime.prefetch_buffers=2"])).prefetch_depth == 2
 
 
 def test_cuda_forward_leaves_out_cudnn_attention(tiny_model: TorchRunner) -> None:

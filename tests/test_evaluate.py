@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from qa_core.errors import InputError
 from qa_core.evaluation.evaluate import (
     EvalResult,
     EvalScores,
@@ -178,25 +179,25 @@ def test_load_predictions_docqa_directory(tmp_path: Path) -> None:
 
 
 def test_load_predictions_errors(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"answers/\*\.parquet"):
+    with pytest.raises(InputError, match=r"answers/\*\.parquet"):
         load_predictions(str(tmp_path))
     answers = tmp_path / "run" / "answers"
     answers.mkdir(parents=True)
     pq.write_table(pa.table({"id": ["a"], "text": ["x"]}), answers / "part-0.parquet")
-    with pytest.raises(ValueError, match="cannot read columns id, answer"):
+    with pytest.raises(InputError, match="cannot read columns id, answer"):
         load_predictions(str(tmp_path / "run"))
     pq.write_table(pa.table({"id": ["a", "a"], "answer": ["x", "y"]}), answers / "part-0.parquet")
-    with pytest.raises(ValueError, match="conflicting answers"):
+    with pytest.raises(InputError, match="conflicting answers"):
         load_predictions(str(tmp_path / "run"))
     other = tmp_path / "p.csv"
     other.write_text("a,b", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"\.json / \.json\.gz file or a docqa output directory"):
+    with pytest.raises(InputError, match=r"\.json / \.json\.gz file or a docqa output directory"):
         load_predictions(str(other))
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(InputError, match="does not exist"):
         load_predictions(str(tmp_path / "absent.json"))
     for name, content in [("list.json", "[1]"), ("num.json", '{"a": 1}'), ("broken.json", "{")]:
         (tmp_path / name).write_text(content, encoding="utf-8")
-        with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+        with pytest.raises(InputError, match=name.replace(".", r"\.")):
             load_predictions(str(tmp_path / name))
 
 

@@ -121,8 +121,8 @@ def test_oom_in_both_engines(
 KILL_DRIVER = textwrap.dedent(
     """
     import sys
-    from docqa.cli import run_guarded
-    from pipelines.run import PipelineError, run
+    from pipelines.run import run
+    from qa_core.jobs.guard import run_guarded
     from qa_core.config import load_config
     from tests.fakes import KillOnceHandler
 
@@ -131,7 +131,7 @@ KILL_DRIVER = textwrap.dedent(
     argv = ["--input", source, "--output", out, "--model", model_dir, "--set", "batch.max_batch_windows=4",
             "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
     handler = KillOnceHandler(config, model_dir, marker_file)
-    sys.exit(run_guarded("run", lambda: run(argv, model_handler=handler), errors=(PipelineError,)))
+    sys.exit(run_guarded("run", lambda: run(argv, model_handler=handler)))
     """
 )
 

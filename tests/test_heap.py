@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qa_core.config import ModelConfig
+from qa_core.config import ModelConfig, RuntimeConfig
 from qa_core.runtime import heap
 from qa_core.runtime.loading import load_qa_model
 
@@ -70,7 +70,7 @@ def test_loading_a_cpu_model_caps_the_onednn_caches(
     for name in heap.ONEDNN_CACHE_ENVS:
         monkeypatch.setenv(name, "")  # recorded, so what loading sets is undone after the test
         monkeypatch.delenv(name)
-    load_qa_model(ModelConfig(name_or_path=str(tiny_model_dir), device="cpu"))
+    load_qa_model(ModelConfig(name_or_path=str(tiny_model_dir)), RuntimeConfig(device="cpu"))
     assert all(os.environ[name] == str(heap.ONEDNN_CACHE_CAPACITY) for name in heap.ONEDNN_CACHE_ENVS)
 
 

@@ -159,7 +159,7 @@ def test_featurize_records_in_chunks_match_the_featurizer(tiny_model_dir: Path) 
     from qa_core.runtime.loading import load_tokenizer
     from qa_core.stages.featurize import Featurizer
 
-    config = load_config([], [f"model.name_or_path={tiny_model_dir}", "model.device=cpu"])
+    config = load_config([], [f"model.name_or_path={tiny_model_dir}", "runtime.device=cpu"])
     contexts = ["the city of the river " * 40, "the team won", "\u200b\u200b", "a school music film " * 3]
     records = [Record(f"k{i}", f"id{i}", f"what city {i}?", contexts[i % 4]) for i in range(300)]
     alone = Featurizer(load_tokenizer(config.model), config.featurize)

@@ -86,9 +86,9 @@ def test_timings_split_start_up_from_answering(
 
     real_load, real_write = qa_core.jobs.predict.load_qa_model, OutputWriter.write
 
-    def slow_load(config: object) -> object:
+    def slow_load(*args: object) -> object:
         time.sleep(0.3)
-        return real_load(config)  # type: ignore[arg-type]
+        return real_load(*args)  # type: ignore[arg-type]
 
     def slow_write(self: OutputWriter, result: object) -> None:
         time.sleep(0.2)
@@ -122,7 +122,7 @@ def test_existing_output_needs_overwrite(
     [
         (["--model", "/nonexistent/model"], "does not exist"),
         (["--set", "input.question_column=query"], "has no column"),
-        (["--set", "model.device=cuda"], "GPU"),
+        (["--set", "runtime.device=cuda"], "GPU"),
     ],
 )
 def test_job_errors_fail_fast(
@@ -233,3 +233,88 @@ def test_convert_then_eval_round_trip(tmp_path: Path, tiny_model_dir: Path) -> N
     assert main(["eval", "--data", str(data), "--predictions", str(out), "--json", str(scores)]) == 0
     result = json.loads(scores.read_text())
     assert result["total"] == 2
+
+
+FAKE_INFO = {
+    "counts": {"rows_read": 0, "answered": 0, "rejected": 0, "rejected_by_reason": {}},
+    "timings": {"wall_seconds": 0, "startup_seconds": 0, "answer_rows_per_second": 0, "rows_per_second": 0},
+}
+
+
+@pytest.mark.parametrize(("extra", "workers"), [([], 3), (["--workers", "2"], 2)])
+def test_workers_flag_wins_over_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: list[str], workers: int
+) -> None:
+    import qa_core.jobs.predict
+
+    seen: dict[str, object] = {}
+
+    def fake_predict(config: object, *args: object, **kwargs: object) -> dict[str, object]:
+        seen.update(config=config, **kwargs)
+        return FAKE_INFO
+
+    monkeypatch.setattr(qa_core.jobs.predict, "predict", fake_predict)
+    argv = ["predict", "--input", "x", "--output", str(tmp_path / "o"), "--no-report"]
+    assert main([*argv, "--set", "runtime.workers=3", *extra]) == 0
+    assert seen["workers"] == workers == seen["config"].runtime.workers  # type: ignore[attr-defined]
+
+
+def test_unknown_flags_are_errors_except_for_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as raised:
+        main(["predict", "--input", "x", "--output", "o", "--runner", "DirectRunner"])
+    assert (
+        raised.value.code == 2 and "unrecognized arguments: --runner DirectRunner" in capsys.readouterr().err
+    )
+    import pipelines.run
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(pipelines.run, "run", lambda argv: seen.append(list(argv)) or FAKE_INFO)
+    out = str(tmp_path / "o")
+    argv = ["--debug", "run", "--input", "x", "--output", out, "--runner", "DirectRunner", "--no-report"]
+    assert main(argv) == 0
+    assert seen == [["--input", "x", "--output", out, "--runner", "DirectRunner", "--no-report"]]
+
+
+@pytest.mark.parametrize("command", ["run", "bench", "train", "predict"])
+def test_every_command_has_full_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as raised:
+        main([command, "--help"])
+    assert raised.value.code == 0
+    text = capsys.readouterr().out
+    assert f"usage: docqa {command}" in text and "--config" in text
+
+
+def test_cli_start_up_imports_no_beam_torch_or_benchmark() -> None:
+    code = (
+        "import sys, docqa.cli\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('apache_beam', 'torch', 'transformers')"
+        " or m == 'benchmarks.bench' or m == 'pipelines.run']\n"
+        "print(heavy); sys.exit(1 if heavy else 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only docqa's job errors become one line; anything else is a bug and propagates."""
+    import qa_core.evaluation.squad
+
+    def broken(*args: object) -> int:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(qa_core.evaluation.squad, "convert_squad", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["convert-squad", "--data", "x.json", "--output", "y.parquet"])
+
+
+def test_missing_files_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = str(tmp_path / "missing.json")
+    assert main(["convert-squad", "--data", missing, "--output", str(tmp_path / "o.parquet")]) == 2
+    assert main(["eval", "--data", missing, "--predictions", str(tmp_path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        f"docqa convert-squad: error: {missing}: SQuAD file does not exist",
+        f"docqa eval: error: {missing}: SQuAD file does not exist",
+    ]

@@ -23,7 +23,7 @@ def engine() -> QAEngine:
         f"the bundled model is missing: {DEFAULT_MODEL}"
     )
     config = QAConfig()
-    return QAEngine(load_qa_model(config.model), config)
+    return QAEngine(load_qa_model(config.model, config.runtime), config)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import fsspec
 import pyarrow.parquet as pq
 import pytest
 
+from qa_core.errors import InputError
 from qa_core.evaluation.squad import (
     SQUAD_TABLE_SCHEMA,
     SquadAnswer,
@@ -151,7 +152,7 @@ def _break(doc: dict[str, Any], how: str) -> Any:
 )
 def test_malformed_structure(tmp_path: Path, how: str, message: str) -> None:
     path = _write(tmp_path / "bad.json", _break(_doc(), how))
-    with pytest.raises(ValueError, match=message) as info:
+    with pytest.raises(InputError, match=message) as info:
         load_squad(path)
     assert "bad.json" in str(info.value)
 
@@ -159,24 +160,24 @@ def test_malformed_structure(tmp_path: Path, how: str, message: str) -> None:
 def test_malformed_containers(tmp_path: Path) -> None:
     bad_json = tmp_path / "bad.json"
     bad_json.write_text("{not json", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"bad\.json: not valid JSON"):
+    with pytest.raises(InputError, match=r"bad\.json: not valid JSON"):
         load_squad(str(bad_json))
     bad_gz = tmp_path / "bad.json.gz"
     bad_gz.write_bytes(gzip.compress(b"{}")[:12])
-    with pytest.raises(ValueError, match="gzip"):
+    with pytest.raises(InputError, match="gzip"):
         load_squad(str(bad_gz))
     two = tmp_path / "two.zip"
     with zipfile.ZipFile(two, "w") as archive:
         archive.writestr("a.json", "{}")
         archive.writestr("b.json", "{}")
-    with pytest.raises(ValueError, match=r"two\.zip: .*exactly one \.json member, found 2"):
+    with pytest.raises(InputError, match=r"two\.zip: .*exactly one \.json member, found 2"):
         load_squad(str(two))
     none = tmp_path / "none.zip"
     with zipfile.ZipFile(none, "w") as archive:
         archive.writestr("a.txt", "{}")
-    with pytest.raises(ValueError, match="found 0"):
+    with pytest.raises(InputError, match="found 0"):
         load_squad(str(none))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(InputError, match="does not exist"):
         load_squad(str(tmp_path / "absent.json"))
 
 

@@ -92,7 +92,7 @@ def test_workers_write_what_one_process_writes(
     pq.write_table(pa.Table.from_pylist(rows[:8]), source / "a.parquet", row_group_size=3)
     pq.write_table(pa.Table.from_pylist(rows[8:]), source / "b.parquet")
     assert _predict(source, tmp_path / "one", tiny_model_dir) == 0
-    shared = ["--set", f"model.worker_models={worker_models}"]
+    shared = ["--set", f"runtime.worker_models={worker_models}"]
     assert _predict(source, tmp_path / "three", tiny_model_dir, "--workers", "3", *shared) == 0
     for table in ("answers", "rejections"):
         one = pq.read_table(tmp_path / "one" / table)
@@ -158,7 +158,7 @@ def test_a_model_that_fails_to_load_leaves_the_previous_output(
     for weights in broken.glob("*.safetensors"):
         weights.write_bytes(b"not safetensors")  # the tokenizer still loads: only the workers fail
     capsys.readouterr()
-    shared = ("--set", f"model.worker_models={worker_models}")
+    shared = ("--set", f"runtime.worker_models={worker_models}")
     code = docqa("predict", source, out, broken, "--workers", "2", "--overwrite", *shared)
     err = capsys.readouterr().err
     assert code == 2 and "cannot load QA model" in err and "Traceback" not in err
@@ -221,7 +221,7 @@ def test_workers_stop_when_the_job_is_killed(
     pq.write_table(pa.Table.from_pylist(ROWS * 5000), source)
     out = tmp_path / "out"
     argv = ["predict", "--input", str(source), "--output", str(out), "--model", str(tiny_model_dir)]
-    shared = ["--set", f"model.worker_models={worker_models}"]
+    shared = ["--set", f"runtime.worker_models={worker_models}"]
     job = subprocess.Popen(
         [sys.executable, "-m", "docqa", *argv, "--no-progress", "--workers", "2", *shared],
         stdout=subprocess.DEVNULL,

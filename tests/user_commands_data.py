@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from docqa.cli import run_guarded
 from docqa.user_commands import register
+from qa_core.jobs.guard import run_guarded
 
 WORDS = (
     *("city", "river", "church", "team", "war", "school", "world", "music", "film", "people", "region"),

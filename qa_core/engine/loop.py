@@ -67,7 +67,7 @@ class QAEngine:
         Auto is 0 when the forward runs on this process's CPU (a thread would only compete with it for the
         cores), else 1: the host work of the next buffer overlaps the device's work on this one.
         """
-        configured = self.config.batch.prefetch_buffers
+        configured = self.config.runtime.prefetch_buffers
         if configured is not None:
             return configured
         return 0 if self.runner.computes_on_host else 1

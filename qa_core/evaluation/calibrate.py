@@ -188,7 +188,7 @@ def calibrate(
             f"{data_path}: the sample of {min(n, len(dataset.examples))} questions leaves "
             f"{len(fit_examples)} to fit and {len(heldout_examples)} held out; use more questions"
         )
-    qa_model = model if model is not None else load_qa_model(config.model)
+    qa_model = model if model is not None else load_qa_model(config.model, config.runtime)
     squad_v2 = dataset.version.startswith("2")
     fit_data = labelled_logits(qa_model, config, fit_examples, squad_v2)
     heldout = labelled_logits(qa_model, config, heldout_examples, squad_v2)

@@ -21,6 +21,7 @@ from typing import Any
 import fsspec
 import pyarrow.parquet as pq
 
+from qa_core.errors import InputError
 from qa_core.evaluation.squad import SquadDataset
 
 logger = logging.getLogger(__name__)
@@ -204,18 +205,21 @@ def evaluate(dataset: SquadDataset, predictions: Mapping[str, str]) -> EvalResul
 
 
 def _load_json_predictions(path: str) -> dict[str, str]:
-    with fsspec.open(path, "rb") as handle:
-        raw: bytes = handle.read()
+    try:
+        with fsspec.open(path, "rb") as handle:
+            raw: bytes = handle.read()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the predictions file: {exc.strerror or exc}") from exc
     try:
         payload = gzip.decompress(raw) if raw.startswith(b"\x1f\x8b") else raw
         doc = json.loads(payload)
     except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable JSON predictions file: {exc}") from exc
+        raise InputError(f"{path}: not a readable JSON predictions file: {exc}") from exc
     if not isinstance(doc, dict):
-        raise ValueError(f"{path}: predictions must be a JSON object of id -> answer text")
+        raise InputError(f"{path}: predictions must be a JSON object of id -> answer text")
     bad = [key for key, value in doc.items() if not isinstance(value, str)]
     if bad:
-        raise ValueError(f"{path}: {len(bad)} predictions are not strings, e.g. id {bad[0]!r}")
+        raise InputError(f"{path}: {len(bad)} predictions are not strings, e.g. id {bad[0]!r}")
     return dict(doc)
 
 
@@ -227,7 +231,7 @@ def _load_parquet_predictions(path: str, files: list[str], fs: Any) -> dict[str,
             try:
                 table = pq.read_table(handle, columns=["id", "answer"])
             except Exception as exc:  # pyarrow raises several types for bad files and missing columns
-                raise ValueError(f"{path}: cannot read columns id, answer from {file}: {exc}") from exc
+                raise InputError(f"{path}: cannot read columns id, answer from {file}: {exc}") from exc
         for qid, answer in zip(
             table.column("id").to_pylist(), table.column("answer").to_pylist(), strict=True
         ):
@@ -236,7 +240,7 @@ def _load_parquet_predictions(path: str, files: list[str], fs: Any) -> dict[str,
                 continue
             key, text = str(qid), "" if answer is None else str(answer)
             if predictions.get(key, text) != text:
-                raise ValueError(
+                raise InputError(
                     f"{path}: id {key!r} has conflicting answers {predictions[key]!r} and {text!r}"
                 )
             predictions[key] = text
@@ -257,20 +261,20 @@ def load_predictions(path: str) -> dict[str, str]:
         Question id to answer text.
 
     Raises:
-        ValueError: If the path is neither form, or its content is malformed.
+        InputError: If the path does not exist, is neither form, or its content is malformed.
 
     """
     fs, fs_path = fsspec.core.url_to_fs(path)
     if fs.isdir(fs_path):
         files = sorted(fs.glob(f"{fs_path.rstrip('/')}/answers/*.parquet"))
         if not files:
-            raise ValueError(f"{path}: a directory of predictions must contain answers/*.parquet files")
+            raise InputError(f"{path}: a directory of predictions must contain answers/*.parquet files")
         return _load_parquet_predictions(path, files, fs)
     if fs_path.lower().endswith((".json", ".json.gz")):
         if not fs.exists(fs_path):
-            raise ValueError(f"{path}: predictions file does not exist")
+            raise InputError(f"{path}: predictions file does not exist")
         return _load_json_predictions(path)
-    raise ValueError(
+    raise InputError(
         f"{path}: predictions must be a .json / .json.gz file "
         "or a docqa output directory with answers/*.parquet"
     )

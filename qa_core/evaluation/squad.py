@@ -20,6 +20,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from qa_core.errors import InputError, OutputError
+
 logger = logging.getLogger(__name__)
 
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -89,8 +91,13 @@ class _MalformedError(Exception):
 
 
 def _read_bytes(path: str) -> bytes:
-    with fsspec.open(path, "rb") as handle:
-        data: bytes = handle.read()
+    try:
+        with fsspec.open(path, "rb") as handle:
+            data: bytes = handle.read()
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: SQuAD file does not exist") from exc
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the SQuAD file: {exc.strerror or exc}") from exc
     return data
 
 
@@ -108,18 +115,18 @@ def _decode_container(path: str, raw: bytes) -> bytes:
                 ]
                 if len(members) != 1:
                     names = [info.filename for info in members]
-                    raise ValueError(
+                    raise InputError(
                         f"{path}: a SQuAD zip must hold exactly one .json member, "
                         f"found {len(members)}: {names}"
                     )
                 return archive.read(members[0])
         except zipfile.BadZipFile as exc:
-            raise ValueError(f"{path}: not a readable zip archive: {exc}") from exc
+            raise InputError(f"{path}: not a readable zip archive: {exc}") from exc
     if raw.startswith(_GZIP_MAGIC):
         try:
             return gzip.decompress(raw)
         except (OSError, EOFError) as exc:
-            raise ValueError(f"{path}: not a readable gzip file: {exc}") from exc
+            raise InputError(f"{path}: not a readable gzip file: {exc}") from exc
     return raw
 
 
@@ -201,19 +208,19 @@ def load_squad(path: str) -> SquadDataset:
         The dataset, questions in file order.
 
     Raises:
-        ValueError: If the file is not valid JSON, not in the SQuAD structure, or has duplicate ids.
-        FileNotFoundError: If the file does not exist.
+        InputError: If the file does not exist or cannot be read, is not valid JSON, is not in the SQuAD
+            structure, or has duplicate ids.
 
     """
     payload = _decode_container(path, _read_bytes(path))
     try:
         doc = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+        raise InputError(f"{path}: not valid JSON: {exc}") from exc
     try:
         has_flag, examples = _parse(doc)
     except _MalformedError as exc:
-        raise ValueError(f"{path}: malformed SQuAD file: {exc}") from exc
+        raise InputError(f"{path}: malformed SQuAD file: {exc}") from exc
     declared = doc.get("version")
     declared_v2 = isinstance(declared, str) and declared.lower().lstrip("v").startswith("2")
     version = "2.0" if declared_v2 or has_flag else "1.1"
@@ -256,7 +263,9 @@ def convert_squad(data_path: str, output_path: str, row_group_size: int = 1000) 
         The number of rows (questions) written.
 
     Raises:
-        ValueError: If `row_group_size` is below 1 or the SQuAD file is malformed.
+        ValueError: If `row_group_size` is below 1.
+        InputError: If the SQuAD file is missing or malformed (`load_squad`).
+        OutputError: If the Parquet file cannot be written.
 
     """
     if row_group_size < 1:
@@ -264,9 +273,12 @@ def convert_squad(data_path: str, output_path: str, row_group_size: int = 1000) 
     table = squad_to_table(load_squad(data_path))
     fs, fs_path = fsspec.core.url_to_fs(output_path)
     parent = posixpath.dirname(fs_path.rstrip("/"))
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    with fs.open(fs_path, "wb") as handle:
-        pq.write_table(table, handle, row_group_size=row_group_size)
+    try:
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        with fs.open(fs_path, "wb") as handle:
+            pq.write_table(table, handle, row_group_size=row_group_size)
+    except OSError as exc:
+        raise OutputError(f"cannot write {output_path}: {exc.strerror or exc}") from exc
     logger.info("Wrote %d rows to %s", table.num_rows, output_path)
     return int(table.num_rows)

@@ -101,7 +101,7 @@ def predict(
     overwrite: bool = False,
     progress: bool = True,
     model: TorchRunner | None = None,
-    workers: int = 1,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Answers every row of the input Parquet files and writes the output layout.
 
@@ -114,7 +114,8 @@ def predict(
         model: An already loaded model (tests, benchmarks); loaded from `config.model` when None.
         workers: Processes answering contiguous row ranges (`qa_core.jobs.workers`; for a GPU that one
             process's host work leaves idle), each with its own model copy or all served by one device
-            server process (`model.worker_models`). 1: in this process.
+            server process (`runtime.worker_models`). 1: in this process. None (the default):
+            `config.runtime.workers`.
 
     Returns:
         The `_run.json` document.
@@ -124,6 +125,8 @@ def predict(
             workers, a worker's model load fails the job before any `COMPLETED`).
         ValueError: `workers` < 1, or a loaded `model` with `workers` > 1.
     """
+    if workers is None:
+        workers = config.runtime.workers
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
     if workers > 1 and model is not None:
@@ -144,13 +147,13 @@ def predict(
         if workers > 1 and total:
             # Fail fast here, before the folder is touched and N processes start: no GPU, a missing or
             # unsafe checkpoint, no fast tokenizer (what the workers' loads would fail on).
-            device = resolve_device(config.model)
+            device = resolve_device(config.runtime)
             load_tokenizer(config.model)
             ranges = row_ranges(total, workers)
-            shared = config.model.worker_models == "shared"
+            shared = config.runtime.worker_models == "shared"
             if shared and device.type != "cuda":
                 logger.warning(
-                    "model.worker_models=shared on %s: one server process runs every worker's forwards, "
+                    "runtime.worker_models=shared on %s: one server process runs every worker's forwards, "
                     "which pays off on a GPU; on a CPU per_worker is as fast or faster",
                     device,
                 )
@@ -223,7 +226,7 @@ def _answer_here(
     bar: tqdm[Any],
 ) -> _Ran:
     """All rows in this process, into part 0; the writer is left open for `_run.json`."""
-    qa_model = model if model is not None else load_qa_model(config.model)
+    qa_model = model if model is not None else load_qa_model(config.model, config.runtime)
     writer = OutputWriter(output_dir, *schemas, config.decode.top_k, overwrite=overwrite)
     engine = QAEngine(qa_model, config)
     began = time.perf_counter()

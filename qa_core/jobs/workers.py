@@ -9,7 +9,7 @@ parent only plans the ranges, shows progress, adds up the counters and writes `_
 `COMPLETED` once every worker has finished; any worker's failure fails the job (no `COMPLETED`).
 
 Workers are spawned (never forked: CUDA and torch's thread pools do not survive a fork) and share the
-host's cores: each gets `cores // N` torch and tokenizer threads. With `shared=True` (`model.worker_models`)
+host's cores: each gets `cores // N` torch and tokenizer threads. With `shared=True` (`runtime.worker_models`)
 the workers load no model: one more process, the device server (`runtime.device_server`), owns it and runs
 every worker's batches.
 """
@@ -127,7 +127,7 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any) -> No
             use_system_arrow_pool()
         runner: ModelRunner  # the model in this process, or the device server's stand-in
         if job.channel is None:
-            runner = load_qa_model(config.model)
+            runner = load_qa_model(config.model, config.runtime)
         else:
             tokenizer = load_tokenizer(config.model)
         messages.put(("ready", job.part, None))

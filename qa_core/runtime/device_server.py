@@ -1,4 +1,4 @@
-"""`docqa predict --workers N` with `model.worker_models=shared`: one process runs every worker's forwards.
+"""`docqa predict --workers N` with `runtime.worker_models=shared`: one process runs every worker's forwards.
 
 Worker processes exist because one Python process's host work (read, tokenize, batch, decode, merge,
 write) leaves a GPU mostly idle with a small model. When each of N workers loads its own model, the device
@@ -145,7 +145,7 @@ def serve(config: QAConfig, requests: Any, replies: list[Any], messages: Any, lo
             os._exit(1)
 
     try:
-        if resolve_device(config.model).type == "cuda":
+        if resolve_device(config.runtime).type == "cuda":
             # Host threads only launch kernels here; the workers need the cores.
             torch.set_num_threads(1)
         else:
@@ -155,7 +155,7 @@ def serve(config: QAConfig, requests: Any, replies: list[Any], messages: Any, lo
             # Set once for the process: per-call `sdpa_kernel` contexts of two threads could interleave
             # and let cuDNN attention (a plan build per new batch shape) in (see qa_core.runtime.loading).
             torch.backends.cuda.enable_cudnn_sdp(False)
-        model = load_qa_model(config.model)
+        model = load_qa_model(config.model, config.runtime)
         served = ServedModel(model.model_id, model.revision, str(model.device), model.pad_token_id)
         threads = [
             threading.Thread(target=_answer_requests, args=(model, requests, replies, fail), daemon=True)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from qa_core.config import ModelConfig
+from qa_core.config import ModelConfig, RuntimeConfig
 from qa_core.errors import ModelLoadError
 from qa_core.runtime.heap import cap_onednn_caches
 from qa_core.runtime.torch_runner import TORCH_DTYPES, TorchRunner
@@ -23,19 +23,22 @@ from qa_core.runtime.torch_runner import TORCH_DTYPES, TorchRunner
 logger = logging.getLogger(__name__)
 
 
-def resolve_device(config: ModelConfig) -> torch.device:
+def resolve_device(runtime: RuntimeConfig) -> torch.device:
     """The device to run on, failing fast when a GPU is required or asked for but absent.
+
+    Args:
+        runtime: The `runtime` section (`device`, `require_gpu`).
 
     Raises:
         ModelLoadError: `device: cuda` or `require_gpu` without a usable CUDA device.
     """
     has_cuda = torch.cuda.is_available()
-    if (config.require_gpu or config.device == "cuda") and not has_cuda:
+    if (runtime.require_gpu or runtime.device == "cuda") and not has_cuda:
         raise ModelLoadError(
-            "a GPU is required (model.device=cuda or model.require_gpu=true) but torch sees no CUDA "
-            "device; run on a GPU machine with a CUDA build of torch, or set model.device=cpu"
+            "a GPU is required (runtime.device=cuda or runtime.require_gpu=true) but torch sees no CUDA "
+            "device; run on a GPU machine with a CUDA build of torch, or set runtime.device=cpu"
         )
-    return torch.device("cuda" if config.device in ("auto", "cuda") and has_cuda else "cpu")
+    return torch.device("cuda" if runtime.device in ("auto", "cuda") and has_cuda else "cpu")
 
 
 def _local_revision(path: Path) -> str:
@@ -130,11 +133,12 @@ def _quantize_int8(model: Any) -> Any:
     )
 
 
-def load_qa_model(config: ModelConfig) -> TorchRunner:
+def load_qa_model(config: ModelConfig, runtime: RuntimeConfig) -> TorchRunner:
     """Loads a QA checkpoint and its fast tokenizer as configured.
 
     Args:
-        config: Which checkpoint, dtype, device and safety switches.
+        config: Which checkpoint, dtype and safety switches (the `model` section).
+        runtime: Which device (the `runtime` section).
 
     On a CPU it also caps ideep's and oneDNN's per-shape caches for this process (`runtime.heap`), unless
     the environment sets them.
@@ -145,7 +149,7 @@ def load_qa_model(config: ModelConfig) -> TorchRunner:
     """
     from transformers import AutoModelForQuestionAnswering
 
-    device = resolve_device(config)
+    device = resolve_device(runtime)
     dtype = TORCH_DTYPES[config.dtype]
     if device.type == "cpu":
         # Before the first forward: the default per-shape caches grow the resident set with the rows.
@@ -166,7 +170,7 @@ def load_qa_model(config: ModelConfig) -> TorchRunner:
     if config.quantize == "int8":
         if device.type != "cpu":
             raise ModelLoadError(
-                "model.quantize=int8 is a CPU fast path; set model.device=cpu or quantize=none"
+                "model.quantize=int8 is a CPU fast path; set runtime.device=cpu or model.quantize=none"
             )
         model = _quantize_int8(model)
     revision = describe_model(config)

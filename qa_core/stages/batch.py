@@ -101,4 +101,3 @@ def collate(features: Sequence[Feature], pad_token_id: int, pad_to_multiple_of: 
         attention_mask[row, :n] = 1
         token_type_ids[row, :n] = feature.token_type_ids
     return Batch(tuple(features), input_ids, attention_mask, token_type_ids)
-

@@ -1,12 +1,18 @@
-"""Configuration and result records of `docqa train` (see `qa_core.train.trainer`)."""
+"""Configuration and result records of `docqa train` (see `qa_core.train.trainer`).
+
+The hyperparameters are the `train` section of the same YAML / `--set` machinery as inference
+(`qa_core.config`); the windows come from its `featurize` section, so a model is trained on the windows
+inference cuts.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from qa_core.config import FeaturizeConfig
+from qa_core.config import FeaturizeConfig, QAConfig, build_section, config_from_dict, load_data
 from qa_core.errors import ConfigError
 
 # Fields that may change between a run and its resumption without changing the run.
@@ -33,7 +39,8 @@ class TrainConfig:
         threads: torch intra-op threads (None: torch's default).
         sort_chunk_batches: Batches per length-sorting chunk.
         pad_to_multiple_of: Padded length of a batch is its longest window rounded up to this.
-        featurize: Window size and stride (the same as inference uses).
+        featurize: Window size and stride: the config's `featurize` section, as inference uses it (not a
+            key of the `train` section).
         max_train_examples: Use only the first N training examples (smoke runs).
         drop_ambiguous: Skip answers listed in the ambiguous-offsets side file (kept by default).
         log_every: A log line every N optimizer steps.
@@ -82,6 +89,43 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-able data."""
         return dataclasses.asdict(self)
+
+
+def train_config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
+    """The `TrainConfig` of plain config data: its `train` section, windows from its `featurize` section.
+
+    Raises:
+        ConfigError: On an unknown key, a wrongly typed value or a failed check.
+    """
+    values = data.get("train") or {}
+    if not isinstance(values, Mapping):
+        raise ConfigError("config section 'train' must be a mapping")
+    if "featurize" in values:
+        raise ConfigError(
+            "train.featurize is not a key: training windows come from the featurize section "
+            "(e.g. --set featurize.max_seq_len=384)"
+        )
+    featurize = build_section(FeaturizeConfig, data.get("featurize") or {}, "featurize")
+    return dataclasses.replace(build_section(TrainConfig, values, "train"), featurize=featurize)
+
+
+def load_train_config(
+    paths: Iterable[str] = (),
+    overrides: Iterable[str] = (),
+    flags: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[QAConfig, TrainConfig]:
+    """The inference config and the training config of YAML files, `--set` items and flags.
+
+    Args:
+        paths: YAML files, later ones winning (`qa_core.config.load_config`).
+        overrides: `section.key=value` items, over every file.
+        flags: `{section: {field: value}}` of `docqa train`'s own flags, over everything else.
+
+    Raises:
+        ConfigError: On an unreadable file, an unknown key or a bad value in any section.
+    """
+    data = load_data(paths, overrides, [flags] if flags else [])
+    return config_from_dict(data), train_config_from_dict(data)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from typing import Any
 import fsspec
 import numpy as np
 
+from qa_core.errors import InputError
 from qa_core.evaluation.squad import SquadDataset
 from qa_core.records import Feature, Record, Rejection
 from qa_core.stages.featurize import Featurizer
@@ -150,15 +151,16 @@ def load_ambiguous_ids(path: str) -> frozenset[str]:
     whose text occurs more than once in the context, with the start the rebuilt file chose.
 
     Raises:
-        ValueError: When the file is not such a list.
+        InputError: When the file cannot be read or is not such a list.
     """
-    with fsspec.open(path, "rb") as handle:
-        raw: bytes = handle.read()
-    if raw.startswith(b"\x1f\x8b"):
-        raw = gzip.decompress(raw)
-    entries = json.loads(raw)
+    try:
+        with fsspec.open(path, "rb") as handle:
+            raw: bytes = handle.read()
+        entries = json.loads(gzip.decompress(raw) if raw.startswith(b"\x1f\x8b") else raw)
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not a readable JSON side file: {exc}") from exc
     if not isinstance(entries, list) or not all(isinstance(e, dict) and "id" in e for e in entries):
-        raise ValueError(f"{path}: expected a JSON list of objects with an 'id'")
+        raise InputError(f"{path}: expected a JSON list of objects with an 'id'")
     return frozenset(str(e["id"]) for e in entries)
 
 

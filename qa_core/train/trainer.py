@@ -32,13 +32,15 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from tqdm import tqdm
 
-from qa_core.config import FeaturizeConfig
-from qa_core.errors import ConfigError
+from qa_core.config import QAConfig
+from qa_core.errors import ConfigError, ModelLoadError
 from qa_core.evaluation.squad import load_squad
 from qa_core.stages.batch import collate
 from qa_core.stages.featurize import Featurizer
-from qa_core.train.config import RESUME_FREE_FIELDS, TrainConfig, TrainResult
+from qa_core.train.checkpoints import list_checkpoints, resume_point
+from qa_core.train.config import TrainConfig, TrainResult
 from qa_core.train.data import TrainWindow, build_train_windows, load_ambiguous_ids
+from qa_core.train.evaluation import evaluate_model, hardware_summary
 
 logger = logging.getLogger(__name__)
 
@@ -103,11 +105,6 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW
     return torch.optim.AdamW(groups, lr=config.learning_rate)
 
 
-def _checkpoints(output: Path) -> list[Path]:
-    found = [p for p in (output / "checkpoints").glob("step-*") if p.name[5:].isdigit() and p.is_dir()]
-    return sorted(found, key=lambda p: int(p.name[5:]))
-
-
 def _micro_batches(
     lengths: npt.NDArray[np.int64], config: TrainConfig, epoch: int, index: int
 ) -> Iterator[tuple[int, int, npt.NDArray[np.int64]]]:
@@ -140,24 +137,6 @@ def _training_windows(tokenizer: Any, train_path: str, config: TrainConfig) -> t
     return windows, stats
 
 
-def _resume_point(output: Path, state: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
-    """The latest checkpoint and its saved state, checked against the new run's state."""
-    found = _checkpoints(output)
-    if not found:
-        raise FileNotFoundError(f"--resume: no checkpoint in {output / 'checkpoints'}")
-    saved: dict[str, Any] = json.loads((found[-1] / "trainer_state.json").read_text(encoding="utf-8"))
-    differ = sorted(
-        k
-        for k in state["config"]
-        if k not in RESUME_FREE_FIELDS and saved["config"].get(k) != state["config"][k]
-    )
-    if differ or saved["windows"] != state["windows"]:
-        raise ConfigError(f"train: cannot resume {found[-1]}: settings differ: {differ or ['windows']}")
-    saved["config"] = state["config"]
-    logger.info("resuming from %s (step %d/%d)", found[-1], saved["step"], saved["total_steps"])
-    return found[-1], saved
-
-
 def train(
     base_dir: str,
     train_path: str,
@@ -169,6 +148,7 @@ def train(
     eval_limit: int | None = None,
     command: str | None = None,
     stop_after_steps: int | None = None,
+    eval_config: QAConfig | None = None,
 ) -> TrainResult:
     """Fine-tunes `base_dir` on a SQuAD training file and writes the model to `output_dir`.
 
@@ -183,10 +163,14 @@ def train(
         command: The command line, recorded in the model card.
         stop_after_steps: Stop after this many steps in this process (saving a checkpoint), as if
             interrupted; the run is later continued with `resume=True`.
+        eval_config: The inference config `eval_path` is answered with (its model is replaced by the
+            trained one); default: the defaults with `config.featurize`.
 
     Raises:
-        ConfigError: A bad config, or a resumption whose config differs from the checkpoint's.
-        FileNotFoundError: `resume` without any checkpoint.
+        ConfigError: A bad config, `resume` without any checkpoint, or a resumption whose config differs
+            from the checkpoint's.
+        InputError: A missing or malformed training file.
+        ModelLoadError: A base directory without a usable tokenizer.
     """
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
@@ -201,7 +185,10 @@ def train(
             torch.set_num_threads(config.threads)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         logger.info("train config: %s", json.dumps(config.to_dict()))
-        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"cannot load the tokenizer of --base {base_dir}: {err}") from err
         windows, stats = _training_windows(tokenizer, train_path, config)
         total = total_steps_of(math.ceil(len(windows) / config.batch_size), config)
         state: dict[str, Any] = {
@@ -215,7 +202,7 @@ def train(
             "windows": len(windows),
             "config": config.to_dict(),
         }
-        checkpoint, state = _resume_point(output, state) if resume else (None, state)
+        checkpoint, state = resume_point(output, state) if resume else (None, state)
         torch.manual_seed(config.seed)  # the QA head's initialisation and dropout
         model = AutoModelForQuestionAnswering.from_pretrained(str(checkpoint or base_dir)).to(device)
         pad_id = int(tokenizer.pad_token_id or 0)
@@ -231,7 +218,8 @@ def train(
             if (Path(base_dir) / "LICENSE").is_file():
                 shutil.copy(Path(base_dir) / "LICENSE", output / "LICENSE")
             if eval_path is not None:
-                scores = evaluate_model(str(output), eval_path, config.featurize, eval_limit)
+                inference = eval_config or QAConfig(featurize=config.featurize)
+                scores = evaluate_model(str(output), eval_path, inference, eval_limit)
             info = {
                 "base": base_dir,
                 "train": train_path,
@@ -310,7 +298,7 @@ class _Trainer:
         (partial / "trainer_state.json").write_text(json.dumps(self.state, indent=2), encoding="utf-8")
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
-        for old in _checkpoints(self.output)[: -self.config.keep_checkpoints]:
+        for old in list_checkpoints(self.output)[: -self.config.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
         logger.info("checkpoint saved: %s", final)
 
@@ -405,52 +393,3 @@ class _Trainer:
         )
         self.interval = [0.0, 0, 0, time.perf_counter()]
         return loss, rate
-
-
-def evaluate_model(
-    model_dir: str, squad_path: str, featurize: FeaturizeConfig, limit: int | None = None
-) -> dict[str, Any]:
-    """EM/F1 of a model directory on a SQuAD file, with docqa's own inference engine and evaluator."""
-    from qa_core.config import ModelConfig, QAConfig
-    from qa_core.engine.loop import QAEngine
-    from qa_core.evaluation.evaluate import evaluate
-    from qa_core.evaluation.squad import SquadDataset, squad_to_table
-    from qa_core.records import Answer
-    from qa_core.runtime.loading import load_qa_model
-
-    dataset = load_squad(squad_path)
-    if limit is not None:
-        dataset = SquadDataset(dataset.version, dataset.examples[:limit])
-    config = QAConfig(featurize=featurize, model=ModelConfig(name_or_path=model_dir))
-    engine = QAEngine(load_qa_model(config.model), config)
-    started = time.perf_counter()
-    predictions = {
-        str(r.id): r.answer
-        for r in engine.answer_rows(squad_to_table(dataset).to_pylist())
-        if isinstance(r, Answer)
-    }
-    scores = evaluate(dataset, predictions).to_dict()
-    seconds = round(time.perf_counter() - started, 1)
-    scores.update(data=squad_path, questions=len(dataset.examples), seconds=seconds)
-    logger.info(
-        "eval on %s (%d questions): EM %.2f F1 %.2f",
-        squad_path,
-        len(dataset.examples),
-        scores["exact"],
-        scores["f1"],
-    )
-    return scores
-
-
-def hardware_summary(device: torch.device, config: TrainConfig) -> str:
-    """A one-line description of where training ran."""
-    import os
-    import platform
-
-    if device.type == "cuda":
-        return f"GPU {torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return (
-        f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"{torch.get_num_threads()} torch threads, bf16 autocast {'on' if config.bf16 else 'off'}, "
-        f"torch {torch.__version__}"
-    )

@@ -1,0 +1,73 @@
+"""`docqa bench`'s arguments, without importing the benchmark itself (torch, Beam, the engine).
+
+`docqa.cli` declares them at start-up; `benchmarks.bench` parses them when run as `python -m
+benchmarks.bench`, which is also how it runs each mode in a child process.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from qa_core.config import DEFAULT_MODEL, add_config_arguments
+
+MODES = ("seed", "bound", "predict", "run", "beam-stock")
+DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json.zip")
+DESCRIPTION = """\
+Throughput of docqa against the anchors, on the same model and the same rows.
+
+Modes (each runs in a fresh subprocess, so peak RSS and warm-up are per mode; on CUDA each runs its rows
+once untimed first):
+    seed        one question at a time: tokenize, forward, best span (the seed design's way)
+    bound       forward only, pre-tokenized windows sorted by length, padded like docqa's batches
+    predict     `docqa predict` in-process, Parquet to Parquet, end to end (model already loaded);
+                with --workers N, `docqa predict --workers N` from every worker loaded to the last answer
+    run         `docqa run` on DirectRunner, Parquet to Parquet, end to end (includes worker model load)
+    beam-stock  RunInference with Beam's PyTorch keyed-tensor handler, windows padded to max_seq_len
+"""
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the arguments of `docqa bench` to `parser`."""
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="QA checkpoint (default: the bundled model)")
+    parser.add_argument("--data", default=DEFAULT_DATA, help="SQuAD JSON whose first N questions are used")
+    parser.add_argument("--n", type=int, default=2000, help="questions (default 2000)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="every mode answers the N questions this many times over, with fresh ids (default 1; more "
+        "rows for a fast device, where start-up and first-shape costs would dominate N questions)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="the predict mode runs `docqa predict --workers N` (with --set runtime.worker_models=shared "
+        "for one device server); its figure is the answering after every process has loaded (default 1)",
+    )
+    parser.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="runtime.device (default cpu)"
+    )
+    parser.add_argument(
+        "--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="model.dtype (default fp32)"
+    )
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}"
+    )
+    add_config_arguments(parser, model=False)
+    parser.add_argument(
+        "--json", default="out/bench.json", help="write the results here (default out/bench.json)"
+    )
+    parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)  # one mode, in a child process
+
+
+def check_bench_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Rejects argument combinations argparse cannot express (`parser.error`: usage and exit code 2)."""
+    if min(args.n, args.repeat, args.workers) < 1:
+        parser.error(f"--n, --repeat and --workers must be >= 1, got {args.n}, {args.repeat}, {args.workers}")
+    unknown = sorted(set(args.modes.split(",")) - set(MODES))
+    if unknown:
+        parser.error(f"--modes: unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
+    if args.workers > 1 and "predict" not in args.modes.split(","):
+        parser.error("--workers applies to the predict mode only: add predict to --modes")

@@ -1,0 +1,37 @@
+"""`docqa run`'s own flags, without importing Apache Beam (the `docqa` CLI declares them at start-up).
+
+Every other flag is a Beam pipeline option and passes through to Beam's `PipelineOptions` untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from qa_core.config import add_config_arguments
+
+DESCRIPTION = (
+    "Answer a Parquet table with Apache Beam. Any Beam pipeline option (--runner, --direct_num_workers, "
+    "--job_endpoint, --project, --region, ...) passes through to Beam."
+)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds docqa's flags of the Beam job (`--input`, `--output`, config, `--overwrite`, ...) to `parser`.
+
+    `--debug` is only set when given (`argparse.SUPPRESS`), so the `docqa --debug run` form keeps the
+    top-level value.
+    """
+    parser.add_argument("--input", required=True, metavar="GLOB", help="Parquet file, directory or glob")
+    parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bar (in-process runners)"
+    )
+    parser.add_argument("--no-report", action="store_true", help="(docqa run) do not write DIR/report.html")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="(docqa run) show tracebacks of job-level errors",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
