@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from qa_core.config import DEFAULT_MODEL, add_config_arguments
+from qa_core.config import DEFAULT_MODEL
+from qa_core.config_layers import add_config_arguments
 
 MODES = ("seed", "bound", "predict", "run", "beam-stock")
 DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json.zip")

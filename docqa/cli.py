@@ -21,7 +21,8 @@ from docqa.user_commands import register as register_user_commands
 from pipelines.options import DESCRIPTION as RUN_DESCRIPTION
 from pipelines.options import add_run_arguments
 from qa_core import __version__
-from qa_core.config import add_config_arguments, config_from_arguments
+from qa_core.config import config_from_arguments
+from qa_core.config_layers import add_config_arguments
 from qa_core.errors import OutputError
 from qa_core.jobs.guard import run_guarded
 from qa_core.runtime.processes import skip_final_collection

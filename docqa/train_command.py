@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qa_core.config import add_config_arguments
+from qa_core.config_layers import add_config_arguments
 
 if TYPE_CHECKING:
     from qa_core.config import QAConfig

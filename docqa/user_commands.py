@@ -82,7 +82,7 @@ def register_report(commands: SubParsers[argparse.ArgumentParser]) -> None:
 
 def register_calibrate(commands: SubParsers[argparse.ArgumentParser]) -> None:
     """Adds `docqa calibrate --data SQUAD [--model M] [--n N] [--dry-run] [--json FILE]`."""
-    from qa_core.config import add_config_arguments
+    from qa_core.config_layers import add_config_arguments
 
     p = commands.add_parser(
         "calibrate",
@@ -101,7 +101,7 @@ def register_calibrate(commands: SubParsers[argparse.ArgumentParser]) -> None:
 
 def register_estimate(commands: SubParsers[argparse.ArgumentParser]) -> None:
     """Adds `docqa estimate --input GLOB [--config C] [--sample N] [--bench F] [--gpu-bench F]`."""
-    from qa_core.config import add_config_arguments
+    from qa_core.config_layers import add_config_arguments
 
     p = commands.add_parser(
         "estimate",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from qa_core.config import add_config_arguments
+from qa_core.config_layers import add_config_arguments
 
 DESCRIPTION = (
     "Answer a Parquet table with Apache Beam. Any Beam pipeline option (--runner, --direct_num_workers, "

@@ -19,19 +19,18 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_type_hints
 
 import fsspec
 import yaml
 
+from qa_core.config_layers import BUNDLED, build_section, deep_merge, overrides_from_arguments, parse_override
 from qa_core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = str(Path(__file__).resolve().parent.parent / "models" / "docqa-minilm-l6-squad")
 """The bundled default model: trained by `docqa train`, shipped in `models/`."""
-BUNDLED = "bundled"
-"""`model.name_or_path: bundled` (configs/base.yaml) names `DEFAULT_MODEL` without spelling its path."""
 
 Dtype = Literal["fp32", "bf16", "fp16"]
 Quantize = Literal["none", "int8"]
@@ -296,66 +295,6 @@ OTHER_SECTIONS = ("train",)
 """Sections that only other commands use (`docqa train`): checked on load, not part of `QAConfig`."""
 
 
-_T = TypeVar("_T")
-
-
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Checks (and lightly converts) a YAML value against a dataclass field annotation."""
-    origin = get_origin(annotation)
-    args = get_args(annotation)
-    if origin is Literal:
-        _require(value in args, f"{where}: {value!r} is not one of {list(args)}")
-        return value
-    if type(None) in args:  # Optional[X]
-        if value is None:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
-    if origin is tuple:
-        _require(isinstance(value, list | tuple), f"{where}: expected a list, got {value!r}")
-        return tuple(_coerce(v, args[0], where) for v in value)
-    if annotation is bool:
-        _require(isinstance(value, bool), f"{where}: expected true/false, got {value!r}")
-        return value
-    if annotation is int:
-        _require(
-            isinstance(value, int) and not isinstance(value, bool), f"{where}: expected an int, got {value!r}"
-        )
-        return value
-    if annotation is float:
-        _require(
-            isinstance(value, int | float) and not isinstance(value, bool),
-            f"{where}: expected a number, got {value!r}",
-        )
-        return float(value)
-    if annotation is str:
-        _require(isinstance(value, str), f"{where}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{where}: unsupported field type {annotation!r}")
-
-
-def build_section(cls: type[_T], values: Mapping[str, Any], section: str) -> _T:
-    """Builds one section's dataclass from plain data: unknown keys rejected, values type-checked.
-
-    Args:
-        cls: The section's frozen dataclass (every field typed with a supported annotation).
-        values: `{field: value}`; missing fields take their defaults.
-        section: The section's name, for messages.
-
-    Raises:
-        ConfigError: On an unknown key, a wrongly typed value or a failed check of the dataclass.
-    """
-    _require(isinstance(values, Mapping), f"config section '{section}' must be a mapping")
-    hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = set(values) - known
-    _require(
-        not unknown, f"unknown key(s) {sorted(unknown)} in section '{section}'; accepted: {sorted(known)}"
-    )
-    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
-    return cls(**kwargs)
-
-
 def _move_deprecated_keys(layer: Mapping[str, Any], where: str) -> dict[str, Any]:
     """One layer (a file, or all `--set` items) with the keys of `MOVED_KEYS` under their new section.
 
@@ -408,24 +347,6 @@ def config_from_dict(data: Mapping[str, Any]) -> QAConfig:
     return QAConfig(**{name: build_section(hints[name], data.get(name) or {}, name) for name in sections})
 
 
-def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _deep_merge(dict(merged[key]), value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def parse_override(item: str) -> dict[str, Any]:
-    """Turns `section.key=value` into `{section: {key: value}}` (the value is parsed as YAML)."""
-    key, sep, raw = item.partition("=")
-    _require(bool(sep) and "." in key, f"--set expects section.key=value, got {item!r}")
-    section, _, name = key.strip().partition(".")
-    return {section: {name: yaml.safe_load(raw)}}
-
-
 def load_data(
     paths: Iterable[str] = (),
     overrides: Iterable[str] = (),
@@ -448,13 +369,13 @@ def load_data(
         except (OSError, yaml.YAMLError) as err:
             raise ConfigError(f"cannot read config file {path}: {err}") from err
         _require(isinstance(loaded, Mapping), f"config file {path} must hold a mapping of sections")
-        data = _deep_merge(data, _move_deprecated_keys(loaded, f"config file {path}"))
+        data = deep_merge(data, _move_deprecated_keys(loaded, f"config file {path}"))
     layer: dict[str, Any] = {}
     for item in overrides:
-        layer = _deep_merge(layer, parse_override(item))
-    data = _deep_merge(data, _move_deprecated_keys(layer, "--set"))
+        layer = deep_merge(layer, parse_override(item))
+    data = deep_merge(data, _move_deprecated_keys(layer, "--set"))
     for flags in layers:
-        data = _deep_merge(data, _move_deprecated_keys(flags, "command-line flags"))
+        data = deep_merge(data, _move_deprecated_keys(flags, "command-line flags"))
     return data
 
 
@@ -469,37 +390,6 @@ def load_config(paths: Iterable[str] = (), overrides: Iterable[str] = ()) -> QAC
         ConfigError: When a file cannot be read or parsed, or a value is invalid.
     """
     return config_from_dict(load_data(paths, overrides))
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, *, model: bool = True) -> None:
-    """Adds `--config` and `--set` (and `--model`), shared by every command that runs a model."""
-    if model:
-        parser.add_argument(
-            "--model", help=f"QA checkpoint directory or hub id (default: model.name_or_path, {BUNDLED})"
-        )
-    parser.add_argument(
-        "--config",
-        action="append",
-        default=[],
-        metavar="YAML",
-        help="config file; repeat to layer (later wins)",
-    )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        dest="overrides",
-        help="override one config value, e.g. --set decode.top_k=3; repeatable",
-    )
-
-
-def overrides_from_arguments(args: argparse.Namespace, *extra: str) -> list[str]:
-    """The `--set` items of parsed arguments, then `--model` as `model.name_or_path`, then `extra`."""
-    overrides = list(args.overrides)
-    if getattr(args, "model", None):
-        overrides.append(f"model.name_or_path={json.dumps(args.model)}")
-    return [*overrides, *extra]
 
 
 def config_from_arguments(args: argparse.Namespace, *extra: str) -> QAConfig:

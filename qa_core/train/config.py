@@ -12,7 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from qa_core.config import FeaturizeConfig, QAConfig, build_section, config_from_dict, load_data
+from qa_core.config import FeaturizeConfig, QAConfig, config_from_dict, load_data
+from qa_core.config_layers import build_section
 from qa_core.errors import ConfigError
 
 # Fields that may change between a run and its resumption without changing the run.
