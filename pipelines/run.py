@@ -53,18 +53,16 @@ if TYPE_CHECKING:
 from qa_core.config import QAConfig, config_from_arguments
 from qa_core.errors import JobError, OutputError
 from qa_core.evaluation.calibration import apply_model_calibration
-from qa_core.io.read import InputSchema, count_rows, read_input_schema, resolve_inputs
+from qa_core.io.read import InputSchema, count_rows, output_schemas, read_input_schema, resolve_inputs
+from qa_core.io.run_info import run_info
 from qa_core.io.schema import (
     ANSWERS_DIR,
     REJECTIONS_DIR,
-    answer_schema,
     answer_to_row,
-    rejection_schema,
     rejection_to_row,
 )
 from qa_core.io.write import check_output, mark_completed, prepare_output
 from qa_core.jobs.guard import run_guarded
-from qa_core.jobs.predict import run_info
 from qa_core.runtime.loading import describe_model, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -108,15 +106,34 @@ class JobSpec:
 def build_pipeline(
     pipeline: beam.Pipeline, spec: JobSpec, model_handler: ModelHandler[Any, Any, Any] | None = None
 ) -> None:
-    """Adds the whole docqa graph to `pipeline`.
+    """Adds the whole docqa graph to `pipeline`: rows -> answers and rejections -> Parquet.
 
     Args:
         pipeline: The pipeline to build on (tests pass a `TestPipeline`).
         spec: Config, input files and schema, output folder.
         model_handler: Replaces `QAModelHandler(config)` (tests inject failing models).
     """
+    answers, rejections = _answer(pipeline, spec, model_handler or QAModelHandler(spec.config))
+    answer_schema, rejection_schema = output_schemas(spec.schema, spec.config)
+    _ = (
+        answers
+        | "CountAnswers" >> beam.Map(count_result)
+        | "AnswerRows" >> beam.Map(answer_to_row, spec.config.decode.top_k)
+        | "WriteAnswers" >> write_table_transform(spec.output_dir, ANSWERS_DIR, answer_schema)
+    )
+    _ = (
+        rejections
+        | "CountRejections" >> beam.Map(count_result)
+        | "RejectionRows" >> beam.Map(rejection_to_row)
+        | "WriteRejections" >> write_table_transform(spec.output_dir, REJECTIONS_DIR, rejection_schema)
+    )
+
+
+def _answer(
+    pipeline: beam.Pipeline, spec: JobSpec, handler: ModelHandler[Any, Any, Any]
+) -> tuple[PCollection[Any], PCollection[Any]]:
+    """The engine's stages as transforms; returns the answers and the rejections of every stage."""
     config = spec.config
-    handler = model_handler or QAModelHandler(config)
     rows = pipeline | "Read" >> ReadRows(spec.files, config.input)
     validated = rows | "Validate" >> beam.ParDo(ValidateRows(config)).with_outputs(REJECTIONS, main="records")
     featurized = validated.records | "Featurize" >> beam.ParDo(FeaturizeRecords(config)).with_outputs(
@@ -142,30 +159,14 @@ def build_pipeline(
         | "AggregateAcrossBundles"
         >> beam.ParDo(AggregateRows(config)).with_outputs(REJECTIONS, main="answers")
     )
-    top_k = config.decode.top_k
-    passthrough = [spec.schema.field(c) for c in config.input.passthrough_columns]
-    id_type = spec.schema.id_field.type
-    answers = (
-        (merged.answers, regrouped.answers)
-        | "AllAnswers" >> beam.Flatten()
-        | "CountAnswers" >> beam.Map(count_result)
-    )
-    _ = (
-        answers
-        | "AnswerRows" >> beam.Map(answer_to_row, top_k)
-        | "WriteAnswers"
-        >> write_table_transform(spec.output_dir, ANSWERS_DIR, answer_schema(id_type, passthrough, top_k))
-    )
-    _ = (
-        (validated[REJECTIONS], featurized[REJECTIONS], merged[REJECTIONS], regrouped[REJECTIONS])
-        | "AllRejections" >> beam.Flatten()
-        | "CountRejections" >> beam.Map(count_result)
-        | "RejectionRows" >> beam.Map(rejection_to_row)
-        | "WriteRejections"
-        >> write_table_transform(
-            spec.output_dir, REJECTIONS_DIR, rejection_schema(id_type, spec.schema.fields)
-        )
-    )
+    answers = (merged.answers, regrouped.answers) | "AllAnswers" >> beam.Flatten()
+    rejections = (
+        validated[REJECTIONS],
+        featurized[REJECTIONS],
+        merged[REJECTIONS],
+        regrouped[REJECTIONS],
+    ) | "AllRejections" >> beam.Flatten()
+    return answers, rejections
 
 
 class write_table_transform(beam.PTransform):  # type: ignore[type-arg]  # noqa: N801 - reads as a function
@@ -291,9 +292,36 @@ def run(
         ) from err
     finally:
         progress.close()
-    counters = metrics.query_counters(result)
-    answered = _output_rows(args.output, ANSWERS_DIR)
-    rejected = _output_rows(args.output, REJECTIONS_DIR)
+    counts = _checked_counts(metrics.query_counters(result), rows_read, args.output)
+    info = run_info(
+        config,
+        model_id=config.model.name_or_path,
+        revision=revision,
+        device=config.runtime.device,
+        engine=f"beam:{type(pipeline.runner).__name__}",
+        inputs=files,
+        counts=counts,
+        wall_seconds=time.perf_counter() - started,
+    )
+    mark_completed(args.output, info)
+    logger.info(
+        "rows %d: answered %d, rejected %d -> %s",
+        rows_read,
+        counts["answered"],
+        counts["rejected"],
+        args.output,
+    )
+    return info
+
+
+def _checked_counts(counters: dict[str, int], rows_read: int, output_dir: str) -> dict[str, Any]:
+    """The `counts` of `_run.json`, once the output footers add up to the rows read.
+
+    Raises:
+        OutputError: When answers + rejections written differ from the rows read.
+    """
+    answered = _output_rows(output_dir, ANSWERS_DIR)
+    rejected = _output_rows(output_dir, REJECTIONS_DIR)
     if rows_read != answered + rejected:
         raise OutputError(
             f"rows read ({rows_read}) != answers ({answered}) + rejections ({rejected}); the run is not "
@@ -314,19 +342,7 @@ def run(
     real, padded = counts.get("real_tokens"), counts.get("padded_tokens")
     counts["padding_efficiency"] = real / padded if real and padded else None
     counts["metrics"] = counters
-    info = run_info(
-        config,
-        model_id=config.model.name_or_path,
-        revision=revision,
-        device=config.runtime.device,
-        engine=f"beam:{type(pipeline.runner).__name__}",
-        inputs=files,
-        counts=counts,
-        wall_seconds=time.perf_counter() - started,
-    )
-    mark_completed(args.output, info)
-    logger.info("rows %d: answered %d, rejected %d -> %s", rows_read, answered, rejected, args.output)
-    return info
+    return counts
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,8 +19,8 @@ import pyarrow as pa
 from qa_core.config import QAConfig
 from qa_core.engine.loop import QAEngine
 from qa_core.evaluation.calibration import apply_model_calibration
-from qa_core.io.read import table_input_schema
-from qa_core.io.schema import answer_schema, answer_to_row, rejection_schema, rejection_to_row, rows_to_table
+from qa_core.io.read import output_schemas, table_input_schema
+from qa_core.io.schema import answer_to_row, rejection_to_row, rows_to_table
 from qa_core.records import Answer, Rejection
 from qa_core.runtime.loading import load_qa_model
 from qa_core.runtime.runner import ModelRunner
@@ -52,10 +52,9 @@ def answer_table(model: ModelRunner, config: QAConfig, table: pa.Table) -> tuple
     Raises:
         InputError: A configured column is missing, or the question or context column holds no text.
     """
-    schema = table_input_schema(table.schema, config.input)
     config = apply_model_calibration(config)
+    answer_schema, rejection_schema = output_schemas(table_input_schema(table.schema, config.input), config)
     top_k = config.decode.top_k
-    passthrough = [schema.field(c) for c in config.input.passthrough_columns]
     answers: list[dict[str, Any]] = []
     rejections: list[dict[str, Any]] = []
     for result in QAEngine(model, config).answer_rows(table.select(config.input.columns).to_pylist()):
@@ -64,6 +63,6 @@ def answer_table(model: ModelRunner, config: QAConfig, table: pa.Table) -> tuple
         else:
             rejections.append(rejection_to_row(result))
     return (
-        rows_to_table(answers, answer_schema(schema.id_field.type, passthrough, top_k)),
-        rows_to_table(rejections, rejection_schema(schema.id_field.type, schema.fields)),
+        rows_to_table(answers, answer_schema),
+        rows_to_table(rejections, rejection_schema),
     )

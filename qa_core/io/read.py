@@ -16,8 +16,9 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from qa_core.config import InputConfig
+from qa_core.config import InputConfig, QAConfig
 from qa_core.errors import InputError
+from qa_core.io.schema import answer_schema, rejection_schema
 from qa_core.io.storage import bucket_problem, describe_storage_error, redact_url, to_url, url_to_fs
 
 logger = logging.getLogger(__name__)
@@ -131,6 +132,15 @@ def read_input_schema(files: list[str], config: InputConfig) -> InputSchema:
         raise InputError("no input files")
     fields = tuple(first[c][0] for c in config.columns)
     return InputSchema(id_field=fields[0], fields=fields)
+
+
+def output_schemas(schema: InputSchema, config: QAConfig) -> tuple[pa.Schema, pa.Schema]:
+    """The answers and rejections schemas of a job over an input of `schema` (every engine writes these)."""
+    passthrough = [schema.field(c) for c in config.input.passthrough_columns]
+    return (
+        answer_schema(schema.id_field.type, passthrough, config.decode.top_k),
+        rejection_schema(schema.id_field.type, schema.fields),
+    )
 
 
 def table_input_schema(schema: pa.Schema, config: InputConfig, source: str = "the table") -> InputSchema:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -14,83 +13,18 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
-from qa_core import __version__
 from qa_core.config import QAConfig
 from qa_core.engine.loop import QAEngine
 from qa_core.engine.stats import EngineStats
 from qa_core.evaluation.calibration import apply_model_calibration
-from qa_core.io.read import count_rows, iter_rows, read_input_schema, resolve_inputs
-from qa_core.io.schema import answer_schema, rejection_schema
-from qa_core.io.storage import redact_url
+from qa_core.io.read import count_rows, iter_rows, output_schemas, read_input_schema, resolve_inputs
+from qa_core.io.run_info import run_info
 from qa_core.io.write import OutputWriter, check_output, mark_completed, prepare_output
 from qa_core.jobs.workers import WorkerJob, row_ranges, run_workers
 from qa_core.runtime.loading import load_qa_model, load_tokenizer, resolve_device
 from qa_core.runtime.torch_runner import TorchRunner
 
 logger = logging.getLogger(__name__)
-
-
-def run_info(
-    config: QAConfig,
-    *,
-    model_id: str,
-    revision: str,
-    device: str,
-    engine: str,
-    inputs: list[str],
-    counts: dict[str, Any],
-    wall_seconds: float,
-    answering: tuple[float, float] | None = None,
-) -> dict[str, Any]:
-    """The `_run.json` document shared by both engines.
-
-    Args:
-        config: The resolved config (stored whole, with its hash).
-        model_id: The checkpoint's id or path.
-        revision: Its revision (a content hash for a local directory).
-        device: Where it ran.
-        engine: `predict`, or `beam:<runner class>`.
-        inputs: The input files (URLs redacted here).
-        counts: The engine's counters.
-        wall_seconds: The whole job's seconds.
-        answering: Seconds from the job's start to the first and to the end of answering, when the
-            engine knows them (`docqa predict`). Before it: reading the footers, loading the model (every
-            worker's, or the device server's) and preparing the output; after it: closing the files and
-            waiting for worker processes to exit. The timings then give start-up and the answering's own
-            rate, which a longer input approaches (start-up is paid once per job: on a GPU with
-            `--workers`, tens of seconds).
-    """
-    rows = counts.get("rows_read", 0)
-    timings: dict[str, Any] = {
-        "wall_seconds": round(wall_seconds, 3),
-        "rows_per_second": round(rows / wall_seconds, 3) if wall_seconds > 0 else None,
-    }
-    if answering is not None:
-        startup_seconds, answered_at = answering
-        answer_seconds = answered_at - startup_seconds
-        timings["startup_seconds"] = round(startup_seconds, 3)
-        timings["answer_seconds"] = round(answer_seconds, 3)
-        timings["answer_rows_per_second"] = round(rows / answer_seconds, 3) if answer_seconds > 0 else None
-    return {
-        "docqa_version": __version__,
-        "engine": engine,
-        "config": config.to_dict(),
-        "config_hash": config.config_hash(),
-        "model": {
-            "id": model_id,
-            "revision": revision,
-            "device": device,
-            "dtype": config.model.dtype,
-        },
-        "inputs": [redact_url(f) for f in inputs],
-        "counts": counts,
-        "timings": timings,
-        "environment": {
-            "python": sys.version.split()[0],
-            "torch": torch.__version__,
-            "platform": platform.platform(),
-        },
-    }
 
 
 def predict(
@@ -134,38 +68,20 @@ def predict(
     started = time.perf_counter()
     config = apply_model_calibration(config)
     files = resolve_inputs(input_pattern)
-    schema = read_input_schema(files, config.input)
+    schemas = output_schemas(read_input_schema(files, config.input), config)
     check_output(output_dir, overwrite=overwrite)  # before the (slow) model load; changes nothing
-    passthrough = [schema.field(c) for c in config.input.passthrough_columns]
-    schemas = (
-        answer_schema(schema.id_field.type, passthrough, config.decode.top_k),
-        rejection_schema(schema.id_field.type, schema.fields),
-    )
     # Footers only: gives the bar its ETA, and the workers their ranges.
     total = count_rows(files) if progress or workers > 1 else None
     with tqdm(desc="rows", unit="row", total=total, disable=not progress, file=sys.stderr) as bar:
         if workers > 1 and total:
-            # Fail fast here, before the folder is touched and N processes start: no GPU, a missing or
-            # unsafe checkpoint, no fast tokenizer (what the workers' loads would fail on).
-            device = resolve_device(config.runtime)
-            load_tokenizer(config.model)
-            ranges = row_ranges(total, workers)
-            shared = config.runtime.worker_models == "shared"
-            if shared and device.type != "cuda":
-                logger.warning(
-                    "runtime.worker_models=shared on %s: one server process runs every worker's forwards, "
-                    "which pays off on a GPU; on a CPU per_worker is as fast or faster",
-                    device,
-                )
             ran = _answer_in_workers(
                 config,
                 files,
                 output_dir=output_dir,
                 schemas=schemas,
-                ranges=ranges,
+                ranges=_worker_ranges(config, total, workers),
                 bar=bar,
                 prepare=lambda: prepare_output(output_dir, overwrite=overwrite),
-                shared=shared,
             )
         else:
             ran = _answer_here(
@@ -197,6 +113,23 @@ def predict(
         "rows %d: answered %d, rejected %d", counts["rows_read"], counts["answered"], counts["rejected"]
     )
     return info
+
+
+def _worker_ranges(config: QAConfig, total: int, workers: int) -> list[tuple[int, int]]:
+    """The workers' row ranges, after failing fast on what their model loads would fail on.
+
+    Checked here, before the output folder is touched and N processes start: no GPU, a missing or unsafe
+    checkpoint, no fast tokenizer.
+    """
+    device = resolve_device(config.runtime)
+    load_tokenizer(config.model)
+    if config.runtime.worker_models == "shared" and device.type != "cuda":
+        logger.warning(
+            "runtime.worker_models=shared on %s: one server process runs every worker's forwards, which "
+            "pays off on a GPU; on a CPU per_worker is as fast or faster",
+            device,
+        )
+    return row_ranges(total, workers)
 
 
 @dataclass(frozen=True)
@@ -244,12 +177,13 @@ def _answer_in_workers(
     ranges: list[tuple[int, int]],
     bar: tqdm[Any],
     prepare: Callable[[], None],
-    shared: bool,
 ) -> _Ran:
     """Rows split over worker processes (`qa_core.jobs.workers`), one part file pair each.
 
-    With `shared`, one device server process runs every worker's forwards (`qa_core.runtime.device_server`).
+    With `runtime.worker_models: shared`, one device server process runs every worker's forwards
+    (`qa_core.runtime.device_server`).
     """
+    shared = config.runtime.worker_models == "shared"
     threads = max(1, torch.get_num_threads() // len(ranges))
     jobs = [
         WorkerJob(

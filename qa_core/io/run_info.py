@@ -1,0 +1,76 @@
+"""The `_run.json` document every job writes beside its output (predict, its workers, the Beam job)."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from typing import Any
+
+import torch
+
+from qa_core import __version__
+from qa_core.config import QAConfig
+from qa_core.io.storage import redact_url
+
+
+def run_info(
+    config: QAConfig,
+    *,
+    model_id: str,
+    revision: str,
+    device: str,
+    engine: str,
+    inputs: list[str],
+    counts: dict[str, Any],
+    wall_seconds: float,
+    answering: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+    """The `_run.json` document: config and hash, model, inputs, counts, timings, environment.
+
+    Args:
+        config: The resolved config (stored whole, with its hash).
+        model_id: The checkpoint's id or path.
+        revision: Its revision (a content hash for a local directory).
+        device: Where it ran.
+        engine: `predict`, or `beam:<runner class>`.
+        inputs: The input files (URLs redacted here).
+        counts: The engine's counters.
+        wall_seconds: The whole job's seconds.
+        answering: Seconds from the job's start to the first and to the end of answering, when the
+            engine knows them (`docqa predict`). Before it: reading the footers, loading the model (every
+            worker's, or the device server's) and preparing the output; after it: closing the files and
+            waiting for worker processes to exit. The timings then give start-up and the answering's own
+            rate, which a longer input approaches (start-up is paid once per job: on a GPU with
+            `--workers`, tens of seconds).
+    """
+    rows = counts.get("rows_read", 0)
+    timings: dict[str, Any] = {
+        "wall_seconds": round(wall_seconds, 3),
+        "rows_per_second": round(rows / wall_seconds, 3) if wall_seconds > 0 else None,
+    }
+    if answering is not None:
+        startup_seconds, answered_at = answering
+        answer_seconds = answered_at - startup_seconds
+        timings["startup_seconds"] = round(startup_seconds, 3)
+        timings["answer_seconds"] = round(answer_seconds, 3)
+        timings["answer_rows_per_second"] = round(rows / answer_seconds, 3) if answer_seconds > 0 else None
+    return {
+        "docqa_version": __version__,
+        "engine": engine,
+        "config": config.to_dict(),
+        "config_hash": config.config_hash(),
+        "model": {
+            "id": model_id,
+            "revision": revision,
+            "device": device,
+            "dtype": config.model.dtype,
+        },
+        "inputs": [redact_url(f) for f in inputs],
+        "counts": counts,
+        "timings": timings,
+        "environment": {
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+        },
+    }
