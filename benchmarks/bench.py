@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -215,55 +214,10 @@ def bench_run(
 def bench_beam_stock(
     model: TorchRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
 ) -> dict[str, Any]:
-    """Beam's PytorchModelHandlerKeyedTensor: windows padded to max_seq_len, Beam's own batching."""
-    import apache_beam as beam
-    from apache_beam.ml.inference.base import RunInference
-    from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerKeyedTensor
-    from apache_beam.options.pipeline_options import PipelineOptions
+    """Beam's PytorchModelHandlerKeyedTensor over the rows' windows (`benchmarks.beam_stock`)."""
+    from benchmarks.beam_stock import run_beam_stock
 
-    from pipelines.run import local_runner
-
-    width = config.featurize.max_seq_len
-    windows = _windows(model, config, rows)
-    examples = []
-    for f in windows:
-        ids = np.zeros(width, np.int64)
-        ids[: f.length] = f.input_ids
-        mask = (np.arange(width) < f.length).astype(np.int64)
-        types = np.zeros(width, np.int64)
-        types[: f.length] = f.token_type_ids
-        examples.append(
-            {
-                "input_ids": torch.from_numpy(ids),
-                "attention_mask": torch.from_numpy(mask),
-                "token_type_ids": torch.from_numpy(types),
-            }
-        )
-    state = workdir / "state_dict.pt"
-    torch.save(model.model.state_dict(), state)
-    handler = PytorchModelHandlerKeyedTensor(
-        state_dict_path=str(state),
-        model_class=type(model.model),
-        model_params={"config": model.model.config},
-        max_batch_size=32,
-    )
-
-    def best_span(result: Any) -> tuple[int, int]:
-        start = result.inference["start_logits"].numpy()
-        end = result.inference["end_logits"].numpy()
-        i = int(start.argmax())
-        j = i + int(end[i : i + config.decode.max_answer_len].argmax())
-        return i, j
-
-    started = time.perf_counter()
-    # The FnApiRunner `docqa run` also uses locally (Beam's DirectRunner would first try to download Prism).
-    with beam.Pipeline(runner=local_runner(PipelineOptions())) as p:
-        _ = p | beam.Create(examples) | RunInference(handler) | beam.Map(best_span)
-    return {
-        "seconds": time.perf_counter() - started,
-        "real_tokens": sum(f.length for f in windows),
-        "padded_tokens": len(windows) * width,
-    }
+    return run_beam_stock(model, config, _windows(model, config, rows), workdir)
 
 
 RUNNERS = {

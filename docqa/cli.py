@@ -109,6 +109,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for job-level errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _register_predict(commands)
+    _register_squad_commands(commands)
+    register_user_commands(commands)
+
+    train_command.register(commands)
+    r = commands.add_parser(
+        "run",
+        help="answer Parquet tables with the Apache Beam job (any runner); Beam options pass through",
+        description=RUN_DESCRIPTION,
+    )
+    add_run_arguments(r)
+    r.set_defaults(func=_cmd_run, passes_unknown_flags=True)
+    b = commands.add_parser(
+        "bench",
+        help="throughput vs. the seed's way, the forward-only bound and stock Beam",
+        description=BENCH_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_bench_arguments(b)
+    b.set_defaults(func=_cmd_bench, check=lambda args: check_bench_arguments(b, args))
+    return parser
+
+
+def _register_predict(commands: Any) -> None:
+    """`docqa predict`: the in-process job."""
     p = commands.add_parser(
         "predict",
         help="answer a Parquet table in-process (no Beam)",
@@ -132,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(p)
     p.set_defaults(func=_cmd_predict)
 
+
+def _register_squad_commands(commands: Any) -> None:
+    """`docqa eval` and `docqa convert-squad`: SQuAD scoring and conversion."""
     e = commands.add_parser(
         "eval",
         help="SQuAD v1.1 / v2.0 exact match and F1 of predictions",
@@ -155,26 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data", required=True, metavar="SQUAD", help="SQuAD JSON (.json, .json.gz or .zip)")
     c.add_argument("--output", required=True, metavar="FILE.parquet", help="output Parquet file")
     c.set_defaults(func=_cmd_convert_squad)
-
-    register_user_commands(commands)
-
-    train_command.register(commands)
-    r = commands.add_parser(
-        "run",
-        help="answer Parquet tables with the Apache Beam job (any runner); Beam options pass through",
-        description=RUN_DESCRIPTION,
-    )
-    add_run_arguments(r)
-    r.set_defaults(func=_cmd_run, passes_unknown_flags=True)
-    b = commands.add_parser(
-        "bench",
-        help="throughput vs. the seed's way, the forward-only bound and stock Beam",
-        description=BENCH_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_bench_arguments(b)
-    b.set_defaults(func=_cmd_bench, check=lambda args: check_bench_arguments(b, args))
-    return parser
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -58,6 +58,15 @@ def register(commands: Any) -> None:
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_data_arguments(p)
+    _add_hyperparameter_arguments(p, d)
+    _add_run_arguments(p, d)
+    add_config_arguments(p, model=False)
+    p.set_defaults(func=run_train)
+
+
+def _add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """What to train on, where to write, and resumption."""
     io = p.add_argument_group("data and output")
     io.add_argument(
         "--base",
@@ -106,6 +115,9 @@ def register(commands: Any) -> None:
         "(their offset was chosen by a heuristic in the rebuilt train file); kept by default",
     )
 
+
+def _add_hyperparameter_arguments(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """The training hyperparameters and window settings (overrides of the train/featurize sections)."""
     h = p.add_argument_group(
         "hyperparameters",
         "each flag overrides its key of the config's train (or featurize) section; defaults from "
@@ -164,6 +176,9 @@ def register(commands: Any) -> None:
         f"(default {d.featurize.doc_stride})",
     )
 
+
+def _add_run_arguments(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """Checkpoints, precision, threads and logging of the run."""
     r = p.add_argument_group("run")
     r.add_argument(
         "--checkpoint-every",
@@ -201,8 +216,6 @@ def register(commands: Any) -> None:
         default=None,
         help="train.progress=false: no progress bar (log lines only)",
     )
-    add_config_arguments(p, model=False)
-    p.set_defaults(func=run_train)
 
 
 # `docqa train` flag (argparse dest) -> the config key it overrides.

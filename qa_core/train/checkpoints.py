@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -39,3 +40,11 @@ def resume_point(output: Path, state: dict[str, Any]) -> tuple[Path, dict[str, A
     saved["config"] = state["config"]
     logger.info("resuming from %s (step %d/%d)", found[-1], saved["step"], saved["total_steps"])
     return found[-1], saved
+
+
+def save_final_model(model: Any, tokenizer: Any, output: Path, base_dir: str) -> None:
+    """Writes the trained model, its tokenizer and the base encoder's licence (if any) into `output`."""
+    model.save_pretrained(output)
+    tokenizer.save_pretrained(output)
+    if (Path(base_dir) / "LICENSE").is_file():
+        shutil.copy(Path(base_dir) / "LICENSE", output / "LICENSE")

@@ -37,7 +37,7 @@ from qa_core.errors import ConfigError, ModelLoadError
 from qa_core.evaluation.squad import load_squad
 from qa_core.stages.batch import collate
 from qa_core.stages.featurize import Featurizer
-from qa_core.train.checkpoints import list_checkpoints, resume_point
+from qa_core.train.checkpoints import list_checkpoints, resume_point, save_final_model
 from qa_core.train.config import TrainConfig, TrainResult
 from qa_core.train.data import TrainWindow, build_train_windows, load_ambiguous_ids
 from qa_core.train.evaluation import evaluate_model, hardware_summary
@@ -213,10 +213,7 @@ def train(
         finished = state["step"] >= total
         scores = None
         if finished:
-            model.save_pretrained(output)
-            tokenizer.save_pretrained(output)
-            if (Path(base_dir) / "LICENSE").is_file():
-                shutil.copy(Path(base_dir) / "LICENSE", output / "LICENSE")
+            save_final_model(model, tokenizer, output, base_dir)
             if eval_path is not None:
                 inference = eval_config or QAConfig(featurize=config.featurize)
                 scores = evaluate_model(str(output), eval_path, inference, eval_limit)
