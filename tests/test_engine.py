@@ -7,13 +7,12 @@ import random
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
 from qa_core.config import BatchConfig, FeaturizeConfig, QAConfig, load_config
 from qa_core.engine.loop import QAEngine
-from qa_core.records import Answer, Feature, Reason, Record, Rejection
+from qa_core.records import Answer, Reason, Record, Rejection
 from qa_core.runtime.torch_runner import TorchRunner
 
 UNICODE_CONTEXTS = [
@@ -221,22 +220,18 @@ def test_poison_row_rejects_only_itself(tiny_model: TorchRunner) -> None:
     assert engine.stats.batch_splits > 0
 
 
-def test_windows_that_stop_early_are_a_rejection_not_a_silent_cut(tiny_model: TorchRunner) -> None:
+def test_windows_cover_a_long_context_to_its_last_token(tiny_model: TorchRunner) -> None:
+    """Every window the tokenizer's overflow gives is kept (tokenizers < 0.23.3 returned at most three)."""
+    from qa_core.config import FeaturizeConfig
     from qa_core.stages.featurize import Featurizer
 
-    featurizer = Featurizer(tiny_model.tokenizer, QAConfig().featurize)
-    context = "the river church"
-
-    def window(starts: list[int], ends: list[int]) -> Feature:
-        offsets = (np.array(starts, np.int32), np.array(ends, np.int32))
-        return Feature("k", 0, 1, np.arange(3, dtype=np.int32), np.zeros(3, np.int8), *offsets, 0)
-
-    cut = window([-1, 0, 4], [-1, 3, 9])
-    assert "stop at character 9 of 16" in (featurizer._uncovered_tail(context, cut) or "")
-    whole = window([-1, 4, 10], [-1, 9, 16])
-    assert featurizer._uncovered_tail(context, whole) is None
-    # Trailing text that produces no tokens (control characters) is not a loss.
-    assert featurizer._uncovered_tail(context + "\x00\x01", whole) is None
+    config = FeaturizeConfig(max_seq_len=32, doc_stride=8, max_question_len=8)
+    featurizer = Featurizer(tiny_model.tokenizer, config)
+    context = " ".join(f"river{i % 7} church" for i in range(200))
+    (windows,) = featurizer.featurize([Record("k", "id", "where?", context)])
+    assert isinstance(windows, list) and len(windows) > 10
+    assert int(windows[-1].char_ends.max()) == len(context.rstrip())
+    assert [w.window_index for w in windows] == list(range(len(windows)))
 
 
 def test_prefetch_is_on_for_a_gpu_and_off_for_a_cpu_unless_configured(tiny_model: TorchRunner) -> None:

@@ -167,31 +167,8 @@ class Featurizer:
             # The first window, then the overflow windows in context order (as transformers does).
             results[index] = self._features_for(records[index], [encoding, *encoding.overflowing])
 
-    def _uncovered_tail(self, context: str, last: Feature) -> str | None:
-        """Why the windows stop before the end of the context, or None when they cover it all.
-
-        Guards against silent loss: tokenizers 0.23.2 returns at most two overflow windows per pair, so
-        the rest of a long context would never be read. Only text after the last window's last token
-        that still produces tokens counts as lost; it is tokenized only when it is not blank, which for
-        well-formed windows it almost never is.
-        """
-        covered = int(last.char_ends.max())
-        tail = context[covered:]
-        if not tail.strip() or not self.tokenizer(tail, add_special_tokens=False)["input_ids"]:
-            return None
-        return (
-            f"the tokenizer's windows stop at character {covered} of {len(context)} (tokenizers "
-            f"{_tokenizers_version()} drops overflow windows; upgrade to tokenizers>=0.23.3)"
-        )
-
     def _features_for(self, record: Record, encodings: list[Any]) -> list[Feature] | Rejection:
-        windows = [pair_window(encoding) for encoding in encodings]
-        features = self._finish(record, windows)
-        if isinstance(features, list):
-            uncovered = self._uncovered_tail(record.context, features[-1])
-            if uncovered is not None:
-                return record.reject(Reason.FEATURIZE_ERROR, uncovered)
-        return features
+        return self._finish(record, [pair_window(encoding) for encoding in encodings])
 
     def _finish(self, record: Record, windows: list[Window]) -> list[Feature] | Rejection:
         """Features of a record's windows, minus windows without a context token.
@@ -247,11 +224,3 @@ def _backend_copies(serialized: str, config: FeaturizeConfig) -> tuple[Any, Any]
     )
     return questions, pairs
 
-
-def _tokenizers_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("tokenizers")
-    except PackageNotFoundError:
-        return "unknown"
