@@ -204,10 +204,7 @@ def run_workers(
             args=(config, requests, replies, messages, logging.getLogger().level),
             name="docqa-device-server",
         )
-    for job in jobs:
-        processes[job.part] = context.Process(
-            target=_worker_main, args=(config, job, messages, go), name=f"docqa-worker-{job.part}"
-        )
+    processes.update(_worker_processes(context, config, jobs, messages, go))
     workers = {job.part for job in jobs}
     started = time.perf_counter()
     finished = False
@@ -232,6 +229,18 @@ def run_workers(
             for process in processes.values():
                 _stop(process, graceful=finished)
     return [results[job.part] for job in jobs]
+
+
+def _worker_processes(
+    context: Any, config: QAConfig, jobs: list[WorkerJob], messages: Any, go: Any
+) -> dict[int, Any]:
+    """One spawned (not yet started) process per job, by part number."""
+    return {
+        job.part: context.Process(
+            target=_worker_main, args=(config, job, messages, go), name=f"docqa-worker-{job.part}"
+        )
+        for job in jobs
+    }
 
 
 def _stop(process: Any, graceful: bool) -> None:
