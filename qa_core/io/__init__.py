@@ -1,1 +1,6 @@
-"""io."""
+"""Files in and out: Parquet input, the output layout, and where files live (local or fsspec URLs).
+
+`read.py` resolves and checks the input and streams its rows, `schema.py` is the output contract (folder
+layout, Arrow schemas), `write.py` writes it for `docqa predict`, `run_info.py` builds `_run.json`, and
+`storage.py` turns object-store failures into one-line errors.
+"""

@@ -1,38 +1,18 @@
-"""Keeping the resident memory of a long CPU inference job flat under glibc's allocator.
+"""Keeping the resident memory of a long CPU inference job flat.
 
-Every batch has a different (B, P) shape, and its activations are tens of MB. glibc serves big
-allocations with their own mmap until a freed mmapped chunk raises its threshold (up to 32 MB); from then
-on activations come from the heap arenas, which fragment as new shapes arrive, so the resident set grows
-with the rows. Measured on `docqa predict` (bf16, SQuAD dev rows, 2 cores; benchmarks/RESULTS.md):
+Three things make the resident set grow with the rows, and this module handles each:
 
-- `malloc_trim(0)` once per sort buffer: 1.0 GB after 2,000 rows, 1.25 GB after 50,000 (+28%);
-- `malloc_trim(0)` after every CPU batch: 0.76 GB after 2,000 rows, 0.88 GB after 50,000. It costs
-  throughput: the freed pages are faulted in (and zero-filled) again by the next batch. Trimming every
-  8th batch costs half as much but leaves the peak at 1.0 GB (the leftovers of differently shaped
-  batches are not reused by the next one);
-- `malloc_trim(0)` after a batch only once the resident set has grown `TRIM_SLACK_BYTES` past what the
-  last trim left (this module): the next batches reuse up to that much freed memory without faults, and
-  the resident set stays within it of the live size. Against trimming every batch: fp32 predict on 1,000
-  dev rows 40.3-40.9 q/s with 128 MiB, 41.0-41.5 with 256 MiB, 38.5-39.3 every batch; bf16 predict peak
-  after 2,000 / 10,000 rows 0.76 / 0.85 GB with 128 MiB (108 s for the 10,000), 0.85-0.90 / 0.95-0.99 GB
-  with 256 MiB (101-110 s), 0.73-0.75 / 0.81 GB every batch (120-123 s). 128 MiB keeps most of the speed
-  for little memory;
-- pinning the mmap threshold at 128 KiB (`mallopt`): 0.72 GB and flat, but every fresh mapping is
-  zero-filled by the kernel and the forward pass got 23% slower in fp32, 27% in bf16;
-- running the largest batch shapes first: flat, but at 1.4 GB from the first row.
+- glibc's heap fragments as batches of new (B, P) shapes arrive. `release_free_heap` trims it
+  (`malloc_trim`) after a CPU batch, but only once `TRIM_SLACK_BYTES` of freed memory have piled up since
+  the last trim: trimming every batch keeps the peak lowest but makes the next batches fault their pages
+  in again, so a slack buys back most of the speed for a bounded amount of memory.
+- Arrow's default pool (mimalloc or jemalloc) keeps freed Parquet buffers out of `malloc_trim`'s reach;
+  `use_system_arrow_pool` moves Arrow onto glibc so the trim returns them too.
+- ideep and oneDNN keep a compiled primitive per operator and input shape (1,024 entries each by
+  default), so every new batch shape adds some; `cap_onednn_caches` caps both caches at a few shapes.
 
-Arrow's default memory pool (mimalloc or jemalloc) keeps freed pages of Parquet reading and writing for
-reuse, out of reach of `malloc_trim`: with a tiny model it held a third of predict's growth from 2,000
-to 50,000 rows (+76 MB vs +50 MB with the system pool). `docqa predict` therefore switches Arrow to the
-system allocator (`use_system_arrow_pool`).
-
-torch's bf16 matmuls on a CPU go through ideep and oneDNN, which compile a primitive per operator and
-input shape and keep it in two caches of 1,024 entries each (ideep's `LRU_CACHE_CAPACITY`, oneDNN's
-`ONEDNN_PRIMITIVE_CACHE_CAPACITY`), with its JIT code and buffers. Every (B, P) batch shape brings new
-ones, so the resident set grew with the number of distinct shapes, that is with the rows: bf16 predict of
-10,000 dev rows peaked at 869 MB, 777 MB with only oneDNN's cache at 8, in the same 106-107 s (sorted
-batches reuse the last few shapes). A bf16 linear over 320 shapes grows the process by 120 MB, by 57 MB
-with either cache capped alone, by 4 MB with both. `cap_onednn_caches` caps both.
+The measurements behind each choice, and the alternatives tried and dropped (a fixed mmap threshold,
+largest batches first), are in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -43,10 +23,10 @@ import sys
 from typing import Any
 
 # Freed heap kept for reuse before a trim hands it back: the next batch's allocations find most of their
-# pages resident (measurements in the module docstring).
+# pages resident. Smaller slacks cost speed, larger ones memory (benchmarks/RESULTS.md).
 TRIM_SLACK_BYTES = 128 << 20
 
-# The environment variables of ideep's and oneDNN's per-shape caches (module docstring).
+# The environment variables of ideep's (`LRU_CACHE_CAPACITY`) and oneDNN's per-shape caches.
 ONEDNN_CACHE_ENVS = ("LRU_CACHE_CAPACITY", "ONEDNN_PRIMITIVE_CACHE_CAPACITY")
 # Entries each keeps: a few batch shapes' worth (a shape needs one per distinct matmul).
 ONEDNN_CACHE_CAPACITY = 16

@@ -24,11 +24,11 @@ def start_child(log_level: int) -> None:
 
 
 def skip_final_collection() -> None:
-    """Shortens the exit of a process whose work is done and written, from ~0.9 s to ~0.15 s.
+    """Shortens the exit of a process whose work is done and written (`gc.freeze()`).
 
     A process that has imported torch and transformers (and loaded a model) spends most of its exit in
-    Python's last garbage collection over every module's objects (measured on a 2-core CPU: a spawned
-    worker's exit, which its parent waits for, and every `docqa` command's end). Frozen objects are left
+    Python's last garbage collection over every module's objects: a spawned worker's exit, which its parent
+    waits for, and every `docqa` command's end (timings in benchmarks/RESULTS.md). Frozen objects are left
     out of it; the process ends normally otherwise (finalizers and atexit handlers run: ending with
     `os._exit` instead left multiprocessing's semaphores to the resource tracker, which warns). Call it
     once the process's outputs are closed: the workers, the device server and the `docqa` console script.

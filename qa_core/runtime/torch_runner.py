@@ -20,13 +20,12 @@ from qa_core.stages.batch import Batch
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # SDPA backends allowed on CUDA: all but cuDNN attention. On Hopper, torch picks cuDNN attention for
-# bf16/fp16 with a padding mask, and cuDNN builds an execution plan for every new (B, P) batch shape:
-# measured on an H200 (torch 2.11, the bundled model, 9 batch shapes of 2,000 SQuAD questions), the first
-# pass took 2.07 s with cuDNN and 0.35 s without; warm passes 0.048 s vs 0.062 s. docqa's batches come in
-# dozens of shapes and its forward is a small share of a job's time (benchmarks/RESULTS.md), so the
-# one-time plan builds cost far more than the warm speed-up returns. `sdpa_kernel` sets torch's
-# process-wide flags and restores them on exit: threads that overlap their forwards can leave cuDNN
-# allowed for a batch (only a speed difference, never a different result beyond rounding).
+# bf16/fp16 with a padding mask, and cuDNN builds an execution plan for every new (B, P) batch shape.
+# docqa's batches come in dozens of shapes and its forward is a small share of a job's time, so the
+# one-time plan builds cost far more than cuDNN's warm speed-up returns (H200 figures in
+# benchmarks/RESULTS.md). `sdpa_kernel` sets torch's process-wide flags and restores them on exit:
+# threads that overlap their forwards can leave cuDNN allowed for a batch (only a speed difference,
+# never a different result beyond rounding).
 CUDA_ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 

@@ -1,8 +1,8 @@
 """Stage 3: windows are sorted by length, cut into batches under window and token caps, and padded late.
 
-Padding to the batch's longest window (rounded up to a multiple of 8) instead of `max_seq_len` is where
-most of the CPU time goes or is saved: SQuAD-like windows padded to 384 hold about half real tokens,
-length-sorted batches over 99%.
+The model's time grows with the padded positions it computes, so a batch is padded only to its own
+longest window (rounded up to `pad_to_multiple_of`), never to `max_seq_len`, and windows of similar length
+are batched together: the padding a batch carries is then small (padding figures in benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Windows assembled from a question and a context tokenized separately, each context only once.
 
 The Rust tokenizer's own pair encoding (`truncation="only_second"` with a stride) re-tokenizes the context
-for every question, and rows of a document QA table often share a context (SQuAD dev: 10,570 questions
-over 2,067 contexts; pair encoding took 216 µs per row on one core, contexts once plus questions 60 µs).
-A pair encoding is the two sequences encoded independently, cut and joined by the post-processor, so the
-same windows can be built from one encoding of each context:
+for every question, and rows of a document QA table often share a context (SQuAD dev has about five
+questions per context). A pair encoding is the two sequences encoded independently, cut and joined by the
+post-processor, so the same windows can be built from one encoding of each context, which is much cheaper
+per row (benchmarks/RESULTS.md):
 
 - `PairTemplate` reads where the post-processor puts its special tokens (and which segment ids it gives)
   from one probe pair, and refuses templates it cannot reproduce (then docqa uses the pair encoding);
@@ -214,7 +214,7 @@ def context_mask(sequence_ids: list[int | None]) -> npt.NDArray[np.bool_]:
 
 
 def _offsets(encoding: Any) -> _I32:
-    """(T, 2) character offsets of an encoding (fromiter over the flattened tuples: 2x np.array's speed)."""
+    """(T, 2) character offsets of an encoding (`np.fromiter` over the flat tuples beats `np.array`)."""
     n = len(encoding.ids)
     flat = np.fromiter(itertools.chain.from_iterable(encoding.offsets), dtype=np.int32, count=2 * n)
     return flat.reshape(n, 2)

@@ -1,21 +1,20 @@
 """`docqa report`: a self-contained HTML run report (`DIR/report.html` + `DIR/report/*.png`).
 
 Reads only the output layout (`answers/*.parquet`, `rejections/*.parquet`, `_run.json`), so it works for
-`docqa predict` and `docqa run` alike, and for local or fsspec output folders. Figures are drawn with
-matplotlib's Agg canvas directly (no pyplot, no global backend switch). With a SQuAD file of gold answers
-it adds exact match / F1 overall and by question type, and a reliability diagram of score vs. exact match.
+`docqa predict` and `docqa run` alike, and for local or fsspec output folders. With a SQuAD file of gold
+answers it adds exact match / F1 overall and by question type, and a reliability diagram of score vs. exact
+match. The figures are drawn by `qa_core.tools.report_figures` (Agg canvas, no pyplot).
 """
 
 from __future__ import annotations
 
 import html
-import io
 import json
 import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from qa_core.errors import InputError
 from qa_core.evaluation.evaluate import EvalResult, evaluate, load_predictions
@@ -38,16 +33,13 @@ from qa_core.io.schema import (
     ANSWERS_DIR,
     COMPLETED_FILE,
     REJECTIONS_DIR,
-    REPORT_DIR,
     REPORT_FILE,
     RUN_INFO_FILE,
 )
+from qa_core.tools.report_figures import FigureFolder, bars, img, reliability_plot, stairs
 
 logger = logging.getLogger(__name__)
-# matplotlib logs every categorical axis at INFO; keep run logs readable.
-logging.getLogger("matplotlib").setLevel(logging.WARNING)
 
-FIGURES_DIR = REPORT_DIR
 QUESTION_TYPES = ("what", "who", "when", "where", "why", "which", "how", "other")
 _WORD = re.compile(r"[a-z]+")
 SCORE_BINS = 20
@@ -167,30 +159,6 @@ def gold_figures(dataset: SquadDataset, output_dir: str) -> GoldFigures:
     )
 
 
-class _Figures:
-    """Draws figures into PNG files under the report folder and remembers their relative paths."""
-
-    def __init__(self, fs: Any, root: str) -> None:
-        self.fs, self.root = fs, root
-        folder = f"{root}/{FIGURES_DIR}"
-        if fs.exists(folder):  # no stale figure of an earlier report survives
-            fs.rm(folder, recursive=True)
-        fs.makedirs(folder, exist_ok=True)
-
-    def draw(self, name: str, title: str, plot: Callable[[Axes], None]) -> str:
-        figure = Figure(figsize=(5.0, 3.2), dpi=100, layout="tight")
-        FigureCanvasAgg(figure)
-        axes = figure.add_subplot()
-        plot(axes)
-        axes.set_title(title, fontsize=10)
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
-        relative = f"{FIGURES_DIR}/{name}.png"
-        with self.fs.open(f"{self.root}/{relative}", "wb") as handle:
-            handle.write(buffer.getvalue())
-        return relative
-
-
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -214,7 +182,7 @@ def _windows_per_row(counts: dict[str, Any]) -> float | None:
     return windows / featurized if windows is not None and featurized else None
 
 
-def _run_section(info: dict[str, Any], stats: AnswerStats, figures: _Figures) -> list[str]:
+def _run_section(info: dict[str, Any], stats: AnswerStats, figures: FigureFolder) -> list[str]:
     counts = info.get("counts", {})
     timings = info.get("timings", {})
     model = info.get("model", {})
@@ -247,7 +215,7 @@ def _run_section(info: dict[str, Any], stats: AnswerStats, figures: _Figures) ->
             figures.draw(
                 "score",
                 f"score of {stats.rows:,} answers",
-                lambda ax: _stairs(ax, stats.score_counts, score_edges, "score"),
+                lambda ax: stairs(ax, stats.score_counts, score_edges, "score"),
             ),
             "score distribution",
         ),
@@ -255,7 +223,7 @@ def _run_section(info: dict[str, Any], stats: AnswerStats, figures: _Figures) ->
             figures.draw(
                 "answer_length",
                 f"answer length (non-empty answers; last bar: {MAX_WORDS}+)",
-                lambda ax: _stairs(ax, stats.length_counts, np.arange(0.5, MAX_WORDS + 1.0), "words"),
+                lambda ax: stairs(ax, stats.length_counts, np.arange(0.5, MAX_WORDS + 1.0), "words"),
             ),
             "answer length",
         ),
@@ -266,13 +234,13 @@ def _run_section(info: dict[str, Any], stats: AnswerStats, figures: _Figures) ->
         "rejected": rejected if rejected is not None else sum(stats.rejected_by_reason.values()),
     }
     images.append(
-        (figures.draw("outcomes", "rows by outcome", lambda ax: _bars(ax, outcome)), "no-answer rate")
+        (figures.draw("outcomes", "rows by outcome", lambda ax: bars(ax, outcome)), "no-answer rate")
     )
     if stats.rejected_by_reason:
         reasons = stats.rejected_by_reason
         parts.append(_table([(f"rejected {reason}", n) for reason, n in reasons.items()]))
         images.append(
-            (figures.draw("rejections", "rejections by reason", lambda ax: _bars(ax, reasons)), "rejections")
+            (figures.draw("rejections", "rejections by reason", lambda ax: bars(ax, reasons)), "rejections")
         )
     else:
         parts.append("<p>No rejected rows.</p>")
@@ -280,40 +248,18 @@ def _run_section(info: dict[str, Any], stats: AnswerStats, figures: _Figures) ->
     if isinstance(histogram, dict) and histogram:
         hist = {str(k): int(v) for k, v in sorted(histogram.items(), key=lambda kv: int(kv[0]))}
         images.append(
-            (figures.draw("windows", "rows by windows per row", lambda ax: _bars(ax, hist)), "windows")
+            (figures.draw("windows", "rows by windows per row", lambda ax: bars(ax, hist)), "windows")
         )
     real, padded = counts.get("real_tokens"), counts.get("padded_tokens")
     if real and padded:
         tokens = {"real": int(real), "padding": int(padded) - int(real)}
         title = f"padding efficiency {real / padded:.1%}"
-        images.append((figures.draw("tokens", title, lambda ax: _bars(ax, tokens, "tokens")), "padding"))
-    parts += [_img(path, alt) for path, alt in images]
+        images.append((figures.draw("tokens", title, lambda ax: bars(ax, tokens, "tokens")), "padding"))
+    parts += [img(path, alt) for path, alt in images]
     return parts
 
 
-def _stairs(axes: Axes, counts: tuple[int, ...], edges: Any, label: str) -> None:
-    axes.stairs(counts, edges, fill=True, color="#4878a8")
-    if label == "words":
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_xlabel(label)
-    axes.set_ylabel("rows")
-
-
-def _bars(axes: Axes, values: dict[str, int], unit: str = "rows") -> None:
-    names = list(values)
-    axes.barh(names, [values[n] for n in names], color="#4878a8")
-    axes.invert_yaxis()
-    axes.margins(x=0.18)  # room for the value labels
-    axes.set_xlabel(unit)
-    for y, name in enumerate(names):
-        axes.annotate(f" {values[name]:,}", (values[name], y), va="center", fontsize=8)
-
-
-def _img(path: str, alt: str) -> str:
-    return f'<figure><img src="{html.escape(path)}" alt="{html.escape(alt)}"></figure>'
-
-
-def _gold_section(gold: GoldFigures, figures: _Figures) -> list[str]:
+def _gold_section(gold: GoldFigures, figures: FigureFolder) -> list[str]:
     head = "<tr><th>questions</th><th>n</th><th>EM</th><th>F1</th></tr>"
     rows = [("all", gold.overall), *gold.by_type.items()]
     body = "".join(
@@ -321,23 +267,6 @@ def _gold_section(gold: GoldFigures, figures: _Figures) -> list[str]:
         for name, r in rows
     )
     bins = reliability_bins(gold.scores, gold.correct)
-
-    def plot(ax: Axes) -> None:
-        filled = [b for b in bins if b.count]
-        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
-        ax.bar(
-            [b.lower for b in filled],
-            [b.accuracy for b in filled],
-            width=0.1,
-            align="edge",
-            color="#4878a8",
-            edgecolor="white",
-            label="exact-match rate",
-        )
-        points = ([b.mean_score for b in filled], [b.accuracy for b in filled])
-        ax.plot(*points, "o", color="#c44e52", label="mean score")
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="score", ylabel="fraction exact match")
-        ax.legend(fontsize=8, loc="upper left")
 
     bin_rows = "".join(
         f"<tr><td>{b.lower:.1f}-{b.upper:.1f}</td><td>{b.count}</td>"
@@ -349,8 +278,8 @@ def _gold_section(gold: GoldFigures, figures: _Figures) -> list[str]:
         f"<p>Missing predictions (rejected or absent): {gold.overall.missing}</p>",
         f"<table>{head}{body}</table>",
         f"<h3>Reliability (ECE {gold.ece:.4f}, {len(gold.scores):,} answered rows)</h3>",
-        _img(
-            figures.draw("reliability", f"score vs. exact match, ECE {gold.ece:.4f}", plot),
+        img(
+            figures.draw("reliability", f"score vs. exact match, ECE {gold.ece:.4f}", reliability_plot(bins)),
             "reliability diagram",
         ),
         "<table><tr><th>score bin</th><th>rows</th><th>mean score</th><th>exact-match rate</th></tr>"
@@ -388,7 +317,7 @@ def write_report(output_dir: str, data: str | None = None) -> Path:
         raise InputError(
             f"{output_dir} is not a docqa output folder (cannot read {RUN_INFO_FILE}: {err})"
         ) from err
-    figures = _Figures(fs, root)
+    figures = FigureFolder(fs, root)
     parts = [f"<h1>docqa run report: {html.escape(output_dir)}</h1>"]
     if not fs.exists(f"{root}/{COMPLETED_FILE}"):
         parts.append(f'<p class="warn">No {COMPLETED_FILE} marker: this run did not finish.</p>')
