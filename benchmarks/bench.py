@@ -143,6 +143,11 @@ def bench_predict(
         predict(config, str(source), str(workdir / "predict"), overwrite=True, progress=False, model=model)
     started = time.perf_counter()
     info = predict(config, str(source), str(workdir / "predict"), overwrite=True, progress=False, model=model)
+    return _job_figures(started, info)
+
+
+def _job_figures(started: float, info: dict[str, Any]) -> dict[str, Any]:
+    """A whole job's seconds since `started`, and its tokens from its `_run.json` document."""
     counts = info["counts"]
     return {
         "seconds": time.perf_counter() - started,
@@ -202,13 +207,7 @@ def bench_run(
         f"runtime.device={model.device.type}",
     ]
     started = time.perf_counter()
-    info = run(argv)
-    counts = info["counts"]
-    return {
-        "seconds": time.perf_counter() - started,
-        "real_tokens": counts["real_tokens"],
-        "padded_tokens": counts["padded_tokens"],
-    }
+    return _job_figures(started, run(argv))
 
 
 def bench_beam_stock(
