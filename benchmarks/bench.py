@@ -1,6 +1,6 @@
 """`docqa bench`: throughput of docqa against the anchors, on the same model and the same rows.
 
-The modes and the arguments are described in `benchmarks.options` (importable without torch, for the
+The modes and the arguments are described in `docqa.bench_options` (importable without torch, for the
 `docqa` CLI). Each mode runs in a fresh `python -m benchmarks.bench ... --mode X` subprocess, so peak RSS
 and warm-up are per mode; on CUDA each runs its rows once untimed first (`_full_warm_up`).
 """
@@ -23,13 +23,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from benchmarks.options import DESCRIPTION, MODES, add_bench_arguments, check_bench_arguments
+from docqa.bench_options import DESCRIPTION, MODES, add_bench_arguments, check_bench_arguments
 from qa_core.config import QAConfig, load_config
 from qa_core.engine.assembly import assemble_row
 from qa_core.engine.contained import run_batch_contained
 from qa_core.engine.host import RowPreparer
 from qa_core.errors import InputError, JobError
 from qa_core.evaluation.squad import load_squad, squad_to_table
+from qa_core.io.write import write_json_file
 from qa_core.records import Feature, RowWindows
 from qa_core.runtime.loading import load_qa_model, resolve_device
 from qa_core.runtime.torch_runner import TorchRunner
@@ -344,8 +345,7 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> int:
     results = summarize(results)
     print(format_table(results))
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "argv": argv}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    write_json_file(args.json, {"meta": meta, "results": results})
     return 0
 
 

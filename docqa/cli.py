@@ -14,9 +14,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from benchmarks.options import DESCRIPTION as BENCH_DESCRIPTION
-from benchmarks.options import add_bench_arguments, check_bench_arguments
 from docqa import train_command
+from docqa.bench_options import DESCRIPTION as BENCH_DESCRIPTION
+from docqa.bench_options import add_bench_arguments, check_bench_arguments
 from docqa.user_commands import register as register_user_commands
 from pipelines.options import DESCRIPTION as RUN_DESCRIPTION
 from pipelines.options import add_run_arguments

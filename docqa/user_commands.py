@@ -8,7 +8,6 @@ that `qa_core.jobs.guard.run_guarded` turns into one line and exit code 2.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +17,19 @@ DEFAULT_BENCH = "out/bench.json"
 
 
 def _write_json(path: str, document: dict[str, Any]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(
-        json.dumps(document, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
-    )
+    from qa_core.io.write import write_json_file
+
+    write_json_file(path, document)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from qa_core.errors import OutputError
     from qa_core.tools.report import write_report
 
-    path = write_report(args.dir, data=args.data)
+    try:
+        path = write_report(args.dir, data=args.data)
+    except OSError as err:
+        raise OutputError(f"cannot write the report into {args.dir}: {err.strerror or err}") from err
     print(f"wrote {path}")
     return 0
 

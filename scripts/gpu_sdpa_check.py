@@ -1,7 +1,7 @@
 """Forward-only timing of real SQuAD batch shapes on CUDA, first (cold) and second (warm) pass.
 
 Tells per-shape one-time costs (attention plan building, kernel selection) from steady-state speed, with
-docqa's SDPA backends (`qa_core.runtime.loading.CUDA_ATTENTION_BACKENDS`, no cuDNN attention) or with cuDNN
+docqa's SDPA backends (`runtime.torch_runner.CUDA_ATTENTION_BACKENDS`, no cuDNN attention) or with cuDNN
 attention allowed too (torch's own choice):
     python scripts/gpu_sdpa_check.py SQUAD_JSON docqa|with-cudnn bf16|fp32 PAD_MULTIPLE [N_QUESTIONS]
 """

@@ -12,6 +12,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -197,6 +198,19 @@ class OutputWriter:
         """
         self.close_tables()
         mark_completed(self.output_dir, run_info)
+
+
+def write_json_file(path: str, document: Any) -> None:
+    """Writes `document` as indented JSON to a local file (`--json FILE` of the commands).
+
+    Raises:
+        OutputError: When the file or its folder cannot be written.
+    """
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(document, indent=2, sort_keys=True, default=str) + "\n", "utf-8")
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
 
 
 def check_output(output_dir: str, *, overwrite: bool) -> list[str]:

@@ -59,8 +59,8 @@ def predict(
             workers, a worker's model load fails the job before any `COMPLETED`).
         ValueError: `workers` < 1, or a loaded `model` with `workers` > 1.
     """
-    if workers is None:
-        workers = config.runtime.workers
+    if workers is None:  # a loaded model runs here, in one process
+        workers = config.runtime.workers if model is None else 1
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
     if workers > 1 and model is not None:

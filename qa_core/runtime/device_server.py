@@ -153,7 +153,7 @@ def serve(config: QAConfig, requests: Any, replies: list[Any], messages: Any, lo
             torch.set_num_threads(max(1, torch.get_num_threads() // SERVER_THREADS))
         if torch.cuda.is_available():
             # Set once for the process: per-call `sdpa_kernel` contexts of two threads could interleave
-            # and let cuDNN attention (a plan build per new batch shape) in (see qa_core.runtime.loading).
+            # and let cuDNN attention (a plan build per new batch shape) in (see runtime.torch_runner).
             torch.backends.cuda.enable_cudnn_sdp(False)
         model = load_qa_model(config.model, config.runtime)
         served = ServedModel(model.model_id, model.revision, str(model.device), model.pad_token_id)

@@ -33,7 +33,7 @@ import torch.nn.functional as F  # noqa: N812
 from tqdm import tqdm
 
 from qa_core.config import QAConfig
-from qa_core.errors import ConfigError, ModelLoadError
+from qa_core.errors import ConfigError, ModelLoadError, OutputError
 from qa_core.evaluation.squad import load_squad
 from qa_core.stages.batch import collate
 from qa_core.stages.featurize import Featurizer
@@ -175,8 +175,11 @@ def train(
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
     output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    log_handler = logging.FileHandler(output / "train.log", encoding="utf-8")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        log_handler = logging.FileHandler(output / "train.log", encoding="utf-8")
+    except OSError as err:
+        raise OutputError(f"cannot write the model to --output {output_dir}: {err.strerror or err}") from err
     log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(log_handler)
     logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))
