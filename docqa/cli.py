@@ -56,7 +56,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     counts, timings = info["counts"], info["timings"]
     print(
         f"rows {counts['rows_read']}: answered {counts['answered']}, rejected {counts['rejected']}"
-        f"{' ' + str(counts['rejected_by_reason']) if counts['rejected_by_reason'] else ''} in "
+        f"{' ' + str(counts['rejected_by_reason']) if counts['rejected_by_reason'] else ''}"
+        f"{_questions_cut_note(counts)} in "
         f"{timings['wall_seconds']} s (start-up "
         f"{timings['startup_seconds']} s, then {timings['answer_rows_per_second']} rows/s) -> {args.output}"
     )
@@ -207,6 +208,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args, args.command_argv)
 
 
+def _questions_cut_note(counts: dict[str, Any]) -> str:
+    """", N questions cut to fit a window" when questions were cut (`featurize.min_context_tokens`)."""
+    cut = counts.get("questions_cut") or 0
+    return f", {cut} questions cut to fit a window" if cut else ""
+
+
 def summarize_run(info: dict[str, Any], output: str) -> str:
     """One paragraph of a finished run's counts (the Beam counters, for `docqa run`)."""
     counts, timings = info["counts"], info["timings"]
@@ -214,7 +221,8 @@ def summarize_run(info: dict[str, Any], output: str) -> str:
     efficiency = None if efficiency is None else round(efficiency, 3)
     return (
         f"rows {counts['rows_read']}: answered {counts['answered']}, rejected {counts['rejected']} "
-        f"{counts.get('rejected_by_reason') or ''}; windows {counts.get('windows')}, batches "
+        f"{counts.get('rejected_by_reason') or ''}{_questions_cut_note(counts)}; windows "
+        f"{counts.get('windows')}, batches "
         f"{counts.get('batches')}, padding efficiency {efficiency}; "
         f"{timings['wall_seconds']} s ({timings['rows_per_second']} rows/s) -> {output} (details: _run.json)"
     )

@@ -338,6 +338,7 @@ def _checked_counts(counters: dict[str, int], rows_read: int, output_dir: str) -
             k: counters.get(k)
             for k in ("windows", "batches", "real_tokens", "padded_tokens", "batch_splits", "oom_splits")
         },
+        "questions_cut": counters.get("questions_cut", 0),
     }
     real, padded = counts.get("real_tokens"), counts.get("padded_tokens")
     counts["padding_efficiency"] = real / padded if real and padded else None

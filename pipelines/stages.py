@@ -97,6 +97,8 @@ class FeaturizeRecords(beam.DoFn):
         for item in self._preparer.featurize(records):
             if isinstance(item, RowWindows):
                 metrics.inc("windows", len(item.windows))
+                if item.windows[0].question_cut:
+                    metrics.inc("questions_cut")
                 yield item
             else:
                 yield _result(item)

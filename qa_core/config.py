@@ -52,26 +52,40 @@ class FeaturizeConfig:
             contexts fit in one window while attention cost stays moderate).
         doc_stride: Overlap between consecutive windows, in tokens (128: an answer of up to
             `max_answer_len` tokens near a boundary is whole in at least one window).
-        max_question_len: Questions are cut to this many tokens so the context keeps room.
+        min_context_tokens: Context tokens every window keeps room for. A question is read whole when
+            it leaves this room, else it is cut to leave it (counted as `questions_cut`); must exceed
+            `doc_stride`, so consecutive windows always advance.
+        max_question_len: An explicit cap on question tokens (longer questions are cut and counted);
+            None (the default): as long as `min_context_tokens` allows.
         max_context_chars: Longer contexts are rejected (`CONTEXT_TOO_LONG`); None means no limit.
     """
 
     max_seq_len: int = 384
     doc_stride: int = 128
-    max_question_len: int = 64
+    min_context_tokens: int = 160
+    max_question_len: int | None = None
     max_context_chars: int | None = None
 
     def __post_init__(self) -> None:
         _require(self.max_seq_len >= 8, f"featurize.max_seq_len must be >= 8, got {self.max_seq_len}")
-        _require(self.max_question_len >= 1, "featurize.max_question_len must be >= 1")
         _require(self.doc_stride >= 0, f"featurize.doc_stride must be >= 0, got {self.doc_stride}")
-        # The window must hold the question, the special tokens (at most 4 for common encoders) and more
-        # context than the overlap, or the tokenizer cannot advance from one window to the next.
-        room = self.max_seq_len - self.max_question_len - 4
         _require(
-            self.doc_stride < room,
-            f"featurize.doc_stride ({self.doc_stride}) must be smaller than the context room of a window "
-            f"(max_seq_len - max_question_len - 4 = {room}); lower doc_stride or max_question_len",
+            self.max_question_len is None or self.max_question_len >= 1,
+            "featurize.max_question_len must be >= 1 or null (the whole question)",
+        )
+        # Windows advance by `min_context_tokens - doc_stride` tokens at least: the tokenizer cannot move
+        # on when the context room does not exceed the overlap.
+        _require(
+            self.doc_stride < self.min_context_tokens,
+            f"featurize.doc_stride ({self.doc_stride}) must be smaller than featurize.min_context_tokens "
+            f"({self.min_context_tokens}), or windows could not advance; lower doc_stride or raise "
+            "min_context_tokens",
+        )
+        # The window must also hold the special tokens (at most 4 for common encoders) and a question token.
+        _require(
+            self.min_context_tokens <= self.max_seq_len - 5,
+            f"featurize.min_context_tokens ({self.min_context_tokens}) leaves no room for the question in "
+            f"a {self.max_seq_len}-token window (at most max_seq_len - 5 = {self.max_seq_len - 5})",
         )
         _require(
             self.max_context_chars is None or self.max_context_chars >= 1,

@@ -106,6 +106,7 @@ class Feature:
         char_starts: Start character of each token in the context, -1 outside the context, shape (T,).
         char_ends: End character (exclusive) of each context token, -1 outside the context, shape (T,).
         cls_index: Position of the CLS token (its logits give the null score), -1 if the model has none.
+        question_cut: Whether the window holds a cut question (too long to leave the context its room).
     """
 
     row_key: str
@@ -116,6 +117,7 @@ class Feature:
     char_starts: npt.NDArray[np.int32]
     char_ends: npt.NDArray[np.int32]
     cls_index: int
+    question_cut: bool = False
 
     @property
     def length(self) -> int:

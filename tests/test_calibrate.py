@@ -64,7 +64,7 @@ def test_split_is_deterministic_and_disjoint(tmp_path: Path) -> None:
 
 def test_candidate_sets_reproduce_the_engine(tiny_model) -> None:  # type: ignore[no-untyped-def]
     config = QAConfig(
-        featurize=FeaturizeConfig(max_seq_len=32, doc_stride=8, max_question_len=12),
+        featurize=FeaturizeConfig(max_seq_len=32, doc_stride=8, min_context_tokens=12, max_question_len=12),
         decode=DecodeConfig(n_best=3, calibration="off"),
         model=ModelConfig(name_or_path=tiny_model.model_id),
         runtime=RuntimeConfig(device="cpu"),

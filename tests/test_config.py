@@ -19,11 +19,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 def test_defaults() -> None:
     cfg = QAConfig()
-    assert (cfg.featurize.max_seq_len, cfg.featurize.doc_stride, cfg.featurize.max_question_len) == (
-        384,
-        128,
-        64,
-    )
+    featurize = cfg.featurize
+    assert (featurize.max_seq_len, featurize.doc_stride, featurize.min_context_tokens) == (384, 128, 160)
+    assert featurize.max_question_len is None  # the whole question, when it leaves the context its room
     assert (cfg.decode.max_answer_len, cfg.decode.top_k, cfg.decode.handle_no_answer) == (30, 1, False)
 
 

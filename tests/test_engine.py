@@ -130,7 +130,8 @@ def marker_model(tokenizer: Any) -> TorchRunner:
 def test_long_context_answer_across_window_boundary(tiny_model: TorchRunner) -> None:
     model = marker_model(tiny_model.tokenizer)
     cfg = dataclasses.replace(
-        QAConfig(), featurize=FeaturizeConfig(max_seq_len=64, doc_stride=24, max_question_len=8)
+        QAConfig(),
+        featurize=FeaturizeConfig(max_seq_len=64, doc_stride=24, min_context_tokens=32, max_question_len=8),
     )
     filler = ["the"] * 200
     # Place "river city church" so it straddles the end of the first window (tokens ~50-60).
@@ -225,7 +226,7 @@ def test_windows_cover_a_long_context_to_its_last_token(tiny_model: TorchRunner)
     from qa_core.config import FeaturizeConfig
     from qa_core.stages.featurize import Featurizer
 
-    config = FeaturizeConfig(max_seq_len=32, doc_stride=8, max_question_len=8)
+    config = FeaturizeConfig(max_seq_len=32, doc_stride=8, min_context_tokens=16, max_question_len=8)
     featurizer = Featurizer(tiny_model.tokenizer, config)
     context = " ".join(f"river{i % 7} church" for i in range(200))
     (windows,) = featurizer.featurize([Record("k", "id", "where?", context)])

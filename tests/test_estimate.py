@@ -18,6 +18,7 @@ from tests.user_commands_data import WORDS, run_command
 SETTINGS = [
     "featurize.max_seq_len=32",
     "featurize.doc_stride=8",
+    "featurize.min_context_tokens=12",
     "featurize.max_question_len=12",
     "batch.sort_buffer_windows=100000",  # one sort buffer, so predict's batches equal the estimate's
 ]

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from qa_core.config import FeaturizeConfig
+from qa_core.errors import ConfigError
 from qa_core.records import Feature, Record
 from qa_core.runtime.torch_runner import TorchRunner
-from qa_core.stages.featurize import Featurizer
+from qa_core.stages.featurize import Featurizer, question_limit
 from qa_core.stages.windows import context_mask, window_ranges
 
 CONTEXT = (
@@ -70,7 +71,9 @@ def test_windows_match_the_transformers_call(
 ) -> None:
     """Both ways of building windows (shared contexts, pair encoding) give the tokenizer's own windows."""
     tokenizer = templated(tiny_model.tokenizer, kind.removesuffix("-pair-path"))
-    config = FeaturizeConfig(max_seq_len=max_seq_len, doc_stride=doc_stride, max_question_len=16)
+    config = FeaturizeConfig(
+        max_seq_len=max_seq_len, doc_stride=doc_stride, min_context_tokens=doc_stride + 8, max_question_len=16
+    )
     records = [
         Record("0", "a", "Where does the river flow?", CONTEXT),
         Record("1", "b", "When was the bridge built?", CONTEXT[:300]),
@@ -206,9 +209,11 @@ def test_shared_contexts_equal_the_pair_encoding_on_odd_text(tiny_model: TorchRu
         for i in range(200)
     ]
     for config in [
-        FeaturizeConfig(max_seq_len=24, doc_stride=4, max_question_len=6),
-        FeaturizeConfig(max_seq_len=16, doc_stride=0, max_question_len=3),
-        FeaturizeConfig(max_seq_len=8, doc_stride=2, max_question_len=1),  # the probe must not need room
+        FeaturizeConfig(max_seq_len=24, doc_stride=4, min_context_tokens=8, max_question_len=6),
+        FeaturizeConfig(max_seq_len=16, doc_stride=0, min_context_tokens=4, max_question_len=3),
+        FeaturizeConfig(
+            max_seq_len=8, doc_stride=2, min_context_tokens=3, max_question_len=1
+        ),  # the probe must not need room
     ]:
         featurizer = Featurizer(tokenizer, config)
         assert (featurizer._template is None) == (kind == "byte-level-prefix-space")
@@ -229,3 +234,46 @@ def test_shared_contexts_equal_the_pair_encoding_on_odd_text(tiny_model: TorchRu
                 for name in ("input_ids", "token_type_ids", "char_starts", "char_ends"):
                     assert np.array_equal(getattr(x, name), getattr(y, name)), name
                     assert getattr(x, name).dtype == getattr(y, name).dtype, name
+
+
+def _question_tokens(feature: Feature) -> int:
+    """Question tokens of a BERT-style window: those of segment 0 between [CLS] and the first [SEP]."""
+    return int((feature.token_type_ids == 0).sum()) - 2
+
+
+def test_long_questions_are_read_whole_when_the_context_keeps_its_room(tiny_model: TorchRunner) -> None:
+    """A question is cut only past what leaves `min_context_tokens`, and a cut window says so."""
+    tokenizer = tiny_model.tokenizer
+    config = FeaturizeConfig(max_seq_len=128, doc_stride=16, min_context_tokens=48)
+    featurizer = Featurizer(tokenizer, config)
+    limit = 128 - 3 - 48  # [CLS] q [SEP] c [SEP]
+    assert featurizer.question_limit == limit
+
+    def question(n_tokens: int) -> str:
+        return " ".join(["river"] * n_tokens)  # one token per word for this tokenizer
+
+    assert len(tokenizer(question(70), add_special_tokens=False)["input_ids"]) == 70
+    whole, cut = featurizer.featurize(
+        [Record("0", "a", question(70), CONTEXT), Record("1", "b", question(limit + 30), CONTEXT)]
+    )
+    assert isinstance(whole, list) and isinstance(cut, list)
+    assert all(_question_tokens(f) == 70 and not f.question_cut for f in whole)  # an old 64 cap cut it
+    assert all(_question_tokens(f) == limit and f.question_cut for f in cut)
+    assert all(int((f.token_type_ids == 1).sum()) >= 48 for f in cut[:-1])  # full windows keep the room
+
+    capped = Featurizer(
+        tokenizer, FeaturizeConfig(max_seq_len=128, doc_stride=16, min_context_tokens=48, max_question_len=10)
+    )
+    (windows,) = capped.featurize([Record("0", "a", question(11), CONTEXT)])
+    assert isinstance(windows, list) and all(f.question_cut and _question_tokens(f) == 10 for f in windows)
+
+
+def test_a_window_with_no_room_for_a_question_is_a_config_error() -> None:
+    config = FeaturizeConfig(max_seq_len=16, doc_stride=4, min_context_tokens=11)
+    assert question_limit(config, special_tokens=4) == 1
+    with pytest.raises(ConfigError, match="min_context_tokens"):
+        question_limit(
+            config, special_tokens=6
+        )  # a tokenizer with more special tokens than the config allows
+    with pytest.raises(ConfigError, match="doc_stride"):
+        FeaturizeConfig(doc_stride=160)  # windows could not advance

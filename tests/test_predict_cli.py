@@ -318,3 +318,20 @@ def test_missing_files_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
         f"docqa convert-squad: error: {missing}: SQuAD file does not exist",
         f"docqa eval: error: {missing}: SQuAD file does not exist",
     ]
+
+
+def test_cut_questions_are_counted_and_said(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A question cut to fit a window is never silent: `_run.json`, the summary line and the report."""
+    code, out = run_predict(tmp_path, tiny_model_dir, "--set", "featurize.max_question_len=2")
+    assert code == 0
+    counts = json.loads((out / "_run.json").read_text())["counts"]
+    # "what city?" (x2) and "which team?" are 3 tokens: cut; "what?" has no id, "" is empty: rejected.
+    assert counts["questions_cut"] == 3
+    assert "3 questions cut to fit a window" in capsys.readouterr().out
+    assert "questions cut to fit a window" in (out / "report.html").read_text()
+
+    (tmp_path / "whole").mkdir()
+    code, out = run_predict(tmp_path / "whole", tiny_model_dir)
+    assert code == 0 and json.loads((out / "_run.json").read_text())["counts"]["questions_cut"] == 0

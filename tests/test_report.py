@@ -19,6 +19,7 @@ SMALL_WINDOWS = [
     "--set",
     "featurize.doc_stride=8",
     "--set",
+    "featurize.min_context_tokens=12",
     "featurize.max_question_len=12",
 ]
 

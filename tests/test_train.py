@@ -75,7 +75,7 @@ def test_labels_point_at_answer_tokens_or_cls(tiny_model_dir: Path) -> None:
     start = context.index("great music")
     answer = (SquadAnswer("great music", start),)
     example = SquadExample("x", "t", context, "what is the answer", answer, False)
-    config = FeaturizeConfig(max_seq_len=32, doc_stride=8, max_question_len=8)
+    config = FeaturizeConfig(max_seq_len=32, doc_stride=8, min_context_tokens=16, max_question_len=8)
     windows, stats = build_train_windows(
         SquadDataset("1.1", (example,)), Featurizer(_tokenizer(tiny_model_dir), config)
     )

@@ -10,6 +10,7 @@ windows, whose batches are planned together by length (`qa_core.stages.batch.pla
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from qa_core.records import Feature, Record, Rejection, RowWindows, row_key
 from qa_core.stages.batch import plan_batches
 from qa_core.stages.featurize import Featurizer
 from qa_core.stages.validate import validate_row
+
+logger = logging.getLogger(__name__)
 
 FEATURIZE_CHUNK_ROWS = 128  # records tokenized per call (the Rust tokenizer amortizes per-call cost)
 
@@ -41,7 +44,7 @@ class RowPreparer:
     Args:
         tokenizer: The model's fast tokenizer.
         config: The job config (`input`, `featurize`).
-        stats: The run's counters (`rows`, `windows_per_row`); a fresh one when None.
+        stats: The run's counters (`rows`, `windows_per_row`, `questions_cut`); a fresh one when None.
     """
 
     def __init__(self, tokenizer: Any, config: QAConfig, stats: EngineStats | None = None) -> None:
@@ -62,8 +65,22 @@ class RowPreparer:
                 out.append(result)
             else:
                 self.stats.windows_per_row[len(result)] += 1
+                if result[0].question_cut:
+                    self._count_cut(record)
                 out.append(RowWindows(record, tuple(result)))
         return out
+
+    def _count_cut(self, record: Record) -> None:
+        """Counts a cut question, and says so in the log the first time (the count is in `_run.json`)."""
+        if not self.stats.questions_cut:
+            logger.warning(
+                "the question of row %r is longer than a window leaves room for (featurize.max_seq_len, "
+                "min_context_tokens, max_question_len): it is cut to %d tokens; such rows are counted as "
+                "questions_cut in _run.json",
+                record.id,
+                self._featurizer.question_limit,
+            )
+        self.stats.questions_cut += 1
 
     def prepare(self, rows: Sequence[Mapping[str, Any]], first_position: int) -> list[Prepared]:
         """Validates and featurizes a chunk of rows, keeping their order.

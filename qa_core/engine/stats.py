@@ -21,6 +21,7 @@ class EngineStats:
     rejected: Counter[str] = field(default_factory=Counter)
     windows: int = 0
     windows_per_row: Counter[int] = field(default_factory=Counter)
+    questions_cut: int = 0
     batches: int = 0
     real_tokens: int = 0
     padded_tokens: int = 0
@@ -54,6 +55,7 @@ class EngineStats:
             "rejected_by_reason": dict(sorted(self.rejected.items())),
             "windows": self.windows,
             "windows_per_row": {str(k): v for k, v in sorted(self.windows_per_row.items())},
+            "questions_cut": self.questions_cut,
             "batches": self.batches,
             "real_tokens": self.real_tokens,
             "padded_tokens": self.padded_tokens,

@@ -1,7 +1,10 @@
 """Stage 2: a `Record` becomes overlapping token windows (`Feature`s) with character offsets.
 
 The windows are the fast (Rust) tokenizer's overflow windows of `truncation="only_second"`: the whole
-(possibly cut) question in every window, sliding over the context with `doc_stride` tokens of overlap.
+question in every window, sliding over the context with `doc_stride` tokens of overlap. A question is cut
+only when it would leave a window less than `featurize.min_context_tokens` of context (or passes an
+explicit `featurize.max_question_len`); its windows then say so (`Feature.question_cut`), and the engine
+counts them (`questions_cut` in `_run.json`).
 They are built from each distinct context of a call tokenized once (`qa_core.stages.windows`: the same
 windows for less work when rows share contexts) when the tokenizer's pair template allows, else from the
 tokenizer's pair encoding itself. Offsets come from the tokenizer's offset mapping, so they
@@ -18,6 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from qa_core.config import FeaturizeConfig
+from qa_core.errors import ConfigError
 from qa_core.records import Feature, Reason, Record, Rejection
 from qa_core.stages.windows import PairTemplate, TokenizedText, Window, pair_window, window_ranges
 
@@ -25,10 +29,11 @@ logger = logging.getLogger(__name__)
 
 
 class _Question(NamedTuple):
-    """A question as windowed: its (possibly cut) text and that text's encoding."""
+    """A question as windowed: its (possibly cut) text, that text's encoding, and whether it was cut."""
 
     text: str
     encoding: Any
+    cut: bool
 
 
 class Featurizer:
@@ -40,6 +45,8 @@ class Featurizer:
 
     Raises:
         ValueError: When the tokenizer is not a fast tokenizer (offsets are required).
+        ConfigError: When the tokenizer's special tokens and `min_context_tokens` leave no room for a
+            question token.
     """
 
     def __init__(self, tokenizer: Any, config: FeaturizeConfig) -> None:
@@ -52,8 +59,8 @@ class Featurizer:
         self.config = config
         cls_id = tokenizer.cls_token_id
         self._cls_id: int | None = int(cls_id) if cls_id is not None else None
-        # A question longer than this leaves no context token in the window.
         self._special = int(tokenizer.num_special_tokens_to_add(pair=True))
+        self.question_limit = question_limit(config, self._special)
         serialized = tokenizer.backend_tokenizer.to_str()
         self._questions, self._pairs = _backend_copies(serialized, config)
         # Windows from separately tokenized questions and contexts (each context once per call), when
@@ -85,9 +92,9 @@ class Featurizer:
     def _screen_questions(
         self, records: Sequence[Record]
     ) -> tuple[list[list[Feature] | Rejection | None], list[tuple[int, _Question]]]:
-        """Questions cut to `max_question_len` tokens; rows whose question leaves no room are rejected.
+        """Questions cut to `question_limit` tokens; rows whose question leaves no room are rejected.
 
-        A question is cut at the end of its `max_question_len`-th token and the cut text encoded again,
+        A question is cut at the end of its `question_limit`-th token and the cut text encoded again,
         which is what the windows hold; its token count (rarely not the limit: normalizers can expand a
         character into several tokens) decides whether a window has room for context.
 
@@ -95,12 +102,13 @@ class Featurizer:
             Per record its rejection or None, and (index, question) of the records to window.
         """
         encoded = self._questions.encode_batch([r.question for r in records], add_special_tokens=False)
-        limit = self.config.max_question_len
+        limit = self.question_limit
         texts = [
             r.question[: e.offsets[limit - 1][1]] if len(e.ids) > limit else r.question
             for r, e in zip(records, encoded, strict=True)
         ]
         cut = [k for k, e in enumerate(encoded) if len(e.ids) > limit]
+        cut_set = set(cut)
         recut = self._questions.encode_batch([texts[k] for k in cut], add_special_tokens=False)
         for k, again in zip(cut, recut, strict=True):
             encoded[k] = again
@@ -112,7 +120,7 @@ class Featurizer:
                 continue
             results[index] = self._question_problem(record, len(encoding.ids))
             if results[index] is None:
-                todo.append((index, _Question(text, encoding)))
+                todo.append((index, _Question(text, encoding, index in cut_set)))
         return results, todo
 
     def _featurize_batch(self, records: Sequence[Record]) -> list[list[Feature] | Rejection]:
@@ -153,7 +161,7 @@ class Featurizer:
                 template.assemble(question_tokens, context, start, stop)
                 for start, stop in window_ranges(len(context), room, self.config.doc_stride)
             ]
-            results[index] = self._finish(records[index], windows)
+            results[index] = self._finish(records[index], windows, question.cut)
 
     def _window_pairs(
         self,
@@ -163,19 +171,18 @@ class Featurizer:
     ) -> None:
         """Windows from the tokenizer's own pair encoding with overflow (any post-processor)."""
         encoded = self._pairs.encode_batch([(q.text, records[i].context) for i, q in todo])
-        for (index, _), encoding in zip(todo, encoded, strict=True):
+        for (index, question), encoding in zip(todo, encoded, strict=True):
             # The first window, then the overflow windows in context order (as transformers does).
-            results[index] = self._features_for(records[index], [encoding, *encoding.overflowing])
+            windows = [pair_window(e) for e in [encoding, *encoding.overflowing]]
+            results[index] = self._finish(records[index], windows, question.cut)
 
-    def _features_for(self, record: Record, encodings: list[Any]) -> list[Feature] | Rejection:
-        return self._finish(record, [pair_window(encoding) for encoding in encodings])
-
-    def _finish(self, record: Record, windows: list[Window]) -> list[Feature] | Rejection:
+    def _finish(self, record: Record, windows: list[Window], question_cut: bool) -> list[Feature] | Rejection:
         """Features of a record's windows, minus windows without a context token.
 
         Args:
             record: The windows' record.
             windows: Per window (input ids, type ids, char starts, char ends), each of shape (T,).
+            question_cut: Whether the windows hold a cut question.
 
         Returns:
             The features, or a `NO_CONTEXT_TOKENS` rejection when no window has a context token.
@@ -197,9 +204,30 @@ class Featurizer:
                     char_starts=starts,
                     char_ends=ends,
                     cls_index=int(cls_positions[0]) if len(cls_positions) else -1,
+                    question_cut=question_cut,
                 )
             )
         return features
+
+
+def question_limit(config: FeaturizeConfig, special_tokens: int) -> int:
+    """Most question tokens a window holds: those leaving `min_context_tokens`, at most `max_question_len`.
+
+    Args:
+        config: Window sizes.
+        special_tokens: Special tokens the tokenizer adds to a (question, context) pair.
+
+    Raises:
+        ConfigError: When no question token fits.
+    """
+    room = config.max_seq_len - special_tokens - config.min_context_tokens
+    if room < 1:
+        raise ConfigError(
+            f"featurize.max_seq_len={config.max_seq_len} less the tokenizer's {special_tokens} special "
+            f"tokens and featurize.min_context_tokens={config.min_context_tokens} leaves no room for the "
+            "question; raise max_seq_len or lower min_context_tokens"
+        )
+    return room if config.max_question_len is None else min(room, config.max_question_len)
 
 
 def _backend_copies(serialized: str, config: FeaturizeConfig) -> tuple[Any, Any]:

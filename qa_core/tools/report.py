@@ -195,6 +195,7 @@ def _run_section(info: dict[str, Any], stats: AnswerStats, figures: FigureFolder
         ("answered", counts.get("answered")),
         ("no-answer rate (of answered)", stats.no_answer / stats.rows if stats.rows else None),
         ("rejected", rejected),
+        ("questions cut to fit a window", counts.get("questions_cut")),
         ("windows", counts.get("windows")),
         ("windows per row (mean)", _windows_per_row(counts)),
         ("real tokens", counts.get("real_tokens")),
