@@ -1,9 +1,12 @@
 """Stage 6: the candidates of all windows of a record become its `Answer`.
 
 Ranking uses the raw logit sum `start_logit[i] + end_logit[j]`, which is comparable across windows of the
-same row (each window's logits come from the same model on the same question). A character span seen in
-several overlapping windows is one candidate with its best logit (never a sum, which would favour spans
-in overlaps). Ties are broken by start, then end offset, so the result never depends on batching.
+same row (each window's logits come from the same model on the same question). Every span is first
+widened to extended grapheme cluster boundaries (`qa_core.stages.graphemes`: token offsets can start or
+end inside a user-perceived character, e.g. before a combining accent), so an answer is always whole
+characters. A character span seen in several overlapping windows, or snapped from several token spans,
+is one candidate with its best logit (never a sum, which would favour spans in overlaps). Ties are broken
+by start, then end offset, so the result never depends on batching.
 
 Score definition (also in the README and the output schema): `score` is the softmax probability of the
 answer among the row's candidates, `exp((l - m) / T) / sum_c exp((l_c - m) / T)` with `m` the largest
@@ -20,6 +23,7 @@ import numpy as np
 
 from qa_core.config import DecodeConfig
 from qa_core.records import Answer, Record, SpanScore, WindowCandidates
+from qa_core.stages.graphemes import snap_spans
 
 
 class AggregateError(ValueError):
@@ -27,28 +31,43 @@ class AggregateError(ValueError):
 
 
 def _merge_spans(
-    candidates: Sequence[WindowCandidates],
+    record: Record, candidates: Sequence[WindowCandidates]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All windows' spans, one per (start, end) with its max logit, sorted by (-logit, start, end).
+    """All windows' spans in `record.context`, snapped to grapheme clusters, one per (start, end).
 
-    A row has a few dozen candidates (`n_best` per window): a dict and a sort of Python floats are
-    several times faster here than numpy's lexsort/unique, whose per-call overhead dominates at this size.
+    Each span keeps its max logit; the order is (-logit, start, end). A row has a few dozen candidates
+    (`n_best` per window): a dict and a sort of Python floats are several times faster here than numpy's
+    lexsort/unique, whose per-call overhead dominates at this size.
+
+    Raises:
+        AggregateError: When a span is not inside the context.
     """
-    if len(candidates) == 1 and _ranked_and_distinct(candidates[0]):
-        # One window whose spans decode already ranked in this order (the usual case): nothing to merge.
+    snapped: list[tuple[list[int], list[int]]] = []
+    moved = False
+    for c in candidates:
+        raw_starts, raw_ends = c.starts.tolist(), c.ends.tolist()
+        try:
+            starts, ends = snap_spans(record.context, raw_starts, raw_ends)
+        except ValueError as err:
+            raise AggregateError(f"row {record.row_key}, window {c.window_index}: {err}") from err
+        moved = moved or starts != raw_starts or ends != raw_ends
+        snapped.append((starts, ends))
+    if len(candidates) == 1 and not moved and _ranked_and_distinct(candidates[0]):
+        # One window whose spans decode already ranked in this order (the usual case) and that snapping
+        # left alone (a moved span may now equal another or tie-break differently): nothing to merge.
         only = candidates[0]
         return only.starts.astype(np.int64), only.ends.astype(np.int64), only.logits.astype(np.float64)
     best: dict[tuple[int, int], float] = {}
-    for c in candidates:
-        for span in zip(c.starts.tolist(), c.ends.tolist(), c.logits.tolist(), strict=True):
+    for c, (starts, ends) in zip(candidates, snapped, strict=True):
+        for span in zip(starts, ends, c.logits.tolist(), strict=True):
             key, logit = (span[0], span[1]), float(span[2])
             if key not in best or logit > best[key]:
                 best[key] = logit
     ranked = sorted(best.items(), key=lambda item: (-item[1], item[0][0], item[0][1]))
-    starts = np.array([key[0] for key, _ in ranked], dtype=np.int64)
-    ends = np.array([key[1] for key, _ in ranked], dtype=np.int64)
+    merged_starts = np.array([key[0] for key, _ in ranked], dtype=np.int64)
+    merged_ends = np.array([key[1] for key, _ in ranked], dtype=np.int64)
     logits = np.array([logit for _, logit in ranked], dtype=np.float64)
-    return starts, ends, logits
+    return merged_starts, merged_ends, logits
 
 
 def _ranked_and_distinct(window: WindowCandidates) -> bool:
@@ -89,7 +108,7 @@ def aggregate(record: Record, candidates: Sequence[WindowCandidates], config: De
         raise AggregateError(
             f"row {record.row_key}: got windows {indices} of {expected} (or another row's windows)"
         )
-    starts, ends, logits = _merge_spans(candidates)
+    starts, ends, logits = _merge_spans(record, candidates)
     if logits.size == 0:
         raise AggregateError(f"row {record.row_key}: no valid span in any window")
 
