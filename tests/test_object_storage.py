@@ -4,13 +4,22 @@ The tests start the server themselves on a free 127.0.0.1 port and point the AWS
 the environment (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`), which is also where
 docqa takes credentials from. `docqa predict` reads and writes through fsspec (s3fs); `docqa run` reads
 and writes through Beam's S3 file system (boto3) and fails fast where Beam cannot write `s3://`.
+
+A silent endpoint (a loopback socket that accepts connections and never answers) checks that storage
+timeouts end a job with one line instead of hanging it (`qa_core.io.storage`, `DOCQA_STORAGE_*`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +37,13 @@ from moto.core.authorization import enable_iam_authentication  # noqa: E402
 
 import pipelines.io  # noqa: E402
 from docqa.cli import main  # noqa: E402
+from qa_core.errors import ConfigError  # noqa: E402
+from qa_core.io.storage import (  # noqa: E402
+    StorageLimits,
+    describe_storage_error,
+    is_storage_timeout,
+    merge_s3_options,
+)
 from tests.conftest import write_parquet  # noqa: E402
 
 BUCKET = "docqa-test"
@@ -235,3 +251,284 @@ def test_wrong_credentials_fail_fast_without_leaking_them(
     assert f"access denied to s3://{BUCKET}" in lines[0] and "AWS_ACCESS_KEY_ID" in lines[0]
     assert SECRET not in err and SECRET not in caplog.text
     assert not (tmp_path / "out").exists()
+
+
+# --- an endpoint that accepts connections and never answers ----------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+SILENT_LIMITS = {
+    "DOCQA_STORAGE_CONNECT_TIMEOUT": "1",
+    "DOCQA_STORAGE_READ_TIMEOUT": "1",
+    "DOCQA_STORAGE_RETRIES": "1",
+}
+HANG_LIMIT_S = 90  # a job still running then hangs (s3fs's and botocore's own defaults: many minutes)
+BOUND_S = 30  # the job must have failed by then (2 attempts of 1 s, plus the start of the command)
+
+
+class SilentEndpoint:
+    """A TCP server on 127.0.0.1 that accepts every connection, reads what comes, and never replies."""
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        self.received: list[bytes] = []
+        self._connections: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._server.accept()
+            except OSError:  # closed
+                return
+            with self._lock:
+                self._connections.append(connection)
+                self.received.append(b"")
+                index = len(self.received) - 1
+            reader = threading.Thread(target=self._read, args=(connection, index), daemon=True)
+            self._threads.append(reader)
+            reader.start()
+
+    def _read(self, connection: socket.socket, index: int) -> None:
+        while True:
+            try:
+                data = connection.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            with self._lock:
+                self.received[index] += data
+
+    def request_lines(self) -> list[str]:
+        """The first line of every request received (`PUT /bucket/key HTTP/1.1`)."""
+        with self._lock:
+            return [head.split(b"\r\n", 1)[0].decode("latin-1") for head in self.received if head]
+
+    def close(self) -> None:
+        """Stops the server: `shutdown` wakes the threads blocked in `accept` and `recv`."""
+        with self._lock:
+            sockets = [self._server, *self._connections]
+        for sock in sockets:
+            with contextlib.suppress(OSError):  # not connected (any more)
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+            assert not thread.is_alive(), "the silent endpoint's threads end"
+
+
+@pytest.fixture
+def silent_endpoint() -> Iterator[SilentEndpoint]:
+    endpoint = SilentEndpoint()
+    try:
+        yield endpoint
+    finally:
+        endpoint.close()
+
+
+def docqa_child(argv: list[str], endpoint: str) -> tuple[int, str, float]:
+    """`python -m docqa ARGV` against `endpoint` with small storage limits: exit code, stderr, seconds.
+
+    A child process, so that a job that hangs fails the test (after `HANG_LIMIT_S`) instead of hanging
+    it, and so that the limits apply as they do for a user (read from the environment in a fresh process).
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FSSPEC_", "DOCQA_STORAGE_"))}
+    env.update(
+        SILENT_LIMITS,
+        AWS_ACCESS_KEY_ID="docqa-test-key",
+        AWS_SECRET_ACCESS_KEY=SECRET,
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_CONFIG_FILE="/nonexistent/aws-config",
+        AWS_SHARED_CREDENTIALS_FILE="/nonexistent/aws-credentials",
+        AWS_EC2_METADATA_DISABLED="true",
+        FSSPEC_CONFIG_DIR="/nonexistent/fsspec",
+    )
+    started = time.monotonic()
+    try:
+        child = subprocess.run(
+            [sys.executable, "-m", "docqa", "--log-level", "WARNING", *argv],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=HANG_LIMIT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"docqa {' '.join(argv)} still ran after {HANG_LIMIT_S} s against a silent endpoint")
+    return child.returncode, child.stderr, time.monotonic() - started
+
+
+def error_line(stderr: str, command: str) -> str:
+    """The one `docqa COMMAND: error:` line of stderr (Beam's import logs a warning of its own)."""
+    lines = [line for line in stderr.strip().splitlines() if not line.startswith(("WARNING", "2"))]
+    assert len(lines) == 1 and lines[0].startswith(f"docqa {command}: error: "), stderr
+    assert "Traceback" not in stderr and SECRET not in stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("engine", ["predict", "run"])
+def test_silent_endpoint_input_fails_in_one_line(
+    engine: str, silent_endpoint: SilentEndpoint, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    source = f"s3://{BUCKET}/in/"
+    out = tmp_path / "out"
+    argv = [engine, "--input", source, "--output", str(out), "--model", str(tiny_model_dir)]
+    code, stderr, seconds = docqa_child(
+        [*argv, "--no-progress"] if engine == "predict" else argv, silent_endpoint.url
+    )
+    assert code == 2, stderr
+    assert seconds < BOUND_S, f"took {seconds:.1f} s"
+    line = error_line(stderr, engine)
+    if engine == "predict":
+        assert stderr.strip() == line, "nothing else on stderr"
+    assert line == (
+        f"docqa {engine}: error: cannot read input: the storage endpoint for {source} did not answer "
+        "within 1 s (2 attempts); check AWS_ENDPOINT_URL / the network, or raise the limits with "
+        "DOCQA_STORAGE_READ_TIMEOUT / DOCQA_STORAGE_RETRIES"
+    )
+    assert len(silent_endpoint.request_lines()) == 2, "one request, tried twice (DOCQA_STORAGE_RETRIES=1)"
+    assert not out.exists()
+
+
+def test_silent_endpoint_output_fails_without_completed(
+    silent_endpoint: SilentEndpoint, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    source = write_parquet(tmp_path / "in.parquet", ROWS)
+    out = f"s3://{BUCKET}/out/silent"
+    argv = ["predict", "--input", str(source), "--output", out, "--model", str(tiny_model_dir)]
+    code, stderr, seconds = docqa_child([*argv, "--no-progress"], silent_endpoint.url)
+    assert code == 2, stderr
+    assert seconds < BOUND_S, f"took {seconds:.1f} s"
+    line = error_line(stderr, "predict")
+    assert stderr.strip() == line
+    assert line.startswith(
+        f"docqa predict: error: cannot write output: the storage endpoint for {out} did not answer within 1 s"
+    )
+    requests = silent_endpoint.request_lines()
+    assert requests, "the endpoint was asked"
+    assert not [r for r in requests if "COMPLETED" in r or r.startswith("PUT")], requests
+
+
+def test_s3_limits_fill_in_only_what_the_user_left_unset() -> None:
+    limits = StorageLimits(connect_timeout=3, read_timeout=4, retries=5)
+    section: dict[str, object] = {}
+    merge_s3_options(section, limits)
+    assert section == {
+        "config_kwargs": {
+            "connect_timeout": 3,
+            "read_timeout": 4,
+            "retries": {"mode": "standard", "total_max_attempts": 6},
+        }
+    }
+    # The user's fsspec config (FSSPEC_S3, ~/.config/fsspec) keeps its values; the rest is filled in.
+    section = {"anon": False, "config_kwargs": {"read_timeout": 60, "retries": {"max_attempts": 9}}}
+    merge_s3_options(section, limits)
+    assert section == {
+        "anon": False,
+        "config_kwargs": {
+            "read_timeout": 60,
+            "connect_timeout": 3,
+            "retries": {"max_attempts": 9, "mode": "standard"},
+        },
+    }
+    # botocore's own AWS_MAX_ATTEMPTS / AWS_RETRY_MODE (or the profile's) stay in charge.
+    section = {}
+    merge_s3_options(section, limits, {"max_attempts": "4", "retry_mode": "adaptive"})
+    assert section == {"config_kwargs": {"connect_timeout": 3, "read_timeout": 4, "retries": {}}}
+    section = {"config_kwargs": "from an INI file"}
+    merge_s3_options(section, limits)
+    assert section == {"config_kwargs": "from an INI file"}
+
+
+def test_storage_limits_from_the_environment() -> None:
+    assert StorageLimits.from_env({}) == StorageLimits(connect_timeout=10, read_timeout=15, retries=2)
+    env = {
+        "DOCQA_STORAGE_CONNECT_TIMEOUT": "2.5",
+        "DOCQA_STORAGE_READ_TIMEOUT": "40",
+        "DOCQA_STORAGE_RETRIES": "0",
+    }
+    assert StorageLimits.from_env(env) == StorageLimits(connect_timeout=2.5, read_timeout=40, retries=0)
+    for name, value in [
+        ("DOCQA_STORAGE_READ_TIMEOUT", "10s"),
+        ("DOCQA_STORAGE_READ_TIMEOUT", "0"),
+        ("DOCQA_STORAGE_CONNECT_TIMEOUT", "inf"),
+        ("DOCQA_STORAGE_RETRIES", "-1"),
+        ("DOCQA_STORAGE_RETRIES", "2.5"),
+    ]:
+        with pytest.raises(ConfigError, match=name):
+            StorageLimits.from_env({name: value})
+
+
+def test_s3_file_systems_get_the_limits() -> None:
+    """Whoever builds the file system (here fsspec directly), s3fs's class is tuned and the limits apply."""
+    import s3fs
+
+    assert fsspec.get_filesystem_class("s3") is s3fs.S3FileSystem, "s3fs's own class, not a subclass"
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    assert s3fs.S3FileSystem.retries == 1, "s3fs's loop does not repeat botocore's retries"
+    assert {"connect_timeout", "read_timeout", "retries"} <= fs.config_kwargs.keys()
+
+
+def _timeouts() -> list[BaseException]:
+    import aiohttp
+    from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
+    from fsspec.exceptions import FSTimeoutError
+
+    wrapped = OSError("the read failed")
+    wrapped.__cause__ = ReadTimeoutError(endpoint_url="http://127.0.0.1:9/b")
+    return [
+        ReadTimeoutError(endpoint_url="http://127.0.0.1:9/b"),
+        ConnectTimeoutError(endpoint_url="http://127.0.0.1:9/b"),
+        aiohttp.ServerTimeoutError("Timeout on reading data from socket"),
+        TimeoutError("timed out"),  # socket.timeout and asyncio.TimeoutError are this builtin
+        FSTimeoutError(),
+        wrapped,
+    ]
+
+
+@pytest.mark.parametrize("err", _timeouts(), ids=lambda e: type(e).__name__)
+def test_timeouts_are_described_with_the_url_and_the_limit(err: BaseException) -> None:
+    assert is_storage_timeout(err)
+    text = describe_storage_error(err, "s3://user:pass@bkt/in/")
+    assert text.startswith("the storage endpoint for s3://***@bkt/in/ did ")
+    assert "pass" not in text and "\n" not in text
+    connect = type(err).__name__ == "ConnectTimeoutError"
+    assert ("DOCQA_STORAGE_CONNECT_TIMEOUT" in text) == connect
+    assert " within " in text and "s (" in text
+
+
+def test_other_errors_are_no_timeouts() -> None:
+    from botocore.exceptions import EndpointConnectionError
+
+    for err in (ValueError("x"), FileNotFoundError("x"), EndpointConnectionError(endpoint_url="http://h")):
+        assert not is_storage_timeout(err)
+    assert "did not answer" in describe_storage_error(TimeoutError(), "memory://x/y")
+
+
+def test_a_timeout_while_reading_names_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store that stops answering mid-job (footers, row counts, rows): the job's one-line InputError."""
+    from botocore.exceptions import ReadTimeoutError
+
+    from qa_core.config import InputConfig
+    from qa_core.errors import InputError
+    from qa_core.io import read
+
+    def silent_open(*args: object, **kwargs: object) -> Any:
+        raise ReadTimeoutError(endpoint_url="http://127.0.0.1:9/b/in/part0.parquet")
+
+    monkeypatch.setattr(read.fsspec, "open", silent_open)
+    file = f"s3://{BUCKET}/in/part0.parquet"
+    expected = f"cannot read input: the storage endpoint for {file} did not answer within "
+    for call in (
+        lambda: read.read_input_schema([file], InputConfig()),
+        lambda: read.file_row_counts([file]),
+        lambda: list(read.iter_rows([file], InputConfig())),
+    ):
+        with pytest.raises(InputError) as raised:
+            call()
+        assert str(raised.value).startswith(expected), raised.value
