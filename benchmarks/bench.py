@@ -32,6 +32,7 @@ from qa_core.errors import InputError, JobError
 from qa_core.evaluation.squad import load_squad, squad_to_table
 from qa_core.io.write import write_json_file
 from qa_core.records import Feature, RowWindows
+from qa_core.runtime.cpu import probe_cpu
 from qa_core.runtime.loading import load_qa_model, resolve_device
 from qa_core.runtime.torch_runner import TorchRunner
 from qa_core.stages.batch import collate, plan_batches
@@ -343,8 +344,18 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> int:
             raise BenchError(f"bench mode {mode} failed:\n{child.stderr[-3000:]}")
         results.append(json.loads(child.stdout.strip().splitlines()[-1]))
     results = summarize(results)
+    cpu = probe_cpu()
+    print(
+        f"CPU: {cpu.architecture}, torch kernels {cpu.capability}, native bf16 {cpu.has_native_bf16}, native "
+        f"fp16 {cpu.has_native_fp16} ({' '.join(cpu.flags) or 'no flags known'})"
+    )
     print(format_table(results))
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "argv": argv}
+    meta = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu.to_dict(),
+        "argv": argv,
+    }
     write_json_file(args.json, {"meta": meta, "results": results})
     return 0
 

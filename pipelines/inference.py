@@ -26,6 +26,7 @@ from qa_core.engine.assembly import WindowFailure
 from qa_core.engine.contained import run_batch_contained
 from qa_core.engine.stats import EngineStats
 from qa_core.records import Feature, Record, WindowCandidates
+from qa_core.runtime.fit import check_config_fits_model
 from qa_core.runtime.loading import load_qa_model
 from qa_core.runtime.torch_runner import TorchRunner
 from qa_core.stages.batch import collate
@@ -79,7 +80,9 @@ class QAModelHandler(ModelHandler[Feature, WindowCandidates | WindowFailure | Ro
         self._config = config
 
     def load_model(self) -> TorchRunner:
-        return load_qa_model(self._config.model, self._config.runtime)
+        runner = load_qa_model(self._config.model, self._config.runtime)
+        check_config_fits_model(self._config, runner.limits)  # a worker whose model differs fails here
+        return runner
 
     def run_inference(
         self,

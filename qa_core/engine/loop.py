@@ -20,6 +20,7 @@ from qa_core.engine.host import RowPreparer, SortBuffer, sort_buffers
 from qa_core.engine.prefetch import prefetch
 from qa_core.engine.stats import EngineStats
 from qa_core.records import Answer, Rejection, RowWindows
+from qa_core.runtime.fit import check_config_fits_model
 from qa_core.runtime.runner import ModelRunner
 from qa_core.stages.batch import collate
 
@@ -32,11 +33,15 @@ class QAEngine:
         config: The resolved job config.
         candidates: `top_k` answers per row as configured, or `all`: every candidate in `top_k` at
             temperature 1 (what `docqa calibrate` fits on).
+
+    Raises:
+        ConfigError: When the config's windows do not fit the model (`qa_core.runtime.fit`).
     """
 
     def __init__(
         self, runner: ModelRunner, config: QAConfig, *, candidates: Literal["top_k", "all"] = "top_k"
     ) -> None:
+        check_config_fits_model(config, runner.limits)  # every window must fit the model
         self.runner = runner
         self.config = config
         self.stats = EngineStats()

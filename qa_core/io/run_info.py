@@ -11,6 +11,7 @@ import torch
 from qa_core import __version__
 from qa_core.config import QAConfig
 from qa_core.io.storage import redact_url
+from qa_core.runtime.cpu import probe_cpu
 
 
 def run_info(
@@ -24,6 +25,7 @@ def run_info(
     counts: dict[str, Any],
     wall_seconds: float,
     answering: tuple[float, float] | None = None,
+    answered_rows: int | None = None,
 ) -> dict[str, Any]:
     """The `_run.json` document: config and hash, model, inputs, counts, timings, environment.
 
@@ -42,8 +44,10 @@ def run_info(
             waiting for worker processes to exit. The timings then give start-up and the answering's own
             rate, which a longer input approaches (start-up is paid once per job: on a GPU with
             `--workers`, tens of seconds).
+        answered_rows: Rows this job answered, when fewer than it read (`--resume` keeps finished
+            parts): the rates count these.
     """
-    rows = counts.get("rows_read", 0)
+    rows = counts.get("rows_read", 0) if answered_rows is None else answered_rows
     timings: dict[str, Any] = {
         "wall_seconds": round(wall_seconds, 3),
         "rows_per_second": round(rows / wall_seconds, 3) if wall_seconds > 0 else None,
@@ -72,5 +76,6 @@ def run_info(
             "python": sys.version.split()[0],
             "torch": torch.__version__,
             "platform": platform.platform(),
+            "cpu": probe_cpu().to_dict(),
         },
     }

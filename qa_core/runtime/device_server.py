@@ -28,6 +28,7 @@ import torch
 
 from qa_core.config import QAConfig
 from qa_core.errors import DeviceFailedError
+from qa_core.runtime.fit import ModelLimits, model_limits
 from qa_core.runtime.processes import picklable, report_error, skip_final_collection, start_child
 from qa_core.runtime.runner import ModelRunner
 from qa_core.stages.batch import Batch
@@ -43,12 +44,13 @@ SERVER_THREADS = 2
 
 @dataclass(frozen=True)
 class ServedModel:
-    """What the server loaded (the workers report it in `_run.json`)."""
+    """What the server loaded (the workers report it in `_run.json`; `limits`: the model's, or None)."""
 
     model_id: str
     revision: str
     device: str
     pad_token_id: int
+    limits: ModelLimits | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,8 @@ class DeviceClient:
         self.revision = served.revision
         self.device = torch.device(served.device)
         self.pad_token_id = served.pad_token_id
+        # The server's model, or (not told) what the tokenizer alone says: no position limit known.
+        self.limits = served.limits or model_limits(None, tokenizer, served.model_id)
         self._sent = 0
 
     @classmethod
@@ -156,7 +160,9 @@ def serve(config: QAConfig, requests: Any, replies: list[Any], messages: Any, lo
             # and let cuDNN attention (a plan build per new batch shape) in (see runtime.torch_runner).
             torch.backends.cuda.enable_cudnn_sdp(False)
         model = load_qa_model(config.model, config.runtime)
-        served = ServedModel(model.model_id, model.revision, str(model.device), model.pad_token_id)
+        served = ServedModel(
+            model.model_id, model.revision, str(model.device), model.pad_token_id, model.limits
+        )
         threads = [
             threading.Thread(target=_answer_requests, args=(model, requests, replies, fail), daemon=True)
             for _ in range(SERVER_THREADS)

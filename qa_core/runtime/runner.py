@@ -8,7 +8,7 @@ the pad id it collates with, and `forward`, which turns a `Batch` into start and
   server process of `docqa predict --workers N` with `runtime.worker_models: shared`.
 
 A new runtime (ONNX Runtime, a remote inference server) is one new module with a class that has these
-members; nothing in the engine changes.
+members; nothing in the engine changes (its `limits` may leave `max_positions` None when it cannot tell).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
+from qa_core.runtime.fit import ModelLimits
 from qa_core.stages.batch import Batch
 
 
@@ -38,6 +39,15 @@ class ModelRunner(Protocol):
     @property
     def pad_token_id(self) -> int:
         """The id written into padding positions."""
+        ...
+
+    @property
+    def limits(self) -> ModelLimits:
+        """What the model accepts: its longest window, whether its windows hold a CLS token.
+
+        A job's config is checked against it before any row is read
+        (`qa_core.runtime.fit.check_config_fits_model`).
+        """
         ...
 
     @property

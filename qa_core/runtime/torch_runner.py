@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from qa_core.runtime.fit import ModelLimits, model_limits
 from qa_core.stages.batch import Batch
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -53,6 +54,14 @@ class TorchRunner:
         params = inspect.signature(self.model.forward).parameters
         # DistilBERT/RoBERTa-style models take no segment ids.
         self._takes_token_types = "token_type_ids" in params
+        self._limits: ModelLimits | None = None
+
+    @property
+    def limits(self) -> ModelLimits:
+        """What the model accepts (`qa_core.runtime.fit.check_config_fits_model`), read once from it."""
+        if self._limits is None:
+            self._limits = model_limits(self.model, self.tokenizer, self.model_id)
+        return self._limits
 
     @property
     def computes_on_host(self) -> bool:
