@@ -1,12 +1,12 @@
 """Typed, frozen configuration for every stage, loaded from layered YAML files and `key=value` overrides.
 
-A config is a tree of frozen dataclasses, one per section: featurize, batch, decode, model, input and
-runtime (`QAConfig`), plus `train` for `docqa train` (`qa_core.train.config`). configs/base.yaml lists
-every key with its default and meaning. Each YAML file is a mapping of section name to a mapping of field
-to value; later files override earlier ones, `--set section.key=value` overrides every file, and unknown
-sections or fields are rejected with the accepted names in the message. Keys that moved to another
-section (`MOVED_KEYS`) are still accepted with a deprecation warning. The resolved config and its hash
-are written beside every output (`_run.json`).
+A config is a tree of frozen dataclasses, one per section: featurize, batch, decode, model, input,
+runtime and output (`QAConfig`), plus `train` for `docqa train` (`qa_core.train.config`).
+configs/base.yaml lists every key with its default and meaning. Each YAML file is a mapping of section
+name to a mapping of field to value; later files override earlier ones, `--set section.key=value`
+overrides every file, and unknown sections or fields are rejected with the accepted names in the
+message. Keys that moved to another section (`MOVED_KEYS`) are still accepted with a deprecation
+warning. The resolved config and its hash are written beside every output (`_run.json`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -24,7 +25,14 @@ from typing import Any, Literal, get_args, get_type_hints
 import fsspec
 import yaml
 
-from qa_core.config_layers import BUNDLED, build_section, deep_merge, overrides_from_arguments, parse_override
+from qa_core.config_layers import (
+    BUNDLED,
+    build_section,
+    deep_merge,
+    overrides_from_arguments,
+    parse_override,
+    yaml_problem,
+)
 from qa_core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -119,6 +127,10 @@ class BatchConfig:
         _require(self.max_batch_tokens >= 1, "batch.max_batch_tokens must be >= 1")
 
 
+TEMPERATURE_RANGE = (1e-3, 1e3)
+"""The `decode.temperature` values accepted (calibrated models land between 0.5 and 3)."""
+
+
 @dataclass(frozen=True)
 class DecodeConfig:
     """How spans are chosen from logits.
@@ -145,7 +157,17 @@ class DecodeConfig:
 
     def __post_init__(self) -> None:
         _require(self.max_answer_len >= 1, "decode.max_answer_len must be >= 1")
-        _require(self.temperature > 0, f"decode.temperature must be > 0, got {self.temperature}")
+        # Scores are softmax(logits / T): below the range the division overflows (1e-320 gives inf - inf
+        # = NaN) and the score is a hard max anyway; above it every candidate scores the same.
+        _require(
+            TEMPERATURE_RANGE[0] <= self.temperature <= TEMPERATURE_RANGE[1],
+            f"decode.temperature must be between {TEMPERATURE_RANGE[0]} and {TEMPERATURE_RANGE[1]}, got "
+            f"{self.temperature}",
+        )
+        _require(
+            math.isfinite(self.null_threshold),
+            f"decode.null_threshold must be a finite number, got {self.null_threshold}",
+        )
         _require(self.top_k >= 1, "decode.top_k must be >= 1")
         _require(
             self.n_best >= self.top_k,
@@ -225,6 +247,23 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class OutputConfig:
+    """How `docqa predict` lays out its output.
+
+    Attributes:
+        part_rows: Input rows per part file pair (`answers/part-N.parquet`, `rejections/part-N.parquet`).
+            A part is the unit `--resume` keeps: a job killed part way reruns only its unfinished parts.
+            Each part is answered on its own (its sort buffers start with it), so a resumed output
+            equals a clean run's.
+    """
+
+    part_rows: int = 100_000
+
+    def __post_init__(self) -> None:
+        _require(self.part_rows >= 1, f"output.part_rows must be >= 1, got {self.part_rows}")
+
+
+@dataclass(frozen=True)
 class InputConfig:
     """Which input columns hold what.
 
@@ -232,7 +271,9 @@ class InputConfig:
         id_column: The row id, copied to the outputs as it is (ids may repeat).
         question_column: The question text.
         context_column: The context text.
-        passthrough_columns: Extra input columns copied to answers and rejections.
+        passthrough_columns: Extra input columns copied to answers and rejections, each named once and
+            none named like an output column (`RESERVED_OUTPUT_COLUMNS`, `id` included); the question,
+            the context and an id column not named `id` may be copied (the answers hold them nowhere else).
     """
 
     id_column: str = "id"
@@ -243,8 +284,18 @@ class InputConfig:
     def __post_init__(self) -> None:
         names = [self.id_column, self.question_column, self.context_column]
         _require(len(set(names)) == 3, f"input: id/question/context columns must differ, got {names}")
-        clash = set(self.passthrough_columns) & RESERVED_OUTPUT_COLUMNS
-        _require(not clash, f"input.passthrough_columns collide with output columns: {sorted(clash)}")
+        twice = sorted({c for c in self.passthrough_columns if self.passthrough_columns.count(c) > 1})
+        _require(
+            not twice,
+            f"input.passthrough_columns names {', '.join(map(repr, twice))} twice; list each column once",
+        )
+        clash = [c for c in self.passthrough_columns if c in RESERVED_OUTPUT_COLUMNS]
+        _require(
+            not clash,
+            f"input.passthrough_columns {clash} collide with the output's own columns "
+            f"({', '.join(sorted(RESERVED_OUTPUT_COLUMNS))}; the row id is always written as 'id'): "
+            "remove them from input.passthrough_columns",
+        )
 
     @property
     def columns(self) -> list[str]:
@@ -253,20 +304,26 @@ class InputConfig:
         return base + [c for c in self.passthrough_columns if c not in base]
 
 
-RESERVED_OUTPUT_COLUMNS = frozenset(
-    {
-        "answer",
-        "start",
-        "end",
-        "score",
-        "logit_score",
-        "no_answer",
-        "null_score_diff",
-        "top_k",
-        "reason",
-        "detail",
-    }
+ANSWER_COLUMNS = (
+    "id",
+    "answer",
+    "start",
+    "end",
+    "score",
+    "logit_score",
+    "no_answer",
+    "null_score_diff",
+    "top_k",
 )
+"""The fixed columns of `answers/*.parquet`, in order (`top_k` only when decode.top_k > 1), before the
+pass-through columns. Defined here, not in `qa_core/io/schema.py` (which imports them), because config
+imports nothing of docqa and the stages and engine, which import config, must not import `io`."""
+
+REJECTION_COLUMNS = ("id", "reason", "detail")
+"""The fixed columns of `rejections/*.parquet`, in order, before the row's original columns."""
+
+RESERVED_OUTPUT_COLUMNS = frozenset(ANSWER_COLUMNS) | frozenset(REJECTION_COLUMNS)
+"""Names `input.passthrough_columns` may not use: a second column of the same name in the output."""
 
 
 @dataclass(frozen=True)
@@ -279,6 +336,7 @@ class QAConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     input: InputConfig = field(default_factory=InputConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self) -> None:
         _require(
@@ -380,8 +438,10 @@ def load_data(
         try:
             with fsspec.open(path, "r", encoding="utf-8") as handle:
                 loaded = yaml.safe_load(handle) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"cannot read config file {path}: {err}") from err
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(err)}") from err
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from err
         _require(isinstance(loaded, Mapping), f"config file {path} must hold a mapping of sections")
         data = deep_merge(data, _move_deprecated_keys(loaded, f"config file {path}"))
     layer: dict[str, Any] = {}

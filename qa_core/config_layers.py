@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
@@ -20,6 +21,9 @@ from qa_core.errors import ConfigError
 
 BUNDLED = "bundled"
 """`model.name_or_path: bundled` (configs/base.yaml) names the bundled model without spelling its path."""
+
+
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -54,6 +58,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         )
         return value
     if annotation is float:
+        if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads `1e-3` (no dot) as a string; a user means the number
         _require(
             isinstance(value, int | float) and not isinstance(value, bool),
             f"{where}: expected a number, got {value!r}",
@@ -103,7 +109,23 @@ def parse_override(item: str) -> dict[str, Any]:
     key, sep, raw = item.partition("=")
     _require(bool(sep) and "." in key, f"--set expects section.key=value, got {item!r}")
     section, _, name = key.strip().partition(".")
-    return {section: {name: yaml.safe_load(raw)}}
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({yaml_problem(err)})") from err
+    return {section: {name: value}}
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """One line saying what is wrong where in a YAML text (PyYAML's own message spans several lines)."""
+    if isinstance(err, yaml.MarkedYAMLError):
+        mark = err.problem_mark or err.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = err.problem or err.context or type(err).__name__
+        context = f" ({err.context})" if err.context and err.problem else ""
+        return f"{problem}{context}{where}"
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, *, model: bool = True) -> None:

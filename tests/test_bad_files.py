@@ -328,3 +328,250 @@ def test_run_writes_plain_schema_from_encoded_input_with_fake_model(
     assert answers.schema.field("id").type == pa.string()
     assert set(answers.column("answer").to_pylist()) == {"river church"}
     assert info["counts"]["rows_read"] == 6 == info["counts"]["answered"]
+
+
+# --- Duplicate column names ---------------------------------------------------------------------------
+
+
+def duplicated(rows: list[dict[str, Any]], column: str, copy: str = "copy") -> pa.Table:
+    """The rows as a table with a second column named `column` (pyarrow writes such tables)."""
+    table = pa.Table.from_pylist(rows)
+    values = pa.array([f"{copy}-{i}" for i in range(len(rows))])
+    return table.append_column(pa.field(column, pa.string()), values)
+
+
+@pytest.mark.parametrize("column", ["id", "question", "context", "title"])
+def test_read_input_schema_refuses_a_duplicated_column_it_reads(column: str, tmp_path: Path) -> None:
+    from qa_core.errors import InputError
+    from qa_core.io.read import read_input_schema, table_input_schema
+
+    source = tmp_path / "dup.parquet"
+    pq.write_table(duplicated(ROWS[:3], column), source)
+    assert pq.read_schema(source).names.count(column) == 2
+    config = load_config([], ["input.passthrough_columns=[title]"]).input
+    with pytest.raises(InputError) as raised:
+        read_input_schema([str(good_file(tmp_path / "a.parquet")), str(source)], config)
+    message = str(raised.value)
+    assert str(source) in message and f"column '{column}'" in message and "2 times" in message
+    with pytest.raises(InputError, match=f"column '{column}'"):
+        table_input_schema(duplicated(ROWS[:3], column).schema, config)
+
+
+def test_duplicates_of_columns_the_job_does_not_read_are_harmless(tmp_path: Path) -> None:
+    """Projection by name reads the configured columns once, whatever else the file holds twice."""
+    from qa_core.io.read import iter_rows, read_input_schema
+
+    source = tmp_path / "dup.parquet"
+    pq.write_table(duplicated(ROWS[:25], "extra"), source, row_group_size=10)
+    config = load_config([], ["input.passthrough_columns=[title]"]).input
+    schema = read_input_schema([str(source)], config)
+    assert [f.name for f in schema.fields] == ["id", "question", "context", "title"]
+    rows = list(iter_rows([str(source)], config, batch_rows=4))
+    assert rows == [{k: r[k] for k in ("id", "question", "context", "title")} for r in ROWS[:25]]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("column", ["question", "title"])
+def test_duplicated_read_column_fails_the_job_naming_file_and_column(
+    engine: str, column: str, tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    earlier = tmp_path / "out"
+    assert docqa(engine, good_file(tmp_path / "good.parquet"), earlier, tiny_model_dir) == 0
+    before = {p: p.read_bytes() for p in earlier.rglob("*") if p.is_file()}
+    source = tmp_path / "dup.parquet"
+    pq.write_table(duplicated(ROWS, column), source)
+    settings = ["--set", "input.passthrough_columns=[title]", "--overwrite"]
+    code = docqa(engine, source, earlier, tiny_model_dir, *settings)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    lines = [line for line in err.strip().splitlines() if line.startswith("docqa ")]
+    assert len(lines) == 1 and str(source) in lines[0] and f"column '{column}'" in lines[0], err
+    assert {p: p.read_bytes() for p in earlier.rglob("*") if p.is_file()} == before, "earlier output kept"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_duplicated_unread_column_is_answered(engine: str, tmp_path: Path, tiny_model_dir: Path) -> None:
+    source = tmp_path / "dup.parquet"
+    pq.write_table(duplicated(ROWS, "extra"), source, row_group_size=10)
+    out = tmp_path / "out"
+    assert docqa(engine, source, out, tiny_model_dir, "--set", "input.passthrough_columns=[title]") == 0
+    answers, rejections, counts = read_output(out)
+    assert sorted((a["id"], a["title"]) for a in answers) == sorted((r["id"], r["title"]) for r in ROWS)
+    assert rejections == [] and counts["rows_read"] == len(ROWS)
+
+
+# --- Schemas that differ only in nullability ------------------------------------------------------------
+
+STRICT = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False, metadata={"origin": "a"}),
+        pa.field("question", pa.string(), nullable=False),
+        pa.field("context", pa.string(), nullable=False),
+        pa.field("title", pa.string(), nullable=False),
+        pa.field("tags", pa.list_(pa.field("element", pa.string(), nullable=False)), nullable=False),
+    ]
+)
+LOOSE = pa.schema(
+    [
+        pa.field("id", pa.string(), metadata={"origin": "b"}),
+        pa.field("question", pa.string()),
+        pa.field("context", pa.string()),
+        pa.field("title", pa.string()),
+        pa.field("tags", pa.list_(pa.string())),
+    ]
+)
+GOOD_LOOSE = [{**r, "tags": ["x"]} for r in ROWS[20:24]]
+NULLS = [
+    {"id": None, "question": "what?", "context": "the city", "title": "no-id", "tags": ["y"]},
+    {"id": "nq", "question": None, "context": "the city", "title": "no-question", "tags": None},
+    {"id": "nc", "question": "what?", "context": None, "title": "no-context", "tags": [None]},
+    {"id": "nt", "question": "what is it?", "context": "the river church", "title": None, "tags": [None]},
+]
+
+
+def nullability_directory(folder: Path) -> Path:
+    """A file whose fields are all non-nullable, one with the same fields nullable and holding nulls, and
+    one whose question and title are all null (Arrow type `null`)."""
+    folder.mkdir()
+    strict = [{**r, "tags": ["a", "b"]} for r in ROWS[:20]]
+    pq.write_table(pa.Table.from_pylist(strict, schema=STRICT), folder / "a_strict.parquet")
+    pq.write_table(pa.Table.from_pylist(GOOD_LOOSE + NULLS, schema=LOOSE), folder / "b_nullable.parquet")
+    all_null = pa.table(
+        {
+            "id": ["z1"],
+            "question": pa.array([None], pa.null()),
+            "context": ["the city"],
+            "title": pa.array([None], pa.null()),
+            "tags": pa.array([None], pa.null()),
+        }
+    )
+    pq.write_table(all_null, folder / "c_all_null.parquet")
+    return folder
+
+
+@pytest.mark.parametrize("order", ["strict_first", "nullable_first"])
+def test_output_schemas_do_not_carry_the_input_nullability(order: str, tmp_path: Path) -> None:
+    from qa_core.io.read import output_schemas, read_input_schema
+
+    folder = nullability_directory(tmp_path / "in")
+    files = sorted(str(p) for p in folder.glob("*.parquet"))
+    if order == "nullable_first":
+        files.reverse()
+    config = load_config([], ["input.passthrough_columns=[title, tags]", "input.id_column=id"])
+    schema = read_input_schema(files, config.input)
+    answers, rejections = output_schemas(schema, config)
+    for name in ("id", "title", "tags"):
+        assert answers.field(name).nullable, name
+    for name in ("id", "question", "context", "title", "tags"):
+        assert rejections.field(name).nullable, name
+    assert answers.field("tags").type == pa.list_(pa.string())
+    assert answers.field("tags").type.value_field.nullable
+    # Rows of every file fit the schemas.
+    from qa_core.io.read import iter_rows
+
+    rows = list(iter_rows(files, config.input))
+    pa.Table.from_pylist(rows, schema=pa.schema([rejections.field(n) for n in config.input.columns]))
+
+
+def test_type_check_ignores_nullability_and_metadata_but_not_types(tmp_path: Path) -> None:
+    from qa_core.errors import InputError
+    from qa_core.io.read import read_input_schema
+
+    config = load_config([], ["input.passthrough_columns=[tags]"]).input
+
+    def file(name: str, tags_field: pa.Field, tags: Any) -> str:
+        path = tmp_path / f"{name}.parquet"
+        schema = pa.schema([*[*LOOSE][:3], tags_field])
+        pq.write_table(
+            pa.Table.from_pylist([{"id": name, "question": "q", "context": "c", "tags": tags}], schema), path
+        )
+        return str(path)
+
+    strict_list, loose_list = STRICT.field("tags"), LOOSE.field("tags")
+    assert read_input_schema([file("s", strict_list, ["x"]), file("l", loose_list, [None])], config)
+    ints = pa.field("tags", pa.list_(pa.int64()))
+    with pytest.raises(InputError, match=r"column 'tags' has type list<element: int64>"):
+        read_input_schema([file("s2", strict_list, ["x"]), file("i", ints, [1])], config)
+    strict_struct = pa.field("tags", pa.struct([pa.field("a", pa.int64(), nullable=False)]), nullable=False)
+    loose_struct = pa.field("tags", pa.struct([pa.field("a", pa.int64(), metadata={"m": "1"})]))
+    files = [file("n1", strict_struct, {"a": 1}), file("n2", loose_struct, {"a": None})]
+    assert read_input_schema(files, config).field("tags").type == pa.struct([pa.field("a", pa.int64())])
+    other = pa.field("tags", pa.struct([pa.field("a", pa.string())]))
+    with pytest.raises(InputError, match="column 'tags' has type struct<a: string>"):
+        read_input_schema([file("n3", strict_struct, {"a": 1}), file("o", other, {"a": "1"})], config)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("passthrough", ["[title]", "[title, tags]"])
+def test_files_differing_in_nullability_lose_no_row(
+    engine: str, passthrough: str, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Top-level fields (`[title]`), then nested ones too: nulls where another file declares none."""
+    folder = nullability_directory(tmp_path / "in")
+    out = tmp_path / "out"
+    settings = ["--set", f"input.passthrough_columns={passthrough}"]
+    assert docqa(engine, folder, out, tiny_model_dir, *settings) == 0
+    answers, rejections, counts = read_output(out)
+    assert counts["rows_read"] == 20 + len(GOOD_LOOSE) + len(NULLS) + 1
+    assert counts["rows_read"] == counts["answered"] + counts["rejected"] == len(answers) + len(rejections)
+    assert sorted((r["title"] or "", r["reason"]) for r in rejections) == [
+        ("", "MISSING_QUESTION"),
+        ("no-context", "MISSING_CONTEXT"),
+        ("no-id", "MISSING_ID"),
+        ("no-question", "MISSING_QUESTION"),
+    ]
+    assert {a["id"]: a["title"] for a in answers if a["id"] == "nt"} == {"nt": None}
+    assert sorted(a["id"] for a in answers) == sorted(
+        [r["id"] for r in ROWS[:20]] + [r["id"] for r in GOOD_LOOSE] + ["nt"]
+    )
+
+
+# --- Paths that exist but look like globs ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["run[1].parquet", "a*b?.parquet", "in[2024]", "x[ab]/part?.parquet"])
+def test_an_existing_path_is_read_as_it_is(name: str, tmp_path: Path) -> None:
+    from qa_core.io.read import resolve_inputs
+
+    target = tmp_path / name
+    if target.suffix == ".parquet":
+        target.parent.mkdir(exist_ok=True)
+        expected = [str(good_file(target))]
+    else:
+        target.mkdir()
+        expected = [str(good_file(target / "a.parquet")), str(good_file(target / "b.parquet"))]
+    # Files a glob reading of the name would match instead.
+    for decoy in ("run1.parquet", "aXbY.parquet", "xa/part1.parquet"):
+        (tmp_path / decoy).parent.mkdir(exist_ok=True)
+        (tmp_path / decoy).write_bytes(b"junk")
+    assert resolve_inputs(str(target)) == expected
+    assert resolve_inputs(str(target) + ("/" if target.is_dir() else "")) == expected
+
+
+def test_a_path_that_does_not_exist_is_still_a_glob(tmp_path: Path) -> None:
+    from qa_core.errors import InputError
+    from qa_core.io.read import resolve_inputs
+
+    for name in ("run1.parquet", "run2.parquet", "run3.parquet"):
+        good_file(tmp_path / name)
+    assert resolve_inputs(str(tmp_path / "run[12].parquet")) == [
+        str(tmp_path / "run1.parquet"),
+        str(tmp_path / "run2.parquet"),
+    ]
+    assert len(resolve_inputs(str(tmp_path / "run?.parquet"))) == 3
+    with pytest.raises(InputError, match="no input Parquet files match"):
+        resolve_inputs(str(tmp_path / "run[45].parquet"))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_bracketed_file_and_directory_are_answered(engine: str, tmp_path: Path, tiny_model_dir: Path) -> None:
+    folder = tmp_path / "in[2024]"
+    folder.mkdir()
+    good_file(folder / "run[1].parquet", ROWS[:20])
+    good_file(folder / "run[2].parquet", ROWS[20:])
+    for source, rows in ((folder, ROWS), (folder / "run[1].parquet", ROWS[:20])):
+        out = tmp_path / "out"
+        assert docqa(engine, source, out, tiny_model_dir, "--overwrite") == 0
+        answers, rejections, counts = read_output(out)
+        assert sorted(a["id"] for a in answers) == sorted(r["id"] for r in rows) and rejections == []
+        assert counts["rows_read"] == len(rows)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from docqa.cli import main as cli_main
 from qa_core.config import DEFAULT_MODEL, OTHER_SECTIONS, QAConfig, load_config
 from qa_core.errors import ConfigError
 from qa_core.train.config import TrainConfig, load_train_config, train_config_from_dict
@@ -150,3 +151,110 @@ def test_train_section_uses_the_same_loader(tmp_path: Path) -> None:
     assert (train.learning_rate, train.seed, train.batch_size) == (0.001, 8, 4)
     with pytest.raises(ConfigError, match="expected a number"):
         load_train_config([], ["train.learning_rate=fast"])
+
+
+def _output_columns() -> list[str]:
+    """Every fixed column of the answers and rejections tables, as qa_core/io/schema.py writes them."""
+    import pyarrow as pa
+
+    from qa_core.io.schema import answer_schema, rejection_schema
+
+    return sorted(
+        set(answer_schema(pa.string(), top_k=2).names) | set(rejection_schema(pa.string(), []).names)
+    )
+
+
+@pytest.mark.parametrize("column", _output_columns())
+def test_passthrough_naming_an_output_column_is_refused(column: str) -> None:
+    with pytest.raises(ConfigError, match=rf"\['{column}'\] collide.*remove") as raised:
+        load_config([], [f"input.passthrough_columns=[title, {column}]"])
+    assert "\n" not in str(raised.value)
+    with pytest.raises(ConfigError, match=f"'{column}'"):
+        load_config([], ["input.id_column=qid", f"input.passthrough_columns=[{column}]"])
+
+
+def test_reserved_output_columns_are_the_schema_columns() -> None:
+    from qa_core.config import RESERVED_OUTPUT_COLUMNS
+
+    assert sorted(RESERVED_OUTPUT_COLUMNS) == _output_columns()
+
+
+def test_passthrough_listing_a_column_twice_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"input.passthrough_columns names 'title' twice"):
+        load_config([], ["input.passthrough_columns=[title, lang, title]"])
+
+
+def test_passthrough_may_copy_the_question_context_and_a_renamed_id() -> None:
+    """The answers hold no question/context column, and the id is written as `id`: no clash."""
+    config = load_config([], ["input.id_column=qid", "input.passthrough_columns=[question, context, qid]"])
+    assert config.input.columns == ["qid", "question", "context"]
+    assert config.input.passthrough_columns == ("question", "context", "qid")
+
+
+def test_predict_refuses_a_passthrough_clash_in_one_line(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pyarrow.parquet as pq
+
+    from docqa.cli import main
+    from tests.conftest import write_parquet
+
+    source = write_parquet(tmp_path / "in.parquet", [{"id": "a", "question": "q?", "context": "the city"}])
+    out = tmp_path / "out"
+    argv = ["predict", "--input", str(source), "--output", str(out), "--model", str(tiny_model_dir)]
+    assert main([*argv, "--no-progress", "--set", "input.passthrough_columns=[question]"]) == 0
+    answers = pq.read_table(out / "answers")
+    assert answers.schema.names.count("question") == 1 and answers.column("question").to_pylist() == ["q?"]
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    code = main([*argv, "--no-progress", "--overwrite", "--set", "input.passthrough_columns=[id]"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.startswith("docqa ")]
+    assert code == 2 and "Traceback" not in err, err
+    assert len(lines) == 1 and "'id'" in lines[0] and "input.passthrough_columns" in lines[0], err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("value", ["1e-320", "0", "-1", "1e9", ".nan", ".inf"])
+def test_temperatures_that_break_the_softmax_are_refused(value: str) -> None:
+    """1e-320 passed `> 0` and made every score NaN (logits / T overflows to inf, inf - inf = NaN)."""
+    with pytest.raises(ConfigError, match=r"decode\.temperature must be between"):
+        load_config(overrides=[f"decode.temperature={value}"])
+
+
+def test_non_finite_null_threshold_is_refused() -> None:
+    with pytest.raises(ConfigError, match="null_threshold must be a finite number"):
+        load_config(overrides=["decode.null_threshold=.nan"])
+
+
+@pytest.mark.parametrize(
+    "text", ["featurize:\n  max_seq_len: [1\n", "featurize:\n\tmax_seq_len: 1\n", "a: b: c\n"]
+)
+def test_yaml_syntax_errors_are_one_line(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config([str(path)])
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message and "line " in message
+
+
+def test_set_values_that_are_not_yaml_are_one_line() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(overrides=["batch.max_batch_windows=[1"])
+    assert "\n" not in str(caught.value) and "--set" in str(caught.value)
+
+
+def test_yaml_syntax_error_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("decode:\n  top_k: [1\n")
+    code = cli_main(
+        ["predict", "--input", "x.parquet", "--output", str(tmp_path / "o"), "--config", str(path)]
+    )
+    assert code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_exponent_numbers_without_a_dot_are_numbers() -> None:
+    """YAML 1.1 reads `2e-1` as a string; a float setting takes it as the number it looks like."""
+    assert load_config(overrides=["decode.temperature=2e-1"]).decode.temperature == 0.2

@@ -1,9 +1,11 @@
 """Input side: resolve a file / directory / glob (local or any fsspec URL) and stream its Parquet rows.
 
 Rows are read one row group at a time with column projection, so memory is bounded by a row group.
-Before any row is read, every file's footer is checked: the configured columns must exist, the question
-and context columns must hold text, and a column must have the same type in every file (large and
-dictionary-encoded strings count as strings). A file that breaks this fails the job with its name.
+Before any row is read, every file's footer is checked: the configured columns must exist, once each, the
+question and context columns must hold text, and a column must have the same type in every file (large
+and dictionary-encoded strings count as strings; nullability and field metadata do not count). A file
+that breaks this fails the job with its name. Columns the job does not read may be anything, even
+duplicated: projection by name never reads them.
 """
 
 from __future__ import annotations
@@ -18,8 +20,15 @@ import pyarrow.parquet as pq
 
 from qa_core.config import InputConfig, QAConfig
 from qa_core.errors import InputError
-from qa_core.io.schema import answer_schema, rejection_schema
-from qa_core.io.storage import bucket_problem, describe_storage_error, redact_url, to_url, url_to_fs
+from qa_core.io.schema import answer_schema, carried_field, rejection_schema
+from qa_core.io.storage import (
+    bucket_problem,
+    describe_storage_error,
+    is_storage_timeout,
+    redact_url,
+    to_url,
+    url_to_fs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +46,9 @@ def resolve_inputs(pattern: str) -> list[str]:
     """Parquet files named by a file path, a directory or a glob (sorted, fsspec URLs kept).
 
     A directory is searched recursively for `*.parquet`, skipping hidden and `_`-prefixed entries (such as
-    the in-progress files of a running writer).
+    the in-progress files of a running writer). A path that exists is read as it is, even when its name
+    holds `[`, `]`, `*` or `?` (`run[1].parquet`, `in[2024]/`); only a path that does not exist is expanded
+    as a glob (on an object store, a glob costs a look-up or two before its listing).
 
     Raises:
         InputError: When nothing matches, the bucket is missing, or the storage refuses the listing.
@@ -47,15 +58,15 @@ def resolve_inputs(pattern: str) -> list[str]:
         raise InputError(f"cannot read input: {problem}")
     fs, path, protocol = url_to_fs(pattern)
     try:
-        if any(ch in path for ch in "*?["):
-            found = sorted(fs.glob(path))
-        elif fs.isdir(path):
+        if fs.isdir(path):
             root = path.rstrip("/") + "/"
             found = sorted(
                 p for p in fs.find(path) if p.endswith(".parquet") and not _hidden(p.removeprefix(root))
             )
         elif fs.exists(path):
             found = [path]
+        elif any(ch in path for ch in "*?["):
+            found = sorted(fs.glob(path))
         else:
             found = []
     except Exception as err:  # the storage client's own errors are not all OSErrors
@@ -100,7 +111,9 @@ def _file_schema(file: str) -> pa.Schema:
             return pq.read_schema(handle)
     except FileNotFoundError as err:
         raise InputError(f"cannot read Parquet file {file}: it does not exist (any more)") from err
-    except _FILE_ERRORS as err:
+    except _FILE_ERRORS as err:  # botocore's and aiohttp's timeouts are OSErrors too
+        if is_storage_timeout(err):
+            raise InputError(f"cannot read input: {describe_storage_error(err, file)}") from err
         raise InputError(f"cannot read Parquet file {file}: {_short(err)}") from err
     except Exception as err:  # storage client errors (credentials, endpoint)
         raise InputError(f"cannot read Parquet file {describe_storage_error(err, file)}") from err
@@ -111,11 +124,13 @@ def read_input_schema(files: list[str], config: InputConfig) -> InputSchema:
 
     Question and context columns are read as `string` whatever their encoding; other columns keep their
     type, with large and dictionary-encoded strings written as plain strings. A column that is all null
-    in one file (Arrow type `null`) is compatible with any type.
+    in one file (Arrow type `null`) is compatible with any type. Nullability and field metadata are not
+    part of a column's type: the returned fields are nullable at every level (a file may hold nulls where
+    another declares none; they become rejections, or values of a nullable output column).
 
     Raises:
-        InputError: An unreadable file, a missing column, a question or context column that does not
-            hold text, or a column whose type differs between files, naming the file.
+        InputError: An unreadable file, a missing or duplicated column, a question or context column that
+            does not hold text, or a column whose type differs between files, naming the file.
     """
     first: dict[str, tuple[pa.Field, str]] = {}
     for file in files:
@@ -123,7 +138,7 @@ def read_input_schema(files: list[str], config: InputConfig) -> InputSchema:
             seen = first.get(plain.name)
             if seen is None or pa.types.is_null(seen[0].type):
                 first[plain.name] = (plain, file)
-            elif not pa.types.is_null(plain.type) and plain.type != seen[0].type:
+            elif not pa.types.is_null(plain.type) and not _same_type(plain.type, seen[0].type):
                 raise InputError(
                     f"{file}: column '{plain.name}' has type {plain.type}, but {seen[1]} has "
                     f"{seen[0].type}; every input file must give a column the same type"
@@ -154,10 +169,18 @@ def table_input_schema(schema: pa.Schema, config: InputConfig, source: str = "th
 
 
 def _checked_fields(schema: pa.Schema, source: str, config: InputConfig) -> list[pa.Field]:
-    """The configured columns' fields of one schema, as the job writes them (text columns as strings)."""
+    """The configured columns' fields of one schema, as the job writes them.
+
+    Text columns become plain strings, and every field is nullable at every level (`carried_field`).
+    """
     text_columns = {
         config.question_column: "question_column",
         config.context_column: "context_column",
+    }
+    settings = {
+        **{name: "passthrough_columns" for name in config.passthrough_columns},
+        config.id_column: "id_column",
+        **text_columns,
     }
     missing = [c for c in config.columns if c not in schema.names]
     if missing:
@@ -167,14 +190,26 @@ def _checked_fields(schema: pa.Schema, source: str, config: InputConfig) -> list
         )
     fields = []
     for name in config.columns:
+        count = schema.names.count(name)
+        if count > 1:  # `schema.field(name)` and a projection by name would be ambiguous
+            raise InputError(
+                f"{source}: column '{name}' (input.{settings[name]}) appears {count} times; write the file "
+                "with one column of that name (drop or rename the others)"
+            )
         field = schema.field(name)
         if name in text_columns and not _is_text(field.type):
             raise InputError(
                 f"{source}: column '{name}' (input.{text_columns[name]}) has type {field.type}, expected "
                 "strings; cast the column to string or point the setting at a text column"
             )
-        fields.append(field.with_type(pa.string() if name in text_columns else _plain(field.type)))
+        type_ = pa.string() if name in text_columns else _plain(field.type)
+        fields.append(carried_field(field.with_type(type_)))
     return fields
+
+
+def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
+    """Whether two (`carried_field`, so nullable everywhere) types are one, whatever their field metadata."""
+    return bool(a.equals(b, check_metadata=False))
 
 
 def _plain(type_: pa.DataType) -> pa.DataType:
@@ -230,7 +265,9 @@ def iter_rows(
                             yield from _rows_of(batch.slice(lo, hi - lo))
                         if seen >= last:
                             break
-        except _FILE_ERRORS as err:
+        except _FILE_ERRORS as err:  # botocore's and aiohttp's timeouts are OSErrors too
+            if is_storage_timeout(err):
+                raise InputError(f"cannot read input: {describe_storage_error(err, file)}") from err
             raise InputError(f"cannot read Parquet file {file}: {_short(err)}") from err
 
 
@@ -245,8 +282,15 @@ def file_row_counts(files: Sequence[str]) -> list[int]:
     """Rows of each Parquet file, from its footer (no data pages are read)."""
     counts = []
     for file in files:
-        with fsspec.open(file, "rb") as handle:
-            counts.append(pq.ParquetFile(handle).metadata.num_rows)
+        try:
+            with fsspec.open(file, "rb") as handle:
+                counts.append(pq.ParquetFile(handle).metadata.num_rows)
+        except _FILE_ERRORS as err:  # botocore's and aiohttp's timeouts are OSErrors too
+            if is_storage_timeout(err):
+                raise InputError(f"cannot read input: {describe_storage_error(err, file)}") from err
+            raise InputError(f"cannot read Parquet file {file}: {_short(err)}") from err
+        except Exception as err:  # storage client errors (credentials, endpoint)
+            raise InputError(f"cannot read Parquet file {describe_storage_error(err, file)}") from err
     return counts
 
 

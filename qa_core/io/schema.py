@@ -3,6 +3,12 @@
 Shared by the in-process writer (`docqa predict`) and the Beam job (`docqa run`), so both engines write
 byte-compatible tables. Column meanings are attached as field metadata, readable with
 `pyarrow.parquet.read_schema(...).field("score").metadata`.
+
+Columns carried from the input (the id, pass-through columns, a rejection's original columns) are nullable
+at every level whatever the input declares: files of one job may differ in nullability, and a row with a
+null where it must not have one is rejected, never a failed write. The fixed column names are defined in
+`qa_core.config` (`ANSWER_COLUMNS`, `REJECTION_COLUMNS`), where `InputConfig` refuses pass-through columns
+named like them; config imports nothing of docqa, so they live there and are imported here.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from qa_core.config import REJECTION_COLUMNS
 from qa_core.records import Answer, Rejection
 
 ANSWERS_DIR = "answers"
@@ -43,16 +50,55 @@ def _doc(name: str, type_: pa.DataType, text: str, nullable: bool = True) -> pa.
     return pa.field(name, type_, nullable=nullable, metadata={"doc": text})
 
 
+def nullable_type(type_: pa.DataType) -> pa.DataType:
+    """`type_` with every nested field (list items, struct fields, map values) nullable.
+
+    A map's keys stay non-nullable, as Arrow requires. Field metadata is kept; it is no part of a type's
+    equality (`DataType.equals(..., check_metadata=False)`).
+    """
+    if pa.types.is_map(type_):
+        return pa.map_(type_.key_field, _nullable_field(type_.item_field), keys_sorted=type_.keys_sorted)
+    if pa.types.is_fixed_size_list(type_):
+        return pa.list_(_nullable_field(type_.value_field), type_.list_size)
+    if pa.types.is_list(type_):
+        return pa.list_(_nullable_field(type_.value_field))
+    if pa.types.is_large_list(type_):
+        return pa.large_list(_nullable_field(type_.value_field))
+    if pa.types.is_list_view(type_):
+        return pa.list_view(_nullable_field(type_.value_field))
+    if pa.types.is_large_list_view(type_):
+        return pa.large_list_view(_nullable_field(type_.value_field))
+    if pa.types.is_struct(type_):
+        return pa.struct([_nullable_field(type_.field(i)) for i in range(type_.num_fields)])
+    return type_
+
+
+def _nullable_field(field: pa.Field) -> pa.Field:
+    return field.with_type(nullable_type(field.type)).with_nullable(True)
+
+
+def carried_field(field: pa.Field) -> pa.Field:
+    """An input field as the outputs carry it: nullable at every level, name, type and metadata kept."""
+    return _nullable_field(field)
+
+
 def answer_schema(id_type: pa.DataType, passthrough: Sequence[pa.Field] = (), top_k: int = 1) -> pa.Schema:
     """Schema of `answers/*.parquet`.
 
     Args:
         id_type: Arrow type of the input's id column (ids are written as they came).
-        passthrough: Input fields copied to the output.
+        passthrough: Input fields copied to the output (written nullable: `carried_field`).
         top_k: The `top_k` column exists only when > 1.
+
+    The `id` column is nullable although an answered row always has an id (a null id is rejected): the
+    flag would promise nothing a reader needs, and a value that broke it would fail the whole write.
     """
     fields = [
-        _doc("id", id_type, "the row's id, as in the input (ids may repeat; rows are never merged)"),
+        _doc(
+            "id",
+            nullable_type(id_type),
+            "the row's id, as in the input (ids may repeat; rows are never merged)",
+        ),
         _doc("answer", pa.string(), "context[start:end]; empty when there is no answer", nullable=False),
         _doc("start", pa.int64(), "code-point offset of the answer in the context; null when no answer"),
         _doc("end", pa.int64(), "exclusive end offset (code points); null when no answer"),
@@ -72,18 +118,17 @@ def answer_schema(id_type: pa.DataType, passthrough: Sequence[pa.Field] = (), to
     ]
     if top_k > 1:
         fields.append(_doc("top_k", TOP_K_TYPE, "the top_k answers, the returned one first"))
-    return pa.schema([*fields, *passthrough])
+    return pa.schema([*fields, *map(carried_field, passthrough)])
 
 
 def rejection_schema(id_type: pa.DataType, input_fields: Sequence[pa.Field]) -> pa.Schema:
-    """Schema of `rejections/*.parquet`: id, reason, detail, then the row's original columns."""
+    """Schema of `rejections/*.parquet`: id, reason, detail, then the row's original columns (nullable)."""
     fields = [
-        _doc("id", id_type, "the row's id, as in the input (may be null)"),
+        _doc("id", nullable_type(id_type), "the row's id, as in the input (may be null)"),
         _doc("reason", pa.string(), "stable upper-case reason code", nullable=False),
         _doc("detail", pa.string(), "what was wrong", nullable=False),
     ]
-    taken = {"id", "reason", "detail"}
-    return pa.schema([*fields, *(f for f in input_fields if f.name not in taken)])
+    return pa.schema([*fields, *(carried_field(f) for f in input_fields if f.name not in REJECTION_COLUMNS)])
 
 
 def answer_to_row(answer: Answer, top_k: int) -> dict[str, Any]:
