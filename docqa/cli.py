@@ -46,6 +46,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         args.input,
         args.output,
         overwrite=args.overwrite,
+        resume=args.resume,
         progress=not args.no_progress,
         workers=config.runtime.workers,
     )
@@ -57,7 +58,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     print(
         f"rows {counts['rows_read']}: answered {counts['answered']}, rejected {counts['rejected']}"
         f"{' ' + str(counts['rejected_by_reason']) if counts['rejected_by_reason'] else ''}"
-        f"{_questions_cut_note(counts)} in "
+        f"{_count_notes(counts)} in "
         f"{timings['wall_seconds']} s (start-up "
         f"{timings['startup_seconds']} s, then {timings['answer_rows_per_second']} rows/s) -> {args.output}"
     )
@@ -146,6 +147,12 @@ def _register_predict(commands: Any) -> None:
     )
     p.add_argument("--output", required=True, metavar="DIR", help="output folder (fsspec URLs ok)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the parts an unfinished run of the same job (config, model, inputs) wrote and answer "
+        "only the rest; starts afresh when DIR holds no run",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-report", action="store_true", help="do not write DIR/report.html")
     p.add_argument(
@@ -208,10 +215,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args, args.command_argv)
 
 
-def _questions_cut_note(counts: dict[str, Any]) -> str:
-    """", N questions cut to fit a window" when questions were cut (`featurize.min_context_tokens`)."""
-    cut = counts.get("questions_cut") or 0
-    return f", {cut} questions cut to fit a window" if cut else ""
+def _count_notes(counts: dict[str, Any]) -> str:
+    """The summary's notes on rows that need one: questions cut to fit a window, rows kept by --resume."""
+    notes = []
+    if counts.get("questions_cut"):
+        notes.append(f"{counts['questions_cut']} questions cut to fit a window")
+    if counts.get("reused_rows"):
+        notes.append(f"{counts['reused_rows']} rows kept from the earlier attempt")
+    return "".join(f", {note}" for note in notes)
 
 
 def summarize_run(info: dict[str, Any], output: str) -> str:
@@ -221,7 +232,7 @@ def summarize_run(info: dict[str, Any], output: str) -> str:
     efficiency = None if efficiency is None else round(efficiency, 3)
     return (
         f"rows {counts['rows_read']}: answered {counts['answered']}, rejected {counts['rejected']} "
-        f"{counts.get('rejected_by_reason') or ''}{_questions_cut_note(counts)}; windows "
+        f"{counts.get('rejected_by_reason') or ''}{_count_notes(counts)}; windows "
         f"{counts.get('windows')}, batches "
         f"{counts.get('batches')}, padding efficiency {efficiency}; "
         f"{timings['wall_seconds']} s ({timings['rows_per_second']} rows/s) -> {output} (details: _run.json)"

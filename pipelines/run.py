@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
-import fsspec
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection
@@ -53,6 +52,7 @@ if TYPE_CHECKING:
 from qa_core.config import QAConfig, config_from_arguments
 from qa_core.errors import JobError, OutputError
 from qa_core.evaluation.calibration import apply_model_calibration
+from qa_core.io.ownership import verify_output_rows
 from qa_core.io.read import InputSchema, count_rows, output_schemas, read_input_schema, resolve_inputs
 from qa_core.io.run_info import run_info
 from qa_core.io.schema import (
@@ -63,7 +63,8 @@ from qa_core.io.schema import (
 )
 from qa_core.io.write import check_output, mark_completed, prepare_output
 from qa_core.jobs.guard import run_guarded
-from qa_core.runtime.loading import describe_model, load_tokenizer
+from qa_core.runtime.fit import check_config_fits_model
+from qa_core.runtime.loading import describe_model, read_model_limits
 
 logger = logging.getLogger(__name__)
 
@@ -229,18 +230,11 @@ def _check_model_on_launcher(config: QAConfig, options: PipelineOptions) -> str:
     the launcher cannot check it; the workers then fail at setup with the same message.
     """
     if _workers_share_launcher_files(options) or Path(config.model.name_or_path).exists():
-        load_tokenizer(config.model)
+        # The tokenizer against the model, and the windows against its positions, before any output change.
+        check_config_fits_model(config, read_model_limits(config.model))
         return describe_model(config.model)
     logger.info("model %s is not on this machine; workers must have it", config.model.name_or_path)
     return "unchecked:worker-image"
-
-
-def _output_rows(output_dir: str, folder: str) -> int:
-    fs, root = fsspec.core.url_to_fs(output_dir)
-    fs.invalidate_cache()  # the runner wrote these files behind fsspec's back (object-store listings)
-    files = sorted(fs.glob(f"{root.rstrip('/')}/{folder}/*.parquet"))
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return count_rows([f if protocol in ("file", "local") else f"{protocol}://{f}" for f in files])
 
 
 def run(
@@ -277,7 +271,9 @@ def run(
     check_output(args.output, overwrite=args.overwrite)  # before the model check; changes nothing
     options = PipelineOptions(beam_args, save_main_session=False)
     revision = _check_model_on_launcher(config, options)
-    prepare_output(args.output, overwrite=args.overwrite)
+    owner = prepare_output(
+        args.output, overwrite=args.overwrite, plan={"engine": "run", "config_hash": config.config_hash()}
+    )
     pipeline = test_pipeline or beam.Pipeline(runner=local_runner(options), options=options)
     build_pipeline(pipeline, spec, model_handler)
     rows_read = count_rows(files)
@@ -303,7 +299,7 @@ def run(
         counts=counts,
         wall_seconds=time.perf_counter() - started,
     )
-    mark_completed(args.output, info)
+    mark_completed(args.output, info, owner=owner)
     logger.info(
         "rows %d: answered %d, rejected %d -> %s",
         rows_read,
@@ -320,13 +316,7 @@ def _checked_counts(counters: dict[str, int], rows_read: int, output_dir: str) -
     Raises:
         OutputError: When answers + rejections written differ from the rows read.
     """
-    answered = _output_rows(output_dir, ANSWERS_DIR)
-    rejected = _output_rows(output_dir, REJECTIONS_DIR)
-    if rows_read != answered + rejected:
-        raise OutputError(
-            f"rows read ({rows_read}) != answers ({answered}) + rejections ({rejected}); the run is not "
-            "marked COMPLETED: rerun with --overwrite"
-        )
+    answered, rejected = verify_output_rows(output_dir, rows_read)
     counts: dict[str, Any] = {
         "rows_read": rows_read,
         "answered": answered,

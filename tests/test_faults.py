@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import qa_core.jobs.predict
+import qa_core.jobs.parts
 from docqa.cli import main
 from pipelines.run import run
 from qa_core.config import load_config
@@ -207,7 +207,7 @@ def test_crash_mid_write_leaves_nothing_that_looks_complete(
     # The engine featurizes 128 rows at a time: with small sort buffers and row groups, the first 128
     # answers are in a half-written part file when the crash comes in the second chunk.
     settings = ["batch.sort_buffer_windows=8", "batch.max_batch_windows=4"]
-    monkeypatch.setattr(qa_core.jobs.predict, "OutputWriter", functools.partial(OutputWriter, flush_rows=5))
+    monkeypatch.setattr(qa_core.jobs.parts, "OutputWriter", functools.partial(OutputWriter, flush_rows=5))
     ids = tiny_model.tokenizer.convert_tokens_to_ids([fakes.START_WORD, fakes.END_WORD])
     crashing = fakes.wrap(CrashModel(*ids, crash_at=40), tiny_model.tokenizer, "crash")
     with pytest.raises(KeyboardInterrupt):

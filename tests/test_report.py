@@ -20,6 +20,7 @@ SMALL_WINDOWS = [
     "featurize.doc_stride=8",
     "--set",
     "featurize.min_context_tokens=12",
+    "--set",
     "featurize.max_question_len=12",
 ]
 

@@ -23,7 +23,7 @@ from qa_core.engine.stats import EngineStats
 from qa_core.errors import WorkerError
 from qa_core.io.read import iter_rows
 from qa_core.jobs import workers
-from qa_core.jobs.workers import row_ranges
+from qa_core.jobs.parts import row_ranges
 from tests.test_bad_files import ROWS, assert_job_error, corrupt_pages, docqa, good_file
 from tests.test_predict_cli import ROWS as CLI_ROWS
 

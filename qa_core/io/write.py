@@ -1,9 +1,13 @@
-"""Output side of `docqa predict`: answers and rejections Parquet, `_run.json`, and `COMPLETED` last.
+"""Output side of the jobs: answers and rejections Parquet, `_run.json`, and `COMPLETED` last.
 
 A run first removes any old `COMPLETED` marker, so a crashed or partial run never looks complete; the
-marker is written only after every table and `_run.json` are closed. Part files are written under an
-in-progress name (`_in-progress-part-00000.parquet.<token>.tmp`) and renamed when closed, so a crashed
-run leaves no file that a `*.parquet` glob or a Parquet dataset reader would take for a finished part.
+marker is written only after every table and `_run.json` are closed, and only once the output footers
+add up to the rows read (`verify_output_rows`). Part files are written under an in-progress name
+(`_in-progress-part-00000.parquet.<token>.tmp`) and renamed when closed, so a crashed run leaves no file
+that a `*.parquet` glob or a Parquet dataset reader would take for a finished part.
+
+A job owns its output: preparing the folder writes `_job.json` with a fresh owner token, checked again
+before each part file is put in place and before `COMPLETED` (`qa_core.io.ownership`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qa_core.errors import OutputError
+from qa_core.io.ownership import JOB_FILE, check_owner, claim_output
 from qa_core.io.schema import (
     ANSWERS_DIR,
     COMPLETED_FILE,
@@ -50,8 +55,14 @@ class _PartWriter:
 
     ARROW_CHUNK_ROWS = 512
 
-    def __init__(self, fs: Any, path: str, schema: pa.Schema, flush_rows: int) -> None:
-        self._fs, self._path, self._schema, self._flush_rows = fs, path, schema, flush_rows
+    def __init__(
+        self, fs: Any, path: str, schema: pa.Schema, flush_rows: int, metadata: dict[str, str] | None = None
+    ) -> None:
+        self._fs, self._path, self._flush_rows = fs, path, flush_rows
+        # Footer key-value metadata (a part's row range, for --resume); the rows are converted with the
+        # plain schema, so every row group has the same schema whatever the metadata.
+        self._schema = schema
+        self._file_schema = schema.with_metadata({**(schema.metadata or {}), **(metadata or {})})
         folder, _, name = path.rpartition("/")
         # Neither `*.parquet` globs nor Parquet dataset readers pick up this name.
         # The random token keeps two writers of a part (a run and a killed run's straggler) apart.
@@ -79,19 +90,24 @@ class _PartWriter:
         self._to_arrow()
         if self._writer is None:
             self._handle = self._fs.open(self._temp_path, "wb")
-            self._writer = pq.ParquetWriter(self._handle, self._schema)
+            self._writer = pq.ParquetWriter(self._handle, self._file_schema)
         if self._chunks:
             # One row group per flush, whatever the chunking.
             table = pa.concat_tables(self._chunks)  # no copy: write_table takes chunked columns
             self._writer.write_table(table, row_group_size=table.num_rows)
             self._chunks, self._chunked_rows = [], 0
 
-    def close(self) -> None:
+    def finish(self) -> None:
+        """Writes the last rows and the footer, still under the in-progress name."""
         self._flush()  # also creates an empty file with the schema when there were no rows
         if self._writer is not None:
             self._writer.close()
             self._handle.close()
-            self._fs.mv(self._temp_path, self._path)
+            self._writer = None
+
+    def publish(self) -> None:
+        """Renames the finished file into place (`finish` first)."""
+        self._fs.mv(self._temp_path, self._path)
 
 
 class OutputWriter:
@@ -104,10 +120,12 @@ class OutputWriter:
         top_k: Whether to write the `top_k` column (when > 1).
         overwrite: Replace an existing output; without it, an existing output is an error.
         flush_rows: Rows per Parquet row group.
-        part: Number of this writer's part files (`part-00003.parquet`): `docqa predict --workers`
-            runs one writer per worker process into the same folder.
-        prepare: Clear and create the folder first (`prepare_output`); False for a worker's writer,
-            whose parent prepared it.
+        part: Number of this writer's part files (`part-00003.parquet`): a job writes one pair per
+            planned row range (`qa_core.jobs.parts`), from one or several processes.
+        prepare: Clear and create the folder first (`prepare_output`); False when the job prepared it.
+        metadata: Footer key-value metadata of both part files (the part's row range).
+        owner: The job's owner token (`prepare_output`): checked before the part files are put in place,
+            so a job that lost its folder to another never mixes its files into the other's output.
     """
 
     def __init__(
@@ -121,16 +139,19 @@ class OutputWriter:
         flush_rows: int = 10_000,
         part: int = 0,
         prepare: bool = True,
+        metadata: dict[str, str] | None = None,
+        owner: str | None = None,
     ) -> None:
         self.fs, self.root = fsspec.core.url_to_fs(output_dir)
         self.output_dir = output_dir
         self.top_k = top_k
-        if prepare:
-            prepare_output(output_dir, overwrite=overwrite)
-        name = f"part-{part:05d}.parquet"
-        self._answers = _PartWriter(self.fs, self._path(ANSWERS_DIR, name), answer_schema, flush_rows)
+        self.owner = prepare_output(output_dir, overwrite=overwrite) if prepare else owner
+        name = part_name(part)
+        self._answers = _PartWriter(
+            self.fs, self._path(ANSWERS_DIR, name), answer_schema, flush_rows, metadata
+        )
         self._rejections = _PartWriter(
-            self.fs, self._path(REJECTIONS_DIR, name), rejection_schema, flush_rows
+            self.fs, self._path(REJECTIONS_DIR, name), rejection_schema, flush_rows, metadata
         )
 
     def _path(self, *parts: str) -> str:
@@ -180,12 +201,21 @@ class OutputWriter:
         """Closes (and renames into place) the answers and rejections part files.
 
         Raises:
-            OutputError: When the storage refuses a write.
+            OutputError: When the storage refuses a write, or another job took the folder over.
         """
         try:
-            self._answers.close()
-            self._rejections.close()
+            self._answers.finish()
+            self._rejections.finish()
         except Exception as err:  # storage client errors are not all OSErrors
+            raise OutputError(
+                f"cannot finish the output: {describe_storage_error(err, self.output_dir)}"
+            ) from err
+        if self.owner is not None:
+            check_owner(self.output_dir, self.owner)
+        try:
+            self._answers.publish()
+            self._rejections.publish()
+        except Exception as err:
             raise OutputError(
                 f"cannot finish the output: {describe_storage_error(err, self.output_dir)}"
             ) from err
@@ -197,7 +227,7 @@ class OutputWriter:
             OutputError: When the storage refuses a write; no `COMPLETED` is written then.
         """
         self.close_tables()
-        mark_completed(self.output_dir, run_info)
+        mark_completed(self.output_dir, run_info, owner=self.owner)
 
 
 def write_json_file(path: str, document: Any) -> None:
@@ -234,6 +264,7 @@ def check_output(output_dir: str, *, overwrite: bool) -> list[str]:
     names = (
         COMPLETED_FILE,
         RUN_INFO_FILE,
+        JOB_FILE,
         ANSWERS_DIR,
         REJECTIONS_DIR,
         REPORT_FILE,
@@ -248,13 +279,22 @@ def check_output(output_dir: str, *, overwrite: bool) -> list[str]:
             raise OutputError(f"output {output_dir} already holds a run; pass --overwrite to replace it")
         raise OutputError(
             f"output {output_dir} holds an unfinished run (it has {present} but no {COMPLETED_FILE}); "
-            "pass --overwrite to replace it"
+            "pass --overwrite to replace it (or, with docqa predict, --resume to finish it)"
         )
     return present
 
 
-def prepare_output(output_dir: str, *, overwrite: bool) -> None:
+def prepare_output(output_dir: str, *, overwrite: bool, plan: dict[str, Any] | None = None) -> str:
     """Makes `output_dir` ready for a run: refuses an existing run unless `overwrite`, clears it if so.
+
+    Args:
+        output_dir: The output folder.
+        overwrite: Replace an earlier run's files.
+        plan: What the job will write (its config hash, inputs and part ranges), stored in `_job.json`
+            for `docqa predict --resume`.
+
+    Returns:
+        The job's owner token (`claim_output`).
 
     Raises:
         OutputError: See `check_output`; also when the folder cannot be cleared or created.
@@ -270,19 +310,37 @@ def prepare_output(output_dir: str, *, overwrite: bool) -> None:
             fs.makedirs(f"{root}/{name}", exist_ok=True)
     except Exception as err:  # storage client errors are not all OSErrors
         raise OutputError(f"cannot prepare output: {describe_storage_error(err, output_dir)}") from err
+    return claim_output(output_dir, plan or {})
 
 
-def mark_completed(output_dir: str, run_info: dict[str, Any]) -> None:
+def part_name(part: int) -> str:
+    """The file name of part `part` in answers/ and rejections/."""
+    return f"part-{part:05d}.parquet"
+
+
+def mark_completed(output_dir: str, run_info: dict[str, Any], *, owner: str | None = None) -> None:
     """Writes `_run.json`, then the `COMPLETED` marker (last, so its presence means a finished run).
 
+    Args:
+        output_dir: The output folder.
+        run_info: The `_run.json` document.
+        owner: The job's owner token: checked before each of the two writes.
+
     Raises:
-        OutputError: When the storage refuses the write.
+        OutputError: When the storage refuses the write, or another job took the folder over.
     """
     fs, root = fsspec.core.url_to_fs(output_dir)
     root = root.rstrip("/")
+    if owner is not None:
+        check_owner(output_dir, owner)
     try:
         with fs.open(f"{root}/{RUN_INFO_FILE}", "w") as handle:
             handle.write(json.dumps(run_info, indent=2, sort_keys=True, default=str) + "\n")
+    except Exception as err:  # storage client errors are not all OSErrors
+        raise OutputError(f"cannot finish the output: {describe_storage_error(err, output_dir)}") from err
+    if owner is not None:
+        check_owner(output_dir, owner)  # the other job's _run.json may be the one just replaced
+    try:
         with fs.open(f"{root}/{COMPLETED_FILE}", "w") as handle:
             handle.write("")
     except Exception as err:  # storage client errors are not all OSErrors

@@ -1,4 +1,9 @@
-"""`docqa predict`: the in-process job, Parquet in, the output layout out, no Beam."""
+"""`docqa predict`: the in-process job, Parquet in, the output layout out, no Beam.
+
+The rows are planned as parts (`qa_core.jobs.parts`), answered here or by worker processes, and the job
+ends by checking that it still owns the folder and that the output footers add up to the rows read
+before it writes `COMPLETED`. `--resume` keeps the parts an earlier attempt of the same job finished.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +21,25 @@ from tqdm import tqdm
 from qa_core.config import QAConfig
 from qa_core.engine.loop import QAEngine
 from qa_core.engine.stats import EngineStats
+from qa_core.errors import OutputError
 from qa_core.evaluation.calibration import apply_model_calibration
-from qa_core.io.read import count_rows, iter_rows, output_schemas, read_input_schema, resolve_inputs
+from qa_core.io.ownership import claim_output, read_job_file, verify_output_rows
+from qa_core.io.read import file_row_counts, output_schemas, read_input_schema, resolve_inputs
 from qa_core.io.run_info import run_info
-from qa_core.io.write import OutputWriter, check_output, mark_completed, prepare_output
-from qa_core.jobs.workers import WorkerJob, row_ranges, run_workers
-from qa_core.runtime.loading import load_qa_model, load_tokenizer, resolve_device
+from qa_core.io.write import check_output, mark_completed, prepare_output
+from qa_core.jobs.parts import (
+    PartCounts,
+    PartRange,
+    answer_parts,
+    job_plan,
+    part_writers,
+    plan_parts,
+    resumable_parts,
+)
+from qa_core.jobs.workers import WorkerJob, run_workers
+from qa_core.runtime.cpu import check_cpu_dtype
+from qa_core.runtime.fit import check_config_fits_model
+from qa_core.runtime.loading import describe_model, load_qa_model, read_model_limits, resolve_device
 from qa_core.runtime.torch_runner import TorchRunner
 
 logger = logging.getLogger(__name__)
@@ -33,6 +51,7 @@ def predict(
     output_dir: str,
     *,
     overwrite: bool = False,
+    resume: bool = False,
     progress: bool = True,
     model: TorchRunner | None = None,
     workers: int | None = None,
@@ -44,6 +63,8 @@ def predict(
         input_pattern: A Parquet file, directory or glob (local or fsspec URL).
         output_dir: Output folder (local or fsspec URL).
         overwrite: Replace an existing output.
+        resume: Keep the parts that an earlier, unfinished run of the same job (same config, model and
+            inputs: `_job.json`) wrote, and answer only the rest; a folder without a run starts afresh.
         progress: Show a progress bar with rows/s on stderr.
         model: An already loaded model (tests, benchmarks); loaded from `config.model` when None.
         workers: Processes answering contiguous row ranges (`qa_core.jobs.workers`; for a GPU that one
@@ -56,7 +77,9 @@ def predict(
 
     Raises:
         InputError, OutputError, ModelLoadError: Job-level problems, before any row is processed (with
-            workers, a worker's model load fails the job before any `COMPLETED`).
+            workers, a worker's model load fails the job before any `COMPLETED`); OutputError also when
+            a resume finds another job's output, another job took the folder over, or the output
+            footers do not add up to the rows read.
         ValueError: `workers` < 1, or a loaded `model` with `workers` > 1.
     """
     if workers is None:  # a loaded model runs here, in one process
@@ -65,34 +88,40 @@ def predict(
         raise ValueError(f"--workers must be >= 1, got {workers}")
     if workers > 1 and model is not None:
         raise ValueError("a loaded model cannot be shared with worker processes: pass workers=1")
+    if resume and overwrite:
+        raise OutputError("--resume keeps an earlier run's parts and --overwrite removes them: pass one")
     started = time.perf_counter()
     config = apply_model_calibration(config)
     files = resolve_inputs(input_pattern)
     schemas = output_schemas(read_input_schema(files, config.input), config)
-    check_output(output_dir, overwrite=overwrite)  # before the (slow) model load; changes nothing
-    # Footers only: gives the bar its ETA, and the workers their ranges.
-    total = count_rows(files) if progress or workers > 1 else None
+    stored = read_job_file(output_dir) if resume else None
+    if not resume:
+        check_output(output_dir, overwrite=overwrite)  # before the (slow) model load; changes nothing
+    rows = file_row_counts(files)  # footers only: the parts, the bar's total
+    worker_parts = plan_parts(sum(rows), workers, config.output.part_rows)
+    parts = [part for plan in worker_parts for part in plan]
+    plan = job_plan(config, model.revision if model else describe_model(config.model), files, rows, parts)
+    kept, reused = resumable_parts(output_dir, stored, plan, parts) if resume else ({}, PartCounts())
+    todo = [[part for part in plan if part.index not in kept] for plan in worker_parts]
+    todo = [plan for plan in todo if plan]
+    if resume:
+        logger.info(
+            "resuming %s: %d of %d parts (%d rows) kept", output_dir, len(kept), len(parts), reused.rows
+        )
+
+    def prepare() -> str:  # once the model (or every worker's) has loaded: an earlier output stays intact
+        if stored is not None:
+            return claim_output(output_dir, plan)
+        return prepare_output(output_dir, overwrite=overwrite, plan=plan)
+
+    total = sum(rows) - reused.rows
     with tqdm(desc="rows", unit="row", total=total, disable=not progress, file=sys.stderr) as bar:
-        if workers > 1 and total:
-            ran = _answer_in_workers(
-                config,
-                files,
-                output_dir=output_dir,
-                schemas=schemas,
-                ranges=_worker_ranges(config, total, workers),
-                bar=bar,
-                prepare=lambda: prepare_output(output_dir, overwrite=overwrite),
-            )
+        job = _Job(config, files, output_dir, schemas, prepare)
+        if len(todo) > 1:
+            ran = _answer_in_workers(job, todo, bar)
         else:
-            ran = _answer_here(
-                config,
-                files,
-                output_dir=output_dir,
-                schemas=schemas,
-                overwrite=overwrite,
-                model=model,
-                bar=bar,
-            )
+            ran = _answer_here(job, todo[0] if todo else [], model, bar)
+    counts = _checked_counts(output_dir, ran.stats, reused, sum(rows), len(parts))
     info = run_info(
         config,
         model_id=ran.model_id,
@@ -100,41 +129,79 @@ def predict(
         device=ran.device,
         engine="predict",
         inputs=files,
-        counts=ran.stats.to_dict(),
+        counts=counts,
         wall_seconds=time.perf_counter() - started,
         answering=(ran.answering[0] - started, ran.answering[1] - started),
+        answered_rows=total if resume else None,
     )
-    if ran.writer is not None:
-        ran.writer.close(info)
-    else:
-        mark_completed(output_dir, info)
-    counts = info["counts"]
+    mark_completed(output_dir, info, owner=ran.owner)
     logger.info(
         "rows %d: answered %d, rejected %d", counts["rows_read"], counts["answered"], counts["rejected"]
     )
     return info
 
 
-def _worker_ranges(config: QAConfig, total: int, workers: int) -> list[tuple[int, int]]:
-    """The workers' row ranges, after failing fast on what their model loads would fail on.
+def _checked_counts(
+    output_dir: str, stats: EngineStats, reused: PartCounts, rows_read: int, parts: int
+) -> dict[str, Any]:
+    """The `counts` of `_run.json` (this run's and the kept parts'), once the output footers agree.
 
-    Checked here, before the output folder is touched and N processes start: no GPU, a missing or unsafe
-    checkpoint, no fast tokenizer.
+    Raises:
+        OutputError: When the footers hold other numbers of answers and rejections than the job wrote.
+    """
+    answered, rejected = verify_output_rows(output_dir, rows_read)
+    rejected_by_reason = stats.rejected + reused.rejected_by_reason
+    if (answered, rejected) != (stats.answered + reused.answered, sum(rejected_by_reason.values())):
+        raise OutputError(
+            f"{output_dir} holds {answered} answers and {rejected} rejections, but this job wrote "
+            f"{stats.answered + reused.answered} and {sum(rejected_by_reason.values())}; another job may "
+            "write to it: the run is not marked COMPLETED"
+        )
+    counts = stats.to_dict()
+    counts.update(
+        rows_read=rows_read,
+        answered=answered,
+        rejected=rejected,
+        rejected_by_reason=dict(sorted(rejected_by_reason.items())),
+        parts=parts,
+        reused_parts=reused.parts,
+        reused_rows=reused.rows,
+    )
+    return counts
+
+
+def _worker_checks(config: QAConfig) -> None:
+    """Fails fast on what the workers' model loads would fail on, before N processes start.
+
+    No GPU, a missing or unsafe checkpoint, a tokenizer that is not the model's, windows beyond its
+    positions, a dtype this CPU runs slowly.
     """
     device = resolve_device(config.runtime)
-    load_tokenizer(config.model)
+    check_config_fits_model(config, read_model_limits(config.model))  # loads and checks the tokenizer
+    if device.type == "cpu":
+        check_cpu_dtype(config.model.dtype)
     if config.runtime.worker_models == "shared" and device.type != "cuda":
         logger.warning(
             "runtime.worker_models=shared on %s: one server process runs every worker's forwards, which "
             "pays off on a GPU; on a CPU per_worker is as fast or faster",
             device,
         )
-    return row_ranges(total, workers)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What both ways of answering need: the config, inputs, output and its preparation (owner token)."""
+
+    config: QAConfig
+    files: list[str]
+    output_dir: str
+    schemas: tuple[pa.Schema, pa.Schema]
+    prepare: Callable[[], str]
 
 
 @dataclass(frozen=True)
 class _Ran:
-    """What answering the rows produced: counters, the model, and the writer still to close (or None).
+    """What answering the rows produced: counters, the model, and the job's owner token.
 
     `answering` holds the `time.perf_counter()` readings at which answering began (the model or models
     loaded, the output prepared) and ended (the last answer handed to the writer).
@@ -144,77 +211,65 @@ class _Ran:
     model_id: str
     revision: str
     device: str
-    writer: OutputWriter | None
+    owner: str
     answering: tuple[float, float]
 
 
-def _answer_here(
-    config: QAConfig,
-    files: list[str],
-    *,
-    output_dir: str,
-    schemas: tuple[pa.Schema, pa.Schema],
-    overwrite: bool,
-    model: TorchRunner | None,
-    bar: tqdm[Any],
-) -> _Ran:
-    """All rows in this process, into part 0; the writer is left open for `_run.json`."""
+def _answer_here(job: _Job, parts: list[PartRange], model: TorchRunner | None, bar: tqdm[Any]) -> _Ran:
+    """The parts in this process, after loading the model and preparing the folder."""
+    config = job.config
     qa_model = model if model is not None else load_qa_model(config.model, config.runtime)
-    writer = OutputWriter(output_dir, *schemas, config.decode.top_k, overwrite=overwrite)
+    check_config_fits_model(config, qa_model.limits)  # before the output folder is touched
+    owner = job.prepare()
     engine = QAEngine(qa_model, config)
     began = time.perf_counter()
-    writer.write_all(engine.answer_rows(iter_rows(files, config.input)), bar.update)
+    writers = part_writers(config, job.output_dir, job.schemas, owner)
+    answer_parts(engine, job.files, parts, writers, bar.update)
     answering = (began, time.perf_counter())
-    return _Ran(engine.stats, qa_model.model_id, qa_model.revision, str(qa_model.device), writer, answering)
+    return _Ran(engine.stats, qa_model.model_id, qa_model.revision, str(qa_model.device), owner, answering)
 
 
-def _answer_in_workers(
-    config: QAConfig,
-    files: list[str],
-    *,
-    output_dir: str,
-    schemas: tuple[pa.Schema, pa.Schema],
-    ranges: list[tuple[int, int]],
-    bar: tqdm[Any],
-    prepare: Callable[[], None],
-) -> _Ran:
-    """Rows split over worker processes (`qa_core.jobs.workers`), one part file pair each.
+def _answer_in_workers(job: _Job, worker_parts: list[list[PartRange]], bar: tqdm[Any]) -> _Ran:
+    """The parts split over worker processes (`qa_core.jobs.workers`), a contiguous list each.
 
     With `runtime.worker_models: shared`, one device server process runs every worker's forwards
     (`qa_core.runtime.device_server`).
     """
+    config = job.config
+    _worker_checks(config)
     shared = config.runtime.worker_models == "shared"
-    threads = max(1, torch.get_num_threads() // len(ranges))
-    jobs = [
+    threads = max(1, torch.get_num_threads() // len(worker_parts))
+    worker_jobs = [
         WorkerJob(
-            part,
-            files,
-            start,
-            stop,
-            output_dir,
-            *schemas,
+            worker,
+            job.files,
+            tuple(parts),
+            job.output_dir,
+            *job.schemas,
             threads,
             log_level=logging.getLogger().level,
             system_arrow_pool=pa.default_memory_pool().backend_name == "system",
         )
-        for part, (start, stop) in enumerate(ranges)
+        for worker, parts in enumerate(worker_parts)
     ]
     logger.info(
         "answering %d rows in %d worker processes, %d threads each, %s",
-        ranges[-1][1],
-        len(jobs),
+        sum(part.rows for parts in worker_parts for part in parts),
+        len(worker_jobs),
         threads,
         "one shared model (device server)" if shared else "a model each",
     )
     marks: list[float] = []  # when answering began (every process loaded) and ended (all done)
+    owners: list[str] = []
 
-    def prepare_and_mark() -> None:  # run_workers calls it once every process has loaded
-        prepare()
+    def prepare_and_mark() -> str:  # run_workers calls it once every process has loaded
+        owners.append(job.prepare())
         marks.append(time.perf_counter())
+        return owners[0]
 
     results = run_workers(
         config,
-        jobs,
+        worker_jobs,
         bar.update,
         prepare_and_mark,
         shared=shared,
@@ -224,4 +279,4 @@ def _answer_in_workers(
     for result in results:
         stats.add(result.stats)
     first = results[0]
-    return _Ran(stats, first.model_id, first.revision, first.device, None, (marks[0], marks[1]))
+    return _Ran(stats, first.model_id, first.revision, first.device, owners[0], (marks[0], marks[1]))

@@ -2,11 +2,12 @@
 
 One Python process cannot keep a GPU busy with a small model: reading, tokenizing, decoding and writing
 take far longer per question on the host than the forward pass takes on the device (see README
-"Performance"). Worker processes split the rows instead: worker k answers rows `[start_k, stop_k)` of
-the input (counted over all files, in file order) and writes `answers/part-0000k.parquet` and
-`rejections/part-0000k.parquet`, so the part files in name order hold the rows in input order. The
-parent only plans the ranges, shows progress, adds up the counters and writes `_run.json` and
-`COMPLETED` once every worker has finished; any worker's failure fails the job (no `COMPLETED`).
+"Performance"). Worker processes split the rows instead: worker k answers a contiguous list of the
+job's parts (`qa_core.jobs.parts`: row ranges counted over all files, in file order, each written as
+`answers/part-N.parquet` and `rejections/part-N.parquet`), so the part files in name order hold the rows
+in input order. The parent only plans the parts, shows progress, adds up the counters and writes
+`_run.json` and `COMPLETED` once every worker has finished; any worker's failure fails the job (no
+`COMPLETED`).
 
 Workers are spawned (never forked: CUDA and torch's thread pools do not survive a fork) and share the
 host's cores: each gets `cores // N` torch and tokenizer threads. With `shared=True` (`runtime.worker_models`)
@@ -33,12 +34,12 @@ from typing import Any
 from qa_core.config import QAConfig
 from qa_core.engine.stats import EngineStats
 from qa_core.errors import WorkerError
+from qa_core.jobs.parts import PartRange
 from qa_core.runtime.device_server import SERVER_PART, ClientChannel, serve, stop_server
 from qa_core.runtime.processes import report_error, skip_final_collection, start_child
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_EVERY_ROWS = 256  # rows between a worker's progress messages
 POLL_SECONDS = 1.0  # how often the parent checks that no worker died without a word
 EXIT_GRACE_SECONDS = 3.0  # an exited worker's messages still in the pipe arrive within this
 FINISH_SECONDS = 30.0  # a finished job's children (the server flushing its queues) end within this
@@ -50,11 +51,10 @@ class WorkerJob:
     """What one worker answers and where it writes.
 
     Attributes:
-        part: Worker number; also the number of its part files.
-        files: All input files (the worker reads only its range of them).
-        start: First row of its range, counted over all files.
-        stop: Row its range stops before.
-        output_dir: The job's output folder, already prepared by the parent.
+        part: Worker number (its messages and process name say it).
+        files: All input files (the worker reads only its parts' rows of them).
+        parts: The parts it answers, in order.
+        output_dir: The job's output folder, prepared by the parent once every worker is ready.
         answer_schema: Arrow schema of the answers table.
         rejection_schema: Arrow schema of the rejections table.
         threads: Torch and tokenizer threads for this worker.
@@ -67,8 +67,7 @@ class WorkerJob:
 
     part: int
     files: list[str]
-    start: int
-    stop: int
+    parts: tuple[PartRange, ...]
     output_dir: str
     answer_schema: Any  # pa.Schema (kept untyped: pickled across processes)
     rejection_schema: Any
@@ -89,21 +88,11 @@ class WorkerResult:
     device: str
 
 
-def row_ranges(total_rows: int, workers: int) -> list[tuple[int, int]]:
-    """Splits `total_rows` into `workers` contiguous, near-equal, non-empty ranges (fewer if few rows)."""
-    workers = max(1, min(workers, total_rows))
-    size, extra = divmod(total_rows, workers)
-    ranges = []
-    start = 0
-    for k in range(workers):
-        stop = start + size + (1 if k < extra else 0)
-        ranges.append((start, stop))
-        start = stop
-    return ranges
+def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any, owner: Any) -> None:
+    """Runs in the spawned process: loads the model, reports `ready`, waits for `go`, answers its parts.
 
-
-def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any) -> None:
-    """Runs in the spawned process: loads the model, reports `ready`, waits for `go`, answers its rows.
+    `owner` (a shared byte array) holds the job's owner token once `go` is set: the worker checks it
+    before putting each of its part files in place.
 
     Reports progress, then `done` with a `WorkerResult`, or `error` with the exception (its traceback
     attached as a note). Exits by itself when the parent process dies.
@@ -115,8 +104,7 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any) -> No
         import torch
 
         from qa_core.engine.loop import QAEngine
-        from qa_core.io.read import iter_rows
-        from qa_core.io.write import OutputWriter
+        from qa_core.jobs.parts import answer_parts, part_writers
         from qa_core.runtime.device_server import DeviceClient
         from qa_core.runtime.heap import use_system_arrow_pool
         from qa_core.runtime.loading import load_qa_model, load_tokenizer
@@ -134,22 +122,12 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any) -> No
         go.wait()  # the parent prepares the output folder once every model has loaded
         if job.channel is not None:
             runner = DeviceClient.connect(tokenizer, job.channel)
-        writer = OutputWriter(
-            job.output_dir,
-            job.answer_schema,
-            job.rejection_schema,
-            config.decode.top_k,
-            part=job.part,
-            prepare=False,
-        )
         engine = QAEngine(runner, config)
-        rows = iter_rows(job.files, config.input, start=job.start, stop=job.stop)
-        writer.write_all(
-            engine.answer_rows(rows, first_position=job.start),
-            lambda n: messages.put(("rows", job.part, n)),
-            every=PROGRESS_EVERY_ROWS,
+        schemas = (job.answer_schema, job.rejection_schema)
+        writers = part_writers(config, job.output_dir, schemas, owner.value.decode())
+        answer_parts(
+            engine, job.files, list(job.parts), writers, lambda n: messages.put(("rows", job.part, n))
         )
-        writer.close_tables()
         result = WorkerResult(job.part, engine.stats, runner.model_id, runner.revision, str(runner.device))
         messages.put(("done", job.part, result))
         skip_final_collection()
@@ -161,7 +139,7 @@ def run_workers(
     config: QAConfig,
     jobs: list[WorkerJob],
     on_rows: Callable[[int], Any],
-    prepare: Callable[[], None],
+    prepare: Callable[[], str],
     *,
     shared: bool = False,
     on_finished: Callable[[], None] | None = None,
@@ -173,7 +151,8 @@ def run_workers(
         jobs: One job per worker.
         on_rows: Called with a number of newly answered rows (the progress bar).
         prepare: Called once every worker has loaded its model, before any writes (prepares the output
-            folder: a model that fails to load leaves an existing output untouched).
+            folder: a model that fails to load leaves an existing output untouched); returns the job's
+            owner token, handed to the workers.
         shared: One device server process runs every worker's forwards (`qa_core.runtime.device_server`);
             the workers load only the tokenizer.
         on_finished: Called once every worker has reported `done`, before the processes are waited for
@@ -189,6 +168,7 @@ def run_workers(
     """
     context = multiprocessing.get_context("spawn")
     messages, go = context.Queue(), context.Event()
+    owner: Any = context.Array("c", 64)  # the owner token (32 hex digits), set before `go`
     processes: dict[int, Any] = {}
     requests: Any = None
     replies: list[Any] = []
@@ -204,7 +184,7 @@ def run_workers(
             args=(config, requests, replies, messages, logging.getLogger().level),
             name="docqa-device-server",
         )
-    processes.update(_worker_processes(context, config, jobs, messages, go))
+    processes.update(_worker_processes(context, config, jobs, messages, go, owner=owner))
     workers = {job.part for job in jobs}
     started = time.perf_counter()
     finished = False
@@ -214,7 +194,7 @@ def run_workers(
                 process.start()
             ready = _collect(processes, set(processes), messages, "ready", on_rows)
             logger.info("%d workers ready after %.1f s", len(jobs), time.perf_counter() - started)
-            prepare()
+            owner.value = prepare().encode()
             for reply_queue in replies:  # each worker's first reply: what the server loaded
                 reply_queue.put(ready[SERVER_PART])
             go.set()
@@ -232,12 +212,12 @@ def run_workers(
 
 
 def _worker_processes(
-    context: Any, config: QAConfig, jobs: list[WorkerJob], messages: Any, go: Any
+    context: Any, config: QAConfig, jobs: list[WorkerJob], messages: Any, go: Any, *, owner: Any
 ) -> dict[int, Any]:
-    """One spawned (not yet started) process per job, by part number."""
+    """One spawned (not yet started) process per job, by worker number."""
     return {
         job.part: context.Process(
-            target=_worker_main, args=(config, job, messages, go), name=f"docqa-worker-{job.part}"
+            target=_worker_main, args=(config, job, messages, go, owner), name=f"docqa-worker-{job.part}"
         )
         for job in jobs
     }

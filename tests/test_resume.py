@@ -1,0 +1,200 @@
+"""A job owns its output, and `docqa predict --resume` finishes a killed job as a clean run would have."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from docqa.cli import main
+from qa_core.io.ownership import JOB_FILE
+from qa_core.io.write import prepare_output
+from tests.conftest import write_parquet
+
+WORDS = ["river", "city", "bridge", "church", "team", "war", "north", "south", "town", "built"]
+
+
+def many_rows(n: int) -> list[dict[str, Any]]:
+    """`n` rows, some of them bad (rejections must survive a resume too)."""
+    rows: list[dict[str, Any]] = []
+    for i in range(n):
+        context = " ".join(WORDS[(i * 7 + k * 3) % len(WORDS)] for k in range(12 + i % 40))
+        question = "" if i % 97 == 5 else f"where is the {WORDS[i % len(WORDS)]} {i}?"
+        rows.append({"id": f"q{i}", "question": question, "context": context})
+    return rows
+
+
+def predict_argv(source: Path, out: Path, model_dir: Path, *extra: str) -> list[str]:
+    return [
+        "predict",
+        "--input",
+        str(source),
+        "--output",
+        str(out),
+        "--model",
+        str(model_dir),
+        "--no-progress",
+        "--no-report",
+        *extra,
+    ]
+
+
+def read_output(out: Path) -> tuple[pa.Table, pa.Table]:
+    """Both tables, their part files read in name order (input order)."""
+    tables = []
+    for folder in ("answers", "rejections"):
+        parts = sorted((out / folder).glob("*.parquet"))
+        tables.append(pa.concat_tables([pq.read_table(p) for p in parts]))
+    return tables[0], tables[1]
+
+
+@pytest.fixture(scope="module")
+def big_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_parquet(tmp_path_factory.mktemp("resume_in") / "in.parquet", many_rows(4000))
+
+
+def test_resume_after_sigkill_equals_a_clean_run(
+    big_input: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Kill a predict part way (SIGKILL: no cleanup at all), resume it, and compare with a clean run."""
+    settings = ["--set", "output.part_rows=200"]
+    clean = tmp_path / "clean"
+    assert main(predict_argv(big_input, clean, tiny_model_dir, *settings)) == 0
+
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "docqa", *predict_argv(big_input, killed, tiny_model_dir, *settings)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while len(list((killed / "rejections").glob("part-*.parquet"))) < 4:
+            assert process.poll() is None, "the job finished before it could be killed: use more rows"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    assert not (killed / "COMPLETED").exists()
+
+    assert main(predict_argv(big_input, killed, tiny_model_dir, *settings, "--resume")) == 0
+    info = json.loads((killed / "_run.json").read_text())
+    counts = info["counts"]
+    assert counts["rows_read"] == 4000 and counts["answered"] + counts["rejected"] == 4000
+    assert counts["parts"] == 20 and 4 <= counts["reused_parts"] < 20
+    assert counts["reused_rows"] == 200 * counts["reused_parts"]
+    clean_counts = json.loads((clean / "_run.json").read_text())["counts"]
+    assert counts["rejected_by_reason"] == clean_counts["rejected_by_reason"]
+    for resumed_table, clean_table in zip(read_output(killed), read_output(clean), strict=True):
+        assert resumed_table.equals(clean_table)  # same rows, same answers, same scores, same order
+    assert not list(killed.rglob("_in-progress-*"))
+
+
+def test_resume_refuses_another_job(
+    big_input: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    small = write_parquet(tmp_path / "small.parquet", many_rows(30))
+    assert main(predict_argv(small, out, tiny_model_dir, "--set", "output.part_rows=10")) == 0
+    (out / "COMPLETED").unlink()  # as if killed before the end
+    capsys.readouterr()
+    before = sorted(p.name for p in (out / "answers").iterdir())
+
+    for extra, what in [
+        (["--set", "decode.top_k=2"], "another config"),
+        (["--set", "output.part_rows=5"], "another config"),
+    ]:
+        argv = predict_argv(small, out, tiny_model_dir, "--set", "output.part_rows=10", *extra, "--resume")
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and what in err[0] and "--overwrite" in err[0]
+    other_input = write_parquet(tmp_path / "other.parquet", many_rows(31))
+    assert (
+        main(predict_argv(other_input, out, tiny_model_dir, "--set", "output.part_rows=10", "--resume")) == 2
+    )
+    assert "another input files" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "answers").iterdir()) == before  # a refused resume changes nothing
+
+    both = predict_argv(small, out, tiny_model_dir, "--resume", "--overwrite")
+    assert main(both) == 2 and "pass one" in capsys.readouterr().err
+
+
+def test_resume_of_nothing_starts_afresh_and_of_a_finished_run_is_refused(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    small = write_parquet(tmp_path / "small.parquet", many_rows(12))
+    out = tmp_path / "out"
+    assert main(predict_argv(small, out, tiny_model_dir, "--resume")) == 0
+    assert json.loads((out / "_run.json").read_text())["counts"]["reused_rows"] == 0
+    assert main(predict_argv(small, out, tiny_model_dir, "--resume")) == 2
+    assert "COMPLETED" in capsys.readouterr().err
+
+
+def test_a_torn_part_is_answered_again(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A part whose file is cut short, or whose footer names another range, is not kept."""
+    small = write_parquet(tmp_path / "small.parquet", many_rows(40))
+    out, clean = tmp_path / "out", tmp_path / "clean"
+    settings = ["--set", "output.part_rows=10"]
+    assert main(predict_argv(small, clean, tiny_model_dir, *settings)) == 0
+    assert main(predict_argv(small, out, tiny_model_dir, *settings)) == 0
+    (out / "COMPLETED").unlink()
+    torn = out / "answers" / "part-00001.parquet"
+    torn.write_bytes(torn.read_bytes()[:-20])  # no valid footer any more
+    (out / "rejections" / "part-00003.parquet").unlink()  # one half of a pair
+    assert main(predict_argv(small, out, tiny_model_dir, *settings, "--resume")) == 0
+    counts = json.loads((out / "_run.json").read_text())["counts"]
+    assert (counts["reused_parts"], counts["reused_rows"]) == (2, 20)
+    for resumed_table, clean_table in zip(read_output(out), read_output(clean), strict=True):
+        assert resumed_table.equals(clean_table)
+
+
+def test_a_job_that_lost_its_output_to_another_stops(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two jobs with --overwrite on one folder: the later owns it; the earlier writes no part or COMPLETED."""
+    from qa_core.jobs import parts
+
+    small = write_parquet(tmp_path / "small.parquet", many_rows(30))
+    out = tmp_path / "out"
+    answer_parts = parts.answer_parts
+
+    def a_second_job_starts(*args: Any, **kwargs: Any) -> None:
+        prepare_output(str(out), overwrite=True, plan={"config_hash": "another job"})
+        answer_parts(*args, **kwargs)
+
+    monkeypatch.setattr("qa_core.jobs.predict.answer_parts", a_second_job_starts)
+    assert main(predict_argv(small, out, tiny_model_dir, "--overwrite")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "taken over" in err[0]
+    assert not (out / "COMPLETED").exists()
+    assert not list((out / "answers").glob("*.parquet"))  # nothing mixed into the other job's folder
+    assert json.loads((out / JOB_FILE).read_text())["config_hash"] == "another job"
+
+
+def test_predict_checks_the_footers_before_completed(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stray part file (another writer) makes the footers disagree with the rows read: no COMPLETED."""
+    from qa_core.jobs import parts
+
+    small = write_parquet(tmp_path / "small.parquet", many_rows(30))
+    out = tmp_path / "out"
+    answer_parts = parts.answer_parts
+
+    def a_stray_part(*args: Any, **kwargs: Any) -> None:
+        answer_parts(*args, **kwargs)
+        stray = pq.read_table(out / "answers" / "part-00000.parquet")
+        pq.write_table(stray, out / "answers" / "part-00099.parquet")
+
+    monkeypatch.setattr("qa_core.jobs.predict.answer_parts", a_stray_part)
+    assert main(predict_argv(small, out, tiny_model_dir)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "rows read (30) != answers (58) + rejections (1)" in err[0]
+    assert not (out / "COMPLETED").exists()
