@@ -532,3 +532,26 @@ def test_a_timeout_while_reading_names_the_file(monkeypatch: pytest.MonkeyPatch)
         with pytest.raises(InputError) as raised:
             call()
         assert str(raised.value).startswith(expected), raised.value
+
+
+def test_s3_resume_keeps_finished_parts(s3: Any, tmp_path: Path, tiny_model_dir: Path) -> None:
+    """`--resume` on an object store: a folder holding only `_job.json` (killed before its first part:
+    an object store has no empty folders), then one with a part lost."""
+    source = upload_input(s3, tmp_path)
+    out = f"s3://{BUCKET}/out/resume"
+    settings = ["--set", "output.part_rows=2"]
+    assert docqa("predict", source, out, tiny_model_dir, *settings) == 0
+    clean = answer_keys(read_s3_output(s3, f"{BUCKET}/out/resume")[0])
+    for name in s3.ls(f"{BUCKET}/out/resume/answers") + s3.ls(f"{BUCKET}/out/resume/rejections"):
+        s3.rm(name)
+    s3.rm(f"{BUCKET}/out/resume/COMPLETED")
+    assert docqa("predict", source, out, tiny_model_dir, *settings, "--resume") == 0
+    answers, _, info = read_s3_output(s3, f"{BUCKET}/out/resume")
+    assert answer_keys(answers) == clean and info["counts"]["reused_rows"] == 0
+
+    s3.rm(f"{BUCKET}/out/resume/COMPLETED")
+    s3.rm(f"{BUCKET}/out/resume/rejections/part-00001.parquet")
+    assert docqa("predict", source, out, tiny_model_dir, *settings, "--resume") == 0
+    answers, _, info = read_s3_output(s3, f"{BUCKET}/out/resume")
+    assert answer_keys(answers) == clean
+    assert info["counts"]["reused_parts"] == info["counts"]["parts"] - 1

@@ -46,6 +46,39 @@ class EngineStats:
             else:
                 setattr(self, name, mine + value)
 
+    def minus(self, earlier: EngineStats) -> EngineStats:
+        """The counts added since `earlier` (a copy of these counters taken before): one part's share."""
+        delta = EngineStats()
+        for name, value in vars(self).items():
+            before = getattr(earlier, name)
+            setattr(delta, name, value - before if not isinstance(value, Counter) else +(value - before))
+        return delta
+
+    def to_state(self) -> dict[str, Any]:
+        """All counters as JSON-able data, read back by `from_state` (a part's footer metadata)."""
+        return {
+            name: {str(k): v for k, v in value.items()} if isinstance(value, Counter) else value
+            for name, value in vars(self).items()
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> EngineStats:
+        """The counters `to_state` wrote.
+
+        Raises:
+            ValueError: When `state` is not such a document.
+        """
+        stats = cls()
+        for name, value in vars(stats).items():
+            if name not in state:
+                raise ValueError(f"no counter {name!r}")
+            if isinstance(value, Counter):
+                keys = int if name == "windows_per_row" else str
+                setattr(stats, name, Counter({keys(k): int(v) for k, v in state[name].items()}))
+            else:
+                setattr(stats, name, type(value)(state[name]))
+        return stats
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able counters."""
         return {

@@ -114,7 +114,7 @@ def verify_output_rows(output_dir: str, rows_read: int) -> tuple[int, int]:
     if rows_read != answered + rejected:
         raise OutputError(
             f"rows read ({rows_read}) != answers ({answered}) + rejections ({rejected}) in {output_dir}; "
-            "the run is not marked COMPLETED: rerun with --overwrite (or --resume)"
+            "the run is not marked COMPLETED: rerun with --overwrite (docqa predict: or --resume)"
         )
     return answered, rejected
 

@@ -97,10 +97,12 @@ class _PartWriter:
             self._writer.write_table(table, row_group_size=table.num_rows)
             self._chunks, self._chunked_rows = [], 0
 
-    def finish(self) -> None:
-        """Writes the last rows and the footer, still under the in-progress name."""
+    def finish(self, metadata: dict[str, str] | None = None) -> None:
+        """Writes the last rows and the footer (with `metadata` added), still under the in-progress name."""
         self._flush()  # also creates an empty file with the schema when there were no rows
         if self._writer is not None:
+            if metadata:
+                self._writer.add_key_value_metadata(metadata)
             self._writer.close()
             self._handle.close()
             self._writer = None
@@ -197,15 +199,18 @@ class OutputWriter:
             on_rows(written % every)
         return written
 
-    def close_tables(self) -> None:
+    def close_tables(self, metadata: dict[str, str] | None = None) -> None:
         """Closes (and renames into place) the answers and rejections part files.
+
+        Args:
+            metadata: Footer key-value metadata known only at the end (the part's counters).
 
         Raises:
             OutputError: When the storage refuses a write, or another job took the folder over.
         """
         try:
-            self._answers.finish()
-            self._rejections.finish()
+            self._answers.finish(metadata)
+            self._rejections.finish(metadata)
         except Exception as err:  # storage client errors are not all OSErrors
             raise OutputError(
                 f"cannot finish the output: {describe_storage_error(err, self.output_dir)}"
@@ -302,15 +307,23 @@ def prepare_output(output_dir: str, *, overwrite: bool, plan: dict[str, Any] | N
     present = check_output(output_dir, overwrite=overwrite)
     fs, root = fsspec.core.url_to_fs(output_dir)
     root = root.rstrip("/")
+    # Claimed first: a job still writing here sees that it lost the folder before its next step, and
+    # cannot mark it COMPLETED after the old marker is gone.
+    try:
+        fs.makedirs(root, exist_ok=True)
+    except Exception as err:  # storage client errors are not all OSErrors
+        raise OutputError(f"cannot prepare output: {describe_storage_error(err, output_dir)}") from err
+    owner = claim_output(output_dir, plan or {})
     try:
         # Removing the marker first means an interrupted overwrite never leaves a "complete" folder.
         for name in present:
-            fs.rm(f"{root}/{name}", recursive=True)
+            if name != JOB_FILE:
+                fs.rm(f"{root}/{name}", recursive=True)
         for name in (ANSWERS_DIR, REJECTIONS_DIR):
             fs.makedirs(f"{root}/{name}", exist_ok=True)
     except Exception as err:  # storage client errors are not all OSErrors
         raise OutputError(f"cannot prepare output: {describe_storage_error(err, output_dir)}") from err
-    return claim_output(output_dir, plan or {})
+    return owner
 
 
 def part_name(part: int) -> str:
@@ -345,4 +358,10 @@ def mark_completed(output_dir: str, run_info: dict[str, Any], *, owner: str | No
             handle.write("")
     except Exception as err:  # storage client errors are not all OSErrors
         raise OutputError(f"cannot finish the output: {describe_storage_error(err, output_dir)}") from err
+    if owner is not None:
+        try:
+            check_owner(output_dir, owner)  # claimed between the check and the marker: take it back
+        except OutputError:
+            fs.rm(f"{root}/{COMPLETED_FILE}")
+            raise
     logger.info("wrote %s", output_dir)

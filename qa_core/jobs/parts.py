@@ -11,25 +11,30 @@ only the others, and the output equals a clean run's.
 
 from __future__ import annotations
 
+import copy
 import json
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qa_core.config import QAConfig
 from qa_core.engine.loop import QAEngine
-from qa_core.errors import OutputError
+from qa_core.engine.stats import EngineStats
+from qa_core.errors import ConfigError, InputError, OutputError
 from qa_core.io.read import iter_rows
-from qa_core.io.schema import ANSWERS_DIR, COMPLETED_FILE, REJECTIONS_DIR
+from qa_core.io.schema import ANSWERS_DIR, COMPLETED_FILE, REJECTIONS_DIR, RUN_INFO_FILE
 from qa_core.io.storage import describe_storage_error, redact_url
-from qa_core.io.write import IN_PROGRESS_PREFIX, OutputWriter, part_name
+from qa_core.io.write import OutputWriter, part_name
 
 PART_KEY = "docqa.part"
 """Footer metadata key of a part file: its range and config hash, as JSON."""
+COUNTS_KEY = "docqa.part_counts"
+"""Footer metadata key of a part file: the engine's counters of its rows (`EngineStats.to_state`)."""
+MAX_PARTS = 100_000  # part-00000 ... part-99999 sort in input order by name
 
 PROGRESS_EVERY_ROWS = 256  # rows between two progress calls
 
@@ -49,17 +54,11 @@ class PartRange:
 
 
 @dataclass
-class PartCounts:
-    """What the finished parts of an earlier attempt hold (kept by `--resume`)."""
+class Kept:
+    """The finished parts of an earlier attempt that `--resume` keeps: their numbers and counters."""
 
-    parts: int = 0
-    answered: int = 0
-    rejected_by_reason: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def rows(self) -> int:
-        """Rows the parts cover."""
-        return self.answered + sum(self.rejected_by_reason.values())
+    indices: set[int] = field(default_factory=set)
+    stats: EngineStats = field(default_factory=EngineStats)
 
 
 def row_ranges(total_rows: int, workers: int) -> list[tuple[int, int]]:
@@ -79,7 +78,15 @@ def plan_parts(total_rows: int, workers: int, part_rows: int) -> list[list[PartR
     """The parts of each worker: its range (`row_ranges`) cut every `part_rows` rows, numbered in order.
 
     An empty input has one empty part (so the output has its two files with their schemas).
+
+    Raises:
+        ConfigError: When the plan has more than `MAX_PARTS` parts.
     """
+    if total_rows > MAX_PARTS * part_rows - workers * part_rows:
+        raise ConfigError(
+            f"output.part_rows={part_rows} cuts {total_rows} rows into more than {MAX_PARTS} parts; raise "
+            "output.part_rows"
+        )
     plans: list[list[PartRange]] = []
     index = 0
     for start, stop in row_ranges(total_rows, workers) if total_rows else [(0, 0)]:
@@ -94,14 +101,33 @@ def plan_parts(total_rows: int, workers: int, part_rows: int) -> list[list[PartR
 def job_plan(
     config: QAConfig, revision: str, files: Sequence[str], rows: Sequence[int], parts: Iterable[PartRange]
 ) -> dict[str, Any]:
-    """What a job writes, stored in `_job.json`: a resume must find the same config, model, inputs, parts."""
+    """What a job writes, stored in `_job.json`: a resume must find the same config, model, inputs, parts.
+
+    An input file is known by its URL, rows, size and version (ETag, or modification time), so a file
+    rewritten with the same number of rows is another input.
+    """
     return {
         "engine": "predict",
         "config_hash": config.config_hash(),
         "model_revision": revision,
-        "inputs": [[redact_url(f), n] for f, n in zip(files, rows, strict=True)],
+        "inputs": [[redact_url(f), n, *_file_version(f)] for f, n in zip(files, rows, strict=True)],
         "parts": [[p.start, p.stop] for p in parts],
     }
+
+
+def _file_version(url: str) -> list[Any]:
+    """[size, version] of a file: its ETag (object stores) or modification time (local files).
+
+    Raises:
+        InputError: When the storage cannot say.
+    """
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        info = fs.info(path)
+    except Exception as err:  # storage client errors are not all OSErrors
+        raise InputError(f"cannot read input: {describe_storage_error(err, url)}") from err
+    version = next((info[k] for k in ("ETag", "etag", "md5Hash", "mtime", "LastModified") if k in info), None)
+    return [info.get("size"), str(version) if version is not None else None]
 
 
 def part_metadata(part: PartRange, config_hash: str) -> dict[str, str]:
@@ -127,20 +153,22 @@ def answer_parts(
     """
     for part in parts:
         writer = writer_for(part)
+        before = copy.deepcopy(engine.stats)
         rows = iter_rows(files, engine.config.input, start=part.start, stop=part.stop)
         writer.write_all(
             engine.answer_rows(rows, first_position=part.start), on_rows, every=PROGRESS_EVERY_ROWS
         )
-        writer.close_tables()
+        # The part's own counters, so that a resume that keeps it reports what a clean run would.
+        counts = engine.stats.minus(before).to_state()
+        writer.close_tables({COUNTS_KEY: json.dumps(counts, sort_keys=True)})
 
 
 def resumable_parts(
     output_dir: str, stored: dict[str, Any] | None, plan: dict[str, Any], parts: Sequence[PartRange]
-) -> tuple[dict[int, PartCounts], PartCounts]:
+) -> Kept:
     """The parts of an earlier attempt that `--resume` keeps, after checking it was the same job.
 
-    Unfinished parts (a missing or partial file, a footer of another range or config) and in-progress
-    files are removed, so only the kept parts remain for the rest of the job to add to.
+    Changes nothing: the unfinished parts are removed by `remove_unfinished` once the job owns the folder.
 
     Args:
         output_dir: The output folder.
@@ -148,12 +176,10 @@ def resumable_parts(
         plan: This job's plan (`job_plan`).
         parts: This job's parts, as in `plan`.
 
-    Returns:
-        Per kept part its counts, and their total.
-
     Raises:
-        OutputError: The folder holds another job (config, model, inputs or parts differ), a finished
-            run, or output files without a `_job.json`.
+        OutputError: The folder holds another job (engine, config, model, inputs or parts differ), a
+            finished run, output files without a `_job.json`, or a part that cannot be read for a reason
+            other than being torn (a storage error: better to stop than to redo finished work).
     """
     fs, root = fsspec.core.url_to_fs(output_dir)
     root = root.rstrip("/")
@@ -163,7 +189,7 @@ def resumable_parts(
                 f"cannot resume {output_dir}: it has output files but no _job.json (written by an older "
                 "docqa or by docqa run); rerun with --overwrite"
             )
-        return {}, PartCounts()
+        return Kept()
     if stored.get("engine") != "predict":
         raise OutputError(
             f"cannot resume {output_dir}: it holds a run of docqa {stored.get('engine', 'run')}, which "
@@ -183,18 +209,13 @@ def resumable_parts(
                 f"{_short(stored.get(key))}, now {_short(plan[key])}); rerun with the same settings and "
                 "inputs, or pass --overwrite"
             )
-    kept: dict[int, PartCounts] = {}
+    kept = Kept()
     for part in parts:
-        counts = _finished_part(fs, root, part, plan["config_hash"])
-        if counts is not None:
-            kept[part.index] = counts
-    _remove_unfinished(fs, root, {part_name(k) for k in kept})
-    total = PartCounts()
-    for counts in kept.values():
-        total.parts += 1
-        total.answered += counts.answered
-        total.rejected_by_reason.update(counts.rejected_by_reason)
-    return kept, total
+        stats = _finished_part(fs, root, part, plan["config_hash"])
+        if stats is not None:
+            kept.indices.add(part.index)
+            kept.stats.add(stats)
+    return kept
 
 
 def _short(value: Any) -> str:
@@ -203,51 +224,72 @@ def _short(value: Any) -> str:
 
 
 def _listing(fs: Any, folder: str) -> list[str]:
+    """The entries of `folder`; none when it does not exist (an object store has no empty folders)."""
     try:
-        return [p for p in fs.ls(folder, detail=False) if p.rsplit("/", 1)[-1].endswith(".parquet")]
+        return list(fs.ls(folder, detail=False))
     except FileNotFoundError:
         return []
 
 
-def _finished_part(fs: Any, root: str, part: PartRange, config_hash: str) -> PartCounts | None:
-    """The counts of part `part` when both its files are finished and name its range and config."""
-    answers = f"{root}/{ANSWERS_DIR}/{part_name(part.index)}"
-    rejections = f"{root}/{REJECTIONS_DIR}/{part_name(part.index)}"
+def _finished_part(fs: Any, root: str, part: PartRange, config_hash: str) -> EngineStats | None:
+    """The counters of part `part` when both its files are finished and name its range and config.
+
+    None (answer the part again) for a missing file, a file that is not valid Parquet (cut short by a
+    kill), or footers of another range, config or row count.
+
+    Raises:
+        OutputError: Any other failure to read the files (permissions, the network).
+    """
     expected = json.loads(part_metadata(part, config_hash)[PART_KEY])
-    rows = []
-    try:
-        for path in (answers, rejections):
-            if not fs.exists(path):
-                return None
+    rows, counters = [], []
+    for folder in (ANSWERS_DIR, REJECTIONS_DIR):
+        path = f"{root}/{folder}/{part_name(part.index)}"
+        try:
             with fs.open(path, "rb") as handle:
                 metadata = pq.ParquetFile(handle).metadata
-                stored = (metadata.metadata or {}).get(PART_KEY.encode())
-                if stored is None or json.loads(stored) != expected:
-                    return None
-                rows.append(metadata.num_rows)
-        if sum(rows) != part.rows:
+        except FileNotFoundError:
             return None
-        with fs.open(rejections, "rb") as handle:
-            reasons = pq.read_table(handle, columns=["reason"]).column("reason").to_pylist()
-    except (OSError, ValueError) as err:  # a torn file: answer the part again
-        if isinstance(err, PermissionError):
-            raise OutputError(f"cannot resume: {describe_storage_error(err, root)}") from err
+        except pa.ArrowInvalid:  # no valid footer: the file was being written when the job died
+            return None
+        except Exception as err:  # storage client errors are not all OSErrors
+            raise OutputError(f"cannot resume: {describe_storage_error(err, path)}") from err
+        stored = metadata.metadata or {}
+        try:
+            if json.loads(stored.get(PART_KEY.encode(), b"null")) != expected:
+                return None
+            counters.append(EngineStats.from_state(json.loads(stored[COUNTS_KEY.encode()])))
+        except (KeyError, ValueError, TypeError):
+            return None
+        rows.append(metadata.num_rows)
+    stats = counters[0]
+    if (stats.rows, stats.answered, sum(stats.rejected.values())) != (part.rows, *rows):
         return None
-    return PartCounts(1, rows[0], Counter(str(r) for r in reasons))
+    return stats
 
 
-def _remove_unfinished(fs: Any, root: str, kept: set[str]) -> None:
-    """Removes every file of answers/ and rejections/ but the kept parts (torn parts, in-progress files)."""
+def remove_unfinished(output_dir: str, kept: set[int]) -> None:
+    """Clears what the kept parts do not cover: other part files, in-progress files, an old `_run.json`.
+
+    Called once this job owns the folder (`claim_output`), so a refused or failed start changes nothing.
+
+    Raises:
+        OutputError: When the storage refuses.
+    """
+    fs, root = fsspec.core.url_to_fs(output_dir)
+    root = root.rstrip("/")
+    names = {part_name(k) for k in kept}
     try:
+        for name in (COMPLETED_FILE, RUN_INFO_FILE):
+            if fs.exists(f"{root}/{name}"):
+                fs.rm(f"{root}/{name}")
         for folder in (ANSWERS_DIR, REJECTIONS_DIR):
             path = f"{root}/{folder}"
             fs.makedirs(path, exist_ok=True)
-            for entry in fs.ls(path, detail=False):
-                name = entry.rsplit("/", 1)[-1]
-                if name not in kept or name.startswith(IN_PROGRESS_PREFIX):
+            for entry in _listing(fs, path):
+                if entry.rstrip("/").rsplit("/", 1)[-1] not in names:
                     fs.rm(entry, recursive=True)
     except Exception as err:  # storage client errors are not all OSErrors
-        raise OutputError(f"cannot resume: {describe_storage_error(err, root)}") from err
+        raise OutputError(f"cannot resume: {describe_storage_error(err, output_dir)}") from err
 
 
 def part_writers(

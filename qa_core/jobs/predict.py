@@ -28,12 +28,13 @@ from qa_core.io.read import file_row_counts, output_schemas, read_input_schema, 
 from qa_core.io.run_info import run_info
 from qa_core.io.write import check_output, mark_completed, prepare_output
 from qa_core.jobs.parts import (
-    PartCounts,
+    Kept,
     PartRange,
     answer_parts,
     job_plan,
     part_writers,
     plan_parts,
+    remove_unfinished,
     resumable_parts,
 )
 from qa_core.jobs.workers import WorkerJob, run_workers
@@ -95,33 +96,39 @@ def predict(
     files = resolve_inputs(input_pattern)
     schemas = output_schemas(read_input_schema(files, config.input), config)
     stored = read_job_file(output_dir) if resume else None
-    if not resume:
-        check_output(output_dir, overwrite=overwrite)  # before the (slow) model load; changes nothing
+    # Before the (slow) model load, changing nothing: an existing run needs --overwrite (or --resume).
+    check_output(output_dir, overwrite=overwrite or resume)
     rows = file_row_counts(files)  # footers only: the parts, the bar's total
     worker_parts = plan_parts(sum(rows), workers, config.output.part_rows)
     parts = [part for plan in worker_parts for part in plan]
     plan = job_plan(config, model.revision if model else describe_model(config.model), files, rows, parts)
-    kept, reused = resumable_parts(output_dir, stored, plan, parts) if resume else ({}, PartCounts())
-    todo = [[part for part in plan if part.index not in kept] for plan in worker_parts]
+    kept = resumable_parts(output_dir, stored, plan, parts) if resume else Kept()
+    todo = [[part for part in plan if part.index not in kept.indices] for plan in worker_parts]
     todo = [plan for plan in todo if plan]
     if resume:
         logger.info(
-            "resuming %s: %d of %d parts (%d rows) kept", output_dir, len(kept), len(parts), reused.rows
+            "resuming %s: keeping %d of %d parts (%d rows)",
+            output_dir,
+            len(kept.indices),
+            len(parts),
+            kept.stats.rows,
         )
 
     def prepare() -> str:  # once the model (or every worker's) has loaded: an earlier output stays intact
-        if stored is not None:
-            return claim_output(output_dir, plan)
-        return prepare_output(output_dir, overwrite=overwrite, plan=plan)
+        if stored is None:
+            return prepare_output(output_dir, overwrite=overwrite, plan=plan)
+        owner = claim_output(output_dir, plan)
+        remove_unfinished(output_dir, kept.indices)
+        return owner
 
-    total = sum(rows) - reused.rows
+    total = sum(rows) - kept.stats.rows
     with tqdm(desc="rows", unit="row", total=total, disable=not progress, file=sys.stderr) as bar:
         job = _Job(config, files, output_dir, schemas, prepare)
         if len(todo) > 1:
             ran = _answer_in_workers(job, todo, bar)
         else:
             ran = _answer_here(job, todo[0] if todo else [], model, bar)
-    counts = _checked_counts(output_dir, ran.stats, reused, sum(rows), len(parts))
+    counts = _checked_counts(output_dir, ran.stats, kept, sum(rows), len(parts))
     info = run_info(
         config,
         model_id=ran.model_id,
@@ -142,31 +149,28 @@ def predict(
 
 
 def _checked_counts(
-    output_dir: str, stats: EngineStats, reused: PartCounts, rows_read: int, parts: int
+    output_dir: str, stats: EngineStats, kept: Kept, rows_read: int, parts: int
 ) -> dict[str, Any]:
-    """The `counts` of `_run.json` (this run's and the kept parts'), once the output footers agree.
+    """The `counts` of `_run.json`: this run's and the kept parts' counters, once the output footers agree.
+
+    The kept parts' counters come from their footers, so a resumed run reports what a clean run would
+    (`model_seconds` then includes the earlier attempt's).
 
     Raises:
         OutputError: When the footers hold other numbers of answers and rejections than the job wrote.
     """
     answered, rejected = verify_output_rows(output_dir, rows_read)
-    rejected_by_reason = stats.rejected + reused.rejected_by_reason
-    if (answered, rejected) != (stats.answered + reused.answered, sum(rejected_by_reason.values())):
+    total = EngineStats()
+    total.add(stats)
+    total.add(kept.stats)
+    if (answered, rejected, rows_read) != (total.answered, sum(total.rejected.values()), total.rows):
         raise OutputError(
             f"{output_dir} holds {answered} answers and {rejected} rejections, but this job wrote "
-            f"{stats.answered + reused.answered} and {sum(rejected_by_reason.values())}; another job may "
-            "write to it: the run is not marked COMPLETED"
+            f"{total.answered} and {sum(total.rejected.values())}; another job may write to it: the run "
+            "is not marked COMPLETED"
         )
-    counts = stats.to_dict()
-    counts.update(
-        rows_read=rows_read,
-        answered=answered,
-        rejected=rejected,
-        rejected_by_reason=dict(sorted(rejected_by_reason.items())),
-        parts=parts,
-        reused_parts=reused.parts,
-        reused_rows=reused.rows,
-    )
+    counts = total.to_dict()
+    counts.update(parts=parts, reused_parts=len(kept.indices), reused_rows=kept.stats.rows)
     return counts
 
 
