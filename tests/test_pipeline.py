@@ -302,3 +302,14 @@ def test_run_fails_fast_on_missing_column(
     err = capsys.readouterr().err
     assert code == 2 and "has no column(s) ['question']" in err and "Traceback" not in err
     assert not (tmp_path / "o" / "COMPLETED").exists()
+
+
+def test_run_counts_cut_questions_as_predict_does(
+    predicted: tuple[Path, Path], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    source, _ = predicted
+    argv = ["--input", str(source), "--model", str(tiny_model_dir), "--set", "featurize.max_question_len=1"]
+    assert main(["predict", *argv, "--output", str(tmp_path / "p"), "--no-progress", "--no-report"]) == 0
+    assert main(["run", *argv, "--output", str(tmp_path / "r")]) == 0
+    cut = [json.loads((tmp_path / o / "_run.json").read_text())["counts"]["questions_cut"] for o in "pr"]
+    assert cut[0] == cut[1] > 0
