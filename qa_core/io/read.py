@@ -10,6 +10,7 @@ duplicated: projection by name never reads them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -105,10 +106,11 @@ def _short(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def _file_schema(file: str) -> pa.Schema:
+@contextlib.contextmanager
+def _footer_errors(file: str) -> Iterator[None]:
+    """Turns a failure to read `file`'s footer into one `InputError` line naming the file."""
     try:
-        with fsspec.open(file, "rb") as handle:
-            return pq.read_schema(handle)
+        yield
     except FileNotFoundError as err:
         raise InputError(f"cannot read Parquet file {file}: it does not exist (any more)") from err
     except _FILE_ERRORS as err:  # botocore's and aiohttp's timeouts are OSErrors too
@@ -117,6 +119,11 @@ def _file_schema(file: str) -> pa.Schema:
         raise InputError(f"cannot read Parquet file {file}: {_short(err)}") from err
     except Exception as err:  # storage client errors (credentials, endpoint)
         raise InputError(f"cannot read Parquet file {describe_storage_error(err, file)}") from err
+
+
+def _file_schema(file: str) -> pa.Schema:
+    with _footer_errors(file), fsspec.open(file, "rb") as handle:
+        return pq.read_schema(handle)
 
 
 def read_input_schema(files: list[str], config: InputConfig) -> InputSchema:
@@ -282,15 +289,8 @@ def file_row_counts(files: Sequence[str]) -> list[int]:
     """Rows of each Parquet file, from its footer (no data pages are read)."""
     counts = []
     for file in files:
-        try:
-            with fsspec.open(file, "rb") as handle:
-                counts.append(pq.ParquetFile(handle).metadata.num_rows)
-        except _FILE_ERRORS as err:  # botocore's and aiohttp's timeouts are OSErrors too
-            if is_storage_timeout(err):
-                raise InputError(f"cannot read input: {describe_storage_error(err, file)}") from err
-            raise InputError(f"cannot read Parquet file {file}: {_short(err)}") from err
-        except Exception as err:  # storage client errors (credentials, endpoint)
-            raise InputError(f"cannot read Parquet file {describe_storage_error(err, file)}") from err
+        with _footer_errors(file), fsspec.open(file, "rb") as handle:
+            counts.append(pq.ParquetFile(handle).metadata.num_rows)
     return counts
 
 
