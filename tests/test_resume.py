@@ -226,3 +226,20 @@ def test_completed_is_taken_back_when_the_folder_is_claimed_meanwhile(
     with pytest.raises(OutputError, match="taken over"):
         mark_completed(out, {"counts": {}}, owner=token)
     assert len(checks) == 3 and not (tmp_path / "out" / "COMPLETED").exists()
+
+
+def test_resume_with_workers(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Worker processes resume too: each answers only the missing parts of its range."""
+    small = write_parquet(tmp_path / "small.parquet", many_rows(120))
+    out, clean = tmp_path / "out", tmp_path / "clean"
+    settings = ["--set", "output.part_rows=20", "--workers", "2"]
+    assert main(predict_argv(small, clean, tiny_model_dir, *settings)) == 0
+    assert main(predict_argv(small, out, tiny_model_dir, *settings)) == 0
+    (out / "COMPLETED").unlink()
+    for name in ("part-00001.parquet", "part-00004.parquet", "part-00005.parquet"):  # in both ranges
+        (out / "answers" / name).unlink()
+    assert main(predict_argv(small, out, tiny_model_dir, *settings, "--resume")) == 0
+    counts = json.loads((out / "_run.json").read_text())["counts"]
+    assert (counts["parts"], counts["reused_parts"], counts["reused_rows"]) == (6, 3, 60)
+    for resumed_table, clean_table in zip(read_output(out), read_output(clean), strict=True):
+        assert resumed_table.equals(clean_table)
