@@ -50,18 +50,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         workers=config.runtime.workers,
     )
-    if not args.no_report:
-        from qa_core.tools.report import try_write_report
-
-        try_write_report(args.output)
     counts, timings = info["counts"], info["timings"]
+    # The summary first: the output is complete, and the report (matplotlib, about a second) only adds to it.
     print(
         f"rows {counts['rows_read']}: answered {counts['answered']}, rejected {counts['rejected']}"
         f"{' ' + str(counts['rejected_by_reason']) if counts['rejected_by_reason'] else ''}"
         f"{_count_notes(counts)} in "
         f"{timings['wall_seconds']} s (start-up "
-        f"{timings['startup_seconds']} s, then {timings['answer_rows_per_second']} rows/s) -> {args.output}"
+        f"{timings['startup_seconds']} s, then {timings['answer_rows_per_second']} rows/s) -> {args.output}",
+        flush=True,
     )
+    if not args.no_report:
+        from qa_core.tools.report import try_write_report
+
+        try_write_report(args.output)
     return 0
 
 
