@@ -33,7 +33,8 @@ from qa_core.evaluation.squad import load_squad, squad_to_table
 from qa_core.io.write import write_json_file
 from qa_core.records import Feature, RowWindows
 from qa_core.runtime.cpu import probe_cpu
-from qa_core.runtime.loading import load_qa_model, resolve_device
+from qa_core.runtime.loading import describe_model, load_qa_model, resolve_device
+from qa_core.runtime.shapes import BatchShape, choose_batch_shape, with_batch_shape
 from qa_core.runtime.torch_runner import TorchRunner
 from qa_core.stages.batch import collate, plan_batches
 
@@ -230,7 +231,7 @@ RUNNERS = {
 }
 
 
-def _config(args: argparse.Namespace) -> QAConfig:
+def _base_config(args: argparse.Namespace) -> QAConfig:
     # --model/--dtype/--device are bench flags; --set may still override anything.
     base = [
         f"model.name_or_path={json.dumps(args.model)}",
@@ -238,6 +239,17 @@ def _config(args: argparse.Namespace) -> QAConfig:
         f"runtime.device={args.device}",
     ]
     return load_config(args.config, [*base, *args.overrides])
+
+
+def _config(args: argparse.Namespace) -> QAConfig:
+    """The config of every mode, its batch caps set to the shape a job here would run with."""
+    config = _base_config(args)
+    return with_batch_shape(config, _batch_shape(config))
+
+
+def _batch_shape(config: QAConfig) -> BatchShape:
+    """What `docqa predict` here would choose (the config's caps, `docqa tune`'s, or the defaults)."""
+    return choose_batch_shape(config, describe_model(config.model), resolve_device(config.runtime))
 
 
 def run_mode(args: argparse.Namespace) -> dict[str, Any]:
@@ -345,15 +357,21 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> int:
         results.append(json.loads(child.stdout.strip().splitlines()[-1]))
     results = summarize(results)
     cpu = probe_cpu()
+    shape = _batch_shape(_base_config(args))
     print(
         f"CPU: {cpu.architecture}, torch kernels {cpu.capability}, native bf16 {cpu.has_native_bf16}, native "
         f"fp16 {cpu.has_native_fp16} ({' '.join(cpu.flags) or 'no flags known'})"
+    )
+    print(
+        f"batch shape (every mode): {shape.max_batch_windows} windows / {shape.max_batch_tokens} tokens "
+        f"({shape.source}: {shape.reason})"
     )
     print(format_table(results))
     meta = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu": cpu.to_dict(),
+        "batch_shape": shape.to_dict(),
         "argv": argv,
     }
     write_json_file(args.json, {"meta": meta, "results": results})

@@ -1,4 +1,4 @@
-"""`docqa report`, `docqa calibrate` and `docqa estimate`: argparse sub-commands over `qa_core` modules.
+"""`docqa report`, `calibrate`, `estimate` and `tune`: argparse sub-commands over `qa_core` modules.
 
 Wire them into `docqa.cli.build_parser` with `register(commands)`. Each command's `func(args) -> int`
 raises job-level errors (`qa_core.errors.JobError`: `InputError`, `ConfigError`, `ModelLoadError`, ...)
@@ -69,6 +69,55 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from qa_core.config import config_from_arguments
+    from qa_core.runtime.loading import load_qa_model
+    from qa_core.runtime.shapes import choose_batch_shape
+    from qa_core.tools.tune import tune
+
+    config = config_from_arguments(args)
+    runner = load_qa_model(config.model, config.runtime)
+    result = tune(runner, config, seconds=args.seconds, store=not args.dry_run)
+    print(
+        f"batch shapes of {config.model.name_or_path} ({config.model.dtype}) on {runner.device}, "
+        f"{result.rounds} rounds over windows of {list(result.lengths)} tokens:"
+    )
+    print(result.format_table())
+    print(
+        f"chosen: batch.max_batch_windows={result.max_batch_windows} "
+        f"batch.max_batch_tokens={result.max_batch_tokens}"
+    )
+    if result.stored_in:
+        shape = choose_batch_shape(config, runner.revision, runner.device)
+        print(
+            f"stored in {result.stored_in}; jobs here that leave the batch caps unset now use it"
+            f"{'' if shape.source == 'tuned' else f' (this config sets them: {shape.source})'}"
+        )
+    else:
+        print("dry run: nothing stored")
+    if args.json:
+        _write_json(args.json, result.to_dict())
+    return 0
+
+
+def register_tune(commands: SubParsers[argparse.ArgumentParser]) -> None:
+    """Adds `docqa tune [--seconds S] [--dry-run] [--json FILE]`."""
+    from qa_core.config_layers import add_config_arguments
+
+    p = commands.add_parser(
+        "tune",
+        help="find this machine's fastest batch shape for the model; later jobs here use it",
+        description="Time the model's forward pass at several windows-per-batch caps (interleaved rounds, "
+        "medians) and store the fastest for this model, device, dtype and thread count; jobs whose config "
+        "leaves batch.max_batch_windows / max_batch_tokens unset then use it (_run.json batch_shape).",
+    )
+    p.add_argument("--seconds", type=float, default=20.0, help="time to spend measuring (default 20)")
+    p.add_argument("--dry-run", action="store_true", help="measure and print, store nothing")
+    p.add_argument("--json", metavar="FILE", help="also write the measurements as JSON here")
+    add_config_arguments(p)
+    p.set_defaults(func=_cmd_tune)
+
+
 def register_report(commands: SubParsers[argparse.ArgumentParser]) -> None:
     """Adds `docqa report DIR [--data SQUAD]`."""
     p = commands.add_parser(
@@ -129,7 +178,8 @@ def register_estimate(commands: SubParsers[argparse.ArgumentParser]) -> None:
 
 
 def register(commands: SubParsers[argparse.ArgumentParser]) -> None:
-    """Adds the report, calibrate and estimate sub-commands to `docqa`'s sub-parsers."""
+    """Adds the report, calibrate, estimate and tune sub-commands to `docqa`'s sub-parsers."""
     register_report(commands)
     register_calibrate(commands)
     register_estimate(commands)
+    register_tune(commands)

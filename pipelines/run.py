@@ -64,7 +64,8 @@ from qa_core.io.schema import (
 from qa_core.io.write import check_output, mark_completed, prepare_output
 from qa_core.jobs.guard import run_guarded
 from qa_core.runtime.fit import check_config_fits_model
-from qa_core.runtime.loading import describe_model, read_model_limits
+from qa_core.runtime.loading import describe_model, read_model_limits, resolve_device
+from qa_core.runtime.shapes import BatchShape, choose_batch_shape, with_batch_shape
 
 logger = logging.getLogger(__name__)
 
@@ -237,6 +238,34 @@ def _check_model_on_launcher(config: QAConfig, options: PipelineOptions) -> str:
     return "unchecked:worker-image"
 
 
+def _batch_shape(config: QAConfig, revision: str, options: PipelineOptions) -> BatchShape:
+    """The batch caps of the job: chosen on this machine when the workers run here, else the config's.
+
+    Windows are batched before the model (`BucketWindows`), so the caps are fixed at launch; remote
+    workers' machines are not known here, and `docqa tune` on one of them gives the values to set.
+    """
+    batch = config.batch
+    if _workers_share_launcher_files(options):
+        shape = choose_batch_shape(config, revision, resolve_device(config.runtime))
+    else:
+        explicit = batch.max_batch_windows is not None and batch.max_batch_tokens is not None
+        shape = BatchShape(
+            batch.windows_cap,
+            batch.tokens_cap,
+            "config" if explicit else "default",
+            "the workers run elsewhere, so this machine's tuning does not apply: the config's caps, else "
+            "the defaults (docqa tune on a worker machine gives the values to set)",
+        )
+    logger.info(
+        "batch shape: %d windows / %d tokens (%s: %s)",
+        shape.max_batch_windows,
+        shape.max_batch_tokens,
+        shape.source,
+        shape.reason,
+    )
+    return shape
+
+
 def run(
     argv: Sequence[str] | None = None,
     test_pipeline: beam.Pipeline | None = None,
@@ -261,7 +290,7 @@ def run(
     config = apply_model_calibration(config_from_arguments(args))
     started = time.perf_counter()
     files = resolve_inputs(args.input)
-    spec = JobSpec(config, tuple(files), read_input_schema(files, config.input), args.output)
+    schema = read_input_schema(files, config.input)
     if not beam_filesystem_usable(args.output):
         raise OutputError(
             f"docqa run writes through Beam's file systems, which cannot write {args.output} here: install "
@@ -271,6 +300,8 @@ def run(
     check_output(args.output, overwrite=args.overwrite)  # before the model check; changes nothing
     options = PipelineOptions(beam_args, save_main_session=False)
     revision = _check_model_on_launcher(config, options)
+    shape = _batch_shape(config, revision, options)
+    spec = JobSpec(with_batch_shape(config, shape), tuple(files), schema, args.output)
     owner = prepare_output(
         args.output, overwrite=args.overwrite, plan={"engine": "run", "config_hash": config.config_hash()}
     )
@@ -298,6 +329,7 @@ def run(
         inputs=files,
         counts=counts,
         wall_seconds=time.perf_counter() - started,
+        batch_shape=shape.to_dict(),
     )
     mark_completed(args.output, info, owner=owner)
     logger.info(

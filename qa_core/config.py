@@ -101,30 +101,55 @@ class FeaturizeConfig:
         )
 
 
+# Small batches span fewer window lengths, so they waste less padding on a CPU; GPU configs raise both.
+DEFAULT_BATCH_WINDOWS = 32
+"""Windows per forward pass when neither the config nor `docqa tune` says otherwise."""
+DEFAULT_BATCH_TOKENS = 8192
+"""Padded tokens per forward pass when neither the config nor `docqa tune` says otherwise."""
+
+
 @dataclass(frozen=True)
 class BatchConfig:
     """How windows are grouped into padded batches.
 
     Attributes:
-        max_batch_windows: At most this many windows per forward pass.
-        max_batch_tokens: At most this many padded tokens (windows x padded length) per forward pass.
+        max_batch_windows: At most this many windows per forward pass; None (the default): the shape
+            `docqa tune` chose for this machine, model and dtype, else `DEFAULT_BATCH_WINDOWS`
+            (`qa_core.runtime.shapes`).
+        max_batch_tokens: At most this many padded tokens (windows x padded length) per forward pass;
+            None: as for `max_batch_windows` (`DEFAULT_BATCH_TOKENS` untuned).
         pad_to_multiple_of: Padded length is the batch's longest window rounded up to this (tensor cores
             and oneDNN kernels prefer multiples of 8).
         sort_buffer_windows: Windows buffered and sorted by length before batching; bigger buffers give
             less padding, at the cost of memory and latency.
     """
 
-    # Small batches span fewer window lengths, so they waste less padding on a CPU; GPU configs raise both.
-    max_batch_windows: int = 32
-    max_batch_tokens: int = 8192
+    max_batch_windows: int | None = None
+    max_batch_tokens: int | None = None
     pad_to_multiple_of: int = 8
     sort_buffer_windows: int = 2048
 
     def __post_init__(self) -> None:
-        _require(self.max_batch_windows >= 1, "batch.max_batch_windows must be >= 1")
+        _require(
+            self.max_batch_windows is None or self.max_batch_windows >= 1,
+            "batch.max_batch_windows must be >= 1 or null (chosen for the machine)",
+        )
         _require(self.pad_to_multiple_of >= 1, "batch.pad_to_multiple_of must be >= 1")
         _require(self.sort_buffer_windows >= 1, "batch.sort_buffer_windows must be >= 1")
-        _require(self.max_batch_tokens >= 1, "batch.max_batch_tokens must be >= 1")
+        _require(
+            self.max_batch_tokens is None or self.max_batch_tokens >= 1,
+            "batch.max_batch_tokens must be >= 1 or null (chosen for the machine)",
+        )
+
+    @property
+    def windows_cap(self) -> int:
+        """`max_batch_windows`, or the untuned default when it is not set."""
+        return DEFAULT_BATCH_WINDOWS if self.max_batch_windows is None else self.max_batch_windows
+
+    @property
+    def tokens_cap(self) -> int:
+        """`max_batch_tokens`, or the untuned default when it is not set."""
+        return DEFAULT_BATCH_TOKENS if self.max_batch_tokens is None else self.max_batch_tokens
 
 
 TEMPERATURE_RANGE = (1e-3, 1e3)

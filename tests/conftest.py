@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,6 +12,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Tuned batch shapes of the developer's machine (`docqa tune`) must not change what the tests run; tests
+# that tune point DOCQA_CACHE_DIR at their own folder.
+os.environ["DOCQA_CACHE_DIR"] = tempfile.mkdtemp(prefix="docqa-test-cache-")
 
 DATA = Path(__file__).parent / "data"
 SHARED_SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"

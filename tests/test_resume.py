@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from docqa.cli import main
 from qa_core.io.ownership import JOB_FILE
@@ -243,3 +244,25 @@ def test_resume_with_workers(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert (counts["parts"], counts["reused_parts"], counts["reused_rows"]) == (6, 3, 60)
     for resumed_table, clean_table in zip(read_output(out), read_output(clean), strict=True):
         assert resumed_table.equals(clean_table)
+
+
+def test_resume_refuses_a_batch_shape_tuned_in_between(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`docqa tune` between two attempts changes how the rest would be batched: refused, one line."""
+    from qa_core.config import load_config
+    from qa_core.runtime.loading import describe_model
+    from qa_core.runtime.shapes import shape_key, store_tuned
+
+    monkeypatch.setenv("DOCQA_CACHE_DIR", str(tmp_path / "cache"))
+    small = write_parquet(tmp_path / "small.parquet", many_rows(30))
+    out = tmp_path / "out"
+    assert main(predict_argv(small, out, tiny_model_dir, "--set", "output.part_rows=10")) == 0
+    (out / "COMPLETED").unlink()
+    capsys.readouterr()
+    config = load_config([], [f"model.name_or_path={tiny_model_dir}", "output.part_rows=10"])
+    key = shape_key(config, describe_model(config.model), torch.device("cpu"))
+    store_tuned(key, {"max_batch_windows": 4, "max_batch_tokens": 1536})
+    assert main(predict_argv(small, out, tiny_model_dir, "--set", "output.part_rows=10", "--resume")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "batch shape" in err[0]

@@ -10,6 +10,7 @@ next buffers runs in a prefetch thread while the model works on the current one.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Literal
 
@@ -22,7 +23,10 @@ from qa_core.engine.stats import EngineStats
 from qa_core.records import Answer, Rejection, RowWindows
 from qa_core.runtime.fit import check_config_fits_model
 from qa_core.runtime.runner import ModelRunner
+from qa_core.runtime.shapes import choose_batch_shape, with_batch_shape
 from qa_core.stages.batch import collate
+
+logger = logging.getLogger(__name__)
 
 
 class QAEngine:
@@ -30,7 +34,8 @@ class QAEngine:
 
     Args:
         runner: Runs the padded batches (`qa_core.runtime.runner.ModelRunner`).
-        config: The resolved job config.
+        config: The resolved job config; unset batch caps are chosen for the machine
+            (`qa_core.runtime.shapes`: `batch_shape` says which and why).
         candidates: `top_k` answers per row as configured, or `all`: every candidate in `top_k` at
             temperature 1 (what `docqa calibrate` fits on).
 
@@ -42,6 +47,16 @@ class QAEngine:
         self, runner: ModelRunner, config: QAConfig, *, candidates: Literal["top_k", "all"] = "top_k"
     ) -> None:
         check_config_fits_model(config, runner.limits)  # every window must fit the model
+        self.batch_shape = choose_batch_shape(config, runner.revision, runner.device)
+        if self.batch_shape.source != "config":
+            logger.info(
+                "batch shape: %d windows / %d tokens per forward (%s: %s)",
+                self.batch_shape.max_batch_windows,
+                self.batch_shape.max_batch_tokens,
+                self.batch_shape.source,
+                self.batch_shape.reason,
+            )
+        config = with_batch_shape(config, self.batch_shape)
         self.runner = runner
         self.config = config
         self.stats = EngineStats()

@@ -26,6 +26,7 @@ def run_info(
     wall_seconds: float,
     answering: tuple[float, float] | None = None,
     answered_rows: int | None = None,
+    batch_shape: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The `_run.json` document: config and hash, model, inputs, counts, timings, environment.
 
@@ -46,6 +47,7 @@ def run_info(
             `--workers`, tens of seconds).
         answered_rows: Rows this job answered, when fewer than it read (`--resume` keeps finished
             parts): the rates count these.
+        batch_shape: The batch caps the engine ran with and why (`qa_core.runtime.shapes.BatchShape`).
     """
     rows = counts.get("rows_read", 0) if answered_rows is None else answered_rows
     timings: dict[str, Any] = {
@@ -70,6 +72,7 @@ def run_info(
             "dtype": config.model.dtype,
         },
         "inputs": [redact_url(f) for f in inputs],
+        "batch_shape": batch_shape,
         "counts": counts,
         "timings": timings,
         "environment": {

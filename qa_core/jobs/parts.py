@@ -29,6 +29,8 @@ from qa_core.io.read import iter_rows
 from qa_core.io.schema import ANSWERS_DIR, COMPLETED_FILE, REJECTIONS_DIR, RUN_INFO_FILE
 from qa_core.io.storage import describe_storage_error, redact_url
 from qa_core.io.write import OutputWriter, part_name
+from qa_core.runtime.loading import resolve_device
+from qa_core.runtime.shapes import choose_batch_shape
 
 PART_KEY = "docqa.part"
 """Footer metadata key of a part file: its range and config hash, as JSON."""
@@ -104,12 +106,16 @@ def job_plan(
     """What a job writes, stored in `_job.json`: a resume must find the same config, model, inputs, parts.
 
     An input file is known by its URL, rows, size and version (ETag, or modification time), so a file
-    rewritten with the same number of rows is another input.
+    rewritten with the same number of rows is another input. The batch shape is the one a job here runs
+    with (`docqa tune` may change it between two attempts: the parts would then be batched differently).
     """
+    device = resolve_device(config.runtime)
+    shape = choose_batch_shape(config, revision, device)
     return {
         "engine": "predict",
         "config_hash": config.config_hash(),
         "model_revision": revision,
+        "batch_shape": [shape.max_batch_windows, shape.max_batch_tokens],
         "inputs": [[redact_url(f), n, *_file_version(f)] for f, n in zip(files, rows, strict=True)],
         "parts": [[p.start, p.stop] for p in parts],
     }
@@ -200,6 +206,7 @@ def resumable_parts(
     for key, what in (
         ("config_hash", "config"),
         ("model_revision", "model"),
+        ("batch_shape", "batch shape (docqa tune ran since?)"),
         ("inputs", "input files"),
         ("parts", "part plan"),
     ):

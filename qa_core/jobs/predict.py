@@ -140,6 +140,7 @@ def predict(
         wall_seconds=time.perf_counter() - started,
         answering=(ran.answering[0] - started, ran.answering[1] - started),
         answered_rows=total if resume else None,
+        batch_shape=ran.batch_shape,
     )
     mark_completed(output_dir, info, owner=ran.owner)
     logger.info(
@@ -217,6 +218,7 @@ class _Ran:
     device: str
     owner: str
     answering: tuple[float, float]
+    batch_shape: dict[str, Any]
 
 
 def _answer_here(job: _Job, parts: list[PartRange], model: TorchRunner | None, bar: tqdm[Any]) -> _Ran:
@@ -230,7 +232,9 @@ def _answer_here(job: _Job, parts: list[PartRange], model: TorchRunner | None, b
     writers = part_writers(config, job.output_dir, job.schemas, owner)
     answer_parts(engine, job.files, parts, writers, bar.update)
     answering = (began, time.perf_counter())
-    return _Ran(engine.stats, qa_model.model_id, qa_model.revision, str(qa_model.device), owner, answering)
+    device = str(qa_model.device)
+    shape = engine.batch_shape.to_dict()
+    return _Ran(engine.stats, qa_model.model_id, qa_model.revision, device, owner, answering, shape)
 
 
 def _answer_in_workers(job: _Job, worker_parts: list[list[PartRange]], bar: tqdm[Any]) -> _Ran:
@@ -283,4 +287,5 @@ def _answer_in_workers(job: _Job, worker_parts: list[list[PartRange]], bar: tqdm
     for result in results:
         stats.add(result.stats)
     first = results[0]
-    return _Ran(stats, first.model_id, first.revision, first.device, owners[0], (marks[0], marks[1]))
+    answering = (marks[0], marks[1])
+    return _Ran(stats, first.model_id, first.revision, first.device, owners[0], answering, first.batch_shape)

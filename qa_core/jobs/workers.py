@@ -86,6 +86,7 @@ class WorkerResult:
     model_id: str
     revision: str
     device: str
+    batch_shape: dict[str, Any]
 
 
 def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any, owner: Any) -> None:
@@ -128,7 +129,10 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any, owner
         answer_parts(
             engine, job.files, list(job.parts), writers, lambda n: messages.put(("rows", job.part, n))
         )
-        result = WorkerResult(job.part, engine.stats, runner.model_id, runner.revision, str(runner.device))
+        shape = engine.batch_shape.to_dict()
+        result = WorkerResult(
+            job.part, engine.stats, runner.model_id, runner.revision, str(runner.device), shape
+        )
         messages.put(("done", job.part, result))
         skip_final_collection()
     except BaseException as err:  # reported to the parent, which fails the job

@@ -68,8 +68,8 @@ def plan_batches(features: Sequence[Feature], config: BatchConfig) -> Iterator[l
     for feature in ordered:
         # Sorted ascending, so the newest window is the batch's longest.
         width = padded_length(feature.length, config.pad_to_multiple_of)
-        too_many = len(current) + 1 > config.max_batch_windows
-        too_big = (len(current) + 1) * width > config.max_batch_tokens
+        too_many = len(current) + 1 > config.windows_cap
+        too_big = (len(current) + 1) * width > config.tokens_cap
         if current and (too_many or too_big):
             yield current
             current = []

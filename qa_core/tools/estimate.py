@@ -37,7 +37,8 @@ from qa_core.engine.host import RowPreparer
 from qa_core.errors import ConfigError, InputError
 from qa_core.io.read import read_input_schema, resolve_inputs
 from qa_core.records import Feature, Rejection, RowWindows
-from qa_core.runtime.loading import load_tokenizer
+from qa_core.runtime.loading import describe_model, load_tokenizer, resolve_device
+from qa_core.runtime.shapes import choose_batch_shape, with_batch_shape
 from qa_core.stages.batch import padded_length, plan_batches
 
 logger = logging.getLogger(__name__)
@@ -339,6 +340,9 @@ def estimate(
     read_input_schema(files, config.input)
     layout = read_layout(files)
     rows = sample_rows(layout, config.input.columns, sample)
+    # Batches as the job on this machine would plan them (the config's caps, docqa tune's, or the defaults).
+    shape = choose_batch_shape(config, describe_model(config.model), resolve_device(config.runtime))
+    config = with_batch_shape(config, shape)
     figures = measure_sample(rows, load_tokenizer(config.model), config, layout.rows)
     n = layout.rows
     scale = n / figures.rows if figures.rows else 0.0

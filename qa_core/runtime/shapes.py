@@ -1,0 +1,160 @@
+"""Batch shapes for this machine: `docqa tune` measures them once, every later job here uses its choice.
+
+The fastest cap on windows per forward pass depends on the CPU, the model and the dtype (measured on two
+2-core machines with the bundled model in fp32: 32 windows on an AVX-512 Xeon, while an AVX2-only AMD
+EPYC ran about 12% faster at 8), so one default cannot fit every machine. `docqa tune`
+(`qa_core.tools.tune`) times the forward pass at a few shapes and stores the fastest in a cache file,
+keyed by what decides it: the model's revision, the device (the CPU's capability and flags, or the GPU's
+name), the dtype and quantization, the torch threads and version, and the window length.
+
+`choose_batch_shape` gives a job its caps: the config's when it sets them (a user's setting always
+wins), else the tuned entry for this key, else `DEFAULT_BATCH_WINDOWS` / `DEFAULT_BATCH_TOKENS`. The
+choice and its reason are logged and written to `_run.json` (`batch_shape`).
+
+The cache lives in `$DOCQA_CACHE_DIR`, else `$XDG_CACHE_HOME/docqa`, else `~/.cache/docqa`
+(`batch_shapes.json`); a cache that cannot be read is ignored with a warning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from qa_core.config import DEFAULT_BATCH_TOKENS, DEFAULT_BATCH_WINDOWS, QAConfig
+from qa_core.errors import OutputError
+from qa_core.runtime.cpu import probe_cpu
+
+logger = logging.getLogger(__name__)
+
+CACHE_FILE = "batch_shapes.json"
+CACHE_DIR_ENV = "DOCQA_CACHE_DIR"
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    """The batch caps a job runs with, and why.
+
+    Attributes:
+        max_batch_windows: Windows per forward pass.
+        max_batch_tokens: Padded tokens per forward pass.
+        source: `config` (set by the user), `tuned` (`docqa tune` on this machine) or `default`.
+        reason: One sentence for the log and `_run.json`.
+    """
+
+    max_batch_windows: int
+    max_batch_tokens: int
+    source: Literal["config", "tuned", "default"]
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (`_run.json` `batch_shape`)."""
+        return dataclasses.asdict(self)
+
+
+def cache_dir() -> Path:
+    """Where tuned shapes are kept (see the module docstring)."""
+    configured = os.environ.get(CACHE_DIR_ENV)
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "docqa"
+
+
+def shape_key(config: QAConfig, revision: str, device: torch.device) -> dict[str, Any]:
+    """What decides the fastest shape: the model, the device, the dtype, the threads and the window length."""
+    hardware: dict[str, Any]
+    if device.type == "cuda":
+        # (A runner may name a CUDA device it never uses, as tests do: the name is then unknown.)
+        hardware = {"gpu": torch.cuda.get_device_name(device) if torch.cuda.is_available() else "unknown"}
+    else:
+        cpu = probe_cpu()
+        hardware = {"cpu": cpu.capability, "arch": cpu.architecture, "flags": list(cpu.flags)}
+    return {
+        "model_revision": revision,
+        "device": device.type,
+        **hardware,
+        "dtype": config.model.dtype,
+        "quantize": config.model.quantize,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__.split("+")[0],
+        "max_seq_len": config.featurize.max_seq_len,
+        "pad_to_multiple_of": config.batch.pad_to_multiple_of,
+    }
+
+
+def _key_id(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        document = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as err:
+        logger.warning("ignoring the tuned batch shapes in %s: %s", path, err)
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def read_tuned(key: dict[str, Any]) -> dict[str, Any] | None:
+    """The tuned entry for `key`, or None when this machine has none."""
+    entry = _read_cache(cache_dir() / CACHE_FILE).get(_key_id(key))
+    return entry if isinstance(entry, dict) and entry.get("key") == key else None
+
+
+def store_tuned(key: dict[str, Any], entry: dict[str, Any]) -> Path:
+    """Stores a tuned entry for `key` (replacing an older one) and returns the cache file.
+
+    Raises:
+        OutputError: When the cache file cannot be written.
+    """
+    path = cache_dir() / CACHE_FILE
+    document = _read_cache(path)
+    document[_key_id(key)] = {**entry, "key": key}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", "utf-8")
+        temporary.replace(path)  # atomic: a job reading the cache never sees half a file
+    except OSError as err:
+        raise OutputError(f"cannot write the tuned batch shapes to {path}: {err.strerror or err}") from err
+    return path
+
+
+def choose_batch_shape(config: QAConfig, revision: str, device: torch.device) -> BatchShape:
+    """The caps for a job on `device` with the model of `revision`: the config's, tuned, or the defaults."""
+    windows, tokens = config.batch.max_batch_windows, config.batch.max_batch_tokens
+    if windows is not None and tokens is not None:
+        return BatchShape(windows, tokens, "config", "batch.max_batch_windows and max_batch_tokens are set")
+    tuned = read_tuned(shape_key(config, revision, device))
+    if tuned is not None:
+        return BatchShape(
+            windows if windows is not None else int(tuned["max_batch_windows"]),
+            tokens if tokens is not None else int(tuned["max_batch_tokens"]),
+            "tuned",
+            f"docqa tune chose it on this machine ({tuned.get('tuned_at', 'unknown time')}; "
+            f"{cache_dir() / CACHE_FILE})",
+        )
+    return BatchShape(
+        windows if windows is not None else DEFAULT_BATCH_WINDOWS,
+        tokens if tokens is not None else DEFAULT_BATCH_TOKENS,
+        "default",
+        "no docqa tune result for this machine, model and dtype; run docqa tune once to find its fastest",
+    )
+
+
+def with_batch_shape(config: QAConfig, shape: BatchShape) -> QAConfig:
+    """`config` with the shape's caps set (what the batch planner then reads)."""
+    batch = dataclasses.replace(
+        config.batch, max_batch_windows=shape.max_batch_windows, max_batch_tokens=shape.max_batch_tokens
+    )
+    return dataclasses.replace(config, batch=batch)
