@@ -51,7 +51,7 @@ class EngineStats:
         delta = EngineStats()
         for name, value in vars(self).items():
             before = getattr(earlier, name)
-            setattr(delta, name, value - before if not isinstance(value, Counter) else +(value - before))
+            setattr(delta, name, value - before)  # a Counter's difference keeps only positive counts
         return delta
 
     def to_state(self) -> dict[str, Any]:

@@ -225,9 +225,8 @@ def _answer_here(job: _Job, parts: list[PartRange], model: TorchRunner | None, b
     """The parts in this process, after loading the model and preparing the folder."""
     config = job.config
     qa_model = model if model is not None else load_qa_model(config.model, config.runtime)
-    check_config_fits_model(config, qa_model.limits)  # before the output folder is touched
+    engine = QAEngine(qa_model, config)  # checks the config against the model: before the folder is touched
     owner = job.prepare()
-    engine = QAEngine(qa_model, config)
     began = time.perf_counter()
     writers = part_writers(config, job.output_dir, job.schemas, owner)
     answer_parts(engine, job.files, parts, writers, bar.update)

@@ -1,11 +1,11 @@
 """Batch shapes for this machine: `docqa tune` measures them once, every later job here uses its choice.
 
-The fastest cap on windows per forward pass depends on the CPU, the model and the dtype (measured on two
-2-core machines with the bundled model in fp32: 32 windows on an AVX-512 Xeon, while an AVX2-only AMD
-EPYC ran about 12% faster at 8), so one default cannot fit every machine. `docqa tune`
-(`qa_core.tools.tune`) times the forward pass at a few shapes and stores the fastest in a cache file,
-keyed by what decides it: the model's revision, the device (the CPU's capability and flags, or the GPU's
-name), the dtype and quantization, the torch threads and version, and the window length.
+The fastest cap on windows per forward pass depends on the CPU, the model and the dtype (bundled model,
+fp32, 2 cores: 16 to 32 windows on an AVX-512 Xeon, measured in benchmarks/RESULTS.md; an AVX2-only AMD
+EPYC ran about 12% faster at 8 than at 32, as issue 20 reports), so one default cannot fit every machine.
+`docqa tune` (`qa_core.tools.tune`) times the forward pass at a few shapes and stores the fastest in a
+cache file, keyed by what decides it: the model's revision, the device (the CPU's capability and flags,
+or the GPU's name), the dtype and quantization, the torch threads and version, and the window length.
 
 `choose_batch_shape` gives a job its caps: the config's when it sets them (a user's setting always
 wins), else the tuned entry for this key, else `DEFAULT_BATCH_WINDOWS` / `DEFAULT_BATCH_TOKENS`. The

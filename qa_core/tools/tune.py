@@ -18,7 +18,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -53,7 +53,7 @@ class TuneResult:
     max_batch_windows: int
     max_batch_tokens: int
     key: dict[str, Any]
-    stored_in: str | None = field(default=None)
+    stored_in: str | None = None
 
     def format_table(self) -> str:
         """The candidates' speeds relative to the chosen one, as a text table."""
@@ -114,7 +114,6 @@ def measure(
     multiple = config.batch.pad_to_multiple_of
     full = config.featurize.max_seq_len
     lengths = tuple(sorted({padded_length(max(8, full // 2), multiple), padded_length(full, multiple)}))
-    lengths = tuple(n for n in lengths if n <= padded_length(full, multiple))
     batches = {
         (windows, length): collate(
             synthetic_windows(runner, length, windows, seed=length), runner.pad_token_id, multiple
