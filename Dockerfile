@@ -1,5 +1,7 @@
 # SDK worker image for Dataflow and portable runners (Flink, Spark): Beam's Python 3.11 SDK harness plus
-# docqa, torch and the bundled model. Documented in README ("Dataflow", "Flink and Spark"); not built in CI.
+# docqa, torch and the bundled model. Documented in README ("Dataflow", "Beam on Flink and Spark"); the
+# image is not built in CI (no Docker engine there), but tests/test_install.py installs exactly the files
+# these COPY lines take, the same way.
 #   docker build -t REGION-docker.pkg.dev/PROJECT/docqa/worker:0.1.0 .
 #   docker build --build-arg TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" ...
 FROM apache/beam_python3.11_sdk:2.77.0
@@ -13,9 +15,9 @@ COPY pyproject.toml README.md ./
 COPY qa_core ./qa_core
 COPY pipelines ./pipelines
 COPY docqa ./docqa
+# The bundled model is package data of qa_core: it is installed with the package, so workers never
+# download weights at run time (`model.name_or_path: bundled` finds it in site-packages).
 RUN pip install '.[gcp]'
-# The default model travels in the image so workers never download weights at run time.
-COPY models ./models
 COPY configs ./configs
 
 # Beam's SDK harness entry point (inherited from the base image).

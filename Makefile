@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # CPU build from this machine's disk; CUDA users: make setup TORCH_SPEC="torch==2.13.0 --index-url ..."
 TORCH_SPEC ?= torch==2.13.0
-MODEL ?= models/docqa-minilm-l6-squad
+MODEL ?= qa_core/models/docqa-minilm-l6-squad
 SQUAD ?= ../shared/data/squad
 
 .PHONY: setup demo test lint typecheck pytest base-encoder train-default bench eval-dev clean
@@ -23,7 +23,7 @@ demo: setup
 	[print(r['id'], round(r['score'], 3), r['answer'], sep='  ') for r in pq.read_table('out/demo/answers').to_pylist()]"
 
 lint: setup
-	$(BIN)/ruff check qa_core pipelines docqa tests benchmarks samples scripts
+	$(BIN)/ruff check qa_core pipelines docqa tests samples scripts
 
 typecheck: setup
 	$(BIN)/mypy

@@ -1,7 +1,7 @@
 """`docqa bench`'s arguments, without importing the benchmark itself (torch, Beam, the engine).
 
-`docqa.cli` declares them at start-up; `benchmarks.bench` parses them when run as `python -m
-benchmarks.bench`, which is also how it runs each mode in a child process.
+`docqa.cli` declares them at start-up; `docqa.bench` parses them when run as `python -m
+docqa.bench`, which is also how it runs each mode in a child process.
 """
 
 from __future__ import annotations

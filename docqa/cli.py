@@ -212,7 +212,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     """`docqa bench ...`: each mode runs in a child process with the same arguments."""
-    from benchmarks.bench import run_bench
+    from docqa.bench import run_bench
 
     return run_bench(args, args.command_argv)
 

@@ -37,8 +37,8 @@ from qa_core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = str(Path(__file__).resolve().parent.parent / "models" / "docqa-minilm-l6-squad")
-"""The bundled default model: trained by `docqa train`, shipped in `models/`."""
+DEFAULT_MODEL = str(Path(__file__).resolve().parent / "models" / "docqa-minilm-l6-squad")
+"""The bundled default model: trained by `docqa train`, package data of `qa_core` (in the wheel too)."""
 
 Dtype = Literal["fp32", "bf16", "fp16"]
 Quantize = Literal["none", "int8"]

@@ -31,7 +31,7 @@ GPU_CONFIG=configs/dataflow-gpu.yaml
 # shellcheck source=scripts/gpu_common.sh
 source "$(dirname "$0")/gpu_common.sh"  # sets LOG and WORK under OUTDIR, logs the machine
 
-step 300 "$PY" -m benchmarks.bench --device "$DEVICE" --dtype bf16 --n "$N" --data "$DATA" \
+step 300 "$PY" -m docqa.bench --device "$DEVICE" --dtype bf16 --n "$N" --data "$DATA" \
     --config "$GPU_CONFIG" --modes seed,bound,predict --json "$OUTDIR/bench-bf16.json"
 
 # All of dev through the `docqa predict` CLI (bf16), in one process and in $MANY, each scored.

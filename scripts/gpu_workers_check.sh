@@ -26,7 +26,7 @@ fi
 # shellcheck source=scripts/gpu_common.sh
 source "$(dirname "$0")/gpu_common.sh"  # sets LOG and WORK under OUTDIR, logs the machine
 
-step 90 "$PY" -m benchmarks.bench --device "$DEVICE" --dtype "$DTYPE" --n "$N" --data "$DATA" --config "$CONFIG" \
+step 90 "$PY" -m docqa.bench --device "$DEVICE" --dtype "$DTYPE" --n "$N" --data "$DATA" --config "$CONFIG" \
     --modes bound --json "$OUTDIR/bound.json"
 step 60 "$PY" -m docqa convert-squad --data "$DATA" --output "$WORK/dev.parquet"
 "$PY" -c "

@@ -1,8 +1,8 @@
-"""Copies a `docqa train` output into `models/<name>/` as the shipped model.
+"""Copies a `docqa train` output into `qa_core/models/<name>/` as the shipped model.
 
 fp16 safetensors (the fp32 weights are over 50 MB), tokenizer files, model card and training record.
 
-    python scripts/ship_model.py runs/train-minilm models/docqa-minilm-l6-squad
+    python scripts/ship_model.py runs/train-minilm qa_core/models/docqa-minilm-l6-squad
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from benchmarks.bench import MODES, main
+from docqa.bench import MODES, main
 from qa_core.errors import ModelLoadError
 
 

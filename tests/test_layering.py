@@ -34,8 +34,8 @@ FORBIDDEN = {
     "qa_core/stages": ("qa_core.engine", "qa_core.jobs", "qa_core.io", "qa_core.runtime", "qa_core.tools"),
     "qa_core/engine": ("qa_core.jobs", "qa_core.io", "qa_core.tools", "qa_core.train"),
     "qa_core/runtime": ("qa_core.jobs", "qa_core.io", "qa_core.tools", "qa_core.train"),
-    "qa_core": ("apache_beam", "pipelines", "docqa", "benchmarks"),
-    "pipelines": ("docqa", "benchmarks"),
+    "qa_core": ("apache_beam", "pyspark", "pipelines", "docqa"),
+    "pipelines": ("docqa",),
 }
 
 

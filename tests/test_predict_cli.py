@@ -290,7 +290,7 @@ def test_cli_start_up_imports_no_beam_torch_or_benchmark() -> None:
     code = (
         "import sys, docqa.cli\n"
         "heavy = [m for m in sys.modules if m.split('.')[0] in ('apache_beam', 'torch', 'transformers')"
-        " or m == 'benchmarks.bench' or m == 'pipelines.run']\n"
+        " or m == 'docqa.bench' or m == 'pipelines.run']\n"
         "print(heavy); sys.exit(1 if heavy else 0)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)

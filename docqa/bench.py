@@ -1,7 +1,7 @@
 """`docqa bench`: throughput of docqa against the anchors, on the same model and the same rows.
 
 The modes and the arguments are described in `docqa.bench_options` (importable without torch, for the
-`docqa` CLI). Each mode runs in a fresh `python -m benchmarks.bench ... --mode X` subprocess, so peak RSS
+`docqa` CLI). Each mode runs in a fresh `python -m docqa.bench ... --mode X` subprocess, so peak RSS
 and warm-up are per mode; on CUDA each runs its rows once untimed first (`_full_warm_up`).
 """
 
@@ -216,8 +216,8 @@ def bench_run(
 def bench_beam_stock(
     model: TorchRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
 ) -> dict[str, Any]:
-    """Beam's PytorchModelHandlerKeyedTensor over the rows' windows (`benchmarks.beam_stock`)."""
-    from benchmarks.beam_stock import run_beam_stock
+    """Beam's PytorchModelHandlerKeyedTensor over the rows' windows (`docqa.bench_beam_stock`)."""
+    from docqa.bench_beam_stock import run_beam_stock
 
     return run_beam_stock(model, config, _windows(model, config, rows), workdir)
 
@@ -309,7 +309,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of `python -m benchmarks.bench` (the same arguments as `docqa bench`)."""
+    """The parser of `python -m docqa.bench` (the same arguments as `docqa bench`)."""
     parser = argparse.ArgumentParser(
         prog="docqa bench", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m benchmarks.bench`: parses `argv`, then `run_bench`."""
+    """Entry point of `python -m docqa.bench`: parses `argv`, then `run_bench`."""
     parser = build_parser()
     args = parser.parse_args(argv)
     check_bench_arguments(parser, args)
@@ -347,7 +347,7 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> int:
     for mode in args.modes.split(","):
         logger.info("bench %s on %d questions", mode, args.n * args.repeat)
         child = subprocess.run(
-            [sys.executable, "-m", "benchmarks.bench", *argv, "--mode", mode],
+            [sys.executable, "-m", "docqa.bench", *argv, "--mode", mode],
             capture_output=True,
             text=True,
             check=False,
