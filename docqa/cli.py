@@ -19,7 +19,7 @@ from docqa.bench_options import DESCRIPTION as BENCH_DESCRIPTION
 from docqa.bench_options import add_bench_arguments, check_bench_arguments
 from docqa.user_commands import register as register_user_commands
 from pipelines.options import DESCRIPTION as RUN_DESCRIPTION
-from pipelines.options import add_run_arguments
+from pipelines.options import SPARK_DESCRIPTION, add_run_arguments, add_spark_arguments
 from qa_core import __version__
 from qa_core.config import config_from_arguments
 from qa_core.config_layers import add_config_arguments
@@ -125,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_run_arguments(r)
     r.set_defaults(func=_cmd_run, passes_unknown_flags=True)
+    s = commands.add_parser(
+        "spark",
+        help="answer Parquet tables with the native PySpark job (local[N] or a cluster)",
+        description=SPARK_DESCRIPTION,
+    )
+    add_spark_arguments(s)
+    s.set_defaults(func=_cmd_spark)
     b = commands.add_parser(
         "bench",
         help="throughput vs. the seed's way, the forward-only bound and stock Beam",
@@ -202,6 +209,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not args.debug:
         _brief_beam_errors()
     info = run(args.command_argv)
+    if not args.no_report:
+        from qa_core.tools.report import try_write_report
+
+        try_write_report(args.output)
+    print(summarize_run(info, args.output))
+    return 0
+
+
+def _cmd_spark(args: argparse.Namespace) -> int:
+    """`docqa spark ...`: the PySpark job (`pipelines.spark_job`), then the report and the summary."""
+    from pipelines.spark_job import run_spark
+
+    info = run_spark(args.command_argv)
     if not args.no_report:
         from qa_core.tools.report import try_write_report
 

@@ -35,3 +35,36 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="(docqa run) show tracebacks of job-level errors",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
+SPARK_DESCRIPTION = (
+    "Answer a Parquet table with a native PySpark job (mapInArrow over the same engine): on local[N] here, "
+    "or on a cluster through --master or spark-submit. Writes the same output as docqa predict."
+)
+
+
+def add_spark_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the flags of `docqa spark` (and of `spark-submit pipelines/spark_job.py`) to `parser`."""
+    parser.add_argument("--input", required=True, metavar="GLOB", help="Parquet file, directory or glob")
+    parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    parser.add_argument(
+        "--master",
+        metavar="URL",
+        help="Spark master (local[2], spark://host:7077, yarn, ...); default: spark-submit's, else local[*]",
+    )
+    parser.add_argument(
+        "--conf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Spark setting, e.g. --conf spark.sql.files.maxPartitionBytes=8m; repeatable",
+    )
+    add_config_arguments(parser)
+    parser.add_argument("--no-report", action="store_true", help="do not write DIR/report.html")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show tracebacks of job-level errors",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")

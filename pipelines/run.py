@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.pvalue import PCollection
 
 from pipelines import metrics, progress
+from pipelines.failures import PipelineError, summarize_failure
 from pipelines.inference import QAModelHandler
 from pipelines.io import ReadRows, beam_filesystem_usable, write_table
 from pipelines.options import DESCRIPTION, add_run_arguments
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from apache_beam.runners.runner import PipelineRunner
 
 from qa_core.config import QAConfig, config_from_arguments
-from qa_core.errors import JobError, OutputError
+from qa_core.errors import OutputError
 from qa_core.evaluation.calibration import apply_model_calibration
 from qa_core.io.ownership import verify_output_rows
 from qa_core.io.read import InputSchema, count_rows, output_schemas, read_input_schema, resolve_inputs
@@ -68,31 +68,6 @@ from qa_core.runtime.loading import describe_model, read_model_limits, resolve_d
 from qa_core.runtime.shapes import BatchShape, choose_batch_shape, with_batch_shape
 
 logger = logging.getLogger(__name__)
-
-
-class PipelineError(JobError, RuntimeError):
-    """The pipeline itself failed (on the runner or a worker); the message is the cause in one line."""
-
-
-_ERROR_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Exit)): (.+)$")
-
-
-def summarize_failure(err: BaseException) -> str:
-    """One line saying why a pipeline failed.
-
-    Runners report worker failures in their own exception types, often with the worker's traceback in
-    the message; the root cause is the last `SomeError: message` line of it, else the first line.
-    """
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    found = [m for m in map(_ERROR_LINE.match, lines) if m]
-    if found:
-        name, message = found[-1].group(1).rsplit(".", 1)[-1], found[-1].group(2)
-    else:
-        name, message = type(err).__name__, lines[0] if lines else ""
-    message = re.sub(r"\s*\[while running '[^']*'\]\s*$", "", message)
-    if "Channel closed prematurely" in message or "Worker subprocess exited" in message:
-        message = f"a worker process died ({message})"
-    return f"{name}: {message}" if message else name
 
 
 @dataclass(frozen=True)

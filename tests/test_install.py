@@ -48,7 +48,28 @@ def _clean_env(path_first: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+# What a source tree holds beside the package's files: never build from them (a stale build/lib would
+# put removed modules in the wheel).
+NOT_SOURCES = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "out",
+    "runs",
+    "vendor",
+    "__pycache__",
+    "*.pyc",
+    ".*_cache",
+)
+
+
 def _build_wheel(source: Path, into: Path) -> Path:
+    """The wheel of a copy of `source` (pip builds in place, leaving build/ behind)."""
+    copy = into / "source"
+    shutil.copytree(source, copy, ignore=NOT_SOURCES)
+    source = copy
     _run(
         [
             sys.executable,
@@ -150,7 +171,7 @@ def test_the_dockerfile_file_set_installs_and_answers(tmp_path: Path) -> None:
     for source in sources:
         path = ROOT / source
         if path.is_dir():
-            shutil.copytree(path, staged / source, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(path, staged / source, ignore=NOT_SOURCES)
         else:
             shutil.copy(path, staged / source)
     # The image's install, without downloading the extras' dependencies: a new venv whose only other

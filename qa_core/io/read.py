@@ -269,7 +269,7 @@ def iter_rows(
                         lo, hi = max(first - seen, 0), min(last - seen, batch.num_rows)
                         seen += batch.num_rows
                         if lo < hi:
-                            yield from _rows_of(batch.slice(lo, hi - lo))
+                            yield from rows_of_batch(batch.slice(lo, hi - lo))
                         if seen >= last:
                             break
         except _FILE_ERRORS as err:  # botocore's and aiohttp's timeouts are OSErrors too
@@ -278,7 +278,7 @@ def iter_rows(
             raise InputError(f"cannot read Parquet file {file}: {_short(err)}") from err
 
 
-def _rows_of(batch: pa.RecordBatch) -> Iterator[dict[str, object]]:
+def rows_of_batch(batch: pa.RecordBatch) -> Iterator[dict[str, object]]:
     """The batch's rows as dicts, converted column by column (much faster than `RecordBatch.to_pylist`)."""
     names = batch.schema.names
     for values in zip(*(column.to_pylist() for column in batch.columns), strict=True):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,15 +158,35 @@ def answer_parts(
         on_rows: Progress: called with numbers of rows written.
     """
     for part in parts:
-        writer = writer_for(part)
-        before = copy.deepcopy(engine.stats)
         rows = iter_rows(files, engine.config.input, start=part.start, stop=part.stop)
-        writer.write_all(
-            engine.answer_rows(rows, first_position=part.start), on_rows, every=PROGRESS_EVERY_ROWS
-        )
-        # The part's own counters, so that a resume that keeps it reports what a clean run would.
-        counts = engine.stats.minus(before).to_state()
-        writer.close_tables({COUNTS_KEY: json.dumps(counts, sort_keys=True)})
+        answer_part(engine, rows, part.start, writer_for(part), on_rows)
+
+
+def answer_part(
+    engine: QAEngine,
+    rows: Iterable[Mapping[str, Any]],
+    first_position: int,
+    writer: OutputWriter,
+    on_rows: Callable[[int], object],
+) -> EngineStats:
+    """Answers one part's rows on their own into its two files, its counters in their footers.
+
+    Args:
+        engine: The engine (its `stats` add up over the parts).
+        rows: The part's input rows, in order.
+        first_position: The input position of its first row (row keys).
+        writer: The (open) writer of the part's two files; closed and put in place here.
+        on_rows: Progress: called with numbers of rows written.
+
+    Returns:
+        The part's own counters (also in its footers, `COUNTS_KEY`).
+    """
+    before = copy.deepcopy(engine.stats)
+    writer.write_all(engine.answer_rows(rows, first_position), on_rows, every=PROGRESS_EVERY_ROWS)
+    # The part's own counters, so that a resume that keeps it reports what a clean run would.
+    counts = engine.stats.minus(before)
+    writer.close_tables({COUNTS_KEY: json.dumps(counts.to_state(), sort_keys=True)})
+    return counts
 
 
 def resumable_parts(

@@ -1,0 +1,168 @@
+"""`docqa spark` on a real local Spark (`local[2]`, pyspark from PyPI, Java 17) against `docqa predict`.
+
+The partition function is tested on its own (no JVM) against the engine; the whole job runs through the
+CLI in this process, with several partitions, and must write what predict writes: the same schemas, the
+same answers (text, start, end; scores within 1e-4), the same rejections, the same counts, `_run.json` and
+`COMPLETED`. A model the executors cannot load fails the job with exit code 2 and one line.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from docqa.cli import main
+from pipelines.spark_partition import PartitionJob, StatsAccumulator, answer_partition, summary_arrow_schema
+from qa_core.config import load_config
+from qa_core.engine.loop import QAEngine
+from qa_core.engine.stats import EngineStats
+from qa_core.evaluation.squad import load_squad, squad_to_table
+from qa_core.io.read import output_schemas, read_input_schema
+from qa_core.io.write import prepare_output
+from qa_core.jobs.predict import predict
+from tests.conftest import SHARED_SQUAD, write_parquet
+
+pyspark = pytest.importorskip("pyspark", reason="docqa spark needs the [spark] extra")
+if shutil.which("java") is None:
+    pytest.skip("no Java runtime (apt-get install -y openjdk-17-jre-headless)", allow_module_level=True)
+
+SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "questions.parquet"
+SQUAD_DEV = SHARED_SQUAD / "dev-v1.1.json.zip"
+BAD_ROWS: list[dict[str, Any]] = [
+    {"id": None, "question": "what city?", "context": "the city of paris"},
+    {"id": "no-context", "question": "what city?", "context": None},
+    {"id": "blank", "question": "what?", "context": " \n "},
+    {"id": "no-question", "question": None, "context": "the city"},
+]
+
+
+def _predict(config_args: list[str], source: Path, output: Path) -> None:
+    config = load_config([], config_args)
+    predict(config, str(source), str(output), progress=False, workers=1)
+
+
+def _spark(source: Path, output: Path, *extra: str) -> int:
+    return main(
+        [
+            "spark",
+            "--input",
+            str(source),
+            "--output",
+            str(output),
+            "--master",
+            "local[2]",
+            "--no-report",
+            *extra,
+        ]
+    )
+
+
+def _by_id(folder: Path, table: str) -> dict[Any, dict[str, Any]]:
+    rows = pq.read_table(folder / table).to_pylist()
+    return {(row["id"], index): row for index, row in enumerate(sorted(rows, key=_order))}
+
+
+def _order(row: dict[str, Any]) -> tuple[str, str, int]:
+    return (str(row["id"]), str(row.get("answer")), row.get("start") or -1)
+
+
+def _assert_same_output(spark_dir: Path, predict_dir: Path) -> dict[str, Any]:
+    for table in ("answers", "rejections"):
+        ours, theirs = pq.read_table(spark_dir / table), pq.read_table(predict_dir / table)
+        assert ours.schema.remove_metadata().equals(theirs.schema.remove_metadata(), check_metadata=True)
+    answers, expected = _by_id(spark_dir, "answers"), _by_id(predict_dir, "answers")
+    assert answers.keys() == expected.keys() and answers
+    for key, row in answers.items():
+        want = expected[key]
+        assert (row["answer"], row["start"], row["end"]) == (want["answer"], want["start"], want["end"]), key
+        assert row["score"] == pytest.approx(want["score"], abs=1e-4)
+    rejections = {(r["id"], r["reason"]) for r in pq.read_table(spark_dir / "rejections").to_pylist()}
+    assert rejections == {
+        (r["id"], r["reason"]) for r in pq.read_table(predict_dir / "rejections").to_pylist()
+    }
+    assert (spark_dir / "COMPLETED").exists()
+    info = json.loads((spark_dir / "_run.json").read_text())
+    theirs = json.loads((predict_dir / "_run.json").read_text())
+    for key in ("rows_read", "answered", "rejected", "rejected_by_reason", "windows", "questions_cut"):
+        assert info["counts"][key] == theirs["counts"][key], key
+    assert info["config_hash"] == theirs["config_hash"]
+    assert info["model"]["revision"] == theirs["model"]["revision"]
+    assert info["engine"] == "spark:local[2]"
+    return info
+
+
+def test_a_partition_is_answered_into_its_part_files_with_its_counters(
+    tiny_model: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The mapInArrow function without Spark: part files, footers, summary and accumulated counters."""
+    source = write_parquet(
+        tmp_path / "in.parquet", [*BAD_ROWS, {"id": "ok", "question": "city?", "context": "the city"}]
+    )
+    config = load_config([], [f"model.name_or_path={tiny_model_dir}"])
+    schemas = output_schemas(read_input_schema([str(source)], config.input), config)
+    owner = prepare_output(str(tmp_path / "out"), overwrite=False)
+
+    class Accumulator:  # Spark's accumulator, as the task sees it
+        value = EngineStats().to_state()
+
+        def add(self, state: dict[str, Any]) -> None:
+            self.value = StatsAccumulator().addInPlace(self.value, state)
+
+    accumulator = Accumulator()
+    job = PartitionJob(config, str(tmp_path / "out"), *schemas, owner, accumulator)
+    import pipelines.spark_partition as partition_module
+
+    partition_module._ENGINES[config.config_hash()] = QAEngine(tiny_model, config)
+    batches = iter(pq.read_table(source).to_batches(max_chunksize=2))
+    (summary,) = list(answer_partition(job, batches))
+    assert summary.schema.equals(summary_arrow_schema())
+    row = summary.to_pylist()[0]
+    counts = EngineStats.from_state(json.loads(row["counts"]))
+    assert (row["partition"], row["rows"], counts.answered, sum(counts.rejected.values())) == (0, 5, 1, 4)
+    assert EngineStats.from_state(accumulator.value).to_state() == counts.to_state()
+    answers = pq.read_table(tmp_path / "out" / "answers" / "part-00000.parquet")
+    rejections = pq.read_table(tmp_path / "out" / "rejections" / "part-00000.parquet")
+    assert (answers.num_rows, rejections.num_rows) == (1, 4)
+    assert json.loads(answers.schema.metadata[b"docqa.part"])["spark_partition"] == 0
+    footer = pq.read_metadata(tmp_path / "out" / "rejections" / "part-00000.parquet").metadata
+    assert json.loads(footer[b"docqa.part_counts"])["rows"] == 5
+
+
+def test_spark_answers_the_sample_as_predict_does(tmp_path: Path) -> None:
+    _predict([], SAMPLE, tmp_path / "predict")
+    assert _spark(SAMPLE, tmp_path / "spark") == 0
+    _assert_same_output(tmp_path / "spark", tmp_path / "predict")
+
+
+@pytest.mark.skipif(not SQUAD_DEV.exists(), reason="needs ../shared/data/squad")
+def test_spark_answers_squad_rows_over_several_partitions_as_predict_does(tmp_path: Path) -> None:
+    table = squad_to_table(load_squad(str(SQUAD_DEV))).select(["id", "question", "context"])
+    rows = table.take(list(range(0, table.num_rows, 35))).to_pylist() + BAD_ROWS  # about 300 rows
+    source = tmp_path / "squad.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), source, row_group_size=50)  # splittable by row group
+    _predict([], source, tmp_path / "predict")
+    assert _spark(source, tmp_path / "spark", "--conf", "spark.sql.files.maxPartitionBytes=60000") == 0
+    info = _assert_same_output(tmp_path / "spark", tmp_path / "predict")
+    assert info["counts"]["partitions"] > 1
+    assert len(list((tmp_path / "spark" / "answers").glob("part-*.parquet"))) == info["counts"]["partitions"]
+    assert info["timings"]["spark_start_seconds"] > 0
+
+
+def test_a_model_that_does_not_load_exits_2_with_one_line(
+    tiny_model_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    assert _spark(SAMPLE, tmp_path / "out", "--model", str(broken)) == 2
+    captured = capfd.readouterr()  # the JVM's stderr too
+    errors = [line for line in captured.err.splitlines() if line.startswith("docqa spark: error:")]
+    assert len(errors) == 1 and "ModelLoadError: cannot load QA model" in errors[0], errors
+    assert "Traceback" not in captured.err and "\tat org.apache" not in captured.err, captured.err[-2000:]
+    assert not (tmp_path / "out" / "COMPLETED").exists()
