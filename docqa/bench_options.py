@@ -12,7 +12,7 @@ from pathlib import Path
 from qa_core.config import DEFAULT_MODEL
 from qa_core.config_layers import add_config_arguments
 
-MODES = ("seed", "bound", "predict", "run", "beam-stock")
+MODES = ("seed", "bound", "predict", "run", "spark", "beam-stock")
 DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json.zip")
 DESCRIPTION = """\
 Throughput of docqa against the anchors, on the same model and the same rows.
@@ -20,10 +20,13 @@ Throughput of docqa against the anchors, on the same model and the same rows.
 Modes (each runs in a fresh subprocess, so peak RSS and warm-up are per mode; on CUDA each runs its rows
 once untimed first):
     seed        one question at a time: tokenize, forward, best span (the seed design's way)
-    bound       forward only, pre-tokenized windows sorted by length, padded like docqa's batches
+    bound       forward only, pre-tokenized windows sorted by length, padded like docqa's batches: the
+                fastest of the jobs' batch shape and 8, 16, 32 windows per forward
     predict     `docqa predict` in-process, Parquet to Parquet, end to end (model already loaded);
                 with --workers N, `docqa predict --workers N` from every worker loaded to the last answer
     run         `docqa run` on DirectRunner, Parquet to Parquet, end to end (includes worker model load)
+    spark       `docqa spark` on local[T], T partitions, from the session up (JVM start apart)
+Predict, run and spark also time the whole command in a subprocess (imports, model load, report, exit).
     beam-stock  RunInference with Beam's PyTorch keyed-tensor handler, windows padded to max_seq_len
 """
 

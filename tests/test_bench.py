@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,21 +40,40 @@ def _squad(questions: int) -> dict[str, Any]:
     }
 
 
-def test_bench_all_modes(tmp_path: Path, tiny_model_dir: Path) -> None:
+# The spark mode needs the [spark] extra and a Java runtime (CI installs both).
+SPARK = importlib.util.find_spec("pyspark") is not None and shutil.which("java") is not None
+
+
+def test_bench_all_modes(tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "squad.json"
     data.write_text(json.dumps(_squad(6)))
     out = tmp_path / "bench.json"
-    assert main(["--model", str(tiny_model_dir), "--data", str(data), "--n", "6", "--json", str(out)]) == 0
+    modes = [m for m in MODES if SPARK or m != "spark"]
+    argv = ["--model", str(tiny_model_dir), "--data", str(data), "--n", "6", "--modes", ",".join(modes)]
+    assert main([*argv, "--json", str(out)]) == 0
     results = {r["mode"]: r for r in json.loads(out.read_text())["results"]}
-    assert set(results) == set(MODES)
+    assert set(results) == set(modes)
     assert results["bound"]["ratio_to_bound"] == 1.0
     for r in results.values():
         assert r["questions"] == 6 and r["questions_per_s"] > 0 and r["peak_rss_mb"] > 0
     # docqa pads to the batch's longest; the stock handler pads every window to max_seq_len.
     assert results["predict"]["padding_efficiency"] > results["beam-stock"]["padding_efficiency"]
-    # The bound runs the same batches as predict and run (same caps, same padding multiple).
-    assert results["bound"]["padded_tokens"] == results["predict"]["padded_tokens"]
-    assert results["bound"]["padded_tokens"] == results["run"]["padded_tokens"]
+    # At the jobs' shape the bound runs the same batches as predict and run (same caps, same padding).
+    bound = results["bound"]
+    assert (
+        bound["chosen_padded_tokens"]
+        == results["predict"]["padded_tokens"]
+        == results["run"]["padded_tokens"]
+    )
+    assert bound["seconds"] <= bound["chosen_seconds"]  # the fastest shape, the jobs' among them
+    # The whole commands (a subprocess each) include imports and the model load: slower than answering.
+    for mode in ("predict", "run", *(["spark"] if SPARK else [])):
+        assert 0 < results[mode]["whole_questions_per_s"] < results[mode]["questions_per_s"], mode
+    if SPARK:
+        assert results["spark"]["real_tokens"] == results["predict"]["real_tokens"]
+        assert results["spark"]["partitions"] >= 1 and results["spark"]["startup_seconds"] > 0
+    table = capsys.readouterr().out
+    assert "whole q/s" in table and "bound: fastest at" in table
 
 
 def test_bench_predict_with_workers_times_the_answering(
