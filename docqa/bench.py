@@ -417,7 +417,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
         if "partitions" in r:
             lines.append(
                 f"{r['mode']}: {r['partitions']} partitions; Spark (JVM) start {r['startup_seconds']:.1f} s "
-                "outside q/s; peak RSS of the largest process (the JVM)"
+                "outside q/s; peak RSS of this process (Spark's JVM and Python workers not counted)"
             )
     return "\n".join(lines)
 

@@ -283,7 +283,8 @@ def run(
     pipeline = test_pipeline or beam.Pipeline(runner=local_runner(options), options=options)
     build_pipeline(pipeline, spec, model_handler)
     rows_read = count_rows(files)
-    progress.start(rows_read, enabled=args.progress)
+    # Rows are counted where the workers run: a bar here moves only when they share this process's view.
+    progress.start(rows_read, enabled=args.progress and _workers_share_launcher_files(options))
     try:
         result = pipeline.run()
         result.wait_until_finish()

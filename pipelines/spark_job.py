@@ -186,6 +186,7 @@ def run_spark(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     # The JVM's start, apart from answering (the executors' model loads fall in answering).
     info["timings"]["spark_start_seconds"] = round(session_ready - started, 3)
+    info["spark"] = _spark_figures(summaries)
     mark_completed(args.output, info, owner=owner)
     logger.info(
         "rows %d: answered %d, rejected %d -> %s",
@@ -216,6 +217,14 @@ def _answer(session: Any, files: list[str], config: QAConfig, job: PartitionJob)
     for row in sorted((r.asDict() for r in rows), key=lambda r: (r["partition"], r["attempt"])):
         latest[row["partition"]] = row
     return [latest[k] for k in sorted(latest)]
+
+
+def _spark_figures(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """How the partitions ran: the Python worker processes and the models they loaded (once each)."""
+    loads: dict[int, int] = {}
+    for summary in summaries:  # a process's count only grows: its largest is its total
+        loads[summary["pid"]] = max(loads.get(summary["pid"], 0), summary["model_loads"])
+    return {"partitions": len(summaries), "python_workers": len(loads), "model_loads": sum(loads.values())}
 
 
 def _checked_counts(

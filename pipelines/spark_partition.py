@@ -35,8 +35,8 @@ from qa_core.jobs.parts import PART_KEY, answer_part
 logger = logging.getLogger(__name__)
 
 SUMMARY_SCHEMA = (
-    "partition INT, attempt INT, rows LONG, model_id STRING, revision STRING, device STRING, "
-    "batch_shape STRING, counts STRING"
+    "partition INT, attempt INT, rows LONG, pid INT, model_loads INT, model_id STRING, revision STRING, "
+    "device STRING, batch_shape STRING, counts STRING"
 )
 """The one row a partition's task returns to the driver (Spark DDL)."""
 
@@ -88,6 +88,7 @@ class StatsAccumulator:
 
 _ENGINES: dict[str, QAEngine] = {}
 """This Python worker's engines, by config hash: the model is loaded once per process and job config."""
+_MODEL_LOADS = [0]  # models this process has loaded (the summary says it: once per process is the aim)
 
 
 def engine_for(config: QAConfig) -> QAEngine:
@@ -111,6 +112,7 @@ def engine_for(config: QAConfig) -> QAEngine:
         torch.set_num_threads(threads)
         engine = QAEngine(load_qa_model(config.model, config.runtime), config)
         _ENGINES[key] = engine
+        _MODEL_LOADS[0] += 1
         logger.info("loaded %s in process %d (%d threads)", config.model.name_or_path, os.getpid(), threads)
     return engine
 
@@ -156,6 +158,8 @@ def answer_partition(job: PartitionJob, batches: Iterator[pa.RecordBatch]) -> It
         "partition": partition,
         "attempt": attempt,
         "rows": stats.rows,
+        "pid": os.getpid(),
+        "model_loads": _MODEL_LOADS[0],
         "model_id": runner.model_id,
         "revision": runner.revision,
         "device": str(runner.device),
@@ -172,6 +176,8 @@ def summary_arrow_schema() -> pa.Schema:
             ("partition", pa.int32()),
             ("attempt", pa.int32()),
             ("rows", pa.int64()),
+            ("pid", pa.int32()),
+            ("model_loads", pa.int32()),
             ("model_id", pa.string()),
             ("revision", pa.string()),
             ("device", pa.string()),

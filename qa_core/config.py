@@ -206,8 +206,10 @@ class ModelConfig:
 
     Attributes:
         name_or_path: A local directory or a Hugging Face hub id (hub ids need a network). `bundled`
-            (the default) is the model shipped in `models/` (`DEFAULT_MODEL`), resolved to its absolute
-            path; write `./bundled` for a local directory of that name.
+            (the default) is the model installed with the package (`DEFAULT_MODEL`), resolved to its
+            absolute path on each machine: a config sent to workers (Beam, Spark, worker processes)
+            names their own installed copy, and the config hash is the same everywhere. Write
+            `./bundled` for a local directory of that name.
         revision: Hub revision (branch, tag or commit); ignored for local directories.
         dtype: Weights and activations dtype; logits are cast to fp32 before decoding.
         quantize: `int8`: dynamic int8 quantization of the linear layers, a CPU fast path that needs
@@ -233,6 +235,22 @@ class ModelConfig:
             self.quantize == "none" or self.dtype == "fp32",
             "model.quantize=int8 runs with fp32 weights: set model.dtype=fp32 or model.quantize=none",
         )
+
+    @property
+    def is_bundled(self) -> bool:
+        """Whether this is the bundled model (of this machine's installation)."""
+        return self.name_or_path == DEFAULT_MODEL
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickles the bundled model as `bundled`, so the unpickling machine resolves its own copy.
+
+        The launcher's site-packages path means nothing on a Dataflow, Flink or Spark worker whose
+        docqa is installed elsewhere (an image, another venv).
+        """
+        values = [getattr(self, f.name) for f in dataclasses.fields(self)]
+        if self.is_bundled:
+            values[0] = BUNDLED
+        return (type(self), tuple(values))
 
 
 @dataclass(frozen=True)
@@ -376,7 +394,10 @@ class QAConfig:
 
     def config_hash(self) -> str:
         """A short stable hash of the resolved config (sha256 of its canonical JSON)."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        document = self.to_dict()
+        if self.model.is_bundled:  # one hash for the bundled model wherever docqa is installed
+            document["model"]["name_or_path"] = BUNDLED
+        canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

@@ -258,3 +258,22 @@ def test_yaml_syntax_error_exits_2_with_one_line(tmp_path: Path, capsys: pytest.
 def test_exponent_numbers_without_a_dot_are_numbers() -> None:
     """YAML 1.1 reads `2e-1` as a string; a float setting takes it as the number it looks like."""
     assert load_config(overrides=["decode.temperature=2e-1"]).decode.temperature == 0.2
+
+
+def test_the_bundled_model_travels_to_workers_as_bundled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config pickled to a worker (Beam, Spark) names the worker's own installed copy, not the path
+    of the launcher's installation; its hash is the same on both."""
+    import pickle
+
+    import qa_core.config as config_module
+
+    config = load_config([], [])
+    here, digest = config.model.name_or_path, config.config_hash()
+    assert here == DEFAULT_MODEL and config.model.is_bundled
+    sent = pickle.dumps(config)
+    monkeypatch.setattr(config_module, "DEFAULT_MODEL", "/opt/elsewhere/qa_core/models/docqa-minilm-l6-squad")
+    there = pickle.loads(sent)
+    assert there.model.name_or_path == "/opt/elsewhere/qa_core/models/docqa-minilm-l6-squad"
+    assert there.config_hash() == digest
+    other = load_config([], ["model.name_or_path=/data/my-model"])
+    assert pickle.loads(pickle.dumps(other)).model.name_or_path == "/data/my-model"  # explicit paths stay

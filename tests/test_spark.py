@@ -9,7 +9,10 @@ same answers (text, start, end; scores within 1e-4), the same rejections, the sa
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from pipelines.spark_partition import PartitionJob, StatsAccumulator, answer_par
 from qa_core.config import load_config
 from qa_core.engine.loop import QAEngine
 from qa_core.engine.stats import EngineStats
+from qa_core.errors import ConfigError
 from qa_core.evaluation.squad import load_squad, squad_to_table
 from qa_core.io.read import output_schemas, read_input_schema
 from qa_core.io.write import prepare_output
@@ -125,6 +129,7 @@ def test_a_partition_is_answered_into_its_part_files_with_its_counters(
     row = summary.to_pylist()[0]
     counts = EngineStats.from_state(json.loads(row["counts"]))
     assert (row["partition"], row["rows"], counts.answered, sum(counts.rejected.values())) == (0, 5, 1, 4)
+    assert row["pid"] > 0 and row["model_loads"] >= 0
     assert EngineStats.from_state(accumulator.value).to_state() == counts.to_state()
     answers = pq.read_table(tmp_path / "out" / "answers" / "part-00000.parquet")
     rejections = pq.read_table(tmp_path / "out" / "rejections" / "part-00000.parquet")
@@ -149,7 +154,11 @@ def test_spark_answers_squad_rows_over_several_partitions_as_predict_does(tmp_pa
     _predict([], source, tmp_path / "predict")
     assert _spark(source, tmp_path / "spark", "--conf", "spark.sql.files.maxPartitionBytes=60000") == 0
     info = _assert_same_output(tmp_path / "spark", tmp_path / "predict")
-    assert info["counts"]["partitions"] > 1
+    assert info["counts"]["partitions"] > 2
+    # local[2]: two Python workers at most, each loading the model once for all its partitions.
+    figures = info["spark"]
+    assert figures["partitions"] == info["counts"]["partitions"]
+    assert figures["model_loads"] == figures["python_workers"] <= 2
     assert len(list((tmp_path / "spark" / "answers").glob("part-*.parquet"))) == info["counts"]["partitions"]
     assert info["timings"]["spark_start_seconds"] > 0
 
@@ -166,3 +175,54 @@ def test_a_model_that_does_not_load_exits_2_with_one_line(
     assert len(errors) == 1 and "ModelLoadError: cannot load QA model" in errors[0], errors
     assert "Traceback" not in captured.err and "\tat org.apache" not in captured.err, captured.err[-2000:]
     assert not (tmp_path / "out" / "COMPLETED").exists()
+
+
+def test_spark_settings_take_conf_items_and_keep_the_users_over_docqas() -> None:
+    from pipelines.spark_job import default_master, spark_settings
+
+    settings = spark_settings("local[2]", ["spark.log.level=INFO", "spark.sql.shuffle.partitions=4"])
+    assert settings["spark.log.level"] == "INFO" and settings["spark.sql.shuffle.partitions"] == "4"
+    assert settings["spark.driver.host"] == "127.0.0.1"
+    assert "spark.driver.host" not in spark_settings("spark://h:7077", [])
+    assert spark_settings("local[2]", [], debug=True)["spark.log.level"] == "WARN"
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        spark_settings(None, ["spark.executor.memory"])
+    assert default_master("yarn") == "yarn"
+
+
+def test_an_empty_input_gives_empty_tables_and_completed(tmp_path: Path) -> None:
+    schema = pa.schema([("id", pa.string()), ("question", pa.string()), ("context", pa.string())])
+    source = tmp_path / "empty.parquet"
+    pq.write_table(schema.empty_table(), source)
+    _predict([], source, tmp_path / "predict")
+    assert _spark(source, tmp_path / "spark") == 0
+    for table in ("answers", "rejections"):
+        ours, theirs = pq.read_table(tmp_path / "spark" / table), pq.read_table(tmp_path / "predict" / table)
+        assert ours.num_rows == 0 and ours.schema.remove_metadata().equals(theirs.schema.remove_metadata())
+    assert json.loads((tmp_path / "spark" / "_run.json").read_text())["counts"]["rows_read"] == 0
+    assert (tmp_path / "spark" / "COMPLETED").exists()
+
+
+def test_spark_submit_runs_the_job_module(tmp_path: Path) -> None:
+    """`spark-submit pipelines/spark_job.py` (the cluster path): spark-submit's master and Python."""
+    import pipelines.spark_job
+
+    submit = Path(sys.executable).parent / "spark-submit"
+    if not submit.exists():
+        pytest.skip("pyspark's spark-submit is not beside this interpreter")
+    env = {
+        **os.environ,
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+    }
+    command = [str(submit), "--master", "local[2]", "--conf", "spark.log.level=ERROR"]
+    command += [pipelines.spark_job.__file__, "--input", str(SAMPLE), "--output", str(tmp_path / "out")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads((tmp_path / "out" / "_run.json").read_text())
+    assert (
+        info["engine"] == "spark:local[2]"
+        and info["counts"]["rows_read"] == pq.read_metadata(SAMPLE).num_rows
+    )
+    assert (tmp_path / "out" / "COMPLETED").exists()
