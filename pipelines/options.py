@@ -27,14 +27,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bar (in-process runners)"
     )
-    parser.add_argument("--no-report", action="store_true", help="(docqa run) do not write DIR/report.html")
-    parser.add_argument(
-        "--debug",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="(docqa run) show tracebacks of job-level errors",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_job_flags(parser, "(docqa run) ")
 
 
 SPARK_DESCRIPTION = (
@@ -60,11 +53,20 @@ def add_spark_arguments(parser: argparse.ArgumentParser) -> None:
         help="a Spark setting, e.g. --conf spark.sql.files.maxPartitionBytes=8m; repeatable",
     )
     add_config_arguments(parser)
-    parser.add_argument("--no-report", action="store_true", help="do not write DIR/report.html")
+    add_job_flags(parser, "(docqa spark) ")
+
+
+def add_job_flags(parser: argparse.ArgumentParser, cli_only: str) -> None:
+    """`--no-report`, `--debug` and `--overwrite` of the distributed jobs.
+
+    `--debug` is only set when given (`argparse.SUPPRESS`), so the `docqa --debug COMMAND` form keeps the
+    top-level value. `cli_only` marks the flags that only the `docqa` CLI reads (not `python -m`).
+    """
+    parser.add_argument("--no-report", action="store_true", help=f"{cli_only}do not write DIR/report.html")
     parser.add_argument(
         "--debug",
         action="store_true",
         default=argparse.SUPPRESS,
-        help="show tracebacks of job-level errors",
+        help=f"{cli_only}show tracebacks of job-level errors",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")

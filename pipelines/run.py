@@ -65,7 +65,7 @@ from qa_core.io.write import check_output, mark_completed, prepare_output
 from qa_core.jobs.guard import run_guarded
 from qa_core.runtime.fit import check_config_fits_model
 from qa_core.runtime.loading import describe_model, read_model_limits, resolve_device
-from qa_core.runtime.shapes import BatchShape, choose_batch_shape, with_batch_shape
+from qa_core.runtime.shapes import BatchShape, choose_batch_shape, default_caps, with_batch_shape
 
 logger = logging.getLogger(__name__)
 
@@ -224,9 +224,12 @@ def _batch_shape(config: QAConfig, revision: str, options: PipelineOptions) -> B
         shape = choose_batch_shape(config, revision, resolve_device(config.runtime))
     else:
         explicit = batch.max_batch_windows is not None and batch.max_batch_tokens is not None
+        # The workers' device as the config says it (a GPU when asked for or required).
+        gpu = config.runtime.device == "cuda" or config.runtime.require_gpu
+        windows, tokens = default_caps(gpu)
         shape = BatchShape(
-            batch.windows_cap,
-            batch.tokens_cap,
+            windows if batch.max_batch_windows is None else batch.max_batch_windows,
+            tokens if batch.max_batch_tokens is None else batch.max_batch_tokens,
             "config" if explicit else "default",
             "the workers run elsewhere, so this machine's tuning does not apply: the config's caps, else "
             "the defaults (docqa tune on a worker machine gives the values to set)",

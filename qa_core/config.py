@@ -102,10 +102,16 @@ class FeaturizeConfig:
 
 
 # Small batches span fewer window lengths, so they waste less padding on a CPU; GPU configs raise both.
-DEFAULT_BATCH_WINDOWS = 32
-"""Windows per forward pass when neither the config nor `docqa tune` says otherwise."""
-DEFAULT_BATCH_TOKENS = 8192
-"""Padded tokens per forward pass when neither the config nor `docqa tune` says otherwise."""
+# 16 windows was the fastest or within 2% of it on the three 2-core CPUs measured (an AVX-512 Xeon, an
+# AVX512-BF16 AMD EPYC, an AVX2-only AMD EPYC), where 32 ran 5-16% slower (benchmarks/RESULTS.md).
+DEFAULT_BATCH_WINDOWS = 16
+"""Windows per forward pass on a CPU when neither the config nor `docqa tune` says otherwise."""
+DEFAULT_BATCH_TOKENS = 6144
+"""Padded tokens per forward pass on a CPU (16 windows of 384) when neither config nor tune says."""
+GPU_DEFAULT_BATCH_WINDOWS = 32
+"""Windows per forward pass on a GPU without a setting or a tuning (GPU configs set far more)."""
+GPU_DEFAULT_BATCH_TOKENS = 8192
+"""Padded tokens per forward pass on a GPU without a setting or a tuning."""
 
 
 @dataclass(frozen=True)
@@ -114,8 +120,8 @@ class BatchConfig:
 
     Attributes:
         max_batch_windows: At most this many windows per forward pass; None (the default): the shape
-            `docqa tune` chose for this machine, model and dtype, else `DEFAULT_BATCH_WINDOWS`
-            (`qa_core.runtime.shapes`).
+            `docqa tune` chose for this machine, model and dtype, else `DEFAULT_BATCH_WINDOWS` on a
+            CPU and `GPU_DEFAULT_BATCH_WINDOWS` on a GPU (`qa_core.runtime.shapes`).
         max_batch_tokens: At most this many padded tokens (windows x padded length) per forward pass;
             None: as for `max_batch_windows` (`DEFAULT_BATCH_TOKENS` untuned).
         pad_to_multiple_of: Padded length is the batch's longest window rounded up to this (tensor cores

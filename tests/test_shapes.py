@@ -36,6 +36,9 @@ def test_untuned_machines_get_the_defaults(cache: Path) -> None:
         "default",
     )
     assert "docqa tune" in shape.reason
+    assert (DEFAULT_BATCH_WINDOWS, DEFAULT_BATCH_TOKENS) == (16, 6144)  # measured: benchmarks/RESULTS.md
+    gpu = choose_batch_shape(QAConfig(), "rev", torch.device("cuda"))  # a GPU's untuned caps are larger
+    assert (gpu.max_batch_windows, gpu.max_batch_tokens, gpu.source) == (32, 8192, "default")
 
 
 def test_a_tuned_shape_is_used_only_for_its_model_dtype_and_machine(cache: Path) -> None:

@@ -1,14 +1,15 @@
 """Batch shapes for this machine: `docqa tune` measures them once, every later job here uses its choice.
 
 The fastest cap on windows per forward pass depends on the CPU, the model and the dtype (bundled model,
-fp32, 2 cores: 16 to 32 windows on an AVX-512 Xeon, measured in benchmarks/RESULTS.md; an AVX2-only AMD
-EPYC ran about 12% faster at 8 than at 32, as issue 20 reports), so one default cannot fit every machine.
+fp32, 2 cores: 16 windows on an AVX-512 Xeon and on an AVX512-BF16 AMD EPYC, 8 to 16 on an AVX2-only
+AMD EPYC (issue 20's report), measured in benchmarks/RESULTS.md), so a default fits some machines only.
 `docqa tune` (`qa_core.tools.tune`) times the forward pass at a few shapes and stores the fastest in a
 cache file, keyed by what decides it: the model's revision, the device (the CPU's capability and flags,
 or the GPU's name), the dtype and quantization, the torch threads and version, and the window length.
 
 `choose_batch_shape` gives a job its caps: the config's when it sets them (a user's setting always
-wins), else the tuned entry for this key, else `DEFAULT_BATCH_WINDOWS` / `DEFAULT_BATCH_TOKENS`. The
+wins), else the tuned entry for this key, else the device's defaults (`DEFAULT_BATCH_WINDOWS` /
+`DEFAULT_BATCH_TOKENS` on a CPU, the larger `GPU_DEFAULT_*` on a GPU). The
 choice and its reason are logged and written to `_run.json` (`batch_shape`).
 
 The cache lives in `$DOCQA_CACHE_DIR`, else `$XDG_CACHE_HOME/docqa`, else `~/.cache/docqa`
@@ -28,7 +29,13 @@ from typing import Any, Literal
 
 import torch
 
-from qa_core.config import DEFAULT_BATCH_TOKENS, DEFAULT_BATCH_WINDOWS, QAConfig
+from qa_core.config import (
+    DEFAULT_BATCH_TOKENS,
+    DEFAULT_BATCH_WINDOWS,
+    GPU_DEFAULT_BATCH_TOKENS,
+    GPU_DEFAULT_BATCH_WINDOWS,
+    QAConfig,
+)
 from qa_core.errors import OutputError
 from qa_core.runtime.cpu import probe_cpu
 
@@ -144,12 +151,20 @@ def choose_batch_shape(config: QAConfig, revision: str, device: torch.device) ->
             f"docqa tune chose it on this machine ({tuned.get('tuned_at', 'unknown time')}; "
             f"{cache_dir() / CACHE_FILE})",
         )
+    default_windows, default_tokens = default_caps(device.type == "cuda")
     return BatchShape(
-        windows if windows is not None else DEFAULT_BATCH_WINDOWS,
-        tokens if tokens is not None else DEFAULT_BATCH_TOKENS,
+        windows if windows is not None else default_windows,
+        tokens if tokens is not None else default_tokens,
         "default",
         "no docqa tune result for this machine, model and dtype; run docqa tune once to find its fastest",
     )
+
+
+def default_caps(gpu: bool) -> tuple[int, int]:
+    """The untuned (windows, tokens) caps of a CPU or a GPU."""
+    if gpu:
+        return GPU_DEFAULT_BATCH_WINDOWS, GPU_DEFAULT_BATCH_TOKENS
+    return DEFAULT_BATCH_WINDOWS, DEFAULT_BATCH_TOKENS
 
 
 def with_batch_shape(config: QAConfig, shape: BatchShape) -> QAConfig:
