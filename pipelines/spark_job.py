@@ -165,12 +165,14 @@ def run_spark(argv: Sequence[str] | None = None) -> dict[str, Any]:
         summaries = _answer(session, files, config, job)
         answered_at = time.perf_counter()
         master_url = session.sparkContext.master
+        if not summaries:  # an empty input: Spark ran no task, so the empty tables are written here
+            OutputWriter(
+                args.output, *schemas, config.decode.top_k, prepare=False, owner=owner
+            ).close_tables()
         counts = _checked_counts(args.output, rows_read, summaries, accumulator.value)
     finally:
         if created:
             session.stop()
-    if not summaries:  # an empty input: Spark ran no task, so write the empty tables here
-        OutputWriter(args.output, *schemas, config.decode.top_k, prepare=False, owner=owner).close_tables()
     first = summaries[0] if summaries else {}
     info = run_info(
         config,
