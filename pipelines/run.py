@@ -64,8 +64,9 @@ from qa_core.io.schema import (
 from qa_core.io.write import check_output, mark_completed, prepare_output
 from qa_core.jobs.guard import run_guarded
 from qa_core.runtime.fit import check_config_fits_model
-from qa_core.runtime.loading import describe_model, read_model_limits, resolve_device
+from qa_core.runtime.loading import describe_model, load_qa_model, read_model_limits, resolve_device
 from qa_core.runtime.shapes import BatchShape, choose_batch_shape, default_caps, with_batch_shape
+from qa_core.tools.tune import probe_for_job
 
 logger = logging.getLogger(__name__)
 
@@ -213,15 +214,18 @@ def _check_model_on_launcher(config: QAConfig, options: PipelineOptions) -> str:
     return "unchecked:worker-image"
 
 
-def _batch_shape(config: QAConfig, revision: str, options: PipelineOptions) -> BatchShape:
+def _batch_shape(config: QAConfig, revision: str, options: PipelineOptions, rows: int) -> BatchShape:
     """The batch caps of the job: chosen on this machine when the workers run here, else the config's.
 
     Windows are batched before the model (`BucketWindows`), so the caps are fixed at launch; remote
-    workers' machines are not known here, and `docqa tune` on one of them gives the values to set.
+    workers' machines are not known here, and `docqa tune` on one of them gives the values to set. A
+    large untuned local job probes here first (`probe_for_job`; the workers load their own models).
     """
     batch = config.batch
     if _workers_share_launcher_files(options):
-        shape = choose_batch_shape(config, revision, resolve_device(config.runtime))
+        device = resolve_device(config.runtime)
+        probe_for_job(config, rows, revision, device, lambda: load_qa_model(config.model, config.runtime))
+        shape = choose_batch_shape(config, revision, device)
     else:
         explicit = batch.max_batch_windows is not None and batch.max_batch_tokens is not None
         # The workers' device as the config says it (a GPU when asked for or required).
@@ -278,14 +282,14 @@ def run(
     check_output(args.output, overwrite=args.overwrite)  # before the model check; changes nothing
     options = PipelineOptions(beam_args, save_main_session=False)
     revision = _check_model_on_launcher(config, options)
-    shape = _batch_shape(config, revision, options)
+    rows_read = count_rows(files)
+    shape = _batch_shape(config, revision, options, rows_read)
     spec = JobSpec(with_batch_shape(config, shape), tuple(files), schema, args.output)
     owner = prepare_output(
         args.output, overwrite=args.overwrite, plan={"engine": "run", "config_hash": config.config_hash()}
     )
     pipeline = test_pipeline or beam.Pipeline(runner=local_runner(options), options=options)
     build_pipeline(pipeline, spec, model_handler)
-    rows_read = count_rows(files)
     # Rows are counted where the workers run: a bar here moves only when they share this process's view.
     progress.start(rows_read, enabled=args.progress and _workers_share_launcher_files(options))
     try:

@@ -37,8 +37,10 @@ from qa_core.io.read import count_rows, output_schemas, read_input_schema, resol
 from qa_core.io.run_info import run_info
 from qa_core.io.write import OutputWriter, check_output, mark_completed, prepare_output
 from qa_core.jobs.guard import run_guarded
+from qa_core.runtime.cpu import torch_threads
 from qa_core.runtime.fit import check_config_fits_model
-from qa_core.runtime.loading import describe_model, read_model_limits
+from qa_core.runtime.loading import describe_model, load_qa_model, read_model_limits, resolve_device
+from qa_core.tools.tune import probe_for_job
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +95,18 @@ def _check_model(config: QAConfig, master: str | None) -> str:
         return describe_model(config.model)
     logger.info("model %s is not on this machine; the executors must have it", config.model.name_or_path)
     return "unchecked:executors"
+
+
+def _probe_for_executors(config: QAConfig, rows: int, revision: str, settings: dict[str, str]) -> None:
+    """Probes this machine's batch shape for a large untuned local job, as its executors' tasks run.
+
+    Each task's Python worker runs torch with `spark.task.cpus` threads (PySpark's OMP_NUM_THREADS,
+    `spark_partition.engine_for`), and the tuned shape is keyed by threads, so the probe runs with as many.
+    On a cluster the executors run elsewhere: `docqa tune` on an executor machine gives the caps to set.
+    """
+    with torch_threads(int(settings.get("spark.task.cpus", "1"))):
+        device = resolve_device(config.runtime)
+        probe_for_job(config, rows, revision, device, lambda: load_qa_model(config.model, config.runtime))
 
 
 def _start_session(master: str | None, settings: dict[str, str]) -> tuple[Any, bool]:
@@ -151,6 +165,8 @@ def run_spark(argv: Sequence[str] | None = None) -> dict[str, Any]:
     check_output(args.output, overwrite=args.overwrite)  # changes nothing
     revision = _check_model(config, master)
     rows_read = count_rows(files)
+    if master is not None and master.startswith("local"):
+        _probe_for_executors(config, rows_read, revision, settings)
     session, created = _start_session(master, settings)
     session_ready = time.perf_counter()
     try:

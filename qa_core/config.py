@@ -102,12 +102,13 @@ class FeaturizeConfig:
 
 
 # Small batches span fewer window lengths, so they waste less padding on a CPU; GPU configs raise both.
-# 16 windows was the fastest or within 2% of it on the three 2-core CPUs measured (an AVX-512 Xeon, an
-# AVX512-BF16 AMD EPYC, an AVX2-only AMD EPYC), where 32 ran 5-16% slower (benchmarks/RESULTS.md).
-DEFAULT_BATCH_WINDOWS = 16
-"""Windows per forward pass on a CPU when neither the config nor `docqa tune` says otherwise."""
-DEFAULT_BATCH_TOKENS = 6144
-"""Padded tokens per forward pass on a CPU (16 windows of 384) when neither config nor tune says."""
+# 8 windows is the safest cap over the three 2-core CPUs measured (docqa tune, benchmarks/RESULTS.md):
+# within 2% of the fastest on an AVX-512 Xeon and an AVX512-BF16 AMD EPYC (16 fastest there) and 7% off
+# on an AVX2-only AMD EPYC (4 fastest), where 16 ran 13% and 32 31% slower than the fastest.
+DEFAULT_BATCH_WINDOWS = 8
+"""Windows per forward pass on a CPU when neither the config, `docqa tune` nor a probe says otherwise."""
+DEFAULT_BATCH_TOKENS = 3072
+"""Padded tokens per forward pass on a CPU (8 windows of 384) when neither config, tune nor probe says."""
 GPU_DEFAULT_BATCH_WINDOWS = 32
 """Windows per forward pass on a GPU without a setting or a tuning (GPU configs set far more)."""
 GPU_DEFAULT_BATCH_TOKENS = 8192
@@ -128,14 +129,20 @@ class BatchConfig:
             and oneDNN kernels prefer multiples of 8).
         sort_buffer_windows: Windows buffered and sorted by length before batching; bigger buffers give
             less padding, at the cost of memory and latency.
+        probe_min_rows: A job of at least this many rows that leaves the caps unset, on a machine with
+            no tuned shape for its model, device and dtype, first probes the forward at a few shapes
+            (`docqa tune`'s measurement, shortened: 10-30 s on a 2-core CPU) and keeps the fastest for
+            every later job here (`_run.json` `batch_shape.source: probed`); 0: never probe.
     """
 
     max_batch_windows: int | None = None
     max_batch_tokens: int | None = None
     pad_to_multiple_of: int = 8
     sort_buffer_windows: int = 2048
+    probe_min_rows: int = 20_000
 
     def __post_init__(self) -> None:
+        _require(self.probe_min_rows >= 0, "batch.probe_min_rows must be >= 0 (0: never probe)")
         _require(
             self.max_batch_windows is None or self.max_batch_windows >= 1,
             "batch.max_batch_windows must be >= 1 or null (chosen for the machine)",

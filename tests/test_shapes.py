@@ -36,7 +36,7 @@ def test_untuned_machines_get_the_defaults(cache: Path) -> None:
         "default",
     )
     assert "docqa tune" in shape.reason
-    assert (DEFAULT_BATCH_WINDOWS, DEFAULT_BATCH_TOKENS) == (16, 6144)  # measured: benchmarks/RESULTS.md
+    assert (DEFAULT_BATCH_WINDOWS, DEFAULT_BATCH_TOKENS) == (8, 3072)  # measured: benchmarks/RESULTS.md
     gpu = choose_batch_shape(QAConfig(), "rev", torch.device("cuda"))  # a GPU's untuned caps are larger
     assert (gpu.max_batch_windows, gpu.max_batch_tokens, gpu.source) == (32, 8192, "default")
 
@@ -149,3 +149,83 @@ def test_tune_command(
     out = capsys.readouterr().out
     assert "<- chosen" in out and "stored in" in out
     assert json.loads((tmp_path / "t.json").read_text())["max_batch_windows"] in (4, 8, 16, 32, 64)
+
+
+@pytest.fixture
+def quick_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("qa_core.tools.tune.PROBE_SECONDS", 0.0)  # three rounds, however fast
+
+
+def _job_argv(tiny_model_dir: Path, source: Path, output: Path, *settings: str) -> list[str]:
+    flags = [arg for setting in settings for arg in ("--set", setting)]
+    return [
+        "--input",
+        str(source),
+        "--output",
+        str(output),
+        "--model",
+        str(tiny_model_dir),
+        "--no-progress",
+        *SMALL_FLAGS,
+        *flags,
+    ]
+
+
+def _three_rows(tmp_path: Path) -> Path:
+    rows = [{"id": str(k), "question": "what?", "context": f"the river {k}"} for k in range(3)]
+    return write_parquet(tmp_path / "in.parquet", rows)
+
+
+def test_a_large_untuned_job_probes_once_and_later_jobs_reuse_it(
+    cache: Path, quick_probe: None, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    source = _three_rows(tmp_path)
+    below = _job_argv(tiny_model_dir, source, tmp_path / "small", "batch.probe_min_rows=4")
+    assert main(["predict", *below, "--no-report"]) == 0
+    assert json.loads((tmp_path / "small" / "_run.json").read_text())["batch_shape"]["source"] == "default"
+    assert not (cache / "batch_shapes.json").exists()  # 3 rows < 4: no probe
+
+    large = _job_argv(tiny_model_dir, source, tmp_path / "large", "batch.probe_min_rows=3")
+    assert main(["predict", *large, "--no-report"]) == 0
+    shape = json.loads((tmp_path / "large" / "_run.json").read_text())["batch_shape"]
+    assert shape["source"] == "probed" and "probe" in shape["reason"]
+    (entry,) = json.loads((cache / "batch_shapes.json").read_text()).values()
+    assert entry["origin"] == "probe" and shape["max_batch_windows"] == entry["max_batch_windows"]
+    assert set(entry["tokens_per_second"]) == {"4", "8", "16", "32"}  # the probe's candidates
+
+    again = _job_argv(tiny_model_dir, source, tmp_path / "again", "batch.probe_min_rows=3")
+    assert main(["predict", *again, "--no-report"]) == 0
+    (later,) = json.loads((cache / "batch_shapes.json").read_text()).values()
+    assert later == entry  # not probed again
+    assert json.loads((tmp_path / "again" / "_run.json").read_text())["batch_shape"]["source"] == "probed"
+
+    # Workers answer with a share of the threads: the launcher probes (and plans) as they run.
+    workers = _job_argv(tiny_model_dir, source, tmp_path / "workers", "batch.probe_min_rows=3")
+    assert main(["predict", *workers, "--no-report", "--workers", "2"]) == 0
+    threads = torch.get_num_threads()
+    entries = json.loads((cache / "batch_shapes.json").read_text()).values()
+    assert sorted(e["key"]["threads"] for e in entries) == sorted({max(1, threads // 2), threads})
+    assert json.loads((tmp_path / "workers" / "_run.json").read_text())["batch_shape"]["source"] == "probed"
+
+
+def test_no_probe_when_the_caps_are_set_or_probing_is_off(
+    cache: Path, quick_probe: None, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    source = _three_rows(tmp_path)
+    off = _job_argv(tiny_model_dir, source, tmp_path / "off", "batch.probe_min_rows=0")
+    assert main(["predict", *off, "--no-report"]) == 0
+    caps = ("batch.probe_min_rows=1", "batch.max_batch_windows=2", "batch.max_batch_tokens=512")
+    assert main(["predict", *_job_argv(tiny_model_dir, source, tmp_path / "set", *caps), "--no-report"]) == 0
+    assert not (cache / "batch_shapes.json").exists()
+    shape = json.loads((tmp_path / "set" / "_run.json").read_text())["batch_shape"]
+    assert (shape["source"], shape["max_batch_windows"]) == ("config", 2)
+
+
+def test_docqa_run_probes_on_the_launcher_for_local_workers(
+    cache: Path, quick_probe: None, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    source = _three_rows(tmp_path)
+    argv = _job_argv(tiny_model_dir, source, tmp_path / "run", "batch.probe_min_rows=3")
+    assert main(["run", *argv]) == 0
+    shape = json.loads((tmp_path / "run" / "_run.json").read_text())["batch_shape"]
+    assert shape["source"] == "probed"

@@ -38,10 +38,11 @@ from qa_core.jobs.parts import (
     resumable_parts,
 )
 from qa_core.jobs.workers import WorkerJob, run_workers
-from qa_core.runtime.cpu import check_cpu_dtype
+from qa_core.runtime.cpu import check_cpu_dtype, torch_threads
 from qa_core.runtime.fit import check_config_fits_model
 from qa_core.runtime.loading import describe_model, load_qa_model, read_model_limits, resolve_device
 from qa_core.runtime.torch_runner import TorchRunner
+from qa_core.tools.tune import probe_for_job
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,22 @@ def predict(
     rows = file_row_counts(files)  # footers only: the parts, the bar's total
     worker_parts = plan_parts(sum(rows), workers, config.output.part_rows)
     parts = [part for plan in worker_parts for part in plan]
-    plan = job_plan(config, model.revision if model else describe_model(config.model), files, rows, parts)
+    revision = model.revision if model else describe_model(config.model)
+    # Shapes are tuned per thread count: probe and plan with the threads the answering runs with.
+    threads = max(1, torch.get_num_threads() // len(worker_parts)) if len(worker_parts) > 1 else None
+    with torch_threads(threads or torch.get_num_threads()):
+        # A large untuned job finds this machine's batch shape before it is planned (and recorded).
+        probed = probe_for_job(
+            config,
+            sum(rows),
+            revision,
+            model.device if model else resolve_device(config.runtime),
+            lambda: model or load_qa_model(config.model, config.runtime),
+        )
+        plan = job_plan(config, revision, files, rows, parts)
+    if model is None and threads is None:
+        model = probed  # answer here with the model the probe loaded
+    del probed  # workers load their own: the probe's copy is not kept
     kept = resumable_parts(output_dir, stored, plan, parts) if resume else Kept()
     todo = [[part for part in plan if part.index not in kept.indices] for plan in worker_parts]
     todo = [plan for plan in todo if plan]
@@ -125,7 +141,7 @@ def predict(
     with tqdm(desc="rows", unit="row", total=total, disable=not progress, file=sys.stderr) as bar:
         job = _Job(config, files, output_dir, schemas, prepare)
         if len(todo) > 1:
-            ran = _answer_in_workers(job, todo, bar)
+            ran = _answer_in_workers(job, todo, bar, threads or 1)
         else:
             ran = _answer_here(job, todo[0] if todo else [], model, bar)
     counts = _checked_counts(output_dir, ran.stats, kept, sum(rows), len(parts))
@@ -236,8 +252,10 @@ def _answer_here(job: _Job, parts: list[PartRange], model: TorchRunner | None, b
     return _Ran(engine.stats, qa_model.model_id, qa_model.revision, device, owner, answering, shape)
 
 
-def _answer_in_workers(job: _Job, worker_parts: list[list[PartRange]], bar: tqdm[Any]) -> _Ran:
-    """The parts split over worker processes (`qa_core.jobs.workers`), a contiguous list each.
+def _answer_in_workers(
+    job: _Job, worker_parts: list[list[PartRange]], bar: tqdm[Any], threads: int
+) -> _Ran:
+    """The parts split over worker processes (`qa_core.jobs.workers`), `threads` torch threads each.
 
     With `runtime.worker_models: shared`, one device server process runs every worker's forwards
     (`qa_core.runtime.device_server`).
@@ -245,7 +263,6 @@ def _answer_in_workers(job: _Job, worker_parts: list[list[PartRange]], bar: tqdm
     config = job.config
     _worker_checks(config)
     shared = config.runtime.worker_models == "shared"
-    threads = max(1, torch.get_num_threads() // len(worker_parts))
     worker_jobs = [
         WorkerJob(
             worker,

@@ -12,10 +12,12 @@ The probe asks torch (`torch.cpu.get_capabilities()`, cpuinfo-based, every OS an
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import platform
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -153,3 +155,20 @@ def check_cpu_dtype(dtype: str, cpu: CpuCapability | None = None) -> None:
     raise ModelLoadError(
         f"{problem}; use model.dtype=fp32 or run on {instead} (or set {ALLOW_SLOW_DTYPE_ENV}=1 to run anyway)"
     )
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Runs the block with `threads` torch threads, then restores the count.
+
+    A launcher that probes or plans batch shapes for processes answering with fewer threads than its own
+    (predict's workers, Spark's tasks) does it as they will run: shapes are tuned per thread count.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -7,8 +7,11 @@ AMD EPYC (issue 20's report), measured in benchmarks/RESULTS.md), so a default f
 cache file, keyed by what decides it: the model's revision, the device (the CPU's capability and flags,
 or the GPU's name), the dtype and quantization, the torch threads and version, and the window length.
 
+A job of `batch.probe_min_rows` rows or more that finds no entry probes first (`qa_core.tools.tune.
+probe_for_job`: the same measurement, shortened) and stores its choice under the same key.
+
 `choose_batch_shape` gives a job its caps: the config's when it sets them (a user's setting always
-wins), else the tuned entry for this key, else the device's defaults (`DEFAULT_BATCH_WINDOWS` /
+wins), else the tuned or probed entry for this key, else the device's defaults (`DEFAULT_BATCH_WINDOWS` /
 `DEFAULT_BATCH_TOKENS` on a CPU, the larger `GPU_DEFAULT_*` on a GPU). The
 choice and its reason are logged and written to `_run.json` (`batch_shape`).
 
@@ -52,13 +55,14 @@ class BatchShape:
     Attributes:
         max_batch_windows: Windows per forward pass.
         max_batch_tokens: Padded tokens per forward pass.
-        source: `config` (set by the user), `tuned` (`docqa tune` on this machine) or `default`.
+        source: `config` (set by the user), `tuned` (`docqa tune` on this machine), `probed` (a large
+            job's probe on this machine: `qa_core.tools.tune.probe_for_job`) or `default`.
         reason: One sentence for the log and `_run.json`.
     """
 
     max_batch_windows: int
     max_batch_tokens: int
-    source: Literal["config", "tuned", "default"]
+    source: Literal["config", "tuned", "probed", "default"]
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,11 +148,13 @@ def choose_batch_shape(config: QAConfig, revision: str, device: torch.device) ->
         return BatchShape(windows, tokens, "config", "batch.max_batch_windows and max_batch_tokens are set")
     tuned = read_tuned(shape_key(config, revision, device))
     if tuned is not None:
+        probed = tuned.get("origin") == "probe"
+        by = "a job's probe" if probed else "docqa tune"
         return BatchShape(
             windows if windows is not None else int(tuned["max_batch_windows"]),
             tokens if tokens is not None else int(tuned["max_batch_tokens"]),
-            "tuned",
-            f"docqa tune chose it on this machine ({tuned.get('tuned_at', 'unknown time')}; "
+            "probed" if probed else "tuned",
+            f"{by} chose it on this machine ({tuned.get('tuned_at', 'unknown time')}; "
             f"{cache_dir() / CACHE_FILE})",
         )
     default_windows, default_tokens = default_caps(device.type == "cuda")
@@ -156,7 +162,10 @@ def choose_batch_shape(config: QAConfig, revision: str, device: torch.device) ->
         windows if windows is not None else default_windows,
         tokens if tokens is not None else default_tokens,
         "default",
-        "no docqa tune result for this machine, model and dtype; run docqa tune once to find its fastest",
+        "no tuned shape for this machine, model and dtype; run docqa tune once to find its fastest (jobs "
+        f"of {config.batch.probe_min_rows}+ rows probe it themselves: batch.probe_min_rows)"
+        if config.batch.probe_min_rows
+        else "no tuned shape for this machine, model and dtype; run docqa tune once to find its fastest",
     )
 
 

@@ -10,27 +10,41 @@ that is within `TIE_MARGIN` of the best (fewer, larger forwards pay less per-bat
 
 The choice is stored per model, device, dtype, threads and window length (`qa_core.runtime.shapes`); a
 job on this machine whose config leaves `batch.max_batch_windows` / `max_batch_tokens` unset uses it.
+
+A large job (`batch.probe_min_rows`) on a machine without such an entry probes by itself before it
+plans its batches (`probe_for_job`): whole windows only, at most 32 per forward, for `PROBE_SECONDS`
+(3 rounds at least). On the 2-core AVX2 EPYC that is about 25 s, under 5% of a 20,000-row job; the
+entry then serves every later job here, so a scheduled job pays it once per machine.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from qa_core.config import QAConfig
+from qa_core.errors import OutputError
 from qa_core.records import Feature
 from qa_core.runtime.runner import ModelRunner
-from qa_core.runtime.shapes import shape_key, store_tuned
+from qa_core.runtime.shapes import read_tuned, shape_key, store_tuned
 from qa_core.stages.batch import collate, padded_length
+
+logger = logging.getLogger(__name__)
 
 CANDIDATE_WINDOWS = (4, 8, 16, 32, 64)
 TIE_MARGIN = 0.03  # candidates within 3% of the fastest count as equally fast
+# A job's probe: 64 never won on a CPU and costs most; whole windows are where long contexts spend.
+PROBE_CANDIDATES = (4, 8, 16, 32)
+PROBE_SECONDS = 8.0
+
+Runner = TypeVar("Runner", bound=ModelRunner)
 
 
 @dataclass(frozen=True)
@@ -103,9 +117,18 @@ def measure(
     *,
     seconds: float,
     candidates: Sequence[int] = CANDIDATE_WINDOWS,
+    whole_windows_only: bool = False,
     clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[tuple[int, ...], dict[int, float], int]:
     """Times one forward per candidate and length per round, until `seconds` are spent (3 rounds at least).
+
+    Args:
+        runner: The model.
+        config: The job's config (window length, padding multiple).
+        seconds: Time to spend on the timed rounds.
+        candidates: Windows caps to compare.
+        whole_windows_only: Time windows of `max_seq_len` only (not also half as long).
+        clock: The timer (tests pass a fake one).
 
     Returns:
         The lengths, per candidate the median seconds per padded token summed over the lengths, and the
@@ -113,7 +136,8 @@ def measure(
     """
     multiple = config.batch.pad_to_multiple_of
     full = config.featurize.max_seq_len
-    lengths = tuple(sorted({padded_length(max(8, full // 2), multiple), padded_length(full, multiple)}))
+    half = full if whole_windows_only else max(8, full // 2)
+    lengths = tuple(sorted({padded_length(half, multiple), padded_length(full, multiple)}))
     batches = {
         (windows, length): collate(
             synthetic_windows(runner, length, windows, seed=length), runner.pad_token_id, multiple
@@ -141,13 +165,31 @@ def measure(
     return lengths, per_token, rounds
 
 
-def tune(runner: ModelRunner, config: QAConfig, *, seconds: float = 20.0, store: bool = True) -> TuneResult:
+def tune(
+    runner: ModelRunner,
+    config: QAConfig,
+    *,
+    seconds: float = 20.0,
+    store: bool = True,
+    probe: bool = False,
+) -> TuneResult:
     """Measures the candidates on `runner` and stores the choice for this machine (unless `store` is off).
+
+    Args:
+        runner: The model.
+        config: The job's config.
+        seconds: Time to spend measuring.
+        store: Keep the choice in the cache file.
+        probe: A job's shortened probe (`PROBE_CANDIDATES`, whole windows) rather than `docqa tune`'s;
+            the entry says so (`_run.json` `batch_shape.source: probed`).
 
     Raises:
         OutputError: When the cache file cannot be written.
     """
-    lengths, per_token, rounds = measure(runner, config, seconds=seconds)
+    candidates = PROBE_CANDIDATES if probe else CANDIDATE_WINDOWS
+    lengths, per_token, rounds = measure(
+        runner, config, seconds=seconds, candidates=candidates, whole_windows_only=probe
+    )
     windows = choose(per_token)
     tokens = windows * padded_length(config.featurize.max_seq_len, config.batch.pad_to_multiple_of)
     key = shape_key(config, runner.revision, runner.device)
@@ -157,7 +199,63 @@ def tune(runner: ModelRunner, config: QAConfig, *, seconds: float = 20.0, store:
             "max_batch_windows": windows,
             "max_batch_tokens": tokens,
             "tuned_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "origin": "probe" if probe else "docqa tune",
             "tokens_per_second": {str(w): len(lengths) / s for w, s in per_token.items()},
         }
         stored = str(store_tuned(key, entry))
     return TuneResult(lengths, per_token, rounds, windows, tokens, key, stored)
+
+
+def probe_wanted(config: QAConfig, revision: str, device: Any, rows: int) -> bool:
+    """Whether a job of `rows` rows should probe first: large enough, caps unset, nothing stored here."""
+    batch = config.batch
+    if not batch.probe_min_rows or rows < batch.probe_min_rows:
+        return False
+    if batch.max_batch_windows is not None and batch.max_batch_tokens is not None:
+        return False  # the user's caps win; nothing to choose
+    return read_tuned(shape_key(config, revision, device)) is None
+
+
+def probe_for_job(
+    config: QAConfig, rows: int, revision: str, device: Any, load: Callable[[], Runner]
+) -> Runner | None:
+    """Probes and stores this machine's batch shape when a job of `rows` rows wants it (`probe_wanted`).
+
+    Call it before the job plans its batches (`qa_core.runtime.shapes.choose_batch_shape` then reads the
+    entry). When the cache file cannot be written the job goes on with the defaults, and a warning says
+    why (the probe then runs again in the next job).
+
+    Args:
+        config: The job's config.
+        rows: The rows the job will answer.
+        revision: The model's revision (`qa_core.runtime.loading.describe_model`).
+        device: The device the job's model runs on.
+        load: Loads the job's model (called only when probing).
+
+    Returns:
+        The model it loaded to probe (the caller may answer with it), or None when it did not probe.
+    """
+    if not probe_wanted(config, revision, device, rows):
+        return None
+    runner = load()
+    logger.info(
+        "probing batch shapes once for this machine and model (%d rows >= batch.probe_min_rows %d; "
+        "3 rounds and %.0f s at least; docqa tune does it ahead of a job)",
+        rows,
+        config.batch.probe_min_rows,
+        PROBE_SECONDS,
+    )
+    started = time.perf_counter()
+    try:
+        result = tune(runner, config, seconds=PROBE_SECONDS, probe=True)
+    except OutputError as err:
+        logger.warning("the probe's choice was not kept (%s); the job runs with the defaults", err)
+        return runner
+    logger.info(
+        "probe chose %d windows / %d tokens in %.1f s (%s)",
+        result.max_batch_windows,
+        result.max_batch_tokens,
+        time.perf_counter() - started,
+        result.stored_in,
+    )
+    return runner
