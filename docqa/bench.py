@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import random
 import resource
 import subprocess
 import sys
@@ -48,13 +49,40 @@ class BenchError(JobError, RuntimeError):
     """A bench mode failed in its child process; the message holds the end of its stderr."""
 
 
-def _rows(data: str, n: int, repeat: int = 1) -> list[dict[str, Any]]:
-    """The first `n` questions of `data`, `repeat` times over (copy c's ids get a `c-` prefix)."""
-    table = squad_to_table(load_squad(data)).slice(0, n).select(["id", "question", "context"])
-    rows = list(table.to_pylist())
+def _rows(data: str, n: int, repeat: int = 1, paragraphs: int = 1) -> list[dict[str, Any]]:
+    """The first `n` questions of `data`, `repeat` times over (copy c's ids get a `c-` prefix).
+
+    With `paragraphs` > 1 each context is its own paragraph followed by the next ones of its article
+    (`long_contexts`): a long-context set whose rows span several windows.
+    """
+    table = squad_to_table(load_squad(data))
+    if paragraphs > 1:
+        table = long_contexts(table, paragraphs)
+    rows = list(table.slice(0, n).select(["id", "question", "context"]).to_pylist())
     if repeat == 1:
         return rows
     return [dict(row, id=f"{copy}-{row['id']}") for copy in range(repeat) for row in rows]
+
+
+def long_contexts(table: pa.Table, paragraphs: int) -> pa.Table:
+    """`table` with each context followed by the next `paragraphs - 1` of its article (wrapping round).
+
+    The question's own paragraph comes first, so its answer offsets still hold; an article with fewer
+    paragraphs gives each of them all of its paragraphs.
+    """
+    titles, contexts = table.column("title").to_pylist(), table.column("context").to_pylist()
+    articles: dict[str, list[str]] = {}
+    for title, context in zip(titles, contexts, strict=True):
+        article = articles.setdefault(title, [])
+        if not article or article[-1] != context:  # a paragraph's questions are consecutive
+            article.append(context)
+    joined = []
+    for title, context in zip(titles, contexts, strict=True):
+        article = articles[title]
+        first = article.index(context)
+        count = min(paragraphs, len(article))
+        joined.append("\n\n".join(article[(first + k) % len(article)] for k in range(count)))
+    return table.set_column(table.schema.get_field_index("context"), "context", pa.array(joined))
 
 
 def _windows(model: TorchRunner, config: QAConfig, rows: list[dict[str, Any]]) -> list[Feature]:
@@ -107,6 +135,7 @@ def bench_seed(
 # Window caps the bound also tries beside the job's own (its tokens cap then allows that many full windows):
 # the bound is the fastest of them, the job runs the shape it chose (`qa_core.runtime.shapes`).
 BOUND_WINDOW_CAPS = (8, 16, 32)
+BOUND_SLICES = 8  # slices of the sorted windows, each timed at every shape before the next
 
 
 def bench_bound(
@@ -114,22 +143,29 @@ def bench_bound(
 ) -> dict[str, Any]:
     """Forward only over length-sorted, pre-tokenized, pre-padded batches, at the best of a few shapes.
 
-    The figure is the fastest of the job's shape and `BOUND_WINDOW_CAPS` (interleaved rounds would cost
-    more time than a bench run has), so a job's ratio to it says how close its chosen shape comes.
+    The figure is the fastest of the job's shape and `BOUND_WINDOW_CAPS`, so a job's ratio to it says
+    how close its chosen shape comes. The shapes are timed interleaved: each shape's batches (planned
+    over all windows, as a job plans them) are cut into `BOUND_SLICES` runs by where they start in the
+    length-sorted windows, and each run is timed at every shape in a fresh random order before the
+    next, so a shared machine's drift over the minutes of a run falls on every shape alike (timed one
+    shape after the other, the fastest shape moved from run to run by more than the shapes differ).
     """
-    windows = _windows(model, config, rows)
+    windows = sorted(_windows(model, config, rows), key=lambda f: (f.length, f.row_key, f.window_index))
     chosen = (config.batch.windows_cap, config.batch.tokens_cap)
     shapes = [chosen, *((w, w * config.featurize.max_seq_len) for w in BOUND_WINDOW_CAPS)]
     shapes = list(dict.fromkeys(shapes))
+    size = -(-len(windows) // BOUND_SLICES)
 
-    def batches_of(shape: tuple[int, int]) -> list[Any]:
+    def batches_of(shape: tuple[int, int]) -> list[list[Any]]:
         caps = dataclasses.replace(config.batch, max_batch_windows=shape[0], max_batch_tokens=shape[1])
-        # Sorted by length, capped and padded like docqa's batches: on a GPU, widths that are not a
-        # multiple of 8 leave the bf16 tensor-core kernels misaligned.
-        return [
-            collate(group, model.pad_token_id, config.batch.pad_to_multiple_of)
-            for group in plan_batches(windows, caps)
-        ]
+        runs: list[list[Any]] = [[] for _ in range(BOUND_SLICES)]
+        start = 0
+        for group in plan_batches(windows, caps):
+            # Sorted by length, capped and padded like docqa's batches: on a GPU, widths that are not
+            # a multiple of 8 leave the bf16 tensor-core kernels misaligned.
+            runs[start // size].append(collate(group, model.pad_token_id, config.batch.pad_to_multiple_of))
+            start += len(group)
+        return runs
 
     def forward_all(batches: list[Any]) -> float:
         started = time.perf_counter()
@@ -140,22 +176,28 @@ def bench_bound(
         return time.perf_counter() - started
 
     _warm_up(model, windows)
-    timed = []
-    for shape in shapes:
-        batches = batches_of(shape)
-        if _full_warm_up(model):
-            forward_all(batches)
-        timed.append((forward_all(batches), shape, batches))
-    seconds, best, batches = min(timed, key=lambda item: item[0])
-    chosen_seconds, _, chosen_batches = timed[0]
+    planned = {shape: batches_of(shape) for shape in shapes}
+    if _full_warm_up(model):
+        for shape in shapes:
+            forward_all([batch for part in planned[shape] for batch in part])
+    seconds = dict.fromkeys(shapes, 0.0)
+    order = random.Random(0)
+    for k in range(BOUND_SLICES):
+        for shape in order.sample(shapes, len(shapes)):
+            seconds[shape] += forward_all(planned[shape][k])
+    best = min(shapes, key=lambda shape: seconds[shape])
+
+    def tokens(shape: tuple[int, int], kind: str) -> int:
+        return sum(getattr(batch, kind) for part in planned[shape] for batch in part)
+
     return {
-        "seconds": seconds,
+        "seconds": seconds[best],
         "best_shape": list(best),
         "chosen_shape": list(chosen),
-        "chosen_seconds": chosen_seconds,
-        "real_tokens": sum(b.real_tokens for b in batches),
-        "padded_tokens": sum(b.padded_tokens for b in batches),
-        "chosen_padded_tokens": sum(b.padded_tokens for b in chosen_batches),
+        "chosen_seconds": seconds[chosen],
+        "real_tokens": tokens(best, "real_tokens"),
+        "padded_tokens": tokens(best, "padded_tokens"),
+        "chosen_padded_tokens": tokens(chosen, "padded_tokens"),
     }
 
 
@@ -345,7 +387,7 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     """Runs one mode in this process and returns its figures."""
     config = _config(args)
     torch.manual_seed(0)
-    rows = _rows(args.data, args.n, args.repeat)
+    rows = _rows(args.data, args.n, args.repeat, args.context_paragraphs)
     with tempfile.TemporaryDirectory() as tmp:
         if args.mode == "predict" and args.workers > 1:
             # The workers load their own models: one here would only hold the device's memory.

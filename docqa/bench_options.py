@@ -37,6 +37,14 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=DEFAULT_DATA, help="SQuAD JSON whose first N questions are used")
     parser.add_argument("--n", type=int, default=2000, help="questions (default 2000)")
     parser.add_argument(
+        "--context-paragraphs",
+        type=int,
+        default=1,
+        metavar="K",
+        help="a long-context set: each context is its paragraph and the next K-1 of its article "
+        "(default 1: SQuAD's own paragraphs)",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -68,8 +76,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_bench_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Rejects argument combinations argparse cannot express (`parser.error`: usage and exit code 2)."""
-    if min(args.n, args.repeat, args.workers) < 1:
-        parser.error(f"--n, --repeat and --workers must be >= 1, got {args.n}, {args.repeat}, {args.workers}")
+    if min(args.n, args.repeat, args.workers, args.context_paragraphs) < 1:
+        parser.error(
+            "--n, --repeat, --workers and --context-paragraphs must be >= 1, got "
+            f"{args.n}, {args.repeat}, {args.workers}, {args.context_paragraphs}"
+        )
     unknown = sorted(set(args.modes.split(",")) - set(MODES))
     if unknown:
         parser.error(f"--modes: unknown mode(s) {unknown}; choose from {', '.join(MODES)}")

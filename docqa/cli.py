@@ -209,11 +209,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not args.debug:
         _brief_beam_errors()
     info = run(args.command_argv)
+    print(summarize_run(info, args.output), flush=True)  # the output is complete: the report only adds
     if not args.no_report:
         from qa_core.tools.report import try_write_report
 
         try_write_report(args.output)
-    print(summarize_run(info, args.output))
     return 0
 
 
@@ -222,11 +222,11 @@ def _cmd_spark(args: argparse.Namespace) -> int:
     from pipelines.spark_job import run_spark
 
     info = run_spark(args.command_argv)
+    print(summarize_run(info, args.output), flush=True)  # the output is complete: the report only adds
     if not args.no_report:
         from qa_core.tools.report import try_write_report
 
         try_write_report(args.output)
-    print(summarize_run(info, args.output))
     return 0
 
 

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 import torch
 
-from docqa.bench import MODES, main
+from docqa.bench import MODES, long_contexts, main
 from qa_core.errors import ModelLoadError
+from qa_core.evaluation.squad import load_squad, squad_to_table
 
 
 def _squad(questions: int) -> dict[str, Any]:
@@ -99,7 +100,14 @@ def test_bench_predict_with_workers_times_the_answering(
 
 
 @pytest.mark.parametrize(
-    "bad", [["--workers", "0"], ["--repeat", "0"], ["--n", "0"], ["--workers", "2", "--modes", "bound"]]
+    "bad",
+    [
+        ["--workers", "0"],
+        ["--repeat", "0"],
+        ["--n", "0"],
+        ["--context-paragraphs", "0"],
+        ["--workers", "2", "--modes", "bound"],
+    ],
 )
 def test_bench_rejects_bad_arguments(tiny_model_dir: Path, bad: list[str]) -> None:
     with pytest.raises(SystemExit):
@@ -112,3 +120,39 @@ def test_bench_on_cuda_without_a_gpu_fails_before_any_mode_runs(tmp_path: Path, 
     with pytest.raises(ModelLoadError, match="torch sees no CUDA device"):
         main(["--model", str(tiny_model_dir), "--device", "cuda", "--n", "2", "--json", str(out)])
     assert not out.exists()
+
+
+def test_long_contexts_put_the_questions_paragraph_first_then_the_next_ones(tmp_path: Path) -> None:
+    squad = _squad(3)
+    squad["data"].append(
+        {
+            "title": "U",
+            "paragraphs": [
+                dict(
+                    squad["data"][0]["paragraphs"][0],
+                    qas=[
+                        {
+                            "id": "u0",
+                            "question": "who?",
+                            "answers": [{"text": "the river", "answer_start": 0}],
+                        }
+                    ],
+                )
+            ],
+        }
+    )
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps(squad))
+    table = squad_to_table(load_squad(str(path)))
+    paragraphs = [p["context"] for p in squad["data"][0]["paragraphs"]]
+    joined = long_contexts(table, 2).column("context").to_pylist()
+    assert joined[:3] == [
+        paragraphs[0] + "\n\n" + paragraphs[1],
+        paragraphs[1] + "\n\n" + paragraphs[2],
+        paragraphs[2] + "\n\n" + paragraphs[0],  # wraps round within the article
+    ]
+    assert joined[3] == paragraphs[0]  # a one-paragraph article keeps its paragraph
+    for row, context in zip(table.to_pylist(), joined, strict=True):
+        answer = row["answers"][0]
+        start = answer["answer_start"]
+        assert context[start : start + len(answer["text"])] == answer["text"]
