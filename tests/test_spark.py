@@ -145,6 +145,19 @@ def test_spark_answers_the_sample_as_predict_does(tmp_path: Path) -> None:
     _assert_same_output(tmp_path / "spark", tmp_path / "predict")
 
 
+def test_a_large_untuned_local_job_probes_on_the_driver_as_its_tasks_run(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver probes with `spark.task.cpus` threads (the tasks' key); the executors then use it."""
+    monkeypatch.setattr("qa_core.tools.tune.PROBE_SECONDS", 0.0)
+    settings = ["--set", "batch.probe_min_rows=1", "--model", str(tiny_model_dir)]
+    assert _spark(SAMPLE, tmp_path / "spark", *settings) == 0
+    assert json.loads((tmp_path / "spark" / "_run.json").read_text())["batch_shape"]["source"] == "probed"
+    entries = json.loads((Path(os.environ["DOCQA_CACHE_DIR"]) / "batch_shapes.json").read_text())
+    tiny = [e for e in entries.values() if e["origin"] == "probe" and e["key"]["threads"] == 1]
+    assert tiny, entries
+
+
 @pytest.mark.skipif(not SQUAD_DEV.exists(), reason="needs ../shared/data/squad")
 def test_spark_answers_squad_rows_over_several_partitions_as_predict_does(tmp_path: Path) -> None:
     table = squad_to_table(load_squad(str(SQUAD_DEV))).select(["id", "question", "context"])
