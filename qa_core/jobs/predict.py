@@ -252,9 +252,7 @@ def _answer_here(job: _Job, parts: list[PartRange], model: TorchRunner | None, b
     return _Ran(engine.stats, qa_model.model_id, qa_model.revision, device, owner, answering, shape)
 
 
-def _answer_in_workers(
-    job: _Job, worker_parts: list[list[PartRange]], bar: tqdm[Any], threads: int
-) -> _Ran:
+def _answer_in_workers(job: _Job, worker_parts: list[list[PartRange]], bar: tqdm[Any], threads: int) -> _Ran:
     """The parts split over worker processes (`qa_core.jobs.workers`), `threads` torch threads each.
 
     With `runtime.worker_models: shared`, one device server process runs every worker's forwards
