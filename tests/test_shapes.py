@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -111,7 +112,7 @@ def test_tune_then_predict_uses_and_records_the_shape(
     argv = ["predict", "--input", str(source), "--model", str(tiny_model_dir), "--no-progress", "--no-report"]
     small = SMALL_FLAGS
     assert main([*argv, "--output", str(tmp_path / "tuned"), *small]) == 0
-    shape = json.loads((tmp_path / "tuned" / "_run.json").read_text())["batch_shape"]
+    shape = _shape_of(tmp_path / "tuned")
     assert shape["source"] == "tuned" and shape["max_batch_windows"] == result.max_batch_windows
     assert (
         main(
@@ -128,7 +129,7 @@ def test_tune_then_predict_uses_and_records_the_shape(
         )
         == 0
     )
-    shape = json.loads((tmp_path / "set" / "_run.json").read_text())["batch_shape"]
+    shape = _shape_of(tmp_path / "set")
     assert (shape["source"], shape["max_batch_windows"], shape["max_batch_tokens"]) == ("config", 3, 999)
 
 
@@ -171,6 +172,12 @@ def _job_argv(tiny_model_dir: Path, source: Path, output: Path, *settings: str) 
     ]
 
 
+def _shape_of(output: Path) -> dict[str, Any]:
+    """The `batch_shape` a finished job recorded in its `_run.json`."""
+    shape: dict[str, Any] = json.loads((output / "_run.json").read_text())["batch_shape"]
+    return shape
+
+
 def _three_rows(tmp_path: Path) -> Path:
     rows = [{"id": str(k), "question": "what?", "context": f"the river {k}"} for k in range(3)]
     return write_parquet(tmp_path / "in.parquet", rows)
@@ -182,12 +189,12 @@ def test_a_large_untuned_job_probes_once_and_later_jobs_reuse_it(
     source = _three_rows(tmp_path)
     below = _job_argv(tiny_model_dir, source, tmp_path / "small", "batch.probe_min_rows=4")
     assert main(["predict", *below, "--no-report"]) == 0
-    assert json.loads((tmp_path / "small" / "_run.json").read_text())["batch_shape"]["source"] == "default"
+    assert _shape_of(tmp_path / "small")["source"] == "default"
     assert not (cache / "batch_shapes.json").exists()  # 3 rows < 4: no probe
 
     large = _job_argv(tiny_model_dir, source, tmp_path / "large", "batch.probe_min_rows=3")
     assert main(["predict", *large, "--no-report"]) == 0
-    shape = json.loads((tmp_path / "large" / "_run.json").read_text())["batch_shape"]
+    shape = _shape_of(tmp_path / "large")
     assert shape["source"] == "probed" and "probe" in shape["reason"]
     (entry,) = json.loads((cache / "batch_shapes.json").read_text()).values()
     assert entry["origin"] == "probe" and shape["max_batch_windows"] == entry["max_batch_windows"]
@@ -197,7 +204,7 @@ def test_a_large_untuned_job_probes_once_and_later_jobs_reuse_it(
     assert main(["predict", *again, "--no-report"]) == 0
     (later,) = json.loads((cache / "batch_shapes.json").read_text()).values()
     assert later == entry  # not probed again
-    assert json.loads((tmp_path / "again" / "_run.json").read_text())["batch_shape"]["source"] == "probed"
+    assert _shape_of(tmp_path / "again")["source"] == "probed"
 
     # Workers answer with a share of the threads: the launcher probes (and plans) as they run.
     workers = _job_argv(tiny_model_dir, source, tmp_path / "workers", "batch.probe_min_rows=3")
@@ -205,7 +212,7 @@ def test_a_large_untuned_job_probes_once_and_later_jobs_reuse_it(
     threads = torch.get_num_threads()
     entries = json.loads((cache / "batch_shapes.json").read_text()).values()
     assert sorted(e["key"]["threads"] for e in entries) == sorted({max(1, threads // 2), threads})
-    assert json.loads((tmp_path / "workers" / "_run.json").read_text())["batch_shape"]["source"] == "probed"
+    assert _shape_of(tmp_path / "workers")["source"] == "probed"
 
 
 def test_no_probe_when_the_caps_are_set_or_probing_is_off(
@@ -217,7 +224,7 @@ def test_no_probe_when_the_caps_are_set_or_probing_is_off(
     caps = ("batch.probe_min_rows=1", "batch.max_batch_windows=2", "batch.max_batch_tokens=512")
     assert main(["predict", *_job_argv(tiny_model_dir, source, tmp_path / "set", *caps), "--no-report"]) == 0
     assert not (cache / "batch_shapes.json").exists()
-    shape = json.loads((tmp_path / "set" / "_run.json").read_text())["batch_shape"]
+    shape = _shape_of(tmp_path / "set")
     assert (shape["source"], shape["max_batch_windows"]) == ("config", 2)
 
 
@@ -227,5 +234,5 @@ def test_docqa_run_probes_on_the_launcher_for_local_workers(
     source = _three_rows(tmp_path)
     argv = _job_argv(tiny_model_dir, source, tmp_path / "run", "batch.probe_min_rows=3")
     assert main(["run", *argv]) == 0
-    shape = json.loads((tmp_path / "run" / "_run.json").read_text())["batch_shape"]
+    shape = _shape_of(tmp_path / "run")
     assert shape["source"] == "probed"

@@ -158,14 +158,14 @@ def choose_batch_shape(config: QAConfig, revision: str, device: torch.device) ->
             f"{cache_dir() / CACHE_FILE})",
         )
     default_windows, default_tokens = default_caps(device.type == "cuda")
+    reason = "no tuned shape for this machine, model and dtype; run docqa tune once to find its fastest"
+    if config.batch.probe_min_rows:
+        reason += f" (jobs of {config.batch.probe_min_rows}+ rows probe it themselves: batch.probe_min_rows)"
     return BatchShape(
         windows if windows is not None else default_windows,
         tokens if tokens is not None else default_tokens,
         "default",
-        "no tuned shape for this machine, model and dtype; run docqa tune once to find its fastest (jobs "
-        f"of {config.batch.probe_min_rows}+ rows probe it themselves: batch.probe_min_rows)"
-        if config.batch.probe_min_rows
-        else "no tuned shape for this machine, model and dtype; run docqa tune once to find its fastest",
+        reason,
     )
 
 

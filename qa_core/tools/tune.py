@@ -13,7 +13,7 @@ job on this machine whose config leaves `batch.max_batch_windows` / `max_batch_t
 
 A large job (`batch.probe_min_rows`) on a machine without such an entry probes by itself before it
 plans its batches (`probe_for_job`): whole windows only, at most 32 per forward, for `PROBE_SECONDS`
-(3 rounds at least). On the 2-core AVX2 EPYC that is about 25 s, under 5% of a 20,000-row job; the
+(3 rounds at least). On the 2-core AVX2 EPYC it took 29 s, under 5% of a 20,000-row job; the
 entry then serves every later job here, so a scheduled job pays it once per machine.
 """
 
