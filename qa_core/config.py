@@ -42,6 +42,7 @@ DEFAULT_MODEL = str(Path(__file__).resolve().parent / "models" / "docqa-minilm-l
 
 Dtype = Literal["fp32", "bf16", "fp16"]
 Quantize = Literal["none", "int8"]
+Implementation = Literal["auto", "native", "transformers"]
 Device = Literal["auto", "cpu", "cuda"]
 WorkerModels = Literal["per_worker", "shared"]
 
@@ -229,6 +230,11 @@ class ModelConfig:
             fp32 weights and a CPU device (`runtime.device`).
         allow_pickle: Allow `.bin` (pickle) checkpoints, which can run arbitrary code when loaded.
         trust_remote_code: Allow model code from the checkpoint's repository.
+        implementation: Which code runs the model. `auto`: a local plain BERT QA checkpoint (the
+            bundled model, what `docqa train` saves) runs on docqa's own torch encoder and `tokenizers`,
+            without importing transformers (seconds less per command); any other checkpoint through
+            transformers. `native` refuses a checkpoint that cannot run natively; `transformers` always
+            uses transformers (`qa_core.runtime.native_checkpoint`).
     """
 
     name_or_path: str = DEFAULT_MODEL
@@ -237,6 +243,7 @@ class ModelConfig:
     quantize: Quantize = "none"
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    implementation: Implementation = "auto"
 
     def __post_init__(self) -> None:
         _require(bool(self.name_or_path), "model.name_or_path must not be empty")
@@ -244,6 +251,10 @@ class ModelConfig:
             object.__setattr__(self, "name_or_path", DEFAULT_MODEL)  # frozen: set once, while building
         _require(self.dtype in get_args(Dtype), f"model.dtype must be one of {get_args(Dtype)}")
         _require(self.quantize in get_args(Quantize), f"model.quantize must be one of {get_args(Quantize)}")
+        _require(
+            self.implementation in get_args(Implementation),
+            f"model.implementation must be one of {get_args(Implementation)}",
+        )
         _require(
             self.quantize == "none" or self.dtype == "fp32",
             "model.quantize=int8 runs with fp32 weights: set model.dtype=fp32 or model.quantize=none",

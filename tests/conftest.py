@@ -54,6 +54,17 @@ def tiny_model(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
     return load_qa_model(ModelConfig(name_or_path=str(tiny_model_dir)), RuntimeConfig(device="cpu"))
 
 
+@pytest.fixture(scope="session")
+def tiny_transformers_tokenizer(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+    """The tiny model's tokenizer as transformers loads it: the reference for featurization's windows.
+
+    (`tiny_model` loads it without transformers, `qa_core.runtime.native_checkpoint`.)
+    """
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
 def write_parquet(path: Path, rows: list[dict[str, object]], schema: pa.Schema | None = None) -> Path:
     """Writes dict rows as a Parquet file."""
     table = pa.Table.from_pylist(rows, schema=schema)

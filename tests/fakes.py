@@ -26,13 +26,19 @@ def load_tokenizer(model_dir: str) -> Any:
     return AutoTokenizer.from_pretrained(model_dir)
 
 
+def token_ids(tokenizer: Any, *words: str) -> list[int]:
+    """The vocabulary ids of `words` (with a transformers tokenizer or docqa's native one)."""
+    vocab = tokenizer.get_vocab()
+    return [vocab[word] for word in words]
+
+
 def wrap(module: torch.nn.Module, tokenizer: Any, name: str) -> TorchRunner:
     return TorchRunner(module, tokenizer, torch.device("cpu"), torch.float32, name, "test")
 
 
 def marker(tokenizer: Any) -> TorchRunner:
     """A model whose answer is the span from "river" to "church" (instant on CPU)."""
-    return wrap(MarkerModel(*tokenizer.convert_tokens_to_ids([START_WORD, END_WORD])), tokenizer, "marker")
+    return wrap(MarkerModel(*token_ids(tokenizer, START_WORD, END_WORD)), tokenizer, "marker")
 
 
 class OOMModel(MarkerModel):
@@ -55,12 +61,12 @@ class OOMModel(MarkerModel):
 
 
 def oom_model(tokenizer: Any, max_windows: int) -> TorchRunner:
-    ids = tokenizer.convert_tokens_to_ids([START_WORD, END_WORD])
+    ids = token_ids(tokenizer, START_WORD, END_WORD)
     return wrap(OOMModel(*ids, max_windows=max_windows), tokenizer, "oom")
 
 
 def poison_model(tokenizer: Any) -> TorchRunner:
-    ids = tokenizer.convert_tokens_to_ids([START_WORD, END_WORD, POISON_WORD])
+    ids = token_ids(tokenizer, START_WORD, END_WORD, POISON_WORD)
     return wrap(PoisonModel(*ids), tokenizer, "poison")
 
 

@@ -123,7 +123,7 @@ class MarkerModel(torch.nn.Module):
 
 
 def marker_model(tokenizer: Any) -> TorchRunner:
-    ids = tokenizer.convert_tokens_to_ids(["river", "church"])
+    ids = [tokenizer.get_vocab()[word] for word in ("river", "church")]
     return TorchRunner(MarkerModel(*ids), tokenizer, torch.device("cpu"), torch.float32, "marker", "test")
 
 
@@ -203,7 +203,7 @@ class PoisonModel(MarkerModel):
 def test_poison_row_rejects_only_itself(tiny_model: TorchRunner) -> None:
     tok = tiny_model.tokenizer
     model = TorchRunner(
-        PoisonModel(*tok.convert_tokens_to_ids(["river", "church", "film"])),
+        PoisonModel(*[tok.get_vocab()[word] for word in ("river", "church", "film")]),
         tok,
         torch.device("cpu"),
         torch.float32,

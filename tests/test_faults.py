@@ -208,7 +208,7 @@ def test_crash_mid_write_leaves_nothing_that_looks_complete(
     # answers are in a half-written part file when the crash comes in the second chunk.
     settings = ["batch.sort_buffer_windows=8", "batch.max_batch_windows=4"]
     monkeypatch.setattr(qa_core.jobs.parts, "OutputWriter", functools.partial(OutputWriter, flush_rows=5))
-    ids = tiny_model.tokenizer.convert_tokens_to_ids([fakes.START_WORD, fakes.END_WORD])
+    ids = fakes.token_ids(tiny_model.tokenizer, fakes.START_WORD, fakes.END_WORD)
     crashing = fakes.wrap(CrashModel(*ids, crash_at=40), tiny_model.tokenizer, "crash")
     with pytest.raises(KeyboardInterrupt):
         predict(load_config([], settings), str(source), str(out), progress=False, model=crashing)

@@ -67,10 +67,10 @@ def templated(tokenizer: Any, kind: str) -> Any:
 @pytest.mark.parametrize("kind", ["bert", "roberta", "context-first", "bert-pair-path"])
 @pytest.mark.parametrize(("max_seq_len", "doc_stride"), [(384, 128), (64, 16), (48, 8)])
 def test_windows_match_the_transformers_call(
-    tiny_model: TorchRunner, max_seq_len: int, doc_stride: int, kind: str
+    tiny_transformers_tokenizer: Any, max_seq_len: int, doc_stride: int, kind: str
 ) -> None:
     """Both ways of building windows (shared contexts, pair encoding) give the tokenizer's own windows."""
-    tokenizer = templated(tiny_model.tokenizer, kind.removesuffix("-pair-path"))
+    tokenizer = templated(tiny_transformers_tokenizer, kind.removesuffix("-pair-path"))
     config = FeaturizeConfig(
         max_seq_len=max_seq_len, doc_stride=doc_stride, min_context_tokens=doc_stride + 8, max_question_len=16
     )
@@ -241,9 +241,11 @@ def _question_tokens(feature: Feature) -> int:
     return int((feature.token_type_ids == 0).sum()) - 2
 
 
-def test_long_questions_are_read_whole_when_the_context_keeps_its_room(tiny_model: TorchRunner) -> None:
+def test_long_questions_are_read_whole_when_the_context_keeps_its_room(
+    tiny_transformers_tokenizer: Any,
+) -> None:
     """A question is cut only past what leaves `min_context_tokens`, and a cut window says so."""
-    tokenizer = tiny_model.tokenizer
+    tokenizer = tiny_transformers_tokenizer
     config = FeaturizeConfig(max_seq_len=128, doc_stride=16, min_context_tokens=48)
     featurizer = Featurizer(tokenizer, config)
     limit = 128 - 3 - 48  # [CLS] q [SEP] c [SEP]

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from docqa.cli import main
-from qa_core.config import Dtype, ModelConfig, QAConfig, RuntimeConfig, load_config
+from qa_core.config import Dtype, Implementation, ModelConfig, QAConfig, RuntimeConfig, load_config
 from qa_core.errors import ConfigError, ModelLoadError
 from qa_core.runtime import cpu
 from qa_core.runtime.cpu import CpuCapability, check_cpu_dtype, probe_cpu
@@ -40,8 +40,13 @@ def _copy(model_dir: Path, target: Path, **config_changes: Any) -> Path:
     return target
 
 
-def _load(model_dir: Path, dtype: Dtype = "fp32") -> Any:
-    return load_qa_model(ModelConfig(name_or_path=str(model_dir), dtype=dtype), RuntimeConfig(device="cpu"))
+def _load(model_dir: Path, dtype: Dtype = "fp32", implementation: Implementation = "auto") -> Any:
+    config = ModelConfig(name_or_path=str(model_dir), dtype=dtype, implementation=implementation)
+    return load_qa_model(config, RuntimeConfig(device="cpu"))
+
+
+# The weight checks, through docqa's own BERT loading (auto, for these BERT checkpoints) and transformers'.
+BOTH_LOADERS = pytest.mark.parametrize("implementation", ["auto", "transformers"])
 
 
 def _predict(tmp_path: Path, model_dir: Path, *extra: str, out: Path | None = None) -> tuple[int, Path]:
@@ -186,26 +191,35 @@ def test_cli_refuses_a_checkpoint_without_tokenizer_files(
         ({"num_hidden_layers": 1}, r"hold layers its config.json does not build \(bert\.encoder\.layer\.1\."),
     ],
 )
+@BOTH_LOADERS
 def test_weights_that_do_not_fit_the_config_are_refused(
-    tmp_path: Path, tiny_model_dir: Path, changes: dict[str, int], message: str
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    changes: dict[str, int],
+    message: str,
+    implementation: Implementation,
 ) -> None:
     """transformers raises a RuntimeError for the shapes, and silently randomizes missing layers."""
     changed = _copy(tiny_model_dir, tmp_path / "changed", **changes)
     with pytest.raises(ModelLoadError, match=message) as err:
-        _load(changed)
+        _load(changed, implementation=implementation)
     assert str(changed) in str(err.value) and "\n" not in str(err.value)
 
 
-def test_a_base_model_without_a_qa_head_is_refused(tmp_path: Path) -> None:
+@BOTH_LOADERS
+def test_a_base_model_without_a_qa_head_is_refused(tmp_path: Path, implementation: Implementation) -> None:
     """A checkpoint saved from the encoder alone would get a randomly initialized span head."""
     from transformers import BertModel
 
     base = _save_model(tmp_path / "base", BertModel(_tiny_bert_config(), add_pooling_layer=False))
     with pytest.raises(ModelLoadError, match=r"no trained QA head .*qa_outputs\.bias, qa_outputs\.weight"):
-        _load(base)
+        _load(base, implementation=implementation)
 
 
-def test_unused_weights_outside_the_model_are_ignored(tmp_path: Path, tiny_model_dir: Path) -> None:
+@BOTH_LOADERS
+def test_unused_weights_outside_the_model_are_ignored(
+    tmp_path: Path, tiny_model_dir: Path, implementation: Implementation
+) -> None:
     """A pooler or pretraining head in the checkpoint is no reason to refuse it (a warning says so)."""
     from safetensors.torch import load_file, save_file
 
@@ -213,7 +227,7 @@ def test_unused_weights_outside_the_model_are_ignored(tmp_path: Path, tiny_model
     weights = load_file(extra / "model.safetensors")
     weights["bert.pooler.dense.weight"] = torch.zeros(32, 32)
     save_file(weights, extra / "model.safetensors", metadata={"format": "pt"})
-    assert _load(extra).model_id == str(extra)
+    assert _load(extra, implementation=implementation).model_id == str(extra)
 
 
 def test_the_load_report_is_held_back(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -225,7 +239,7 @@ def test_the_load_report_is_held_back(tmp_path: Path, tiny_model_dir: Path) -> N
     source.addHandler(handler)
     try:
         with pytest.raises(ModelLoadError):
-            _load(_copy(tiny_model_dir, tmp_path / "changed", num_labels=3))
+            _load(_copy(tiny_model_dir, tmp_path / "changed", num_labels=3), implementation="transformers")
     finally:
         source.removeHandler(handler)
     assert not [r for r in records if "LOAD REPORT" in r.getMessage()]

@@ -31,6 +31,13 @@ from qa_core.runtime.fit import (
     model_limits,
 )
 from qa_core.runtime.heap import cap_onednn_caches
+from qa_core.runtime.native_checkpoint import (
+    build_native_model,
+    load_native_tokenizer,
+    load_native_weights,
+    read_native_config,
+    uses_native,
+)
 from qa_core.runtime.torch_runner import TORCH_DTYPES, TorchRunner
 
 logger = logging.getLogger(__name__)
@@ -115,9 +122,13 @@ def load_tokenizer(config: ModelConfig) -> Any:
             (no tokenizer files, far fewer tokens than the model's embeddings, ids or segment ids beyond
             them: `qa_core.runtime.fit.check_tokenizer_fits_model`).
     """
+    _check_local_checkpoint(config)
+    if uses_native(config):
+        tokenizer: Any = load_native_tokenizer(Path(config.name_or_path))
+        check_tokenizer_fits_model(tokenizer, _model_config(config), config.name_or_path)
+        return tokenizer
     from transformers import AutoTokenizer
 
-    _check_local_checkpoint(config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             config.name_or_path, revision=config.revision, trust_remote_code=config.trust_remote_code
@@ -133,7 +144,9 @@ def load_tokenizer(config: ModelConfig) -> Any:
 
 
 def _model_config(config: ModelConfig) -> Any:
-    """The checkpoint's `transformers` config (config.json)."""
+    """The checkpoint's config.json: transformers' config, or its attributes for a native checkpoint."""
+    if uses_native(config):
+        return read_native_config(Path(config.name_or_path))
     from transformers import AutoConfig
 
     try:
@@ -154,9 +167,13 @@ def read_model_limits(config: ModelConfig) -> ModelLimits:
     Raises:
         ModelLoadError: What `load_tokenizer` raises, or a config.json that builds no QA model.
     """
+    tokenizer = load_tokenizer(config)
+    if uses_native(config):
+        return model_limits(
+            build_native_model(Path(config.name_or_path), "meta"), tokenizer, config.name_or_path
+        )
     from transformers import AutoModelForQuestionAnswering
 
-    tokenizer = load_tokenizer(config)
     model_config = _model_config(config)
     try:
         with torch.device("meta"):  # shapes only: no memory, no initialization cost
@@ -310,8 +327,6 @@ def load_qa_model(config: ModelConfig, runtime: RuntimeConfig) -> TorchRunner:
             native support (`qa_core.runtime.cpu.check_cpu_dtype`), weights that do not fit config.json or
             leave part of the model (the QA head, an encoder layer) randomly initialized.
     """
-    from transformers import AutoModelForQuestionAnswering
-
     device = resolve_device(runtime)
     dtype = TORCH_DTYPES[config.dtype]
     if device.type == "cpu":
@@ -319,6 +334,45 @@ def load_qa_model(config: ModelConfig, runtime: RuntimeConfig) -> TorchRunner:
         # Before the first forward: the default per-shape caches grow the resident set with the rows.
         cap_onednn_caches()
     tokenizer = load_tokenizer(config)
+    native = uses_native(config)
+    model = _load_native_model(config, dtype) if native else _load_transformers_model(config, dtype)
+    check_padding_fits_model(tokenizer, model, config.name_or_path)
+    model.to(device)
+    model.eval()  # dropout off: answers must not vary between runs
+    if config.quantize == "int8":
+        if device.type != "cpu":
+            raise ModelLoadError(
+                "model.quantize=int8 is a CPU fast path; set runtime.device=cpu or model.quantize=none"
+            )
+        model = _quantize_int8(model)
+    revision = describe_model(config)
+    logger.info(
+        "loaded %s (%s) on %s as %s, with %s",
+        config.name_or_path,
+        revision,
+        device,
+        config.dtype,
+        "docqa's BERT encoder" if native else "transformers",
+    )
+    return TorchRunner(model, tokenizer, device, dtype, config.name_or_path, revision)
+
+
+def _load_native_model(config: ModelConfig, dtype: torch.dtype) -> Any:
+    """A plain BERT QA checkpoint on `qa_core.runtime.native_bert`, checked as transformers' would be."""
+    directory = Path(config.name_or_path)
+    model = build_native_model(directory).to(dtype)
+    try:
+        info = load_native_weights(model, directory)
+    except (OSError, SafetensorError) as err:
+        raise ModelLoadError(f"cannot load QA model {config.name_or_path!r}: {_explain(err)}") from err
+    _check_loaded_weights(model, info, config.name_or_path)
+    return model
+
+
+def _load_transformers_model(config: ModelConfig, dtype: torch.dtype) -> Any:
+    """Any other checkpoint through `AutoModelForQuestionAnswering`, refusing random weights."""
+    from transformers import AutoModelForQuestionAnswering
+
     try:
         with _quiet_load(local=Path(config.name_or_path).is_dir()):
             model, info = AutoModelForQuestionAnswering.from_pretrained(
@@ -339,15 +393,4 @@ def load_qa_model(config: ModelConfig, runtime: RuntimeConfig) -> TorchRunner:
             explained += " (transformers' load report is logged with --log-level DEBUG)"
         raise ModelLoadError(f"cannot load QA model {config.name_or_path!r}: {explained}") from err
     _check_loaded_weights(model, info, config.name_or_path)
-    check_padding_fits_model(tokenizer, model, config.name_or_path)
-    model.to(device)
-    model.eval()  # dropout off: answers must not vary between runs
-    if config.quantize == "int8":
-        if device.type != "cpu":
-            raise ModelLoadError(
-                "model.quantize=int8 is a CPU fast path; set runtime.device=cpu or model.quantize=none"
-            )
-        model = _quantize_int8(model)
-    revision = describe_model(config)
-    logger.info("loaded %s (%s) on %s as %s", config.name_or_path, revision, device, config.dtype)
-    return TorchRunner(model, tokenizer, device, dtype, config.name_or_path, revision)
+    return model

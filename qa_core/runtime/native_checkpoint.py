@@ -1,0 +1,261 @@
+"""Which checkpoints load without transformers, and loading them: the tokenizer, the config, the weights.
+
+A local plain BERT QA checkpoint (the bundled model, and what `docqa train` saves) loads through
+`tokenizers` and `safetensors` directly, into `qa_core.runtime.native_bert.NativeBertForQA`: no
+transformers import in the command (seconds of every command's fixed cost, see `native_bert`). What
+loads must be what transformers would load, so a checkpoint qualifies only when nothing about it could
+load differently (`native_refusal` says why one does not):
+
+- config.json builds a `BertForQuestionAnswering` with erf GELU, absolute positions, no decoder parts
+  and no custom code;
+- its weights are one `model.safetensors` file;
+- its tokenizer is a `BertTokenizer` whose tokenizer.json holds exactly the pipeline transformers 5
+  rebuilds from tokenizer_config.json (`BertTokenizer.__init__`: BertNormalizer with the config's
+  lowercasing, accents and Chinese-character settings, BertPreTokenizer, WordPiece with "##", the
+  CLS/SEP pair template) and exactly the config's special tokens as added tokens.
+
+Everything else (hub ids, RoBERTa, DistilBERT, pickle weights, other tokenizers) loads through
+transformers as before; `model.implementation` chooses explicitly. `tests/test_native_bert.py` checks
+tokenizer and logits against transformers'.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from qa_core.config import ModelConfig
+from qa_core.errors import ModelLoadError
+from qa_core.runtime.native_bert import BertShape, NativeBertForQA
+
+WEIGHTS_FILE = "model.safetensors"
+_BERT_ARCHITECTURES = (None, ["BertForQuestionAnswering"])
+_BERT_TOKENIZERS = ("BertTokenizer", "BertTokenizerFast")
+_SPECIAL_TOKENS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+_WORDPIECE_MAX_CHARS = 100  # transformers' BertTokenizer builds WordPiece with the library default
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def _config_refusal(config: dict[str, Any]) -> str | None:
+    """Why config.json builds something other than the native plain BERT QA model (None: it does not)."""
+    checks = (
+        (config.get("model_type") == "bert", f"model_type is {config.get('model_type')!r}, not 'bert'"),
+        (
+            config.get("architectures") in _BERT_ARCHITECTURES,
+            f"architectures is {config.get('architectures')}",
+        ),
+        ("auto_map" not in config, "config.json maps to custom code (auto_map)"),
+        (config.get("hidden_act", "gelu") == "gelu", f"hidden_act is {config.get('hidden_act')!r}"),
+        (
+            config.get("position_embedding_type", "absolute") == "absolute",
+            f"position_embedding_type is {config.get('position_embedding_type')!r}",
+        ),
+        (not config.get("is_decoder") and not config.get("add_cross_attention"), "it is a decoder"),
+    )
+    return next((reason for holds, reason in checks if not holds), None)
+
+
+def _expected_pipeline(settings: dict[str, Any], vocab: dict[str, int]) -> dict[str, Any] | str:
+    """What transformers' BertTokenizer builds from tokenizer_config.json, as tokenizer.json holds it.
+
+    The normalizer, pre-tokenizer and pair template, serialized; or why none can be built.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    unk = str(settings.get("unk_token", "[UNK]"))
+    cls = str(settings.get("cls_token", "[CLS]"))
+    sep = str(settings.get("sep_token", "[SEP]"))
+    if cls not in vocab or sep not in vocab:
+        return f"its vocabulary lacks {cls} or {sep}"
+    scratch = Tokenizer(models.WordPiece({unk: 0}, unk_token=unk))
+    scratch.normalizer = normalizers.BertNormalizer(
+        clean_text=True,
+        handle_chinese_chars=bool(settings.get("tokenize_chinese_chars", True)),
+        strip_accents=settings.get("strip_accents"),
+        lowercase=bool(settings.get("do_lower_case", True)),
+    )
+    scratch.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    scratch.post_processor = processors.TemplateProcessing(
+        single=f"{cls}:0 $A:0 {sep}:0",
+        pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+        special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])],
+    )
+    built = json.loads(scratch.to_str())
+    return {key: built[key] for key in ("normalizer", "pre_tokenizer", "post_processor")}
+
+
+def _tokenizer_refusal(directory: Path) -> str | None:
+    """Why this checkpoint's tokenizer might load differently without transformers (None: it cannot)."""
+    settings = _read_json(directory / "tokenizer_config.json")
+    stored = _read_json(directory / "tokenizer.json")
+    if settings is None or stored is None:
+        return "it has no readable tokenizer.json and tokenizer_config.json"
+    if settings.get("tokenizer_class") not in _BERT_TOKENIZERS or "auto_map" in settings:
+        return f"its tokenizer_class is {settings.get('tokenizer_class')!r}"
+    model = stored.get("model") or {}
+    wordpiece = (
+        model.get("type"),
+        model.get("continuing_subword_prefix"),
+        model.get("max_input_chars_per_word"),
+    )
+    if wordpiece != ("WordPiece", "##", _WORDPIECE_MAX_CHARS) or model.get("unk_token") != settings.get(
+        "unk_token", "[UNK]"
+    ):
+        return "its tokenizer.json model is not BERT's WordPiece as tokenizer_config.json sets it"
+    expected = _expected_pipeline(settings, model.get("vocab") or {})
+    if isinstance(expected, str):
+        return expected
+    differing = [key for key, value in expected.items() if stored.get(key) != value]
+    if differing:
+        return f"its tokenizer.json {', '.join(differing)} differ from what tokenizer_config.json sets"
+    specials = {str(settings[key]) for key in _SPECIAL_TOKENS if settings.get(key)}
+    added = {token.get("content"): token.get("special") for token in stored.get("added_tokens") or []}
+    if set(added) != specials or not all(added.values()):
+        return "its added tokens are not exactly the special tokens of tokenizer_config.json"
+    return None
+
+
+def native_refusal(config: ModelConfig) -> str | None:
+    """Why the configured checkpoint loads through transformers rather than natively (None: natively).
+
+    Reads only the checkpoint's small JSON files. `model.implementation: transformers` always refuses;
+    `native` and `auto` ask the checkpoint.
+    """
+    if config.implementation == "transformers":
+        return "model.implementation is transformers"
+    directory = Path(config.name_or_path)
+    if not directory.is_dir():
+        return "it is not a local directory (a hub id)"
+    if not (directory / WEIGHTS_FILE).is_file() or (directory / f"{WEIGHTS_FILE}.index.json").exists():
+        return f"its weights are not one {WEIGHTS_FILE}"
+    model_config = _read_json(directory / "config.json")
+    if model_config is None:
+        return "it has no readable config.json"
+    return _config_refusal(model_config) or _tokenizer_refusal(directory)
+
+
+def uses_native(config: ModelConfig) -> bool:
+    """Whether this checkpoint loads natively; `model.implementation: native` refuses one that cannot.
+
+    Raises:
+        ModelLoadError: `native` asked for a checkpoint that must load through transformers.
+    """
+    refusal = native_refusal(config)
+    if refusal is not None and config.implementation == "native":
+        raise ModelLoadError(
+            f"model.implementation=native cannot load {config.name_or_path}: {refusal}; set "
+            "model.implementation=auto (or transformers)"
+        )
+    return refusal is None
+
+
+class NativeTokenizer:
+    """The few members of a transformers fast tokenizer that docqa uses, over `tokenizers.Tokenizer`.
+
+    Args:
+        backend: The checkpoint's tokenizer.json, loaded.
+        settings: Its tokenizer_config.json (the special tokens).
+    """
+
+    is_fast = True
+
+    def __init__(self, backend: Any, settings: dict[str, Any]) -> None:
+        self.backend_tokenizer = backend
+        self.cls_token_id = self._id(settings.get("cls_token"))
+        self.sep_token_id = self._id(settings.get("sep_token"))
+        self.pad_token_id = self._id(settings.get("pad_token"))
+
+    def _id(self, token: Any) -> int | None:
+        found = self.backend_tokenizer.token_to_id(str(token)) if token else None
+        return int(found) if found is not None else None
+
+    @property
+    def vocab_size(self) -> int:
+        """Tokens of the vocabulary, without added tokens (as transformers counts it)."""
+        return int(self.backend_tokenizer.get_vocab_size(with_added_tokens=False))
+
+    def __len__(self) -> int:
+        return int(self.backend_tokenizer.get_vocab_size(with_added_tokens=True))
+
+    def get_vocab(self) -> dict[str, int]:
+        """Token to id, added tokens included."""
+        return dict(self.backend_tokenizer.get_vocab(with_added_tokens=True))
+
+    def num_special_tokens_to_add(self, pair: bool = False) -> int:
+        """Special tokens the post-processor adds to one text or a pair."""
+        return int(self.backend_tokenizer.num_special_tokens_to_add(pair))
+
+
+def load_native_tokenizer(directory: Path) -> NativeTokenizer:
+    """The checkpoint's tokenizer.json as `NativeTokenizer` (for a checkpoint `native_refusal` passed)."""
+    from tokenizers import Tokenizer
+
+    settings = _read_json(directory / "tokenizer_config.json") or {}
+    return NativeTokenizer(Tokenizer.from_file(str(directory / "tokenizer.json")), settings)
+
+
+def read_native_config(directory: Path) -> SimpleNamespace:
+    """config.json as attributes, with transformers' defaults for the sizes (what the checks read)."""
+    stored = _read_json(directory / "config.json") or {}
+    return SimpleNamespace(**{**vars(BertShape.from_config(stored)), **stored})
+
+
+def build_native_model(directory: Path, device: str | torch.device = "cpu") -> NativeBertForQA:
+    """The module config.json describes, its parameters unset (`device="meta"` for shapes only).
+
+    Raises:
+        ModelLoadError: config.json's sizes do not make a model.
+    """
+    try:
+        shape = BertShape.from_config(_read_json(directory / "config.json") or {})
+    except (ValueError, TypeError) as err:
+        raise ModelLoadError(f"cannot build a QA model from the config of {directory}: {err}") from err
+    with torch.device("meta"):
+        model = NativeBertForQA(shape)
+    if torch.device(device).type == "meta":
+        return model
+    model = model.to_empty(device=device)
+    # to_empty leaves buffers uninitialized too: the position ids are arange(max positions).
+    model.position_ids.copy_(torch.arange(shape.max_position_embeddings).unsqueeze(0))
+    return model
+
+
+def load_native_weights(model: NativeBertForQA, directory: Path) -> dict[str, list[Any]]:
+    """Copies `model.safetensors` into `model` (converting to its dtype), and says what did not fit.
+
+    What did not fit is given as transformers' loading info has it (`missing_keys`, `unexpected_keys`,
+    `mismatched_keys`), for `qa_core.runtime.loading` to judge.
+
+    Raises:
+        SafetensorError, OSError: Unreadable or corrupt weights.
+    """
+    from safetensors.torch import load_file
+
+    stored = load_file(str(directory / WEIGHTS_FILE))
+    expected = model.state_dict()
+    mismatched = [
+        (key, tuple(stored[key].shape), tuple(value.shape))
+        for key, value in expected.items()
+        if key in stored and stored[key].shape != value.shape
+    ]
+    skipped = {key for key, _, _ in mismatched}
+    fitting = {key: value for key, value in stored.items() if key in expected and key not in skipped}
+    with torch.no_grad():
+        for key, value in fitting.items():
+            expected[key].copy_(value)
+    return {
+        "missing_keys": sorted(set(expected) - set(stored)),
+        "unexpected_keys": sorted(set(stored) - set(expected)),
+        "mismatched_keys": mismatched,
+    }
