@@ -170,7 +170,7 @@ def read_model_limits(config: ModelConfig) -> ModelLimits:
     tokenizer = load_tokenizer(config)
     if uses_native(config):
         return model_limits(
-            build_native_model(Path(config.name_or_path), "meta"), tokenizer, config.name_or_path
+            build_native_model(Path(config.name_or_path), meta=True), tokenizer, config.name_or_path
         )
     from transformers import AutoModelForQuestionAnswering
 

@@ -99,13 +99,21 @@ class _Embeddings(nn.Module):
     def __init__(self, shape: BertShape) -> None:
         super().__init__()
         hidden = shape.hidden_size
-        self.word_embeddings = nn.Embedding(shape.vocab_size, hidden, padding_idx=shape.pad_token_id)
-        self.position_embeddings = nn.Embedding(shape.max_position_embeddings, hidden)
-        self.token_type_embeddings = nn.Embedding(shape.type_vocab_size, hidden)
+
+        def table(rows: int, padding_idx: int | None = None) -> nn.Embedding:
+            # Given a weight, nn.Embedding skips its random init: the checkpoint's values replace it, and
+            # on the meta device that init (normal_) imports torch._dynamo, about a second.
+            return nn.Embedding(rows, hidden, padding_idx=padding_idx, _weight=torch.empty(rows, hidden))
+
+        self.word_embeddings = table(shape.vocab_size, shape.pad_token_id)
+        self.position_embeddings = table(shape.max_position_embeddings)
+        self.token_type_embeddings = table(shape.type_vocab_size)
         self.LayerNorm = nn.LayerNorm(hidden, eps=shape.layer_norm_eps)
-        # (1, max_positions), not saved: what `qa_core.runtime.fit` reads the position limit from.
+        # (1, max_positions), not saved: what `qa_core.runtime.fit` reads the position limit from. Left
+        # empty here (arange on the meta device imports torch's decompositions, 0.4 s): the builder
+        # (`native_checkpoint.build_native_model`) fills it with 0..max_positions-1.
         self.register_buffer(
-            "position_ids", torch.arange(shape.max_position_embeddings).unsqueeze(0), persistent=False
+            "position_ids", torch.empty(1, shape.max_position_embeddings, dtype=torch.long), persistent=False
         )
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:

@@ -211,8 +211,12 @@ def read_native_config(directory: Path) -> SimpleNamespace:
     return SimpleNamespace(**{**vars(BertShape.from_config(stored)), **stored})
 
 
-def build_native_model(directory: Path, device: str | torch.device = "cpu") -> NativeBertForQA:
-    """The module config.json describes, its parameters unset (`device="meta"` for shapes only).
+def build_native_model(directory: Path, meta: bool = False) -> NativeBertForQA:
+    """The module config.json describes, on the CPU before its weights are loaded, or on the meta device.
+
+    Args:
+        directory: The checkpoint.
+        meta: Shapes only, no memory (what `read_model_limits` needs).
 
     Raises:
         ModelLoadError: config.json's sizes do not make a model.
@@ -221,12 +225,12 @@ def build_native_model(directory: Path, device: str | torch.device = "cpu") -> N
         shape = BertShape.from_config(_read_json(directory / "config.json") or {})
     except (ValueError, TypeError) as err:
         raise ModelLoadError(f"cannot build a QA model from the config of {directory}: {err}") from err
-    with torch.device("meta"):
-        model = NativeBertForQA(shape)
-    if torch.device(device).type == "meta":
-        return model
-    model = model.to_empty(device=device)
-    # to_empty leaves buffers uninitialized too: the position ids are arange(max positions).
+    if meta:
+        with torch.device("meta"):
+            return NativeBertForQA(shape)
+    # Built on the CPU, not on the meta device and moved (`to_empty`): torch's meta kernels import its
+    # decompositions and sympy (0.4 s), several times the linear layers' random init this pays instead.
+    model = NativeBertForQA(shape)
     model.position_ids.copy_(torch.arange(shape.max_position_embeddings).unsqueeze(0))
     return model
 
