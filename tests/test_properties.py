@@ -14,10 +14,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qa_core.config import DecodeConfig
+from qa_core.config import BatchConfig, DecodeConfig
 from qa_core.records import Answer, Feature, Record, SpanScore, WindowCandidates
 from qa_core.stages.aggregate import aggregate
-from qa_core.stages.batch import collate
+from qa_core.stages.batch import collate, padded_length, plan_batches
 from qa_core.stages.decode import decode_batch
 
 PROPERTY_SETTINGS = settings(max_examples=200, deadline=None, derandomize=True)
@@ -193,3 +193,37 @@ def test_answer_independent_of_batch_composition_and_order(
     assert mixed == alone
     reversed_order = aggregate(row.record, list(reversed(candidates["target"])), config)
     assert reversed_order == alone
+
+
+def _window(key: str, length: int) -> Feature:
+    ids = np.ones(length, dtype=np.int64)
+    offsets = np.full(length, -1, dtype=np.int64)
+    return Feature(key, 0, 1, ids, np.zeros(length, dtype=np.int64), offsets, offsets, 0)
+
+
+@given(
+    lengths=st.lists(st.integers(1, 64), max_size=60),
+    windows_cap=st.integers(1, 8),
+    tokens_cap=st.integers(1, 256),
+    multiple=st.sampled_from([1, 8]),
+)
+def test_batches_hold_every_window_once_under_the_caps_largest_first(
+    lengths: list[int], windows_cap: int, tokens_cap: int, multiple: int
+) -> None:
+    config = BatchConfig(
+        max_batch_windows=windows_cap, max_batch_tokens=tokens_cap, pad_to_multiple_of=multiple
+    )
+    windows = [_window(f"r{i:03d}", n) for i, n in enumerate(lengths)]
+    batches = plan_batches(windows, config)
+    assert sorted(f.row_key for batch in batches for f in batch) == sorted(f.row_key for f in windows)
+
+    def padded(batch: list[Feature]) -> int:
+        return len(batch) * padded_length(max(f.length for f in batch), multiple)
+
+    for batch in batches:
+        assert len(batch) == 1 or (len(batch) <= windows_cap and padded(batch) <= tokens_cap)
+    if batches:
+        # Brute force: the first batch is one of the most padded tokens, the others run shortest first.
+        assert padded(batches[0]) == max(padded(b) for b in batches)
+        rest = [max(f.length for f in batch) for batch in batches[1:]]
+        assert rest == sorted(rest)

@@ -7,7 +7,7 @@ are batched together: the padding a batch carries is then small (padding figures
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,21 +49,28 @@ def padded_length(longest: int, multiple: int) -> int:
     return -(-longest // multiple) * multiple
 
 
-def plan_batches(features: Sequence[Feature], config: BatchConfig) -> Iterator[list[Feature]]:
-    """Groups windows into batches of similar length under the caps.
+def plan_batches(features: Sequence[Feature], config: BatchConfig) -> list[list[Feature]]:
+    """Groups windows into batches of similar length under the caps: the largest batch first.
 
     Windows are sorted by (length, row_key, window_index), so the grouping depends only on the set of
     windows, not on their arrival order. A batch closes when one more window would exceed
     `max_batch_windows` or `max_batch_tokens` padded tokens; a single window always fits.
 
+    The batch of the most padded tokens runs first, then the others shortest first. Its activations are
+    the largest of the buffer, and once glibc has freed allocations that big it serves every smaller one
+    from heap pages already resident, instead of mapping (and the kernel zero-filling) fresh pages for
+    each new size as batches grow: measured on 2,000 SQuAD dev rows (fp32, 2 cores), the first pass
+    over the batches took 30.8 s this way and 32.8 s shortest first (29.9-30.0 s warm either way).
+
     Args:
         features: Windows to group (typically one sort buffer).
         config: Batch caps and padding multiple.
 
-    Yields:
-        Lists of windows, shortest batches first.
+    Returns:
+        Lists of windows: the largest batch, then the rest shortest first.
     """
     ordered = sorted(features, key=lambda f: (f.length, f.row_key, f.window_index))
+    batches: list[list[Feature]] = []
     current: list[Feature] = []
     for feature in ordered:
         # Sorted ascending, so the newest window is the batch's longest.
@@ -71,11 +78,21 @@ def plan_batches(features: Sequence[Feature], config: BatchConfig) -> Iterator[l
         too_many = len(current) + 1 > config.windows_cap
         too_big = (len(current) + 1) * width > config.tokens_cap
         if current and (too_many or too_big):
-            yield current
+            batches.append(current)
             current = []
         current.append(feature)
     if current:
-        yield current
+        batches.append(current)
+    if batches:
+        # Ties go to the later (longer) batch, whose padded length is the larger.
+        largest = max(range(len(batches)), key=lambda i: (_padded_tokens(batches[i], config), i))
+        batches.insert(0, batches.pop(largest))
+    return batches
+
+
+def _padded_tokens(group: Sequence[Feature], config: BatchConfig) -> int:
+    """Tokens of `group` once collated: windows x the longest window, rounded up to the multiple."""
+    return len(group) * padded_length(max(f.length for f in group), config.pad_to_multiple_of)
 
 
 def collate(features: Sequence[Feature], pad_token_id: int, pad_to_multiple_of: int) -> Batch:
