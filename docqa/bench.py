@@ -347,10 +347,17 @@ def _whole_command(command: list[str], config: QAConfig, workdir: Path) -> float
 def bench_beam_stock(
     model: TorchRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
 ) -> dict[str, Any]:
-    """Beam's PytorchModelHandlerKeyedTensor over the rows' windows (`docqa.bench_beam_stock`)."""
+    """Beam's PytorchModelHandlerKeyedTensor over the rows' windows (`docqa.bench_beam_stock`).
+
+    Stock Beam runs transformers' module (what a user of Beam's handler would load), not docqa's own
+    encoder: `model.implementation: transformers` for this mode.
+    """
     from docqa.bench_beam_stock import run_beam_stock
 
-    return run_beam_stock(model, config, _windows(model, config, rows), workdir)
+    stock = dataclasses.replace(config.model, implementation="transformers")
+    return run_beam_stock(
+        load_qa_model(stock, config.runtime), config, _windows(model, config, rows), workdir
+    )
 
 
 RUNNERS = {
