@@ -176,3 +176,89 @@ def test_a_whole_predict_on_the_bundled_model_never_imports_transformers(tmp_pat
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     assert (out / "COMPLETED").exists() and (out / "report.html").exists()
+
+
+def _mask_lstrip(directory: Path) -> None:
+    settings = json.loads((directory / "tokenizer_config.json").read_text())
+    stored = json.loads((directory / "tokenizer.json").read_text())
+    decoder = {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in stored["added_tokens"]}
+    mask = next(key for key, token in decoder.items() if token["content"] == "[MASK]")
+    decoder[mask]["lstrip"] = True  # transformers takes these flags over tokenizer.json's
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps({**settings, "added_tokens_decoder": decoder})
+    )
+
+
+def _no_mask_added_token(directory: Path) -> None:
+    """[MASK] missing from tokenizer.json's added tokens: transformers adds BertTokenizer's default."""
+    settings = json.loads((directory / "tokenizer_config.json").read_text())
+    settings.pop("mask_token")
+    (directory / "tokenizer_config.json").write_text(json.dumps(settings))
+    stored = json.loads((directory / "tokenizer.json").read_text())
+    stored["added_tokens"] = [t for t in stored["added_tokens"] if t["content"] != "[MASK]"]
+    (directory / "tokenizer.json").write_text(json.dumps(stored))
+
+
+def _weights(change: str) -> Any:
+    def rewrite(directory: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        weights = load_file(directory / "model.safetensors")
+        if change == "int8":
+            weights["qa_outputs.weight"] = weights["qa_outputs.weight"].to(torch.int8)
+        else:  # legacy LayerNorm names, which transformers renames on load
+            weights["bert.embeddings.LayerNorm.gamma"] = weights.pop("bert.embeddings.LayerNorm.weight")
+        save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
+
+    return rewrite
+
+
+def _write(name: str, document: dict[str, Any]) -> Any:
+    return lambda directory: (directory / name).write_text(json.dumps(document))
+
+
+def _update(name: str, **changes: Any) -> Any:
+    def update(directory: Path) -> None:
+        document = json.loads((directory / name).read_text())
+        (directory / name).write_text(json.dumps({**document, **changes}))
+
+    return update
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (_update("config.json", quantization_config={"quant_method": "bitsandbytes"}), "quantization_config"),
+        (_weights("int8"), "I8 tensors"),
+        (_weights("legacy"), "legacy names"),
+        (_mask_lstrip, "added_tokens_decoder differs"),
+        (_no_mask_added_token, "added tokens are not exactly"),
+        (_update("tokenizer_config.json", additional_special_tokens=["[X]"]), "additional_special_tokens"),
+        (_update("tokenizer_config.json", bos_token="[CLS]"), "bos_token"),
+        (_write("special_tokens_map.json", {"cls_token": "[CLS]"}), "special_tokens_map.json"),
+    ],
+)
+def test_weights_and_tokenizer_files_transformers_reads_otherwise_are_not_native(
+    tmp_path: Path, tiny_model_dir: Path, change: Any, reason: str
+) -> None:
+    changed = _copy(tiny_model_dir, tmp_path / "changed")
+    change(changed)
+    refusal = native_refusal(ModelConfig(name_or_path=str(changed)))
+    assert refusal is not None and reason in refusal
+
+
+def test_special_tokens_the_config_leaves_out_take_the_bert_defaults(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    changed = _copy(tiny_model_dir, tmp_path / "changed")
+    settings = json.loads((changed / "tokenizer_config.json").read_text())
+    for key in ("cls_token", "pad_token"):
+        settings.pop(key)
+    (changed / "tokenizer_config.json").write_text(json.dumps(settings))
+    assert native_refusal(ModelConfig(name_or_path=str(changed))) is None
+    native, reference = _load(changed), _load(changed, "transformers")
+    assert (native.tokenizer.cls_token_id, native.tokenizer.pad_token_id) == (
+        reference.tokenizer.cls_token_id,
+        reference.tokenizer.pad_token_id,
+    )
+    assert native.tokenizer.cls_token_id is not None

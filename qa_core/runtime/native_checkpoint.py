@@ -35,7 +35,19 @@ from qa_core.runtime.native_bert import BertShape, NativeBertForQA
 WEIGHTS_FILE = "model.safetensors"
 _BERT_ARCHITECTURES = (None, ["BertForQuestionAnswering"])
 _BERT_TOKENIZERS = ("BertTokenizer", "BertTokenizerFast")
-_SPECIAL_TOKENS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+# BertTokenizer's special tokens and its defaults for those tokenizer_config.json leaves out.
+_SPECIAL_TOKENS = {
+    "unk_token": "[UNK]",
+    "sep_token": "[SEP]",
+    "pad_token": "[PAD]",
+    "cls_token": "[CLS]",
+    "mask_token": "[MASK]",
+}
+# Files transformers merges into the tokenizer besides tokenizer.json and tokenizer_config.json.
+_TOKENIZER_EXTRAS = ("special_tokens_map.json", "added_tokens.json")
+_ADDED_TOKEN_FIELDS = ("content", "lstrip", "rstrip", "normalized", "single_word", "special")
+# Weight dtypes copied as they are (anything else, int8 or fp8 of a quantized checkpoint, is not).
+_FLOAT_DTYPES = ("F32", "F16", "BF16")
 _WORDPIECE_MAX_CHARS = 100  # transformers' BertTokenizer builds WordPiece with the library default
 
 
@@ -62,6 +74,7 @@ def _config_refusal(config: dict[str, Any]) -> str | None:
             f"position_embedding_type is {config.get('position_embedding_type')!r}",
         ),
         (not config.get("is_decoder") and not config.get("add_cross_attention"), "it is a decoder"),
+        ("quantization_config" not in config, "config.json has a quantization_config"),
     )
     return next((reason for holds, reason in checks if not holds), None)
 
@@ -73,9 +86,10 @@ def _expected_pipeline(settings: dict[str, Any], vocab: dict[str, int]) -> dict[
     """
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-    unk = str(settings.get("unk_token", "[UNK]"))
-    cls = str(settings.get("cls_token", "[CLS]"))
-    sep = str(settings.get("sep_token", "[SEP]"))
+    specials = special_tokens(settings)
+    unk, cls, sep = specials.get("unk_token"), specials.get("cls_token"), specials.get("sep_token")
+    if unk is None or cls is None or sep is None:
+        return "tokenizer_config.json sets no unk, cls or sep token"
     if cls not in vocab or sep not in vocab:
         return f"its vocabulary lacks {cls} or {sep}"
     scratch = Tokenizer(models.WordPiece({unk: 0}, unk_token=unk))
@@ -95,6 +109,47 @@ def _expected_pipeline(settings: dict[str, Any], vocab: dict[str, int]) -> dict[
     return {key: built[key] for key in ("normalizer", "pre_tokenizer", "post_processor")}
 
 
+def special_tokens(settings: dict[str, Any]) -> dict[str, str]:
+    """BertTokenizer's special tokens as tokenizer_config.json sets them.
+
+    Its defaults where the config is silent (as transformers fills them in); a token set to null is left out.
+    """
+    tokens = {key: settings.get(key, default) for key, default in _SPECIAL_TOKENS.items()}
+    return {key: str(token) for key, token in tokens.items() if token is not None}
+
+
+def _added_tokens_refusal(settings: dict[str, Any], stored: dict[str, Any], directory: Path) -> str | None:
+    """Why the added tokens transformers would build differ from tokenizer.json's (None: they do not).
+
+    transformers adds the config's special tokens (and any extra ones), takes `added_tokens_decoder` of
+    tokenizer_config.json over tokenizer.json's flags, and merges the legacy files in.
+    """
+    extras = [name for name in _TOKENIZER_EXTRAS if (directory / name).exists()]
+    if extras:
+        return f"it has {', '.join(extras)}, which transformers merges into the tokenizer"
+    other_tokens = [
+        key
+        for key, value in settings.items()
+        if value
+        and ((key.endswith("_token") and key not in _SPECIAL_TOKENS) or key.endswith("special_tokens"))
+    ]
+    if other_tokens:
+        return f"tokenizer_config.json sets {', '.join(sorted(other_tokens))}"
+    added = {
+        str(t.get("id")): {f: t.get(f) for f in _ADDED_TOKEN_FIELDS} for t in stored.get("added_tokens") or []
+    }
+    decoder = settings.get("added_tokens_decoder")
+    if (
+        decoder is not None
+        and {k: {f: v.get(f) for f in _ADDED_TOKEN_FIELDS} for k, v in decoder.items()} != added
+    ):
+        return "its added_tokens_decoder differs from tokenizer.json's added tokens"
+    contents = {token["content"] for token in added.values()}
+    if contents != set(special_tokens(settings).values()) or not all(t["special"] for t in added.values()):
+        return "its added tokens are not exactly the special tokens of tokenizer_config.json"
+    return None
+
+
 def _tokenizer_refusal(directory: Path) -> str | None:
     """Why this checkpoint's tokenizer might load differently without transformers (None: it cannot)."""
     settings = _read_json(directory / "tokenizer_config.json")
@@ -109,9 +164,9 @@ def _tokenizer_refusal(directory: Path) -> str | None:
         model.get("continuing_subword_prefix"),
         model.get("max_input_chars_per_word"),
     )
-    if wordpiece != ("WordPiece", "##", _WORDPIECE_MAX_CHARS) or model.get("unk_token") != settings.get(
-        "unk_token", "[UNK]"
-    ):
+    if wordpiece != ("WordPiece", "##", _WORDPIECE_MAX_CHARS) or model.get("unk_token") != special_tokens(
+        settings
+    ).get("unk_token"):
         return "its tokenizer.json model is not BERT's WordPiece as tokenizer_config.json sets it"
     expected = _expected_pipeline(settings, model.get("vocab") or {})
     if isinstance(expected, str):
@@ -119,18 +174,40 @@ def _tokenizer_refusal(directory: Path) -> str | None:
     differing = [key for key, value in expected.items() if stored.get(key) != value]
     if differing:
         return f"its tokenizer.json {', '.join(differing)} differ from what tokenizer_config.json sets"
-    specials = {str(settings[key]) for key in _SPECIAL_TOKENS if settings.get(key)}
-    added = {token.get("content"): token.get("special") for token in stored.get("added_tokens") or []}
-    if set(added) != specials or not all(added.values()):
-        return "its added tokens are not exactly the special tokens of tokenizer_config.json"
+    return _added_tokens_refusal(settings, stored, directory)
+
+
+def _weights_refusal(path: Path) -> str | None:
+    """Why the safetensors file holds weights the native loading would not read as transformers does.
+
+    Reads only the file's JSON header: quantized weights (int8, fp8 and their scales) would be cast to
+    floats, and LayerNorm weights under their legacy names (`gamma`, `beta`) are renamed by transformers.
+    """
+    try:
+        with path.open("rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(size)) if 0 < size < 1 << 27 else None
+    except (OSError, ValueError):
+        header = None
+    if not isinstance(header, dict):
+        return f"its {path.name} header is unreadable"
+    tensors = {
+        name: entry for name, entry in header.items() if name != "__metadata__" and isinstance(entry, dict)
+    }
+    dtypes = sorted({str(entry.get("dtype")) for entry in tensors.values()} - set(_FLOAT_DTYPES))
+    if dtypes:
+        return f"its weights hold {', '.join(dtypes)} tensors (a quantized checkpoint?)"
+    legacy = sorted(name for name in tensors if name.endswith((".gamma", ".beta")))
+    if legacy:
+        return f"its weights use legacy names ({legacy[0]}, ...)"
     return None
 
 
 def native_refusal(config: ModelConfig) -> str | None:
     """Why the configured checkpoint loads through transformers rather than natively (None: natively).
 
-    Reads only the checkpoint's small JSON files. `model.implementation: transformers` always refuses;
-    `native` and `auto` ask the checkpoint.
+    Reads only the checkpoint's JSON files and its weights' header. `model.implementation: transformers`
+    always refuses; `native` and `auto` ask the checkpoint.
     """
     if config.implementation == "transformers":
         return "model.implementation is transformers"
@@ -142,7 +219,11 @@ def native_refusal(config: ModelConfig) -> str | None:
     model_config = _read_json(directory / "config.json")
     if model_config is None:
         return "it has no readable config.json"
-    return _config_refusal(model_config) or _tokenizer_refusal(directory)
+    return (
+        _config_refusal(model_config)
+        or _weights_refusal(directory / WEIGHTS_FILE)
+        or _tokenizer_refusal(directory)
+    )
 
 
 def uses_native(config: ModelConfig) -> bool:
@@ -172,9 +253,10 @@ class NativeTokenizer:
 
     def __init__(self, backend: Any, settings: dict[str, Any]) -> None:
         self.backend_tokenizer = backend
-        self.cls_token_id = self._id(settings.get("cls_token"))
-        self.sep_token_id = self._id(settings.get("sep_token"))
-        self.pad_token_id = self._id(settings.get("pad_token"))
+        specials = special_tokens(settings)
+        self.cls_token_id = self._id(specials.get("cls_token"))
+        self.sep_token_id = self._id(specials.get("sep_token"))
+        self.pad_token_id = self._id(specials.get("pad_token"))
 
     def _id(self, token: Any) -> int | None:
         found = self.backend_tokenizer.token_to_id(str(token)) if token else None
@@ -247,6 +329,9 @@ def load_native_weights(model: NativeBertForQA, directory: Path) -> dict[str, li
     from safetensors.torch import load_file
 
     stored = load_file(str(directory / WEIGHTS_FILE))
+    # Older checkpoints saved the position ids buffer, which the module builds itself.
+    for name, _ in model.named_buffers():
+        stored.pop(name, None)
     expected = model.state_dict()
     mismatched = [
         (key, tuple(stored[key].shape), tuple(value.shape))
