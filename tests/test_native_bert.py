@@ -176,6 +176,18 @@ def test_a_whole_predict_on_the_bundled_model_never_imports_transformers(tmp_pat
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     assert (out / "COMPLETED").exists() and (out / "report.html").exists()
+    assert json.loads((out / "_run.json").read_text())["model"]["implementation"] == "native"
+
+
+def test_run_json_names_what_ran(tiny_model_dir: Path) -> None:
+    from qa_core.runtime.native_checkpoint import model_implementation
+
+    assert model_implementation(ModelConfig(name_or_path=str(tiny_model_dir))) == "native"
+    assert model_implementation(
+        ModelConfig(name_or_path=str(tiny_model_dir), implementation="transformers")
+    ) == ("transformers")
+    assert model_implementation(ModelConfig(name_or_path="org/some-bert")) == "transformers"  # a hub id
+    assert model_implementation(ModelConfig(name_or_path="/models/on/the/workers")) is None
 
 
 def _mask_lstrip(directory: Path) -> None:

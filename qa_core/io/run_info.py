@@ -12,6 +12,7 @@ from qa_core import __version__
 from qa_core.config import QAConfig
 from qa_core.io.storage import redact_url
 from qa_core.runtime.cpu import probe_cpu
+from qa_core.runtime.native_checkpoint import model_implementation
 
 
 def run_info(
@@ -70,6 +71,7 @@ def run_info(
             "revision": revision,
             "device": device,
             "dtype": config.model.dtype,
+            "implementation": model_implementation(config.model),
         },
         "inputs": [redact_url(f) for f in inputs],
         "batch_shape": batch_shape,

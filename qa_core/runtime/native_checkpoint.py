@@ -226,6 +226,20 @@ def native_refusal(config: ModelConfig) -> str | None:
     )
 
 
+def model_implementation(config: ModelConfig) -> str | None:
+    """What runs the configured checkpoint, for `_run.json`: `native` or `transformers`.
+
+    None when the checkpoint is a path this machine does not have (remote workers decide from their own
+    copy); a name that is not a path is a hub id, which transformers loads.
+    """
+    if config.implementation != "auto":
+        return config.implementation
+    path = Path(config.name_or_path)
+    if not path.is_dir():
+        return None if path.is_absolute() or config.name_or_path.startswith((".", "~")) else "transformers"
+    return "native" if native_refusal(config) is None else "transformers"
+
+
 def uses_native(config: ModelConfig) -> bool:
     """Whether this checkpoint loads natively; `model.implementation: native` refuses one that cannot.
 
