@@ -123,9 +123,14 @@ def load_tokenizer(config: ModelConfig) -> Any:
             them: `qa_core.runtime.fit.check_tokenizer_fits_model`).
     """
     _check_local_checkpoint(config)
-    if uses_native(config):
+    return _load_tokenizer(config, uses_native(config))
+
+
+def _load_tokenizer(config: ModelConfig, native: bool) -> Any:
+    """`load_tokenizer` once the loading path is decided (`uses_native`, read once per load)."""
+    if native:
         tokenizer: Any = load_native_tokenizer(Path(config.name_or_path))
-        check_tokenizer_fits_model(tokenizer, _model_config(config), config.name_or_path)
+        check_tokenizer_fits_model(tokenizer, _model_config(config, native), config.name_or_path)
         return tokenizer
     from transformers import AutoTokenizer
 
@@ -139,13 +144,13 @@ def load_tokenizer(config: ModelConfig) -> Any:
         ) from err
     if not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError(f"{config.name_or_path} has no fast tokenizer (tokenizer.json); docqa needs one")
-    check_tokenizer_fits_model(tokenizer, _model_config(config), config.name_or_path)
+    check_tokenizer_fits_model(tokenizer, _model_config(config, native), config.name_or_path)
     return tokenizer
 
 
-def _model_config(config: ModelConfig) -> Any:
+def _model_config(config: ModelConfig, native: bool) -> Any:
     """The checkpoint's config.json: transformers' config, or its attributes for a native checkpoint."""
-    if uses_native(config):
+    if native:
         return read_native_config(Path(config.name_or_path))
     from transformers import AutoConfig
 
@@ -167,14 +172,16 @@ def read_model_limits(config: ModelConfig) -> ModelLimits:
     Raises:
         ModelLoadError: What `load_tokenizer` raises, or a config.json that builds no QA model.
     """
-    tokenizer = load_tokenizer(config)
-    if uses_native(config):
+    _check_local_checkpoint(config)
+    native = uses_native(config)
+    tokenizer = _load_tokenizer(config, native)
+    if native:
         return model_limits(
             build_native_model(Path(config.name_or_path), meta=True), tokenizer, config.name_or_path
         )
     from transformers import AutoModelForQuestionAnswering
 
-    model_config = _model_config(config)
+    model_config = _model_config(config, native)
     try:
         with torch.device("meta"):  # shapes only: no memory, no initialization cost
             skeleton = AutoModelForQuestionAnswering.from_config(  # type: ignore[no-untyped-call]
@@ -333,8 +340,9 @@ def load_qa_model(config: ModelConfig, runtime: RuntimeConfig) -> TorchRunner:
         check_cpu_dtype(config.dtype)
         # Before the first forward: the default per-shape caches grow the resident set with the rows.
         cap_onednn_caches()
-    tokenizer = load_tokenizer(config)
+    _check_local_checkpoint(config)
     native = uses_native(config)
+    tokenizer = _load_tokenizer(config, native)
     model = _load_native_model(config, dtype) if native else _load_transformers_model(config, dtype)
     check_padding_fits_model(tokenizer, model, config.name_or_path)
     model.to(device)
