@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from docqa.bench_options import DESCRIPTION, MODES, add_bench_arguments, check_bench_arguments
+from docqa.bench_table import combine_rounds, format_table, summarize
 from qa_core.config import QAConfig, load_config
 from qa_core.engine.assembly import assemble_row
 from qa_core.engine.contained import run_batch_contained
@@ -416,62 +417,6 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
-def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Adds rates and ratios to the bound."""
-    for r in results:
-        r["questions_per_s"] = r["questions"] / r["seconds"]
-        r["real_tokens_per_s"] = r["real_tokens"] / r["seconds"]
-        r["padding_efficiency"] = r["real_tokens"] / r["padded_tokens"] if r["padded_tokens"] else None
-        whole = r.get("whole_seconds")
-        r["whole_questions_per_s"] = r["questions"] / whole if whole else None
-    bound = next((r for r in results if r["mode"] == "bound"), None)
-    for r in results:
-        r["ratio_to_bound"] = r["questions_per_s"] / bound["questions_per_s"] if bound else None
-        whole_rate = r["whole_questions_per_s"]
-        r["whole_ratio_to_bound"] = whole_rate / bound["questions_per_s"] if bound and whole_rate else None
-    return results
-
-
-def format_table(results: list[dict[str, Any]]) -> str:
-    """A plain-text table of the figures: answering rates, and whole commands' rates beside them."""
-    head = (
-        f"{'mode':<11}{'q/s':>9}{'real tok/s':>12}{'pad eff':>9}{'peak RSS MB':>13}{'x bound':>9}"
-        f"{'whole q/s':>11}{'x bound':>9}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in results:
-        ratio = f"{r['ratio_to_bound']:.2f}" if r["ratio_to_bound"] is not None else "-"
-        whole = f"{r['whole_questions_per_s']:.2f}" if r["whole_questions_per_s"] else "-"
-        whole_ratio = f"{r['whole_ratio_to_bound']:.2f}" if r["whole_ratio_to_bound"] else "-"
-        lines.append(
-            f"{r['mode']:<11}{r['questions_per_s']:>9.2f}{r['real_tokens_per_s']:>12.0f}"
-            f"{r['padding_efficiency']:>9.3f}{r['peak_rss_mb']:>13.0f}{ratio:>9}{whole:>11}{whole_ratio:>9}"
-        )
-    lines.append(
-        "q/s: the answering (predict: model loaded; run: the whole job in-process; spark: from the session "
-        "started, executors' model loads included); whole: the command in a subprocess (imports, model "
-        "load, report, exit)"
-    )
-    for r in results:
-        if "best_shape" in r:
-            chosen = r["questions"] / r["chosen_seconds"]
-            lines.append(
-                f"bound: fastest at {r['best_shape'][0]} windows / {r['best_shape'][1]} tokens; at the jobs' "
-                f"{r['chosen_shape'][0]} / {r['chosen_shape'][1]}: {chosen:.2f} q/s"
-            )
-        if "workers" in r:  # the answering alone is in the table; say what it leaves out
-            lines.append(
-                f"{r['mode']}: {r['workers']} workers ({r['worker_models']}), start-up "
-                f"{r['startup_seconds']:.1f} s; peak RSS of the largest process"
-            )
-        if "partitions" in r:
-            lines.append(
-                f"{r['mode']}: {r['partitions']} partitions; Spark (JVM) start {r['startup_seconds']:.1f} s "
-                "outside q/s; peak RSS of this process (Spark's JVM and Python workers not counted)"
-            )
-    return "\n".join(lines)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The parser of `python -m docqa.bench` (the same arguments as `docqa bench`)."""
     parser = argparse.ArgumentParser(
@@ -507,19 +452,8 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> int:
     fs, data_path = fsspec.core.url_to_fs(args.data)
     if not fs.exists(data_path):
         raise InputError(f"--data {args.data}: no such SQuAD file")
-    results = []
-    for mode in args.modes.split(","):
-        logger.info("bench %s on %d questions", mode, args.n * args.repeat)
-        child = subprocess.run(
-            [sys.executable, "-m", "docqa.bench", *argv, "--mode", mode],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if child.returncode != 0:
-            raise BenchError(f"bench mode {mode} failed:\n{child.stderr[-3000:]}")
-        results.append(json.loads(child.stdout.strip().splitlines()[-1]))
-    results = summarize(results)
+    rounds = [summarize(_run_modes(args, argv, r)) for r in range(args.rounds)]
+    results = combine_rounds(rounds)
     cpu = probe_cpu()
     shape = _batch_shape(_base_config(args))
     print(
@@ -537,9 +471,33 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> int:
         "cpu": cpu.to_dict(),
         "batch_shape": shape.to_dict(),
         "argv": argv,
+        "rounds": args.rounds,
     }
     write_json_file(args.json, {"meta": meta, "results": results})
     return 0
+
+
+def _run_modes(args: argparse.Namespace, argv: list[str], round_index: int) -> list[dict[str, Any]]:
+    """One round: each mode of `--modes` in its own child process, in order; their raw figures."""
+    results = []
+    for mode in args.modes.split(","):
+        logger.info(
+            "bench %s on %d questions (round %d of %d)",
+            mode,
+            args.n * args.repeat,
+            round_index + 1,
+            args.rounds,
+        )
+        child = subprocess.run(
+            [sys.executable, "-m", "docqa.bench", *argv, "--mode", mode],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if child.returncode != 0:
+            raise BenchError(f"bench mode {mode} failed:\n{child.stderr[-3000:]}")
+        results.append(json.loads(child.stdout.strip().splitlines()[-1]))
+    return results
 
 
 if __name__ == "__main__":

@@ -52,6 +52,14 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "rows for a fast device, where start-up and first-shape costs would dominate N questions)",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the modes, one after the other, this many times over and report each mode's median "
+        "round, its ratios taken against the same round's bound (default 1; 3 on a shared machine whose "
+        "speed drifts over minutes)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -76,10 +84,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_bench_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Rejects argument combinations argparse cannot express (`parser.error`: usage and exit code 2)."""
-    if min(args.n, args.repeat, args.workers, args.context_paragraphs) < 1:
+    if min(args.n, args.repeat, args.rounds, args.workers, args.context_paragraphs) < 1:
         parser.error(
-            "--n, --repeat, --workers and --context-paragraphs must be >= 1, got "
-            f"{args.n}, {args.repeat}, {args.workers}, {args.context_paragraphs}"
+            "--n, --repeat, --rounds, --workers and --context-paragraphs must be >= 1, got "
+            f"{args.n}, {args.repeat}, {args.rounds}, {args.workers}, {args.context_paragraphs}"
         )
     unknown = sorted(set(args.modes.split(",")) - set(MODES))
     if unknown:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from docqa.bench import MODES, long_contexts, main
+from docqa.bench_table import combine_rounds, format_table, summarize
 from qa_core.errors import ModelLoadError
 from qa_core.evaluation.squad import load_squad, squad_to_table
 
@@ -99,12 +100,60 @@ def test_bench_predict_with_workers_times_the_answering(
     assert "predict: 2 workers (per_worker), start-up" in capsys.readouterr().out
 
 
+def test_bench_rounds_take_each_rounds_ratios_against_its_own_bound(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "squad.json"
+    data.write_text(json.dumps(_squad(4)))
+    out = tmp_path / "bench.json"
+    argv = ["--model", str(tiny_model_dir), "--data", str(data), "--n", "4", "--modes", "bound,predict"]
+    assert main([*argv, "--rounds", "2", "--json", str(out)]) == 0
+    document = json.loads(out.read_text())
+    assert document["meta"]["rounds"] == 2
+    predict = {r["mode"]: r for r in document["results"]}["predict"]
+    assert len(predict["rounds"]) == 2
+    ratios = [r["ratio_to_bound"] for r in predict["rounds"]]
+    assert predict["ratio_to_bound"] == pytest.approx(sum(ratios) / 2)  # the median of two
+    assert predict["questions_per_s"] in [r["questions_per_s"] for r in predict["rounds"]]
+    table = capsys.readouterr().out
+    assert "2 rounds: each mode's median round" in table and "predict per round: " in table
+
+
+def _raw(mode: str, seconds: float, whole: float | None = None) -> dict[str, Any]:
+    """A mode's figures as a child process reports them: 10 questions, 100 real of 125 padded tokens."""
+    figures: dict[str, Any] = {"mode": mode, "questions": 10, "seconds": seconds, "peak_rss_mb": seconds}
+    figures.update(real_tokens=100, padded_tokens=125)
+    return figures if whole is None else {**figures, "whole_seconds": whole}
+
+
+def test_combine_rounds_keeps_the_median_round_and_the_median_of_same_round_ratios() -> None:
+    # The machine slows down in round 2: predict's own median round (1.1 s) sits beside a slow bound,
+    # so its ratio to the median bound (1.0 s) would be 0.91; the same-round ratios are 0.8, 0.909, 1.0.
+    rounds = [
+        summarize([_raw("bound", 1.0), _raw("predict", 1.25, whole=2.0)]),
+        summarize([_raw("bound", 2.0), _raw("predict", 2.2, whole=4.0)]),
+        summarize([_raw("bound", 0.5), _raw("predict", 0.5, whole=1.0)]),
+    ]
+    bound, predict = combine_rounds(rounds)
+    assert bound["seconds"] == 1.0 and bound["ratio_to_bound"] == 1.0
+    assert predict["seconds"] == 1.25 and predict["questions_per_s"] == 8.0  # its median round's own
+    assert predict["ratio_to_bound"] == pytest.approx(1.0 / 1.1)
+    assert predict["whole_ratio_to_bound"] == 0.5 and predict["whole_questions_per_s"] == 5.0
+    assert predict["peak_rss_mb"] == 2.2  # the largest of the rounds
+    assert [r["ratio_to_bound"] for r in predict["rounds"]] == pytest.approx([0.8, 1.0 / 1.1, 1.0])
+    assert "predict per round: 8.00 q/s (0.80x, whole 0.50x); 4.55 q/s (0.91x, whole 0.50x)" in format_table(
+        [bound, predict]
+    )
+    assert combine_rounds(rounds[:1]) == rounds[0]  # one round: as it is
+
+
 @pytest.mark.parametrize(
     "bad",
     [
         ["--workers", "0"],
         ["--repeat", "0"],
         ["--n", "0"],
+        ["--rounds", "0"],
         ["--context-paragraphs", "0"],
         ["--workers", "2", "--modes", "bound"],
     ],
