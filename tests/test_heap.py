@@ -74,6 +74,52 @@ def test_loading_a_cpu_model_caps_the_onednn_caches(
     assert all(os.environ[name] == str(heap.ONEDNN_CACHE_CAPACITY) for name in heap.ONEDNN_CACHE_ENVS)
 
 
+# Four 20 MB activations live at once, then freed, ten times over (as a forward's are); prints the page
+# faults of the last nine rounds.
+_ACTIVATIONS_SCRIPT = """
+import resource, sys
+import torch
+from qa_core.runtime import heap
+print(heap.fix_malloc_thresholds())
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for round in range(10):
+    if round == 1:
+        before = faults()
+    live = [torch.empty(5 << 20).fill_(1.0) for _ in range(4)]
+    del live
+print(faults() - before)
+"""
+
+
+def _activation_faults(env: dict[str, str]) -> tuple[bool, int]:
+    env = {**{k: v for k, v in os.environ.items() if k not in heap.MALLOC_ENVS}, **env}
+    done = subprocess.run(
+        [sys.executable, "-c", _ACTIVATIONS_SCRIPT], env=env, capture_output=True, text=True, check=True
+    )
+    pinned, faults = done.stdout.split()
+    return pinned == "True", int(faults)
+
+
+@pytest.mark.skipif(heap._MALLOPT is None, reason="needs glibc's mallopt")
+def test_pinned_thresholds_keep_freed_activations_mapped() -> None:
+    pinned, faults_pinned = _activation_faults({})
+    # The user's malloc options win: nothing is pinned, and glibc trims the freed 80 MB every round.
+    unpinned, faults_dynamic = _activation_faults({"MALLOC_ARENA_MAX": "4", "MALLOC_TOP_PAD_": "0"})
+    assert pinned and not unpinned
+    assert faults_dynamic > 9 * 4 * (20 << 20) // 4096 // 2, faults_dynamic  # each round faults its pages
+    assert faults_pinned < faults_dynamic / 2, (faults_pinned, faults_dynamic)
+
+
+def test_loading_a_cpu_model_pins_the_malloc_thresholds(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pinned: list[bool] = []
+    monkeypatch.setattr("qa_core.runtime.loading.fix_malloc_thresholds", lambda: pinned.append(True) or True)
+    load_qa_model(ModelConfig(name_or_path=str(tiny_model_dir)), RuntimeConfig(device="cpu"))
+    assert pinned == [True]
+
+
 # Runs a bf16 linear over 320 batch shapes in a fresh process and prints how much its resident set grew.
 _SHAPES_SCRIPT = """
 import sys

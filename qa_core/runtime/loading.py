@@ -30,7 +30,7 @@ from qa_core.runtime.fit import (
     check_tokenizer_fits_model,
     model_limits,
 )
-from qa_core.runtime.heap import cap_onednn_caches
+from qa_core.runtime.heap import cap_onednn_caches, fix_malloc_thresholds
 from qa_core.runtime.native_checkpoint import (
     build_native_model,
     load_native_tokenizer,
@@ -340,6 +340,7 @@ def load_qa_model(config: ModelConfig, runtime: RuntimeConfig) -> TorchRunner:
         check_cpu_dtype(config.dtype)
         # Before the first forward: the default per-shape caches grow the resident set with the rows.
         cap_onednn_caches()
+        fix_malloc_thresholds()  # the forward's activations stay mapped between batches
     _check_local_checkpoint(config)
     native = uses_native(config)
     tokenizer = _load_tokenizer(config, native)
