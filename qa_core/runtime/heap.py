@@ -49,26 +49,18 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 MALLOC_ENVS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
 
 
-def _load_malloc_trim() -> Any:
+def _glibc_function(name: str) -> Any:
+    """The C library's `name` (`malloc_trim`, `mallopt`) where it is glibc, else None."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # musl and other libcs: nothing to release this way
+        return getattr(ctypes.CDLL("libc.so.6"), name)
+    except (OSError, AttributeError):  # musl and other libcs: nothing to tune or release this way
         return None
 
 
-def _load_mallopt() -> Any:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return None
-
-
-_MALLOC_TRIM = _load_malloc_trim()
-_MALLOPT = _load_mallopt()
+_MALLOC_TRIM = _glibc_function("malloc_trim")
+_MALLOPT = _glibc_function("mallopt")
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -76,8 +68,8 @@ def use_system_arrow_pool() -> None:
     """Makes glibc malloc Arrow's default memory pool, so the per-batch trim also returns its pages.
 
     Process-wide: called by the `docqa predict` command, not by the library functions, which leave the
-    caller's process settings alone (but for `cap_onednn_caches`, which model loading must call before the
-    first forward and which only fills in variables the environment leaves unset).
+    caller's process settings alone (but for `cap_onednn_caches` and `fix_malloc_thresholds`, which CPU
+    model loading calls before the first forward and which change nothing the environment sets).
     """
     import pyarrow as pa
 
