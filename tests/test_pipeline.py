@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from docqa.cli import main
 from pipelines.inference import QAModelHandler, RowDone, WindowBatch
-from pipelines.run import local_runner, run
+from pipelines.run import BEAM_HINTS_LOGGER, local_runner, run
 from pipelines.stages import (
     REJECTIONS,
     UNMERGED_CANDIDATES,
@@ -125,6 +126,17 @@ def test_run_matches_predict_on_every_engine(
     dup = {r["title"]: r["answer"] for r in pq.read_table(out / "answers").to_pylist() if r["id"] == "dup"}
     assert set(dup) == {"t3", "t4"}
     assert dup["t3"] in "the river church" and dup["t4"] in "a school music film"
+
+
+def test_run_logs_no_line_per_type_hint(
+    tmp_path: Path, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    source = write_parquet(tmp_path / "in.parquet", MIXED_ROWS[:2])
+    argv = ["run", "--input", str(source), "--output", str(tmp_path / "out"), "--model", str(tiny_model_dir)]
+    assert main([*argv, "--no-report", "--no-progress"]) == 0
+    assert any(r.name == "pipelines.run" for r in caplog.records)  # the job's own INFO lines do show
+    assert not [r for r in caplog.records if r.name == BEAM_HINTS_LOGGER]
 
 
 @pytest.mark.parametrize(
