@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from apache_beam.ml.inference.base import ModelHandler
 
@@ -66,7 +66,12 @@ class WindowBatch:
         return len(self.features)
 
 
-class QAModelHandler(ModelHandler[Feature, WindowCandidates | WindowFailure | RowDone, TorchRunner]):
+# What a batch gives back: a window's span candidates, a window that failed alone, a row whose windows
+# have all been through the model.
+InferenceOutput: TypeAlias = WindowCandidates | WindowFailure | RowDone
+
+
+class QAModelHandler(ModelHandler[Feature, InferenceOutput, TorchRunner]):
     """Loads one `TorchRunner` per worker process (RunInference shares it between DoFn instances).
 
     Args:
@@ -89,7 +94,7 @@ class QAModelHandler(ModelHandler[Feature, WindowCandidates | WindowFailure | Ro
         batch: Sequence[Feature],
         model: TorchRunner,
         inference_args: dict[str, Any] | None = None,
-    ) -> Iterable[WindowCandidates | WindowFailure | RowDone]:
+    ) -> Iterable[InferenceOutput]:
         padded = collate(list(batch), model.pad_token_id, self._config.batch.pad_to_multiple_of)
         stats = EngineStats()
         candidates, failures = run_batch_contained(model, padded, self._config, stats)
@@ -98,7 +103,7 @@ class QAModelHandler(ModelHandler[Feature, WindowCandidates | WindowFailure | Ro
         metrics.inc("padded_tokens", stats.padded_tokens)
         metrics.inc("batch_splits", stats.batch_splits)
         metrics.inc("oom_splits", stats.oom_splits)
-        out: list[WindowCandidates | WindowFailure | RowDone] = list(candidates)
+        out: list[InferenceOutput] = list(candidates)
         out.extend(WindowFailure(f.row_key, error, f.window_index) for f, error in failures)
         if isinstance(batch, WindowBatch):
             out.extend(batch.done)  # after the candidates: see RowDone

@@ -21,16 +21,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TypeOptions
 from apache_beam.pvalue import PCollection
+from apache_beam.runners.runner import PipelineRunner
 
 from pipelines import metrics, progress
 from pipelines.failures import PipelineError, summarize_failure
-from pipelines.inference import QAModelHandler
+from pipelines.inference import InferenceOutput, QAModelHandler
 from pipelines.io import ReadRows, beam_filesystem_usable, write_table
 from pipelines.options import DESCRIPTION, add_run_arguments
 from pipelines.stages import (
@@ -45,12 +46,8 @@ from pipelines.stages import (
     ValidateRows,
     count_result,
 )
-
-if TYPE_CHECKING:
-    from apache_beam.runners.runner import PipelineRunner
-
 from qa_core.config import QAConfig, config_from_arguments
-from qa_core.errors import OutputError
+from qa_core.errors import ConfigError, OutputError
 from qa_core.evaluation.calibration import apply_model_calibration
 from qa_core.io.ownership import verify_output_rows
 from qa_core.io.read import InputSchema, count_rows, output_schemas, read_input_schema, resolve_inputs
@@ -69,12 +66,6 @@ from qa_core.runtime.shapes import BatchShape, choose_batch_shape, default_caps,
 from qa_core.tools.tune import probe_for_job
 
 logger = logging.getLogger(__name__)
-
-# docqa's modules postpone their annotations (PEP 563), so each DoFn hint reaches Beam as a string,
-# which Beam takes as Any (nothing it could have checked is lost) and logs at INFO: 81 lines per
-# `docqa run` that hid the job's own log. Its warnings still show.
-BEAM_HINTS_LOGGER = "apache_beam.typehints.native_type_compatibility"
-logging.getLogger(BEAM_HINTS_LOGGER).setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)
@@ -126,7 +117,8 @@ def _answer(
     merged = (
         featurized.rows
         | "Bucket" >> beam.ParDo(BucketWindows(config))
-        | "Infer" >> RunInference(handler.with_no_batching())
+        # RunInference declares no output type; the handler's is what flows (`QAModelHandler.run_inference`).
+        | "Infer" >> RunInference(handler.with_no_batching()).with_output_types(InferenceOutput)
         | "MergeWindows"
         >> beam.ParDo(MergeWindows(config)).with_outputs(
             REJECTIONS, UNMERGED_RECORDS, UNMERGED_CANDIDATES, UNMERGED_FAILURES, main="answers"
@@ -185,9 +177,9 @@ _DIRECT_RUNNER_NAMES = (None, "DirectRunner", "SwitchingDirectRunner")
 def local_runner(options: PipelineOptions) -> PipelineRunner | None:
     """The runner for a local job: Beam's FnApiRunner where the DirectRunner was asked for, else None.
 
-    Beam 2.77's DirectRunner first tries the Prism runner, which downloads a Go binary from GitHub at run
-    time; offline, that attempt fails (leaving a temporary folder behind) and it falls back to the
-    FnApiRunner. docqa's local job is tested on the FnApiRunner, so it goes there directly: no download,
+    Beam's DirectRunner (2.77 and 2.78) first tries the Prism runner, which downloads a Go binary from
+    GitHub at run time; offline, that attempt fails (leaving a temporary folder behind) and it falls back
+    to the FnApiRunner. docqa's local job is tested on the FnApiRunner, so it goes there directly: no download,
     and the same runner online and offline. Its in-memory / multi-threading / multi-processing modes
     (`--direct_running_mode`, `--direct_num_workers`) work as under the DirectRunner. `--runner` names any
     other runner (PrismRunner included) unchanged: None lets Beam create it.
@@ -204,6 +196,23 @@ def local_runner(options: PipelineOptions) -> PipelineRunner | None:
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     provision = beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
     return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(provision))
+
+
+def _check_type_options(options: PipelineOptions) -> None:
+    """Refuses Beam's runtime type checks, which would fail the job at its first rejected row.
+
+    Beam (2.78) checks every output of a DoFn, tagged ones included, against the main output's type, so
+    a rejection (tagged `rejections`) fails the check. The graph's types are checked when it is built
+    (`pipeline_type_check`, on), against the hints each DoFn declares for each output.
+    """
+    types = options.view_as(TypeOptions)
+    for flag in ("runtime_type_check", "performance_runtime_type_check"):
+        if getattr(types, flag):
+            raise ConfigError(
+                f"--{flag}: Beam checks tagged outputs against the main output's type, so the first "
+                "rejected row would fail the job; drop the flag (docqa run's graph is type-checked when "
+                "it is built)"
+            )
 
 
 def _check_model_on_launcher(config: QAConfig, options: PipelineOptions) -> str:
@@ -287,6 +296,7 @@ def run(
         )
     check_output(args.output, overwrite=args.overwrite)  # before the model check; changes nothing
     options = PipelineOptions(beam_args, save_main_session=False)
+    _check_type_options(options)
     revision = _check_model_on_launcher(config, options)
     rows_read = count_rows(files)
     shape = _batch_shape(config, revision, options, rows_read)

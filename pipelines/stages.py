@@ -3,35 +3,49 @@
 Each DoFn is a few lines over the `qa_core.engine` piece that `docqa predict` runs too: `validate_at`,
 `RowPreparer.featurize`, `SortBufferer`, `RowAssembler` and `assemble_row`. Heavy state (the tokenizer)
 is built in `setup`, never pickled. Counters go to one namespace (`pipelines.metrics`).
+
+Type hints are Beam's contract, checked when the graph is built (and, with `--runtime_type_check`, on
+every element): each DoFn declares what flows on its main output and on each tagged output
+(`TaggedOutput[Literal[tag], T]`), with names that resolve at run time, so a stage that starts to emit
+something else fails at construction, not on a worker (`tests/test_beam_types.py`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, Final, Literal, TypeAlias, TypeVar, cast
 
 import apache_beam as beam
+from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines import metrics, progress
-from pipelines.inference import RowDone, WindowBatch
+from pipelines.inference import InferenceOutput, RowDone, WindowBatch
 from qa_core.config import QAConfig
 from qa_core.engine.assembly import RowAssembler, WindowFailure, assemble_row
 from qa_core.engine.host import FEATURIZE_CHUNK_ROWS, RowPreparer, SortBuffer, SortBufferer, validate_at
 from qa_core.records import Answer, Record, Rejection, RowWindows, WindowCandidates
 from qa_core.runtime.loading import load_tokenizer
 
-REJECTIONS = "rejections"
-# Pieces of rows that one bundle could not complete, keyed by row, for the fallback merge.
+# Tagged outputs: each tag's name, and the type hint that declares what flows on it (the Literal must
+# spell the same name; tests/test_beam_types.py checks).
+REJECTIONS: Final = "rejections"
+Rejected: TypeAlias = TaggedOutput[Literal["rejections"], Rejection]
+# Pieces of rows that one bundle could not complete, keyed by row key, for the fallback merge.
 UNMERGED_RECORDS = "unmerged_records"
 UNMERGED_CANDIDATES = "unmerged_candidates"
 UNMERGED_FAILURES = "unmerged_failures"
+# Their types are declared on `MergeWindows`, which emits them.
+# What the fallback `CoGroupByKey` gives `AggregateRows`: row key -> {records, candidates, failures}.
+RowPiecesByTag: TypeAlias = dict[str, Iterable[Record | WindowCandidates | str]]
+
+ResultT = TypeVar("ResultT", Answer, Rejection)
 
 
-def _result(result: Answer | Rejection) -> Any:
+def _result(result: Answer | Rejection) -> Answer | Rejected:
     """An answer on the main output, a rejection on the tagged one."""
-    return beam.pvalue.TaggedOutput(REJECTIONS, result) if isinstance(result, Rejection) else result
+    return TaggedOutput(REJECTIONS, result) if isinstance(result, Rejection) else result
 
 
 def _in_global_window(value: Any) -> WindowedValue:
@@ -39,9 +53,9 @@ def _in_global_window(value: Any) -> WindowedValue:
     return WindowedValue(value, GlobalWindow().max_timestamp(), (GlobalWindow(),))
 
 
-def _tagged(tag: str, value: Any) -> beam.pvalue.TaggedOutput[Any, Any]:
+def _tagged(tag: str, value: Any) -> TaggedOutput[str, WindowedValue]:
     """A tagged output from `finish_bundle`."""
-    return beam.pvalue.TaggedOutput(tag, _in_global_window(value))
+    return TaggedOutput(tag, _in_global_window(value))
 
 
 class ValidateRows(beam.DoFn):
@@ -50,13 +64,10 @@ class ValidateRows(beam.DoFn):
     def __init__(self, config: QAConfig) -> None:
         self._config = config
 
-    def process(self, element: tuple[int, dict[str, Any]]) -> Iterator[Any]:
+    def process(self, element: tuple[int, dict[str, Any]]) -> Iterator[Record | Rejected]:
         metrics.inc("rows_read")
-        yield _result_or_record(validate_at(element[1], element[0], self._config))
-
-
-def _result_or_record(item: Record | Rejection) -> Any:
-    return item if isinstance(item, Record) else _result(item)
+        item = validate_at(element[1], element[0], self._config)
+        yield item if isinstance(item, Record) else TaggedOutput(REJECTIONS, item)
 
 
 class FeaturizeRecords(beam.DoFn):
@@ -77,20 +88,16 @@ class FeaturizeRecords(beam.DoFn):
     def start_bundle(self) -> None:
         self._pending = []
 
-    def process(self, record: Record) -> Iterator[Any]:
+    def process(self, record: Record) -> Iterator[RowWindows | Rejected]:
         self._pending.append(record)
         if len(self._pending) >= FEATURIZE_CHUNK_ROWS:
             yield from self._flush()
 
-    def finish_bundle(self) -> Iterator[Any]:
+    def finish_bundle(self) -> Iterator[WindowedValue | TaggedOutput[str, WindowedValue]]:
         for out in self._flush():  # outputs of finish_bundle carry their window explicitly
-            yield (
-                _tagged(out.tag, out.value)
-                if isinstance(out, beam.pvalue.TaggedOutput)
-                else _in_global_window(out)
-            )
+            yield _tagged(out.tag, out.value) if isinstance(out, TaggedOutput) else _in_global_window(out)
 
-    def _flush(self) -> Iterator[Any]:
+    def _flush(self) -> Iterator[RowWindows | Rejected]:
         if self._preparer is None:
             raise RuntimeError("FeaturizeRecords.setup() was not called")
         records, self._pending = self._pending, []
@@ -101,7 +108,7 @@ class FeaturizeRecords(beam.DoFn):
                     metrics.inc("questions_cut")
                 yield item
             else:
-                yield _result(item)
+                yield TaggedOutput(REJECTIONS, item)
 
 
 class BucketWindows(beam.DoFn):
@@ -137,6 +144,14 @@ def _window_batches(buffer: SortBuffer) -> Iterator[WindowBatch]:
         yield WindowBatch(tuple(group), tuple(RowDone(r.record, len(r.windows)) for r in completed))
 
 
+# The class decorator declares the outputs of `finish_bundle` too (Beam reads only `process`'s annotation).
+@beam.typehints.with_output_types(
+    Answer,
+    rejections=Rejection,
+    unmerged_records=tuple[str, Record],
+    unmerged_candidates=tuple[str, WindowCandidates],
+    unmerged_failures=tuple[str, str],
+)
 class MergeWindows(beam.DoFn):
     """Candidates, failures and `RowDone`s of a bundle -> `Answer` (main) or `Rejection` (tagged).
 
@@ -154,7 +169,7 @@ class MergeWindows(beam.DoFn):
     def start_bundle(self) -> None:
         self._assembler = RowAssembler(self._config.decode)
 
-    def process(self, item: WindowCandidates | WindowFailure | RowDone) -> Iterator[Any]:
+    def process(self, item: InferenceOutput) -> Iterator[Answer | Rejected]:
         if isinstance(item, RowDone):
             result = self._assembler.add_record(item.record, item.n_windows)
         elif isinstance(item, WindowFailure):
@@ -164,7 +179,7 @@ class MergeWindows(beam.DoFn):
         if result is not None:
             yield _result(result)
 
-    def finish_bundle(self) -> Iterator[Any]:
+    def finish_bundle(self) -> Iterator[TaggedOutput[str, WindowedValue]]:
         incomplete = self._assembler.take_incomplete()
         for pieces in incomplete:
             if pieces.record is not None:
@@ -186,17 +201,19 @@ class AggregateRows(beam.DoFn):
     def __init__(self, config: QAConfig) -> None:
         self._config = config
 
-    def process(self, element: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
+    def process(self, element: tuple[str, RowPiecesByTag]) -> Iterator[Answer | Rejected]:
         key, grouped = element
-        records: list[Record] = list(grouped["records"])
+        # Each tag holds one type (see the UNMERGED_* hints); the group-by types the dict's values as one.
+        records = list(cast(Iterable[Record], grouped["records"]))
+        candidates = list(cast(Iterable[WindowCandidates], grouped["candidates"]))
+        failures = list(cast(Iterable[str], grouped["failures"]))
         if len(records) != 1:
             # Only possible if a row key collided or a stage emitted twice: fail loudly, never guess.
             raise RuntimeError(f"row {key} has {len(records)} records after the merge")
-        candidates: list[WindowCandidates] = list(grouped["candidates"])
-        yield _result(assemble_row(records[0], candidates, list(grouped["failures"]), self._config.decode))
+        yield _result(assemble_row(records[0], candidates, failures, self._config.decode))
 
 
-def count_result(result: Answer | Rejection) -> Answer | Rejection:
+def count_result(result: ResultT) -> ResultT:
     """Counts an output row (answered, or rejected by reason) and advances the launcher's progress bar."""
     progress.advance()
     if isinstance(result, Answer):
