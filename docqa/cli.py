@@ -26,6 +26,7 @@ from qa_core.config_layers import add_config_arguments
 from qa_core.errors import OutputError
 from qa_core.jobs.guard import run_guarded
 from qa_core.runtime.processes import skip_final_collection
+from qa_core.versions import version_report
 
 logger = logging.getLogger("docqa")
 
@@ -100,13 +101,29 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _VersionAction(argparse.Action):
+    """`--version`: docqa's version and the installed torch, transformers, tokenizers, Beam, pyarrow, pyspark.
+
+    The versions are read when asked, not each time the parser is built.
+    """
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(version_report(__version__, sys.version.split()[0]))  # stdout, as argparse's own action
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full `docqa` argument parser."""
     parser = argparse.ArgumentParser(
         prog="docqa",
         description="Batch extractive question answering over Parquet tables of questions and contexts.",
     )
-    parser.add_argument("--version", action="version", version=f"docqa {__version__}")
+    parser.add_argument(
+        "--version", action=_VersionAction, help="docqa's version and those of the libraries that answer"
+    )
     parser.add_argument(
         "--log-level", help="logging level (default INFO; WARNING for bench, whose table is the output)"
     )

@@ -6,11 +6,13 @@ import json
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from docqa.cli import main
 from tests.conftest import write_parquet
@@ -75,6 +77,22 @@ def test_predict_writes_the_layout(tmp_path: Path, tiny_model_dir: Path) -> None
     assert info["counts"]["rows_read"] == 5 == info["counts"]["answered"] + info["counts"]["rejected"]
     assert info["config"]["decode"]["top_k"] == 3 and len(info["config_hash"]) == 16
     assert info["model"]["revision"].startswith("sha256:")
+    # The libraries that answered, as installed (torch with its build label).
+    packages = info["environment"]["packages"]
+    assert set(packages) == {"torch", "transformers", "tokenizers", "apache-beam", "pyarrow", "pyspark"}
+    assert packages["torch"] == torch.__version__ and packages["pyarrow"] == pa.__version__
+    assert packages["apache-beam"] == metadata.version("apache-beam")
+
+
+def test_version_names_the_libraries_that_answer(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    first, libraries = capsys.readouterr().out.strip().splitlines()
+    assert first.startswith("docqa ") and f"(Python {sys.version.split()[0]})" in first
+    assert f"torch {torch.__version__}" in libraries and f"pyarrow {pa.__version__}" in libraries
+    for name in ("transformers", "tokenizers", "apache-beam", "pyspark"):
+        assert f"{name} {metadata.version(name)}" in libraries
 
 
 def test_timings_split_start_up_from_answering(

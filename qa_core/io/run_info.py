@@ -13,6 +13,7 @@ from qa_core.config import QAConfig
 from qa_core.io.storage import redact_url
 from qa_core.runtime.cpu import probe_cpu
 from qa_core.runtime.native_checkpoint import model_implementation
+from qa_core.versions import package_versions
 
 
 def run_info(
@@ -80,6 +81,8 @@ def run_info(
         "environment": {
             "python": sys.version.split()[0],
             "torch": torch.__version__,
+            # The launcher's: workers of a remote runner run their image's (the Dockerfile's lock).
+            "packages": package_versions(),
             "platform": platform.platform(),
             "cpu": probe_cpu().to_dict(),
         },
