@@ -179,8 +179,8 @@ def local_runner(options: PipelineOptions) -> PipelineRunner | None:
 
     Beam's DirectRunner (2.77 and 2.78) first tries the Prism runner, which downloads a Go binary from
     GitHub at run time; offline, that attempt fails (leaving a temporary folder behind) and it falls back
-    to the FnApiRunner. docqa's local job is tested on the FnApiRunner, so it goes there directly: no download,
-    and the same runner online and offline. Its in-memory / multi-threading / multi-processing modes
+    to the FnApiRunner. docqa's local job is tested on the FnApiRunner, so it goes there directly: no
+    download, and the same runner online and offline. Its in-memory / multi-threading / multi-processing modes
     (`--direct_running_mode`, `--direct_num_workers`) work as under the DirectRunner. `--runner` names any
     other runner (PrismRunner included) unchanged: None lets Beam create it.
     """
