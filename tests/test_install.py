@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "samples" / "questions.parquet"
 # The CPU build on this machine's disk (Makefile TORCH_SPEC); a plain `torch` would pull a CUDA build.
 TORCH_PIN = f"torch=={torch.__version__.split('+')[0]}"
+LOCK = ROOT / "requirements-lock.txt"
 
 
 def _run(
@@ -110,7 +111,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _run([sys._base_executable, "-m", "venv", str(venv)], timeout=120)  # not this venv's packages
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     _run([*pip, TORCH_PIN], timeout=600)
-    _run([*pip, str(wheel)], timeout=900)
+    _run([*pip, "-c", str(LOCK), str(wheel)], timeout=900)  # the tested set (the newest lane: unlocked)
     return venv
 
 
@@ -158,7 +159,7 @@ def _dockerfile_copies(dockerfile: Path) -> tuple[list[str], str]:
         words = line.split()
         if words[:1] == ["COPY"]:
             sources.extend(words[1:-1])
-        elif words[:1] == ["RUN"] and re.search(r"pip install '?\.(\[|'|\s|$)", line):
+        elif words[:1] == ["RUN"] and re.search(r"pip install\b.*\s'?\.(\[|'|\s|$)", line):
             return sources, line
     raise AssertionError("the Dockerfile installs no '.' package")
 
@@ -188,6 +189,7 @@ def test_the_dockerfile_file_set_installs_and_answers(tmp_path: Path) -> None:
         timeout=300,
     )
     assert "[gcp]" in install and "gcp" in (staged / "pyproject.toml").read_text()  # the image's extra
+    assert "-c requirements-lock.txt" in install and "requirements-lock.txt" in sources  # through the lock
     work = tmp_path / "work"
     work.mkdir()
     python = str(venv / "bin" / "python")
@@ -202,3 +204,10 @@ def test_the_dockerfile_file_set_installs_and_answers(tmp_path: Path) -> None:
     command = ["predict", "--input", str(SAMPLE), "--output", "out", "--no-report", "--no-progress"]
     _run([python, "-m", "docqa", *command], timeout=300, cwd=work, env=env)
     _check_output(work / "out", pq.read_metadata(SAMPLE).num_rows)
+
+
+def test_the_dockerfile_base_image_runs_the_locked_beam() -> None:
+    """The SDK harness of the base image and the Beam that the lock installs over it are one version."""
+    (tag,) = re.findall(r"^FROM apache/beam_python3\.11_sdk:(\S+)$", (ROOT / "Dockerfile").read_text(), re.M)
+    (locked,) = re.findall(r"^apache-beam==(\S+)$", LOCK.read_text(), re.M)
+    assert tag == locked
