@@ -8,6 +8,8 @@ MODEL ?= qa_core/models/docqa-minilm-l6-squad
 SQUAD ?= ../shared/data/squad
 
 LOCK := requirements-lock.txt
+# A recipe that fails leaves no target behind: a venv whose lock check failed is not taken as set up.
+.DELETE_ON_ERROR:
 
 .PHONY: setup demo test lint typecheck pytest lock base-encoder train-default bench eval-dev clean
 

@@ -4,10 +4,11 @@ Each DoFn is a few lines over the `qa_core.engine` piece that `docqa predict` ru
 `RowPreparer.featurize`, `SortBufferer`, `RowAssembler` and `assemble_row`. Heavy state (the tokenizer)
 is built in `setup`, never pickled. Counters go to one namespace (`pipelines.metrics`).
 
-Type hints are Beam's contract, checked when the graph is built (and, with `--runtime_type_check`, on
-every element): each DoFn declares what flows on its main output and on each tagged output
-(`TaggedOutput[Literal[tag], T]`), with names that resolve at run time, so a stage that starts to emit
-something else fails at construction, not on a worker (`tests/test_beam_types.py`).
+Type hints are Beam's contract, checked when the graph is built: each DoFn declares what flows on its
+main output and on each tagged output (`TaggedOutput[Literal[tag], T]`), with names that resolve at run
+time, so a stage whose declared output no longer fits its consumer's input fails at construction, not on
+a worker. `tests/test_beam_types.py` also checks every element of a run against its declared type (Beam's
+own `--runtime_type_check` cannot: it checks tagged outputs against the main output's type).
 """
 
 from __future__ import annotations

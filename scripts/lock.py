@@ -93,9 +93,17 @@ def read_lock(path: Path = LOCK) -> dict[str, str]:
 
 
 def installed() -> dict[str, str]:
-    """`{name: version}` of the running environment's distributions (build labels dropped)."""
+    """`{name: version}` of the running environment's distributions (build labels dropped).
+
+    A CUDA build of torch (`make setup TORCH_SPEC=...cu128`) brings its CUDA packages, which the lock
+    leaves to the build: they are not compared.
+    """
     found = {canonical(d.metadata["Name"]): d.version.split("+")[0] for d in metadata.distributions()}
-    return {name: version for name, version in found.items() if name not in NOT_LOCKED}
+    return {
+        name: version
+        for name, version in found.items()
+        if name not in NOT_LOCKED and not CUDA_PACKAGES.match(name)
+    }
 
 
 def check(lock: dict[str, str], present: dict[str, str]) -> list[str]:

@@ -46,6 +46,8 @@ TORCH = "torch==2.13.0"
 # Put back first when a check fails: the libraries whose releases change what docqa computes.
 FIRST_SUSPECTS = ("apache-beam", "torch", "transformers", "tokenizers", "pyarrow", "pyspark", "numpy")
 BISECT_SECONDS = 900
+VERSION = "docqa --version, imports from the wheel"
+PREDICT = "docqa predict (and the locked lane's predict, when given)"
 MULTI_PROCESS = ("--direct_running_mode=multi_processing", "--direct_num_workers=2")
 
 COMPARE = r"""
@@ -118,19 +120,34 @@ class Lane:
             DOCQA_CACHE_DIR=str(work / "cache"),
         )
 
-    def sh(
-        self, *command: str, timeout: float = 900, quiet: bool = False
-    ) -> subprocess.CompletedProcess[str]:
-        """Runs a command in the work folder; raises with its output's tail when it fails."""
-        result = subprocess.run(
-            command, cwd=self.work, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+    def sh(self, *command: str, timeout: float = 900, quiet: bool = False) -> str:
+        """Runs a command in the work folder and returns its output; raises `CheckError` when it fails.
+
+        The command runs in its own process group, killed whole on a timeout (a Beam job's SDK worker
+        processes and a Spark JVM included).
+        """
+        process = subprocess.Popen(
+            command,
+            cwd=self.work,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
-        if result.returncode != 0:
-            tail = (result.stdout + result.stderr)[-4000:]
-            raise CheckError(f"{' '.join(command)} exited {result.returncode}:\n{tail}")
-        if not quiet and result.stdout.strip():
-            print(result.stdout.strip())
-        return result
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            out, err = process.communicate()
+            raise CheckError(
+                f"{' '.join(command)} ran over {timeout:.0f} s:\n{(out + err)[-4000:]}"
+            ) from None
+        if process.returncode != 0:
+            raise CheckError(f"{' '.join(command)} exited {process.returncode}:\n{(out + err)[-4000:]}")
+        if not quiet and out.strip():
+            print(out.strip(), flush=True)
+        return out
 
     def pip(self, *args: str) -> None:
         """Runs the venv's pip, quietly."""
@@ -171,7 +188,7 @@ class Lane:
 
     def installed(self) -> dict[str, str]:
         """`{name: version}` of the venv."""
-        listed = self.sh(str(self.bin / "python"), "-m", "pip", "list", "--format=json", quiet=True).stdout
+        listed = self.sh(str(self.bin / "python"), "-m", "pip", "list", "--format=json", quiet=True)
         return {canonical(p["name"]): p["version"] for p in json.loads(listed)}
 
     def docqa(self, command: str, *args: str) -> None:
@@ -179,9 +196,9 @@ class Lane:
         quiet = ["--no-report"] if command == "spark" else ["--no-report", "--no-progress"]
         self.sh(str(self.bin / "docqa"), command, *args, *quiet, timeout=600, quiet=True)
 
-    def compare(self, engine_output: str) -> None:
-        """Fails unless an engine's answers and rejections equal predict's."""
-        self.sh(str(self.bin / "python"), "-c", COMPARE, "out/predict", engine_output)
+    def compare(self, engine_output: str, reference: str = "out/predict") -> None:
+        """Fails unless an engine's answers and rejections equal the reference's (this lane's predict)."""
+        self.sh(str(self.bin / "python"), "-c", COMPARE, reference, engine_output)
 
     @contextmanager
     def worker_pool(self) -> Iterator[int]:
@@ -200,20 +217,42 @@ class Lane:
             start_new_session=True,
         )
         try:
-            time.sleep(3)  # the pool binds its port
+            _wait_for_port(port, pool, self.work / f"pool-{port}.log")
             yield port
         finally:
             os.killpg(pool.pid, signal.SIGTERM)
-            pool.wait(timeout=30)
+            try:
+                pool.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(pool.pid, signal.SIGKILL)
+                pool.wait()
             log.close()
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, seconds: float = 60) -> None:
+    """Returns once `process` listens on `port`; raises `CheckError` (with its log) if it dies first."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise CheckError(f"the worker pool exited {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with socket.create_connection(("localhost", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise CheckError(f"the worker pool did not listen on port {port} in {seconds:.0f} s")
 
 
 class CheckError(RuntimeError):
     """A check of the lane failed; the message holds the command's output."""
 
 
-def checks(lane: Lane) -> list[tuple[str, Callable[[], None]]]:
-    """The lane's checks, in order; later ones compare with `predict`'s output."""
+def checks(lane: Lane, locked_docqa: Path | None = None) -> list[tuple[str, Callable[[], None]]]:
+    """The lane's checks, in order; the first engine is predict, whose output the later ones compare with.
+
+    With `locked_docqa` (the locked lane's `docqa`), predict's answers are compared with the locked
+    set's too, so a release that changes every engine's answers alike does not pass unseen.
+    """
     sample = str(SAMPLE)
 
     def version() -> None:
@@ -223,8 +262,8 @@ def checks(lane: Lane) -> list[tuple[str, Callable[[], None]]]:
             "-c",
             "import qa_core, pipelines; print(qa_core.__file__, pipelines.__file__)",
         )
-        if not all(path.startswith(str(lane.venv)) for path in where.stdout.split()):
-            raise CheckError(f"docqa imports from outside the wheel's venv: {where.stdout}")
+        if not all(path.startswith(str(lane.venv)) for path in where.split()):
+            raise CheckError(f"docqa imports from outside the wheel's venv: {where}")
 
     def portable() -> None:
         with lane.worker_pool() as port:
@@ -243,6 +282,14 @@ def checks(lane: Lane) -> list[tuple[str, Callable[[], None]]]:
 
         return run
 
+    def predict() -> None:
+        engine("predict", "predict")()
+        if locked_docqa is not None:
+            if not (lane.work / "out" / "locked" / "COMPLETED").exists():
+                lane.sh(str(locked_docqa), "predict", "--input", sample, "--output", "out/locked",
+                        "--overwrite", "--no-progress", "--no-report", quiet=True)  # fmt: skip
+            lane.compare("out/predict", reference="out/locked")
+
     def beam_types() -> None:
         (lane.work / "pytest.ini").write_text("[pytest]\n")
         lane.sh(
@@ -252,8 +299,8 @@ def checks(lane: Lane) -> list[tuple[str, Callable[[], None]]]:
         )  # fmt: skip
 
     return [
-        ("docqa --version, imports from the wheel", version),
-        ("docqa predict", engine("predict", "predict")),
+        (VERSION, version),
+        (PREDICT, predict),
         ("docqa run, DirectRunner", engine("direct", "run")),
         ("docqa run, multi-process", engine("multi", "run", *MULTI_PROCESS)),
         ("docqa run, portable runner with an EXTERNAL worker pool", portable),
@@ -266,26 +313,40 @@ def passes(check: Callable[[], None]) -> bool:
     """Whether a check passes now."""
     try:
         check()
-    except (CheckError, subprocess.TimeoutExpired):
+    except CheckError:
         return False
     return True
 
 
-def explain(lane: Lane, name: str, check: Callable[[], None], diffs: list[Difference]) -> str:
-    """Which package's newest release makes `check` fail, found by putting each back to its locked version."""
+def explain(lane: Lane, name: str, rerun: Callable[[], None], diffs: list[Difference]) -> str:
+    """Which package's newest release makes a check fail, found by putting each back to its locked version.
+
+    `rerun` repeats the failing check, after predict where the check compares with predict's output
+    (a release may change the reference rather than the engine).
+    """
     if not diffs:
         return f"newest lane: '{name}' fails with exactly the locked versions: not a new release"
     deadline = time.monotonic() + BISECT_SECONDS
+    untried: list[Difference] = []
 
     def with_locked(diff: Difference) -> bool:
         if time.monotonic() > deadline:
+            untried.append(diff)
             return False
         print(f"  rerunning '{name}' with {diff.name}=={diff.locked} ...", flush=True)
-        lane.pip("install", "--no-deps", f"{diff.name}=={diff.locked}")
         try:
-            return passes(check)
+            lane.pip("install", "--no-deps", f"{diff.name}=={diff.locked}")
+            return passes(rerun)
+        except CheckError as err:  # the locked version does not install beside the others
+            print(
+                f"  {diff.name}=={diff.locked} could not be put back: {str(err).splitlines()[0]}", flush=True
+            )
+            return False
         finally:
-            lane.pip("install", "--no-deps", f"{diff.name}=={diff.newest}")
+            try:
+                lane.pip("install", "--no-deps", f"{diff.name}=={diff.newest}")
+            except CheckError as err:
+                print(f"  {diff.name}=={diff.newest} could not be restored: {err}", flush=True)
 
     culprit = find_culprit(diffs, with_locked)
     if culprit is not None:
@@ -293,9 +354,10 @@ def explain(lane: Lane, name: str, check: Callable[[], None], diffs: list[Differ
             f"newest lane: '{name}' fails with {culprit.name} {culprit.newest} and passes with the lock's "
             f"{culprit.locked}: fix docqa for {culprit.name} {culprit.newest}, or cap its range below it"
         )
+    skipped = f"; not tried in {BISECT_SECONDS} s: {', '.join(map(str, untried))}" if untried else ""
     return (
         f"newest lane: '{name}' fails, and no single package put back to the lock fixes it; newer than the "
-        f"lock: {', '.join(map(str, diffs))}"
+        f"lock: {', '.join(map(str, diffs))}{skipped}"
     )
 
 
@@ -303,6 +365,12 @@ def main() -> int:
     """Installs the newest releases, runs the checks; on a failure names the release that caused it."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep the lane's folder (venv, outputs)")
+    parser.add_argument(
+        "--locked-docqa",
+        type=Path,
+        metavar="PATH",
+        help="the locked lane's docqa: predict is compared with it",
+    )
     args = parser.parse_args()
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="docqa-newest-"))
@@ -312,13 +380,21 @@ def main() -> int:
     diffs = differences(lane.installed(), read_lock(LOCK))
     print(f"newest lane: installed in {time.monotonic() - started:.0f} s; differs from the lock in: "
           f"{', '.join(map(str, diffs)) or 'nothing'}", flush=True)  # fmt: skip
-    for name, check in checks(lane):
+    lane_checks = checks(lane, args.locked_docqa.resolve() if args.locked_docqa else None)
+    predict = dict(lane_checks)[PREDICT]
+    for name, check in lane_checks:
         began = time.monotonic()
         try:
             check()
-        except (CheckError, subprocess.TimeoutExpired) as err:
+        except CheckError as err:
             print(f"FAILED {name}:\n{err}", flush=True)
-            print(explain(lane, name, check, diffs), file=sys.stderr, flush=True)
+
+            def rerun(check: Callable[[], None] = check, name: str = name) -> None:
+                if name not in (PREDICT, VERSION):
+                    predict()
+                check()
+
+            print(explain(lane, name, rerun, diffs), file=sys.stderr, flush=True)
             print(f"newest lane: kept {work}", file=sys.stderr)
             return 1
         print(f"ok {name} ({time.monotonic() - began:.0f} s)", flush=True)
