@@ -37,12 +37,13 @@ from moto.core.authorization import enable_iam_authentication  # noqa: E402
 
 import pipelines.io  # noqa: E402
 from docqa.cli import main  # noqa: E402
-from qa_core.errors import ConfigError  # noqa: E402
+from qa_core.errors import ConfigError, InputError, OutputError  # noqa: E402
 from qa_core.io.storage import (  # noqa: E402
     StorageLimits,
     describe_storage_error,
     is_storage_timeout,
     merge_s3_options,
+    storage_errors,
 )
 from tests.conftest import write_parquet  # noqa: E402
 
@@ -500,6 +501,20 @@ def test_timeouts_are_described_with_the_url_and_the_limit(err: BaseException) -
     connect = type(err).__name__ == "ConnectTimeoutError"
     assert ("DOCQA_STORAGE_CONNECT_TIMEOUT" in text) == connect
     assert " within " in text and "s (" in text
+
+
+def test_storage_errors_become_one_line_of_the_jobs_error() -> None:
+    with (
+        pytest.raises(OutputError) as raised,
+        storage_errors(OutputError, "cannot write the output", "s3://k:s@b/o"),
+    ):
+        raise PermissionError("Forbidden")
+    assert str(raised.value).startswith("cannot write the output: access denied to s3://***@b/o (Forbidden)")
+    assert isinstance(raised.value.__cause__, PermissionError)
+    with pytest.raises(ValueError, match="a bug"), storage_errors(OutputError, "x", "/tmp/o", catch=OSError):
+        raise ValueError("a bug")  # narrowed to OSError: anything else is not storage and keeps its type
+    with storage_errors(InputError, "cannot read input", "/tmp/i"):
+        pass  # nothing raised, nothing changed
 
 
 def test_other_errors_are_no_timeouts() -> None:

@@ -21,7 +21,7 @@ import fsspec
 from qa_core.errors import OutputError
 from qa_core.io.read import count_rows
 from qa_core.io.schema import ANSWERS_DIR, REJECTIONS_DIR
-from qa_core.io.storage import describe_storage_error, to_url, url_to_fs
+from qa_core.io.storage import storage_errors, to_url, url_to_fs
 
 JOB_FILE = "_job.json"
 """The owner token and plan of the job writing a folder (hidden from readers by its `_`)."""
@@ -56,17 +56,17 @@ def read_job_file(output_dir: str) -> dict[str, Any] | None:
     """
     fs, root = fsspec.core.url_to_fs(output_dir)
     path = f"{root.rstrip('/')}/{JOB_FILE}"
-    try:
+    with storage_errors(OutputError, "cannot read the output", output_dir):
         fs.invalidate_cache()  # another process may have replaced it behind this file system's cache
         if not fs.exists(path):
             return None
-        document = json.loads(fs.cat_file(path))
+        text = fs.cat_file(path)
+    try:
+        document = json.loads(text)
     except (ValueError, UnicodeDecodeError) as err:
         raise OutputError(
             f"{output_dir}/{JOB_FILE} is not valid JSON ({err}); rerun with --overwrite"
         ) from err
-    except Exception as err:  # storage client errors are not all OSErrors
-        raise OutputError(f"cannot read the output: {describe_storage_error(err, output_dir)}") from err
     if not isinstance(document, dict):
         raise OutputError(f"{output_dir}/{JOB_FILE} is not a JSON object; rerun with --overwrite")
     return document
@@ -106,11 +106,9 @@ def verify_output_rows(output_dir: str, rows_read: int) -> tuple[int, int]:
         OutputError: When answers + rejections written differ from the rows read (the run must not be
             marked COMPLETED).
     """
-    try:
+    with storage_errors(OutputError, "cannot check the output", output_dir):
         answered = count_rows(output_files(output_dir, ANSWERS_DIR))
         rejected = count_rows(output_files(output_dir, REJECTIONS_DIR))
-    except Exception as err:  # storage client errors are not all OSErrors
-        raise OutputError(f"cannot check the output: {describe_storage_error(err, output_dir)}") from err
     if rows_read != answered + rejected:
         raise OutputError(
             f"rows read ({rows_read}) != answers ({answered}) + rejections ({rejected}) in {output_dir}; "
@@ -121,8 +119,8 @@ def verify_output_rows(output_dir: str, rows_read: int) -> tuple[int, int]:
 
 def _write_text(output_dir: str, name: str, text: str) -> None:
     fs, root = fsspec.core.url_to_fs(output_dir)
-    try:
-        with fs.open(f"{root.rstrip('/')}/{name}", "w") as handle:
-            handle.write(text)
-    except Exception as err:  # storage client errors are not all OSErrors
-        raise OutputError(f"cannot write the output: {describe_storage_error(err, output_dir)}") from err
+    with (
+        storage_errors(OutputError, "cannot write the output", output_dir),
+        fs.open(f"{root.rstrip('/')}/{name}", "w") as handle,
+    ):
+        handle.write(text)

@@ -27,6 +27,7 @@ from qa_core.io.storage import (
     describe_storage_error,
     is_storage_timeout,
     redact_url,
+    storage_errors,
     to_url,
     url_to_fs,
 )
@@ -58,7 +59,7 @@ def resolve_inputs(pattern: str) -> list[str]:
     if problem is not None:
         raise InputError(f"cannot read input: {problem}")
     fs, path, protocol = url_to_fs(pattern)
-    try:
+    with storage_errors(InputError, "cannot list input", pattern):
         if fs.isdir(path):
             root = path.rstrip("/") + "/"
             found = sorted(
@@ -70,8 +71,6 @@ def resolve_inputs(pattern: str) -> list[str]:
             found = sorted(fs.glob(path))
         else:
             found = []
-    except Exception as err:  # the storage client's own errors are not all OSErrors
-        raise InputError(f"cannot list input: {describe_storage_error(err, pattern)}") from err
     if not found:
         raise InputError(f"no input Parquet files match {redact_url(pattern)}")
     return [to_url(protocol, p) for p in found]

@@ -41,15 +41,16 @@ listing, footer, output checks and `COMPLETED` go through fsspec and are bounded
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 import fsspec
 
-from qa_core.errors import ConfigError
+from qa_core.errors import ConfigError, JobError
 
 # Protocols whose first path component is a bucket (or container) that must exist before anything else.
 OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
@@ -346,6 +347,22 @@ def describe_storage_error(err: BaseException, url: str) -> str:
     if name in ("EndpointConnectionError", "ClientConnectorError"):
         return f"cannot reach the storage endpoint for {url} ({_first_line(err)})"
     return f"{url}: {name}: {_first_line(err)}"
+
+
+@contextlib.contextmanager
+def storage_errors(
+    error: type[JobError], doing: str, url: str, catch: type[BaseException] = Exception
+) -> Iterator[None]:
+    """Turns a storage failure at `url` into one `error` line: `{doing}: {describe_storage_error(...)}`.
+
+    Storage clients raise their own types (botocore, aiohttp, google-auth), not only `OSError`, so every
+    `Exception` is caught unless `catch` narrows it; failures the caller handles itself (a missing file,
+    a bad footer) are caught inside the block.
+    """
+    try:
+        yield
+    except catch as err:
+        raise error(f"{doing}: {describe_storage_error(err, url)}") from err
 
 
 def bucket_problem(url: str) -> str | None:

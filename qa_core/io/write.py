@@ -36,7 +36,7 @@ from qa_core.io.schema import (
     rejection_to_row,
     rows_to_table,
 )
-from qa_core.io.storage import bucket_problem, describe_storage_error
+from qa_core.io.storage import bucket_problem, storage_errors
 from qa_core.records import Answer, Rejection
 
 logger = logging.getLogger(__name__)
@@ -165,15 +165,12 @@ class OutputWriter:
         Raises:
             OutputError: When the storage refuses a write (no `COMPLETED` is written then).
         """
-        try:
+        # PermissionError, a full disk, a lost connection: OSErrors (a bad row value is a bug, not storage).
+        with storage_errors(OutputError, "cannot write the output", self.output_dir, catch=OSError):
             if isinstance(result, Answer):
                 self._answers.add(answer_to_row(result, self.top_k))
             else:
                 self._rejections.add(rejection_to_row(result))
-        except OSError as err:  # PermissionError, a full disk, a lost connection
-            raise OutputError(
-                f"cannot write the output: {describe_storage_error(err, self.output_dir)}"
-            ) from err
 
     def write_all(
         self, results: Iterable[Answer | Rejection], on_rows: Callable[[int], object], every: int = 1
@@ -208,22 +205,14 @@ class OutputWriter:
         Raises:
             OutputError: When the storage refuses a write, or another job took the folder over.
         """
-        try:
+        with storage_errors(OutputError, "cannot finish the output", self.output_dir):
             self._answers.finish(metadata)
             self._rejections.finish(metadata)
-        except Exception as err:  # storage client errors are not all OSErrors
-            raise OutputError(
-                f"cannot finish the output: {describe_storage_error(err, self.output_dir)}"
-            ) from err
         if self.owner is not None:
             check_owner(self.output_dir, self.owner)
-        try:
+        with storage_errors(OutputError, "cannot finish the output", self.output_dir):
             self._answers.publish()
             self._rejections.publish()
-        except Exception as err:
-            raise OutputError(
-                f"cannot finish the output: {describe_storage_error(err, self.output_dir)}"
-            ) from err
 
     def close(self, run_info: dict[str, Any]) -> None:
         """Closes the tables, writes `_run.json`, then the `COMPLETED` marker.
@@ -275,10 +264,8 @@ def check_output(output_dir: str, *, overwrite: bool) -> list[str]:
         REPORT_FILE,
         REPORT_DIR,
     )  # marker first
-    try:
+    with storage_errors(OutputError, "cannot prepare output", output_dir):
         present = [name for name in names if fs.exists(f"{root}/{name}")]
-    except Exception as err:  # storage client errors are not all OSErrors
-        raise OutputError(f"cannot prepare output: {describe_storage_error(err, output_dir)}") from err
     if present and not overwrite:
         if COMPLETED_FILE in present:
             raise OutputError(f"output {output_dir} already holds a run; pass --overwrite to replace it")
@@ -309,20 +296,16 @@ def prepare_output(output_dir: str, *, overwrite: bool, plan: dict[str, Any] | N
     root = root.rstrip("/")
     # Claimed first: a job still writing here sees that it lost the folder before its next step, and
     # cannot mark it COMPLETED after the old marker is gone.
-    try:
+    with storage_errors(OutputError, "cannot prepare output", output_dir):
         fs.makedirs(root, exist_ok=True)
-    except Exception as err:  # storage client errors are not all OSErrors
-        raise OutputError(f"cannot prepare output: {describe_storage_error(err, output_dir)}") from err
     owner = claim_output(output_dir, plan or {})
-    try:
+    with storage_errors(OutputError, "cannot prepare output", output_dir):
         # Removing the marker first means an interrupted overwrite never leaves a "complete" folder.
         for name in present:
             if name != JOB_FILE:
                 fs.rm(f"{root}/{name}", recursive=True)
         for name in (ANSWERS_DIR, REJECTIONS_DIR):
             fs.makedirs(f"{root}/{name}", exist_ok=True)
-    except Exception as err:  # storage client errors are not all OSErrors
-        raise OutputError(f"cannot prepare output: {describe_storage_error(err, output_dir)}") from err
     return owner
 
 
@@ -346,18 +329,18 @@ def mark_completed(output_dir: str, run_info: dict[str, Any], *, owner: str | No
     root = root.rstrip("/")
     if owner is not None:
         check_owner(output_dir, owner)
-    try:
-        with fs.open(f"{root}/{RUN_INFO_FILE}", "w") as handle:
-            handle.write(json.dumps(run_info, indent=2, sort_keys=True, default=str) + "\n")
-    except Exception as err:  # storage client errors are not all OSErrors
-        raise OutputError(f"cannot finish the output: {describe_storage_error(err, output_dir)}") from err
+    with (
+        storage_errors(OutputError, "cannot finish the output", output_dir),
+        fs.open(f"{root}/{RUN_INFO_FILE}", "w") as handle,
+    ):
+        handle.write(json.dumps(run_info, indent=2, sort_keys=True, default=str) + "\n")
     if owner is not None:
         check_owner(output_dir, owner)  # the other job's _run.json may be the one just replaced
-    try:
-        with fs.open(f"{root}/{COMPLETED_FILE}", "w") as handle:
-            handle.write("")
-    except Exception as err:  # storage client errors are not all OSErrors
-        raise OutputError(f"cannot finish the output: {describe_storage_error(err, output_dir)}") from err
+    with (
+        storage_errors(OutputError, "cannot finish the output", output_dir),
+        fs.open(f"{root}/{COMPLETED_FILE}", "w") as handle,
+    ):
+        handle.write("")
     if owner is not None:
         try:
             check_owner(output_dir, owner)  # claimed between the check and the marker: take it back

@@ -27,7 +27,7 @@ from qa_core.engine.stats import EngineStats
 from qa_core.errors import ConfigError, InputError, OutputError
 from qa_core.io.read import iter_rows
 from qa_core.io.schema import ANSWERS_DIR, COMPLETED_FILE, REJECTIONS_DIR, RUN_INFO_FILE
-from qa_core.io.storage import describe_storage_error, redact_url
+from qa_core.io.storage import redact_url, storage_errors
 from qa_core.io.write import OutputWriter, part_name
 from qa_core.runtime.loading import resolve_device
 from qa_core.runtime.shapes import choose_batch_shape
@@ -127,11 +127,9 @@ def _file_version(url: str) -> list[Any]:
     Raises:
         InputError: When the storage cannot say.
     """
-    try:
+    with storage_errors(InputError, "cannot read input", url):
         fs, path = fsspec.core.url_to_fs(url)
         info = fs.info(path)
-    except Exception as err:  # storage client errors are not all OSErrors
-        raise InputError(f"cannot read input: {describe_storage_error(err, url)}") from err
     version = next((info[k] for k in ("ETag", "etag", "md5Hash", "mtime", "LastModified") if k in info), None)
     return [info.get("size"), str(version) if version is not None else None]
 
@@ -271,15 +269,14 @@ def _finished_part(fs: Any, root: str, part: PartRange, config_hash: str) -> Eng
     rows, counters = [], []
     for folder in (ANSWERS_DIR, REJECTIONS_DIR):
         path = f"{root}/{folder}/{part_name(part.index)}"
-        try:
-            with fs.open(path, "rb") as handle:
-                metadata = pq.ParquetFile(handle).metadata
-        except FileNotFoundError:
-            return None
-        except pa.ArrowInvalid:  # no valid footer: the file was being written when the job died
-            return None
-        except Exception as err:  # storage client errors are not all OSErrors
-            raise OutputError(f"cannot resume: {describe_storage_error(err, path)}") from err
+        with storage_errors(OutputError, "cannot resume", path):
+            try:
+                with fs.open(path, "rb") as handle:
+                    metadata = pq.ParquetFile(handle).metadata
+            except FileNotFoundError:
+                return None
+            except pa.ArrowInvalid:  # no valid footer: the file was being written when the job died
+                return None
         stored = metadata.metadata or {}
         try:
             if json.loads(stored.get(PART_KEY.encode(), b"null")) != expected:
@@ -305,7 +302,7 @@ def remove_unfinished(output_dir: str, kept: set[int]) -> None:
     fs, root = fsspec.core.url_to_fs(output_dir)
     root = root.rstrip("/")
     names = {part_name(k) for k in kept}
-    try:
+    with storage_errors(OutputError, "cannot resume", output_dir):
         for name in (COMPLETED_FILE, RUN_INFO_FILE):
             if fs.exists(f"{root}/{name}"):
                 fs.rm(f"{root}/{name}")
@@ -315,8 +312,6 @@ def remove_unfinished(output_dir: str, kept: set[int]) -> None:
             for entry in _listing(fs, path):
                 if entry.rstrip("/").rsplit("/", 1)[-1] not in names:
                     fs.rm(entry, recursive=True)
-    except Exception as err:  # storage client errors are not all OSErrors
-        raise OutputError(f"cannot resume: {describe_storage_error(err, output_dir)}") from err
 
 
 def part_writers(
