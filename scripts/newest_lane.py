@@ -1,6 +1,6 @@
 """CI's newest lane: the newest releases inside pyproject.toml's ranges, the installed wheel, end to end.
 
-    python3 scripts/newest_lane.py [--keep]
+    python3 scripts/newest_lane.py [--keep] [--locked-docqa .venv/bin/docqa]
 
 The locked lane (`make test`) runs the tested set of `requirements-lock.txt`; this lane installs what a
 user's `pip install docqa-beam[dev,spark]` resolves today into a fresh venv outside the tree (torch
@@ -8,7 +8,7 @@ stays the CPU build torch==2.13.0 of this machine's disk: the range's newest tor
 build of several GB), from the wheel of this tree, and from another folder runs:
 
     docqa --version; the packages import from the wheel, not the tree
-    docqa predict on the bundled sample with the bundled model
+    docqa predict on the bundled sample with the bundled model (against the locked lane's, if given)
     docqa run on the DirectRunner (in memory), multi-process, and the portable runner with an EXTERNAL
         worker pool (SDK workers started by worker_pool_main with the venv's python)
     docqa spark on local[2]
@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lock import canonical, read_lock  # scripts/lock.py, beside this script
+from lock import NOT_LOCKED, canonical, read_lock  # scripts/lock.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "requirements-lock.txt"
@@ -85,7 +85,7 @@ def differences(newest: dict[str, str], locked: dict[str, str]) -> list[Differen
     found = [
         Difference(name, version, locked.get(name))
         for name, version in newest.items()
-        if locked.get(name) != version.split("+")[0] and name not in ("docqa-beam", "setuptools", "wheel")
+        if locked.get(name) != version.split("+")[0] and name not in NOT_LOCKED
     ]
     rank = {name: i for i, name in enumerate(FIRST_SUSPECTS)}
     return sorted(found, key=lambda d: (rank.get(d.name, len(rank)), d.name))
@@ -161,14 +161,11 @@ class Lane:
         self.pip("install", "--upgrade", "pip")
         self.pip("install", TORCH)
         source = self.work / "source"
-        files = subprocess.run(
-            ["git", "ls-files", "-co", "--exclude-standard"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.splitlines()
-        for name in files:
+        # The tree's files as git sees them (tracked, and untracked but not ignored): no stale build/.
+        listing = ["git", "ls-files", "-co", "--exclude-standard"]
+        for name in subprocess.run(
+            listing, cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.splitlines():
             if (ROOT / name).is_file():
                 (source / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(ROOT / name, source / name)
@@ -176,15 +173,8 @@ class Lane:
         (wheel,) = (self.work / "dist").glob("docqa_beam-*.whl")
         constraints = self.work / "torch.txt"
         constraints.write_text(TORCH + "\n")
-        self.pip(
-            "install",
-            "--upgrade",
-            "--upgrade-strategy",
-            "eager",
-            "-c",
-            str(constraints),
-            f"{wheel}[dev,spark]",
-        )
+        newest = ["--upgrade", "--upgrade-strategy", "eager", "-c", str(constraints)]
+        self.pip("install", *newest, f"{wheel}[dev,spark]")
 
     def installed(self) -> dict[str, str]:
         """`{name: version}` of the venv."""
@@ -365,12 +355,8 @@ def main() -> int:
     """Installs the newest releases, runs the checks; on a failure names the release that caused it."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep the lane's folder (venv, outputs)")
-    parser.add_argument(
-        "--locked-docqa",
-        type=Path,
-        metavar="PATH",
-        help="the locked lane's docqa: predict is compared with it",
-    )
+    locked_help = "the locked lane's docqa: predict is compared with it"
+    parser.add_argument("--locked-docqa", type=Path, metavar="PATH", help=locked_help)
     args = parser.parse_args()
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="docqa-newest-"))

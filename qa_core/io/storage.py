@@ -362,7 +362,15 @@ def storage_errors(
     try:
         yield
     except catch as err:
-        raise error(f"{doing}: {describe_storage_error(err, url)}") from err
+        raise storage_failure(error, doing, url, err) from err
+
+
+def storage_failure(error: type[JobError], doing: str, url: str, err: BaseException) -> JobError:
+    """The one-line `error` that `storage_errors` raises, built for a caller's own `try`.
+
+    A per-row path (`OutputWriter.write`) uses a plain `try`: the context manager costs a generator a row.
+    """
+    return error(f"{doing}: {describe_storage_error(err, url)}")
 
 
 def bucket_problem(url: str) -> str | None:

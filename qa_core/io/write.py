@@ -36,7 +36,7 @@ from qa_core.io.schema import (
     rejection_to_row,
     rows_to_table,
 )
-from qa_core.io.storage import bucket_problem, storage_errors
+from qa_core.io.storage import bucket_problem, storage_errors, storage_failure
 from qa_core.records import Answer, Rejection
 
 logger = logging.getLogger(__name__)
@@ -165,12 +165,13 @@ class OutputWriter:
         Raises:
             OutputError: When the storage refuses a write (no `COMPLETED` is written then).
         """
-        # PermissionError, a full disk, a lost connection: OSErrors (a bad row value is a bug, not storage).
-        with storage_errors(OutputError, "cannot write the output", self.output_dir, catch=OSError):
+        try:  # once a row: a plain `try`, not the `storage_errors` context manager
             if isinstance(result, Answer):
                 self._answers.add(answer_to_row(result, self.top_k))
             else:
                 self._rejections.add(rejection_to_row(result))
+        except OSError as err:  # PermissionError, a full disk, a lost connection (a bad value is a bug)
+            raise storage_failure(OutputError, "cannot write the output", self.output_dir, err) from err
 
     def write_all(
         self, results: Iterable[Answer | Rejection], on_rows: Callable[[int], object], every: int = 1
