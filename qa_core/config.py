@@ -292,6 +292,11 @@ class RuntimeConfig:
             model runs; each costs the memory of one buffer. 0 prepares each buffer only when the model is
             idle; null (auto) means 1 when the forward runs off this process's CPU (a GPU, a device
             server) and 0 otherwise, where the thread would only compete with the model for the cores.
+        host_tuning: Whether the command-line jobs (`docqa predict`, `run`, `spark`, their worker processes
+            and executors) tune the processes they answer in (`qa_core.runtime.host_tuning`: glibc's
+            malloc thresholds and heap trimming after CPU batches, oneDNN's per-shape cache caps, Arrow on
+            the system allocator; a setting in the environment wins). false leaves every process as it
+            started. The Python API changes its caller's process only when asked (`tune_host=True`).
     """
 
     device: Device = "auto"
@@ -299,6 +304,7 @@ class RuntimeConfig:
     workers: int = 1
     worker_models: WorkerModels = "per_worker"
     prefetch_buffers: int | None = None
+    host_tuning: bool = True
 
     def __post_init__(self) -> None:
         _require(self.device in get_args(Device), f"runtime.device must be one of {get_args(Device)}")
