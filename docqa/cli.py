@@ -34,15 +34,26 @@ logger = logging.getLogger("docqa")
 DEFAULT_LOG_LEVELS = {"bench": "WARNING"}
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
+def _cmd_job(args: argparse.Namespace) -> int:
+    """`docqa predict`, `run` and `spark`: the engine's job, then its summary and the report."""
+    info = args.job(args)
+    # The summary first: the output is complete, and the report (matplotlib, about a second) only adds to it.
+    print(summarize_run(info, args.output), flush=True)
+    if not args.no_report:
+        from qa_core.tools.report import try_write_report
+
+        try_write_report(args.output)
+    return 0
+
+
+def _predict_job(args: argparse.Namespace) -> dict[str, Any]:
+    """`docqa predict`: the in-process job (`qa_core.jobs.predict`); tunes this host unless configured off."""
     from qa_core.jobs.predict import predict
-    from qa_core.runtime.heap import use_system_arrow_pool
 
     # --workers N wins over runtime.workers of the config files and --set.
     workers = [] if args.workers is None else [f"runtime.workers={args.workers}"]
     config = config_from_arguments(args, *workers)
-    use_system_arrow_pool()  # keeps the resident set flat over long inputs (qa_core.runtime.heap)
-    info = predict(
+    return predict(
         config,
         args.input,
         args.output,
@@ -50,22 +61,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
         workers=config.runtime.workers,
+        tune_host=config.runtime.host_tuning,
     )
-    counts, timings = info["counts"], info["timings"]
-    # The summary first: the output is complete, and the report (matplotlib, about a second) only adds to it.
-    print(
-        f"rows {counts['rows_read']}: answered {counts['answered']}, rejected {counts['rejected']}"
-        f"{' ' + str(counts['rejected_by_reason']) if counts['rejected_by_reason'] else ''}"
-        f"{_count_notes(counts)} in "
-        f"{timings['wall_seconds']} s (start-up "
-        f"{timings['startup_seconds']} s, then {timings['answer_rows_per_second']} rows/s) -> {args.output}",
-        flush=True,
-    )
-    if not args.no_report:
-        from qa_core.tools.report import try_write_report
 
-        try_write_report(args.output)
-    return 0
+
+def _run_job(args: argparse.Namespace) -> dict[str, Any]:
+    """`docqa run`: the Beam job, given the raw arguments (Beam's options are not ours to parse)."""
+    from pipelines.run import run
+
+    if not args.debug:
+        _brief_beam_errors()
+    return run(args.command_argv)
+
+
+def _spark_job(args: argparse.Namespace) -> dict[str, Any]:
+    """`docqa spark`: the PySpark job (`pipelines.spark_job`), given the raw arguments."""
+    from pipelines.spark_job import run_spark
+
+    return run_spark(args.command_argv)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -141,14 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
         description=RUN_DESCRIPTION,
     )
     add_run_arguments(r)
-    r.set_defaults(func=_cmd_run, passes_unknown_flags=True)
+    r.set_defaults(func=_cmd_job, job=_run_job, passes_unknown_flags=True)
     s = commands.add_parser(
         "spark",
         help="answer Parquet tables with the native PySpark job (local[N] or a cluster)",
         description=SPARK_DESCRIPTION,
     )
     add_spark_arguments(s)
-    s.set_defaults(func=_cmd_spark)
+    s.set_defaults(func=_cmd_job, job=_spark_job)
     b = commands.add_parser(
         "bench",
         help="throughput vs. the seed's way, the forward-only bound and stock Beam",
@@ -189,7 +202,7 @@ def _register_predict(commands: Any) -> None:
         "runtime.workers (default 1; on a GPU one process's host work leaves it mostly idle)",
     )
     add_config_arguments(p)
-    p.set_defaults(func=_cmd_predict)
+    p.set_defaults(func=_cmd_job, job=_predict_job)
 
 
 def _register_squad_commands(commands: Any) -> None:
@@ -219,34 +232,6 @@ def _register_squad_commands(commands: Any) -> None:
     c.set_defaults(func=_cmd_convert_squad)
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    """`docqa run ...`: the Beam job, given the raw arguments (Beam's options are not ours to parse)."""
-    from pipelines.run import run
-
-    if not args.debug:
-        _brief_beam_errors()
-    info = run(args.command_argv)
-    print(summarize_run(info, args.output), flush=True)  # the output is complete: the report only adds
-    if not args.no_report:
-        from qa_core.tools.report import try_write_report
-
-        try_write_report(args.output)
-    return 0
-
-
-def _cmd_spark(args: argparse.Namespace) -> int:
-    """`docqa spark ...`: the PySpark job (`pipelines.spark_job`), then the report and the summary."""
-    from pipelines.spark_job import run_spark
-
-    info = run_spark(args.command_argv)
-    print(summarize_run(info, args.output), flush=True)  # the output is complete: the report only adds
-    if not args.no_report:
-        from qa_core.tools.report import try_write_report
-
-        try_write_report(args.output)
-    return 0
-
-
 def _cmd_bench(args: argparse.Namespace) -> int:
     """`docqa bench ...`: each mode runs in a child process with the same arguments."""
     from docqa.bench import run_bench
@@ -265,16 +250,23 @@ def _count_notes(counts: dict[str, Any]) -> str:
 
 
 def summarize_run(info: dict[str, Any], output: str) -> str:
-    """One paragraph of a finished run's counts (the Beam counters, for `docqa run`)."""
+    """One paragraph of a finished job's counts and timings, the same for every engine."""
     counts, timings = info["counts"], info["timings"]
+    reasons = counts.get("rejected_by_reason")
     efficiency = counts.get("padding_efficiency")
     efficiency = None if efficiency is None else round(efficiency, 3)
+    time_taken = f"{timings['wall_seconds']} s"
+    if timings.get("startup_seconds") is not None:
+        time_taken += (
+            f" (start-up {timings['startup_seconds']} s, then {timings['answer_rows_per_second']} rows/s)"
+        )
+    else:
+        time_taken += f" ({timings['rows_per_second']} rows/s)"
     return (
-        f"rows {counts['rows_read']}: answered {counts['answered']}, rejected {counts['rejected']} "
-        f"{counts.get('rejected_by_reason') or ''}{_count_notes(counts)}; windows "
-        f"{counts.get('windows')}, batches "
-        f"{counts.get('batches')}, padding efficiency {efficiency}; "
-        f"{timings['wall_seconds']} s ({timings['rows_per_second']} rows/s) -> {output} (details: _run.json)"
+        f"rows {counts['rows_read']}: answered {counts['answered']}, rejected {counts['rejected']}"
+        f"{' ' + str(reasons) if reasons else ''}{_count_notes(counts)}; windows {counts.get('windows')}, "
+        f"batches {counts.get('batches')}, padding efficiency {efficiency}; {time_taken} -> {output} "
+        "(details: _run.json)"
     )
 
 

@@ -103,6 +103,7 @@ class QAModelHandler(ModelHandler[Feature, InferenceOutput, TorchRunner]):
         metrics.inc("padded_tokens", stats.padded_tokens)
         metrics.inc("batch_splits", stats.batch_splits)
         metrics.inc("oom_splits", stats.oom_splits)
+        metrics.inc("model_milliseconds", round(stats.model_seconds * 1000))
         out: list[InferenceOutput] = list(candidates)
         out.extend(WindowFailure(f.row_key, error, f.window_index) for f, error in failures)
         if isinstance(batch, WindowBatch):

@@ -7,6 +7,9 @@ from typing import Any
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 
 NAMESPACE = "docqa"
+# Counter names with a key after the prefix: `rejected_<reason>`, `windows_per_row_<n>`.
+REJECTED_PREFIX = "rejected_"
+WINDOWS_PER_ROW_PREFIX = "windows_per_row_"
 
 
 def inc(name: str, value: int = 1) -> None:

@@ -6,10 +6,10 @@
 A row's windows are merged into its answer in the bundle that featurized it (one fused stage, no
 shuffle); only rows a runner splits across bundles go through a `CoGroupByKey` (`AggregateRows`).
 
-Every Beam pipeline option passes through untouched. `_run.json` and `COMPLETED` are written by the
-launcher after the pipeline has finished and the outputs have been counted: rows read (from the input
-files' Parquet footers) must equal answers + rejections (from the output footers), or the job fails
-without `COMPLETED`. A pipeline that fails (a corrupt input file, a worker that died) is reported as one
+Every Beam pipeline option passes through untouched. The launcher runs the job's lifecycle
+(`qa_core.jobs.lifecycle`): its checks before the graph is built, and after the pipeline has finished,
+the footers against the rows read, `_run.json` and `COMPLETED`; Beam's counters add the engine's
+figures. A pipeline that fails (a corrupt input file, a worker that died) is reported as one
 `PipelineError` line naming the cause; its output is never marked `COMPLETED`.
 """
 
@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -33,6 +31,7 @@ from pipelines import metrics, progress
 from pipelines.failures import PipelineError, summarize_failure
 from pipelines.inference import InferenceOutput, QAModelHandler
 from pipelines.io import ReadRows, beam_filesystem_usable, write_table
+from pipelines.metrics import REJECTED_PREFIX, WINDOWS_PER_ROW_PREFIX
 from pipelines.options import DESCRIPTION, add_run_arguments
 from pipelines.stages import (
     REJECTIONS,
@@ -47,23 +46,13 @@ from pipelines.stages import (
     count_result,
 )
 from qa_core.config import QAConfig, config_from_arguments
+from qa_core.engine.stats import EngineStats
 from qa_core.errors import ConfigError, OutputError
-from qa_core.evaluation.calibration import apply_model_calibration
-from qa_core.io.ownership import verify_output_rows
-from qa_core.io.read import InputSchema, count_rows, output_schemas, read_input_schema, resolve_inputs
-from qa_core.io.run_info import run_info
-from qa_core.io.schema import (
-    ANSWERS_DIR,
-    REJECTIONS_DIR,
-    answer_to_row,
-    rejection_to_row,
-)
-from qa_core.io.write import check_output, mark_completed, prepare_output
+from qa_core.io.read import InputSchema, output_schemas
+from qa_core.io.schema import ANSWERS_DIR, REJECTIONS_DIR, answer_to_row, rejection_to_row
 from qa_core.jobs.guard import run_guarded
-from qa_core.runtime.fit import check_config_fits_model
-from qa_core.runtime.loading import describe_model, load_qa_model, read_model_limits, resolve_device
-from qa_core.runtime.shapes import BatchShape, choose_batch_shape, default_caps, with_batch_shape
-from qa_core.tools.tune import probe_for_job
+from qa_core.jobs.lifecycle import Answered, AnsweringSite, JobRequest, commit, open_output, preflight
+from qa_core.runtime.loading import load_qa_model
 
 logger = logging.getLogger(__name__)
 
@@ -215,54 +204,6 @@ def _check_type_options(options: PipelineOptions) -> None:
             )
 
 
-def _check_model_on_launcher(config: QAConfig, options: PipelineOptions) -> str:
-    """Fails fast on a missing or unusable model when workers load it from this machine's disk.
-
-    On Dataflow / Flink / Spark workers the model path refers to the worker image (see the Dockerfile), so
-    the launcher cannot check it; the workers then fail at setup with the same message.
-    """
-    if _workers_share_launcher_files(options) or Path(config.model.name_or_path).exists():
-        # The tokenizer against the model, and the windows against its positions, before any output change.
-        check_config_fits_model(config, read_model_limits(config.model))
-        return describe_model(config.model)
-    logger.info("model %s is not on this machine; workers must have it", config.model.name_or_path)
-    return "unchecked:worker-image"
-
-
-def _batch_shape(config: QAConfig, revision: str, options: PipelineOptions, rows: int) -> BatchShape:
-    """The batch caps of the job: chosen on this machine when the workers run here, else the config's.
-
-    Windows are batched before the model (`BucketWindows`), so the caps are fixed at launch; remote
-    workers' machines are not known here, and `docqa tune` on one of them gives the values to set. A
-    large untuned local job probes here first (`probe_for_job`; the workers load their own models).
-    """
-    batch = config.batch
-    if _workers_share_launcher_files(options):
-        device = resolve_device(config.runtime)
-        probe_for_job(config, rows, revision, device, lambda: load_qa_model(config.model, config.runtime))
-        shape = choose_batch_shape(config, revision, device)
-    else:
-        explicit = batch.max_batch_windows is not None and batch.max_batch_tokens is not None
-        # The workers' device as the config says it (a GPU when asked for or required).
-        gpu = config.runtime.device == "cuda" or config.runtime.require_gpu
-        windows, tokens = default_caps(gpu)
-        shape = BatchShape(
-            windows if batch.max_batch_windows is None else batch.max_batch_windows,
-            tokens if batch.max_batch_tokens is None else batch.max_batch_tokens,
-            "config" if explicit else "default",
-            "the workers run elsewhere, so this machine's tuning does not apply: the config's caps, else "
-            "the defaults (docqa tune on a worker machine gives the values to set)",
-        )
-    logger.info(
-        "batch shape: %d windows / %d tokens (%s: %s)",
-        shape.max_batch_windows,
-        shape.max_batch_tokens,
-        shape.source,
-        shape.reason,
-    )
-    return shape
-
-
 def run(
     argv: Sequence[str] | None = None,
     test_pipeline: beam.Pipeline | None = None,
@@ -284,30 +225,31 @@ def run(
         PipelineError: The pipeline failed while running (a corrupt file, a worker that died).
     """
     args, beam_args = parse_args(argv)
-    config = apply_model_calibration(config_from_arguments(args))
-    started = time.perf_counter()
-    files = resolve_inputs(args.input)
-    schema = read_input_schema(files, config.input)
+    config = config_from_arguments(args)
+    options = PipelineOptions(beam_args, save_main_session=False)
+    _check_type_options(options)
     if not beam_filesystem_usable(args.output):
         raise OutputError(
             f"docqa run writes through Beam's file systems, which cannot write {args.output} here: install "
             "Beam's extra for it (apache-beam[aws] for s3://, apache-beam[gcp] for gs://), or use docqa "
             "predict, which writes through fsspec"
         )
-    check_output(args.output, overwrite=args.overwrite)  # before the model check; changes nothing
-    options = PipelineOptions(beam_args, save_main_session=False)
-    _check_type_options(options)
-    revision = _check_model_on_launcher(config, options)
-    rows_read = count_rows(files)
-    shape = _batch_shape(config, revision, options, rows_read)
-    spec = JobSpec(with_batch_shape(config, shape), tuple(files), schema, args.output)
-    owner = prepare_output(
-        args.output, overwrite=args.overwrite, plan={"engine": "run", "config_hash": config.config_hash()}
+    local = _workers_share_launcher_files(options)
+    request = JobRequest(args.input, args.output, overwrite=args.overwrite)
+    plan = preflight(
+        config,
+        request,
+        AnsweringSite("run", answers_here=local),
+        # A large untuned local job probes with a model of its own: the workers load theirs.
+        load=lambda: load_qa_model(config.model, config.runtime),
     )
+    owner = open_output(plan)
     pipeline = test_pipeline or beam.Pipeline(runner=local_runner(options), options=options)
-    build_pipeline(pipeline, spec, model_handler)
+    build_pipeline(
+        pipeline, JobSpec(plan.answer_config, plan.files, plan.input_schema, args.output), model_handler
+    )
     # Rows are counted where the workers run: a bar here moves only when they share this process's view.
-    progress.start(rows_read, enabled=args.progress and _workers_share_launcher_files(options))
+    progress.start(plan.rows_read, enabled=args.progress and local)
     try:
         result = pipeline.run()
         result.wait_until_finish()
@@ -318,53 +260,44 @@ def run(
         ) from err
     finally:
         progress.close()
-    counts = _checked_counts(metrics.query_counters(result), rows_read, args.output)
-    info = run_info(
-        config,
-        model_id=config.model.name_or_path,
-        revision=revision,
-        device=config.runtime.device,
-        engine=f"beam:{type(pipeline.runner).__name__}",
-        inputs=files,
-        counts=counts,
-        wall_seconds=time.perf_counter() - started,
-        batch_shape=shape.to_dict(),
+    counters = metrics.query_counters(result)
+    answered = Answered(
+        f"beam:{type(pipeline.runner).__name__}",
+        stats_from_counters(counters),
+        exact=False,  # a runner's metrics may count a retried bundle twice: the footers decide
+        model_id=plan.config.model.name_or_path,
+        revision=plan.revision,
+        device=plan.config.runtime.device,
+        counts={"metrics": counters},
     )
-    mark_completed(args.output, info, owner=owner)
-    logger.info(
-        "rows %d: answered %d, rejected %d -> %s",
-        rows_read,
-        counts["answered"],
-        counts["rejected"],
-        args.output,
-    )
-    return info
+    return commit(plan, answered, owner)
 
 
-def _checked_counts(counters: dict[str, int], rows_read: int, output_dir: str) -> dict[str, Any]:
-    """The `counts` of `_run.json`, once the output footers add up to the rows read.
+def stats_from_counters(counters: dict[str, int]) -> EngineStats | None:
+    """The engine counters the pipeline's Beam counters hold (`pipelines.metrics`), or None without any.
 
-    Raises:
-        OutputError: When answers + rejections written differ from the rows read.
+    A runner that reports no metrics gives None: `_run.json` then has the footers' counts only.
     """
-    answered, rejected = verify_output_rows(output_dir, rows_read)
-    counts: dict[str, Any] = {
-        "rows_read": rows_read,
-        "answered": answered,
-        "rejected": rejected,
-        "rejected_by_reason": {
-            k.removeprefix("rejected_"): v for k, v in sorted(counters.items()) if k.startswith("rejected_")
-        },
-        **{
-            k: counters.get(k)
-            for k in ("windows", "batches", "real_tokens", "padded_tokens", "batch_splits", "oom_splits")
-        },
-        "questions_cut": counters.get("questions_cut", 0),
-    }
-    real, padded = counts.get("real_tokens"), counts.get("padded_tokens")
-    counts["padding_efficiency"] = real / padded if real and padded else None
-    counts["metrics"] = counters
-    return counts
+    if not counters:
+        return None
+    stats = EngineStats(
+        rows=counters.get("rows_read", 0),
+        answered=counters.get("answered", 0),
+        windows=counters.get("windows", 0),
+        questions_cut=counters.get("questions_cut", 0),
+        batches=counters.get("batches", 0),
+        real_tokens=counters.get("real_tokens", 0),
+        padded_tokens=counters.get("padded_tokens", 0),
+        batch_splits=counters.get("batch_splits", 0),
+        oom_splits=counters.get("oom_splits", 0),
+        model_seconds=counters.get("model_milliseconds", 0) / 1000,
+    )
+    for name, value in counters.items():
+        if name.startswith(REJECTED_PREFIX):
+            stats.rejected[name.removeprefix(REJECTED_PREFIX)] += value
+        elif name.startswith(WINDOWS_PER_ROW_PREFIX):
+            stats.windows_per_row[int(name.removeprefix(WINDOWS_PER_ROW_PREFIX))] += value
+    return stats
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,10 +4,11 @@
     through QAEngine in one Python worker, into answers/part-K and rejections/part-K -> one summary row
     per partition -> driver: footers checked against the rows read -> _run.json, COMPLETED
 
-The driver checks what `docqa predict` checks before anything runs (inputs and their columns, the output
-folder, the model against the config when the model is on this machine), prepares the folder with an
-owner token, and writes `_run.json` and `COMPLETED` only once the output footers add up to the rows read
-(from the input footers). The tables are written by the executors with `qa_core`'s writer and schemas,
+The driver runs the job's lifecycle (`qa_core.jobs.lifecycle`), as `docqa predict` and `docqa run` do:
+its checks before Spark starts (inputs and their columns, the output folder, the model against the
+config when the model is on this machine, the batch shape), the folder prepared with an owner token, and
+`_run.json` and `COMPLETED` only once the output footers add up to the rows read and to the partitions'
+own counts. The tables are written by the executors with `qa_core`'s writer and schemas,
 so they are exactly `docqa predict`'s (Spark's own Parquet writer would change types and nullability).
 A failed task or stage is one `PipelineError` line naming the cause, and no `COMPLETED`.
 """
@@ -22,7 +23,6 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from pipelines.failures import PipelineError, summarize_failure
@@ -30,17 +30,11 @@ from pipelines.options import SPARK_DESCRIPTION, add_spark_arguments
 from pipelines.spark_partition import SUMMARY_SCHEMA, PartitionJob, StatsAccumulator, answer_partition
 from qa_core.config import QAConfig, config_from_arguments
 from qa_core.engine.stats import EngineStats
-from qa_core.errors import ConfigError, JobError, OutputError
-from qa_core.evaluation.calibration import apply_model_calibration
-from qa_core.io.ownership import verify_output_rows
-from qa_core.io.read import count_rows, output_schemas, read_input_schema, resolve_inputs
-from qa_core.io.run_info import run_info
-from qa_core.io.write import OutputWriter, check_output, mark_completed, prepare_output
+from qa_core.errors import ConfigError, JobError
+from qa_core.io.write import OutputWriter
 from qa_core.jobs.guard import run_guarded
-from qa_core.runtime.cpu import torch_threads
-from qa_core.runtime.fit import check_config_fits_model
-from qa_core.runtime.loading import describe_model, load_qa_model, read_model_limits, resolve_device
-from qa_core.tools.tune import probe_for_job
+from qa_core.jobs.lifecycle import Answered, AnsweringSite, JobRequest, commit, open_output, preflight
+from qa_core.runtime.loading import load_qa_model
 
 logger = logging.getLogger(__name__)
 
@@ -81,32 +75,6 @@ def default_master(master: str | None) -> str | None:
     if master:
         return master
     return None if "PYSPARK_GATEWAY_PORT" in os.environ else "local[*]"
-
-
-def _check_model(config: QAConfig, master: str | None) -> str:
-    """The model's revision, after checking it against the config where this machine has it.
-
-    On a cluster the executors may load the model from their own disk (the wheel's bundled model, a path
-    in the image): the driver cannot check it then, and the first task fails with the same message.
-    """
-    local = master is not None and master.startswith("local")
-    if local or Path(config.model.name_or_path).exists():
-        check_config_fits_model(config, read_model_limits(config.model))
-        return describe_model(config.model)
-    logger.info("model %s is not on this machine; the executors must have it", config.model.name_or_path)
-    return "unchecked:executors"
-
-
-def _probe_for_executors(config: QAConfig, rows: int, revision: str, settings: dict[str, str]) -> None:
-    """Probes this machine's batch shape for a large untuned local job, as its executors' tasks run.
-
-    Each task's Python worker runs torch with `spark.task.cpus` threads (PySpark's OMP_NUM_THREADS,
-    `spark_partition.engine_for`), and the tuned shape is keyed by threads, so the probe runs with as many.
-    On a cluster the executors run elsewhere: `docqa tune` on an executor machine gives the caps to set.
-    """
-    with torch_threads(int(settings.get("spark.task.cpus", "1"))):
-        device = resolve_device(config.runtime)
-        probe_for_job(config, rows, revision, device, lambda: load_qa_model(config.model, config.runtime))
 
 
 def _start_session(master: str | None, settings: dict[str, str]) -> tuple[Any, bool]:
@@ -156,64 +124,54 @@ def run_spark(argv: Sequence[str] | None = None) -> dict[str, Any]:
         PipelineError: A task or stage failed (a model that does not load on an executor, a corrupt file).
     """
     args = parse_args(argv)
-    started = time.perf_counter()
-    config = apply_model_calibration(config_from_arguments(args))
+    config = config_from_arguments(args)
     master = default_master(args.master)
     settings = spark_settings(master, args.conf, debug=getattr(args, "debug", False))
-    files = resolve_inputs(args.input)
-    schemas = output_schemas(read_input_schema(files, config.input), config)
-    check_output(args.output, overwrite=args.overwrite)  # changes nothing
-    revision = _check_model(config, master)
-    rows_read = count_rows(files)
-    if master is not None and master.startswith("local"):
-        _probe_for_executors(config, rows_read, revision, settings)
+    local = master is not None and master.startswith("local")
+    site = AnsweringSite(
+        "spark",
+        answers_here=local,
+        # Each task's Python worker runs torch with spark.task.cpus threads (PySpark's OMP_NUM_THREADS).
+        threads=int(settings.get("spark.task.cpus", "1")),
+        workers="executors",
+    )
+    request = JobRequest(args.input, args.output, overwrite=args.overwrite)
+    plan = preflight(config, request, site, load=lambda: load_qa_model(config.model, config.runtime))
     session, created = _start_session(master, settings)
     session_ready = time.perf_counter()
     try:
-        owner = prepare_output(
-            args.output,
-            overwrite=args.overwrite,
-            plan={"engine": "spark", "config_hash": config.config_hash()},
-        )
+        owner = open_output(plan)
         accumulator = session.sparkContext.accumulator(EngineStats().to_state(), StatsAccumulator())
-        job = PartitionJob(config, args.output, *schemas, owner, accumulator)
+        job = PartitionJob(
+            plan.answer_config, args.output, *plan.schemas, owner, plan.config.config_hash(), accumulator
+        )
         began = time.perf_counter()
-        summaries = _answer(session, files, config, job)
+        summaries = _answer(session, list(plan.files), plan.config, job)
         answered_at = time.perf_counter()
         master_url = session.sparkContext.master
         if not summaries:  # an empty input: Spark ran no task, so the empty tables are written here
             OutputWriter(
-                args.output, *schemas, config.decode.top_k, prepare=False, owner=owner
+                args.output, *plan.schemas, config.decode.top_k, prepare=False, owner=owner
             ).close_tables()
-        counts = _checked_counts(args.output, rows_read, summaries, accumulator.value)
+        stats = _partition_stats(summaries, accumulator.value)
     finally:
         if created:
             session.stop()
     first = summaries[0] if summaries else {}
-    info = run_info(
-        config,
+    answered = Answered(
+        f"spark:{master_url}",
+        stats,
+        exact=True,  # each partition's last attempt, once
         model_id=first.get("model_id", config.model.name_or_path),
-        revision=first.get("revision", revision),
+        revision=first.get("revision", plan.revision),
         device=first.get("device", config.runtime.device),
-        engine=f"spark:{master_url}",
-        inputs=files,
-        counts=counts,
-        wall_seconds=time.perf_counter() - started,
-        answering=(began - started, answered_at - started),
-        batch_shape=json.loads(first["batch_shape"]) if first else None,
+        answering=(began, answered_at),
+        counts={"partitions": len(summaries)},
+        # The JVM's start, apart from answering (the executors' model loads fall in answering).
+        timings={"spark_start_seconds": round(session_ready - plan.started, 3)},
+        details={"spark": _spark_figures(summaries)},
     )
-    # The JVM's start, apart from answering (the executors' model loads fall in answering).
-    info["timings"]["spark_start_seconds"] = round(session_ready - started, 3)
-    info["spark"] = _spark_figures(summaries)
-    mark_completed(args.output, info, owner=owner)
-    logger.info(
-        "rows %d: answered %d, rejected %d -> %s",
-        rows_read,
-        counts["answered"],
-        counts["rejected"],
-        args.output,
-    )
-    return info
+    return commit(plan, answered, owner)
 
 
 def _answer(session: Any, files: list[str], config: QAConfig, job: PartitionJob) -> list[dict[str, Any]]:
@@ -245,34 +203,20 @@ def _spark_figures(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     return {"partitions": len(summaries), "python_workers": len(loads), "model_loads": sum(loads.values())}
 
 
-def _checked_counts(
-    output_dir: str, rows_read: int, summaries: list[dict[str, Any]], accumulated: dict[str, Any]
-) -> dict[str, Any]:
-    """The `counts` of `_run.json`, once the output footers add up to the rows read.
+def _partition_stats(summaries: list[dict[str, Any]], accumulated: dict[str, Any]) -> EngineStats:
+    """The job's counters: the accumulator's when they agree with the partitions' own, else theirs.
 
-    The accumulator's counters are used when they agree with the partitions' own (which their footers
-    hold); a task that Spark ran twice adds to an accumulator twice, and the partitions' counters win.
-
-    Raises:
-        OutputError: When answers + rejections in the footers differ from the rows read.
+    A task that Spark ran twice (a retry, a speculative copy) adds to an accumulator twice; each
+    partition's summary is its last attempt's, whose counters its footers hold.
     """
-    answered, rejected = verify_output_rows(output_dir, rows_read)
     partitions = EngineStats()
     for summary in summaries:
         partitions.add(EngineStats.from_state(json.loads(summary["counts"])))
     stats = EngineStats.from_state(accumulated)
     if stats.to_state() != partitions.to_state():
         logger.warning("the Spark accumulator counted a retried task twice: using the partitions' counters")
-        stats = partitions
-    if (stats.rows, stats.answered, sum(stats.rejected.values())) != (rows_read, answered, rejected):
-        raise OutputError(
-            f"{output_dir} holds {answered} answers and {rejected} rejections for {rows_read} rows read, but "
-            f"the job's tasks counted {stats.answered} and {sum(stats.rejected.values())}: the run is not "
-            "marked COMPLETED"
-        )
-    counts = stats.to_dict()
-    counts["partitions"] = len(summaries)
-    return counts
+        return partitions
+    return stats
 
 
 def main(argv: Sequence[str] | None = None) -> int:

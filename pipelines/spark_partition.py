@@ -50,13 +50,13 @@ class PartitionJob:
     """What every task needs, pickled to the executors once per job.
 
     Attributes:
-        config: The resolved config (its batch caps may be unset: each executor then takes its own
-            machine's, as `docqa predict` does).
+        config: The config the engine answers with (`JobPlan.answer_config`: its batch caps set).
         output_dir: The prepared output folder (an URL every executor can write).
         answer_schema: The answers table's schema (as `docqa predict` writes it).
         rejection_schema: The rejections table's schema.
         owner: The job's owner token (`qa_core.io.ownership`), checked before each part file is put in
             place.
+        config_hash: The job's config hash (`_run.json`), written into each part's footer.
         accumulator: A Spark accumulator of `StatsAccumulator` (None: counters only in the footers).
     """
 
@@ -65,6 +65,7 @@ class PartitionJob:
     answer_schema: Any  # pa.Schema
     rejection_schema: Any
     owner: str
+    config_hash: str
     accumulator: Any = None
 
 
@@ -146,7 +147,7 @@ def answer_partition(job: PartitionJob, batches: Iterator[pa.RecordBatch]) -> It
         config.decode.top_k,
         part=partition,
         prepare=False,
-        metadata=partition_metadata(partition, config.config_hash()),
+        metadata=partition_metadata(partition, job.config_hash),
         owner=job.owner,
     )
     rows = (row for batch in batches for row in rows_of_batch(batch))

@@ -105,6 +105,7 @@ class FeaturizeRecords(beam.DoFn):
         for item in self._preparer.featurize(records):
             if isinstance(item, RowWindows):
                 metrics.inc("windows", len(item.windows))
+                metrics.inc(f"{metrics.WINDOWS_PER_ROW_PREFIX}{len(item.windows)}")
                 if item.windows[0].question_cut:
                     metrics.inc("questions_cut")
                 yield item
@@ -221,5 +222,5 @@ def count_result(result: ResultT) -> ResultT:
         metrics.inc("answered")
     else:
         metrics.inc("rejected")
-        metrics.inc(f"rejected_{result.reason.value}")
+        metrics.inc(f"{metrics.REJECTED_PREFIX}{result.reason.value}")
     return result

@@ -42,8 +42,7 @@ def answer_rows(
 
     Results come in input order; the model's `calibration.json` applies as in a job.
     """
-    engine = QAEngine(model, apply_model_calibration(config))
-    yield from engine.answer_rows(rows)
+    yield from _engine(model, config).answer_rows(rows)
 
 
 def answer_table(model: ModelRunner, config: QAConfig, table: pa.Table) -> tuple[pa.Table, pa.Table]:
@@ -52,12 +51,13 @@ def answer_table(model: ModelRunner, config: QAConfig, table: pa.Table) -> tuple
     Raises:
         InputError: A configured column is missing, or the question or context column holds no text.
     """
-    config = apply_model_calibration(config)
+    engine = _engine(model, config)
+    config = engine.config
     answer_schema, rejection_schema = output_schemas(table_input_schema(table.schema, config.input), config)
     top_k = config.decode.top_k
     answers: list[dict[str, Any]] = []
     rejections: list[dict[str, Any]] = []
-    for result in QAEngine(model, config).answer_rows(table.select(config.input.columns).to_pylist()):
+    for result in engine.answer_rows(table.select(config.input.columns).to_pylist()):
         if isinstance(result, Answer):
             answers.append(answer_to_row(result, top_k))
         else:
@@ -66,3 +66,8 @@ def answer_table(model: ModelRunner, config: QAConfig, table: pa.Table) -> tuple
         rows_to_table(answers, answer_schema),
         rows_to_table(rejections, rejection_schema),
     )
+
+
+def _engine(model: ModelRunner, config: QAConfig) -> QAEngine:
+    """The engine over `model`, with the model's calibration applied as a job's `preflight` applies it."""
+    return QAEngine(model, apply_model_calibration(config))

@@ -135,7 +135,7 @@ def test_run_resolves_every_type_hint_and_logs_none(
     source = write_parquet(tmp_path / "in.parquet", MIXED_ROWS[:2])
     argv = ["run", "--input", str(source), "--output", str(tmp_path / "out"), "--model", str(tiny_model_dir)]
     assert main([*argv, "--no-report", "--no-progress"]) == 0
-    assert any(r.name == "pipelines.run" for r in caplog.records)  # the job's own INFO lines do show
+    assert any(r.name == "qa_core.jobs.lifecycle" for r in caplog.records)  # the job's own INFO lines do show
     # Beam logs each hint it cannot resolve (and then takes as Any) at INFO; docqa's all resolve.
     assert not [r for r in caplog.records if "type hint to Any" in r.getMessage()]
 

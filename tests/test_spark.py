@@ -119,7 +119,7 @@ def test_a_partition_is_answered_into_its_part_files_with_its_counters(
             self.value = StatsAccumulator().addInPlace(self.value, state)
 
     accumulator = Accumulator()
-    job = PartitionJob(config, str(tmp_path / "out"), *schemas, owner, accumulator)
+    job = PartitionJob(config, str(tmp_path / "out"), *schemas, owner, config.config_hash(), accumulator)
     import pipelines.spark_partition as partition_module
 
     partition_module._ENGINES[config.config_hash()] = QAEngine(tiny_model, config)

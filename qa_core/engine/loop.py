@@ -23,7 +23,7 @@ from qa_core.engine.stats import EngineStats
 from qa_core.records import Answer, Rejection, RowWindows
 from qa_core.runtime.fit import check_config_fits_model
 from qa_core.runtime.runner import ModelRunner
-from qa_core.runtime.shapes import choose_batch_shape, with_batch_shape
+from qa_core.runtime.shapes import configured_shape, with_batch_shape
 from qa_core.stages.batch import collate
 
 logger = logging.getLogger(__name__)
@@ -34,8 +34,9 @@ class QAEngine:
 
     Args:
         runner: Runs the padded batches (`qa_core.runtime.runner.ModelRunner`).
-        config: The resolved job config; unset batch caps are chosen for the machine
-            (`qa_core.runtime.shapes`: `batch_shape` says which and why).
+        config: The resolved job config. Its batch caps are what the jobs decided before answering
+            (`qa_core.jobs.lifecycle.preflight`: tuned or probed on this machine); unset ones take the
+            device's defaults (`batch_shape` says which). The engine reads no per-machine cache.
         candidates: `top_k` answers per row as configured, or `all`: every candidate in `top_k` at
             temperature 1 (what `docqa calibrate` fits on).
 
@@ -47,15 +48,11 @@ class QAEngine:
         self, runner: ModelRunner, config: QAConfig, *, candidates: Literal["top_k", "all"] = "top_k"
     ) -> None:
         check_config_fits_model(config, runner.limits)  # every window must fit the model
-        self.batch_shape = choose_batch_shape(config, runner.revision, runner.device)
-        if self.batch_shape.source != "config":
-            logger.info(
-                "batch shape: %d windows / %d tokens per forward (%s: %s)",
-                self.batch_shape.max_batch_windows,
-                self.batch_shape.max_batch_tokens,
-                self.batch_shape.source,
-                self.batch_shape.reason,
-            )
+        self.batch_shape = configured_shape(
+            config,
+            gpu=runner.device.type == "cuda",
+            reason="the config sets no batch caps: the device's defaults (docqa tune finds this machine's)",
+        )
         config = with_batch_shape(config, self.batch_shape)
         self.runner = runner
         self.config = config

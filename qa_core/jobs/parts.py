@@ -29,8 +29,7 @@ from qa_core.io.read import iter_rows
 from qa_core.io.schema import ANSWERS_DIR, COMPLETED_FILE, REJECTIONS_DIR, RUN_INFO_FILE
 from qa_core.io.storage import redact_url, storage_errors
 from qa_core.io.write import OutputWriter, part_name
-from qa_core.runtime.loading import resolve_device
-from qa_core.runtime.shapes import choose_batch_shape
+from qa_core.runtime.shapes import BatchShape
 
 PART_KEY = "docqa.part"
 """Footer metadata key of a part file: its range and config hash, as JSON."""
@@ -101,7 +100,13 @@ def plan_parts(total_rows: int, workers: int, part_rows: int) -> list[list[PartR
 
 
 def job_plan(
-    config: QAConfig, revision: str, files: Sequence[str], rows: Sequence[int], parts: Iterable[PartRange]
+    config: QAConfig,
+    revision: str,
+    *,
+    shape: BatchShape,
+    files: Sequence[str],
+    rows: Sequence[int],
+    parts: Iterable[PartRange],
 ) -> dict[str, Any]:
     """What a job writes, stored in `_job.json`: a resume must find the same config, model, inputs, parts.
 
@@ -109,8 +114,6 @@ def job_plan(
     rewritten with the same number of rows is another input. The batch shape is the one a job here runs
     with (`docqa tune` may change it between two attempts: the parts would then be batched differently).
     """
-    device = resolve_device(config.runtime)
-    shape = choose_batch_shape(config, revision, device)
     return {
         "engine": "predict",
         "config_hash": config.config_hash(),
@@ -315,10 +318,13 @@ def remove_unfinished(output_dir: str, kept: set[int]) -> None:
 
 
 def part_writers(
-    config: QAConfig, output_dir: str, schemas: tuple[Any, Any], owner: str | None
+    config: QAConfig, output_dir: str, schemas: tuple[Any, Any], owner: str | None, config_hash: str
 ) -> Callable[[PartRange], OutputWriter]:
-    """The writer factory of `answer_parts`: part files in a prepared folder, owned by `owner`."""
-    config_hash = config.config_hash()
+    """The writer factory of `answer_parts`: part files in a prepared folder, owned by `owner`.
+
+    `config_hash` is the job's (`JobPlan.config`, before the batch shape was set), which `--resume`
+    finds in each finished part's footer.
+    """
 
     def writer_for(part: PartRange) -> OutputWriter:
         return OutputWriter(

@@ -15,18 +15,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import torch
 from tqdm import tqdm
 
 from qa_core.config import QAConfig
 from qa_core.engine.loop import QAEngine
 from qa_core.engine.stats import EngineStats
-from qa_core.errors import OutputError
-from qa_core.evaluation.calibration import apply_model_calibration
-from qa_core.io.ownership import claim_output, read_job_file, verify_output_rows
-from qa_core.io.read import file_row_counts, output_schemas, read_input_schema, resolve_inputs
-from qa_core.io.run_info import run_info
-from qa_core.io.write import check_output, mark_completed, prepare_output
+from qa_core.io.ownership import claim_output, read_job_file
+from qa_core.jobs.lifecycle import (
+    Answered,
+    AnsweringSite,
+    JobPlan,
+    JobRequest,
+    commit,
+    open_output,
+    preflight,
+)
 from qa_core.jobs.parts import (
     Kept,
     PartRange,
@@ -38,11 +41,9 @@ from qa_core.jobs.parts import (
     resumable_parts,
 )
 from qa_core.jobs.workers import WorkerJob, run_workers
-from qa_core.runtime.cpu import check_cpu_dtype, torch_threads
-from qa_core.runtime.fit import check_config_fits_model
-from qa_core.runtime.loading import describe_model, load_qa_model, read_model_limits, resolve_device
-from qa_core.runtime.torch_runner import TorchRunner
-from qa_core.tools.tune import probe_for_job
+from qa_core.runtime.heap import use_system_arrow_pool
+from qa_core.runtime.loading import load_qa_model, resolve_device
+from qa_core.runtime.runner import ModelRunner
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +56,14 @@ def predict(
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = True,
-    model: TorchRunner | None = None,
+    model: ModelRunner | None = None,
     workers: int | None = None,
+    tune_host: bool = False,
 ) -> dict[str, Any]:
     """Answers every row of the input Parquet files and writes the output layout.
+
+    The job's checks and its ending are the lifecycle's (`qa_core.jobs.lifecycle`); this function
+    plans the parts and answers them here or in worker processes.
 
     Args:
         config: The resolved config.
@@ -73,6 +78,9 @@ def predict(
             process's host work leaves idle), each with its own model copy or all served by one device
             server process (`runtime.worker_models`). 1: in this process. None (the default):
             `config.runtime.workers`.
+        tune_host: Tune this process and the workers for a long job (`qa_core.runtime.host_tuning`);
+            the command line passes `runtime.host_tuning`, the Python API leaves its caller's process
+            alone unless asked.
 
     Returns:
         The `_run.json` document.
@@ -90,37 +98,26 @@ def predict(
         raise ValueError(f"--workers must be >= 1, got {workers}")
     if workers > 1 and model is not None:
         raise ValueError("a loaded model cannot be shared with worker processes: pass workers=1")
-    if resume and overwrite:
-        raise OutputError("--resume keeps an earlier run's parts and --overwrite removes them: pass one")
-    started = time.perf_counter()
-    config = apply_model_calibration(config)
-    files = resolve_inputs(input_pattern)
-    schemas = output_schemas(read_input_schema(files, config.input), config)
+    request = JobRequest(input_pattern, output_dir, overwrite=overwrite, resume=resume)
+    if tune_host:
+        use_system_arrow_pool()
+    loaded: list[ModelRunner] = [model] if model is not None else []
+
+    def load() -> ModelRunner:  # the probe's model, kept for answering here
+        if not loaded:
+            loaded.append(load_qa_model(config.model, config.runtime))
+        return loaded[0]
+
     stored = read_job_file(output_dir) if resume else None
-    # Before the (slow) model load, changing nothing: an existing run needs --overwrite (or --resume).
-    check_output(output_dir, overwrite=overwrite or resume)
-    rows = file_row_counts(files)  # footers only: the parts, the bar's total
-    worker_parts = plan_parts(sum(rows), workers, config.output.part_rows)
-    parts = [part for plan in worker_parts for part in plan]
-    revision = model.revision if model else describe_model(config.model)
-    # Shapes are tuned per thread count: probe and plan with the threads the answering runs with.
-    threads = max(1, torch.get_num_threads() // len(worker_parts)) if len(worker_parts) > 1 else None
-    with torch_threads(threads or torch.get_num_threads()):
-        # A large untuned job finds this machine's batch shape before it is planned (and recorded).
-        probed = probe_for_job(
-            config,
-            sum(rows),
-            revision,
-            model.device if model else resolve_device(config.runtime),
-            lambda: model or load_qa_model(config.model, config.runtime),
-        )
-        plan = job_plan(config, revision, files, rows, parts)
-    if model is None and threads is None:
-        model = probed  # answer here with the model the probe loaded
-    del probed  # workers load their own: the probe's copy is not kept
-    kept = resumable_parts(output_dir, stored, plan, parts) if resume else Kept()
-    todo = [[part for part in plan if part.index not in kept.indices] for plan in worker_parts]
-    todo = [plan for plan in todo if plan]
+    plan = preflight(config, request, AnsweringSite("predict", True, workers), model=model, load=load)
+    worker_parts = plan_parts(plan.rows_read, workers, plan.config.output.part_rows)
+    parts = [part for ranges in worker_parts for part in ranges]
+    document = job_plan(
+        plan.config, plan.revision, shape=plan.batch_shape, files=plan.files, rows=plan.file_rows, parts=parts
+    )
+    kept = resumable_parts(output_dir, stored, document, parts) if resume else Kept()
+    todo = [[part for part in ranges if part.index not in kept.indices] for ranges in worker_parts]
+    todo = [ranges for ranges in todo if ranges]
     if resume:
         logger.info(
             "resuming %s: keeping %d of %d parts (%d rows)",
@@ -132,92 +129,44 @@ def predict(
 
     def prepare() -> str:  # once the model (or every worker's) has loaded: an earlier output stays intact
         if stored is None:
-            return prepare_output(output_dir, overwrite=overwrite, plan=plan)
-        owner = claim_output(output_dir, plan)
+            return open_output(plan, document)
+        owner = claim_output(output_dir, document)
         remove_unfinished(output_dir, kept.indices)
         return owner
 
-    total = sum(rows) - kept.stats.rows
+    total = plan.rows_read - kept.stats.rows
     with tqdm(desc="rows", unit="row", total=total, disable=not progress, file=sys.stderr) as bar:
-        job = _Job(config, files, output_dir, schemas, prepare)
         if len(todo) > 1:
-            ran = _answer_in_workers(job, todo, bar, threads or 1)
+            loaded.clear()  # the workers load their own: the probe's copy is not kept
+            ran = _answer_in_workers(plan, todo, bar, prepare)
         else:
-            ran = _answer_here(job, todo[0] if todo else [], model, bar)
-    counts = _checked_counts(output_dir, ran.stats, kept, sum(rows), len(parts))
-    info = run_info(
-        config,
+            ran = _answer_here(plan, todo[0] if todo else [], load(), bar, prepare)
+    stats = EngineStats()
+    stats.add(ran.stats)
+    stats.add(kept.stats)  # their footers' counters: a resumed run reports what a clean run would
+    answered = Answered(
+        "predict",
+        stats,
+        exact=True,
         model_id=ran.model_id,
         revision=ran.revision,
         device=ran.device,
-        engine="predict",
-        inputs=files,
-        counts=counts,
-        wall_seconds=time.perf_counter() - started,
-        answering=(ran.answering[0] - started, ran.answering[1] - started),
+        answering=ran.answering,
         answered_rows=total if resume else None,
-        batch_shape=ran.batch_shape,
+        counts={"parts": len(parts), "reused_parts": len(kept.indices), "reused_rows": kept.stats.rows},
     )
-    mark_completed(output_dir, info, owner=ran.owner)
-    logger.info(
-        "rows %d: answered %d, rejected %d", counts["rows_read"], counts["answered"], counts["rejected"]
-    )
-    return info
-
-
-def _checked_counts(
-    output_dir: str, stats: EngineStats, kept: Kept, rows_read: int, parts: int
-) -> dict[str, Any]:
-    """The `counts` of `_run.json`: this run's and the kept parts' counters, once the output footers agree.
-
-    The kept parts' counters come from their footers, so a resumed run reports what a clean run would
-    (`model_seconds` then includes the earlier attempt's).
-
-    Raises:
-        OutputError: When the footers hold other numbers of answers and rejections than the job wrote.
-    """
-    answered, rejected = verify_output_rows(output_dir, rows_read)
-    total = EngineStats()
-    total.add(stats)
-    total.add(kept.stats)
-    if (answered, rejected, rows_read) != (total.answered, sum(total.rejected.values()), total.rows):
-        raise OutputError(
-            f"{output_dir} holds {answered} answers and {rejected} rejections, but this job wrote "
-            f"{total.answered} and {sum(total.rejected.values())}; another job may write to it: the run "
-            "is not marked COMPLETED"
-        )
-    counts = total.to_dict()
-    counts.update(parts=parts, reused_parts=len(kept.indices), reused_rows=kept.stats.rows)
-    return counts
+    return commit(plan, answered, ran.owner)
 
 
 def _worker_checks(config: QAConfig) -> None:
-    """Fails fast on what the workers' model loads would fail on, before N processes start.
-
-    No GPU, a missing or unsafe checkpoint, a tokenizer that is not the model's, windows beyond its
-    positions, a dtype this CPU runs slowly.
-    """
+    """Warns where the workers' sharing of one model would not pay off (the model is checked already)."""
     device = resolve_device(config.runtime)
-    check_config_fits_model(config, read_model_limits(config.model))  # loads and checks the tokenizer
-    if device.type == "cpu":
-        check_cpu_dtype(config.model.dtype)
     if config.runtime.worker_models == "shared" and device.type != "cuda":
         logger.warning(
             "runtime.worker_models=shared on %s: one server process runs every worker's forwards, which "
             "pays off on a GPU; on a CPU per_worker is as fast or faster",
             device,
         )
-
-
-@dataclass(frozen=True)
-class _Job:
-    """What both ways of answering need: the config, inputs, output and its preparation (owner token)."""
-
-    config: QAConfig
-    files: list[str]
-    output_dir: str
-    schemas: tuple[pa.Schema, pa.Schema]
-    prepare: Callable[[], str]
 
 
 @dataclass(frozen=True)
@@ -234,41 +183,42 @@ class _Ran:
     device: str
     owner: str
     answering: tuple[float, float]
-    batch_shape: dict[str, Any]
 
 
-def _answer_here(job: _Job, parts: list[PartRange], model: TorchRunner | None, bar: tqdm[Any]) -> _Ran:
-    """The parts in this process, after loading the model and preparing the folder."""
-    config = job.config
-    qa_model = model if model is not None else load_qa_model(config.model, config.runtime)
-    engine = QAEngine(qa_model, config)  # checks the config against the model: before the folder is touched
-    owner = job.prepare()
+def _answer_here(
+    plan: JobPlan, parts: list[PartRange], runner: ModelRunner, bar: tqdm[Any], prepare: Callable[[], str]
+) -> _Ran:
+    """The parts in this process, with the loaded model, once the folder is prepared."""
+    config = plan.answer_config
+    engine = QAEngine(runner, config)  # checks the config against the model: before the folder is touched
+    owner = prepare()
     began = time.perf_counter()
-    writers = part_writers(config, job.output_dir, job.schemas, owner)
-    answer_parts(engine, job.files, parts, writers, bar.update)
+    writers = part_writers(config, plan.output_dir, plan.schemas, owner, plan.config.config_hash())
+    answer_parts(engine, list(plan.files), parts, writers, bar.update)
     answering = (began, time.perf_counter())
-    device = str(qa_model.device)
-    shape = engine.batch_shape.to_dict()
-    return _Ran(engine.stats, qa_model.model_id, qa_model.revision, device, owner, answering, shape)
+    return _Ran(engine.stats, runner.model_id, runner.revision, str(runner.device), owner, answering)
 
 
-def _answer_in_workers(job: _Job, worker_parts: list[list[PartRange]], bar: tqdm[Any], threads: int) -> _Ran:
-    """The parts split over worker processes (`qa_core.jobs.workers`), `threads` torch threads each.
+def _answer_in_workers(
+    plan: JobPlan, worker_parts: list[list[PartRange]], bar: tqdm[Any], prepare: Callable[[], str]
+) -> _Ran:
+    """The parts split over worker processes (`qa_core.jobs.workers`), `plan.threads` torch threads each.
 
     With `runtime.worker_models: shared`, one device server process runs every worker's forwards
     (`qa_core.runtime.device_server`).
     """
-    config = job.config
+    config = plan.answer_config
     _worker_checks(config)
     shared = config.runtime.worker_models == "shared"
     worker_jobs = [
         WorkerJob(
             worker,
-            job.files,
+            list(plan.files),
             tuple(parts),
-            job.output_dir,
-            *job.schemas,
-            threads,
+            plan.output_dir,
+            *plan.schemas,
+            plan.threads,
+            plan.config.config_hash(),
             log_level=logging.getLogger().level,
             system_arrow_pool=pa.default_memory_pool().backend_name == "system",
         )
@@ -278,14 +228,14 @@ def _answer_in_workers(job: _Job, worker_parts: list[list[PartRange]], bar: tqdm
         "answering %d rows in %d worker processes, %d threads each, %s",
         sum(part.rows for parts in worker_parts for part in parts),
         len(worker_jobs),
-        threads,
+        plan.threads,
         "one shared model (device server)" if shared else "a model each",
     )
     marks: list[float] = []  # when answering began (every process loaded) and ended (all done)
     owners: list[str] = []
 
     def prepare_and_mark() -> str:  # run_workers calls it once every process has loaded
-        owners.append(job.prepare())
+        owners.append(prepare())
         marks.append(time.perf_counter())
         return owners[0]
 
@@ -301,5 +251,4 @@ def _answer_in_workers(job: _Job, worker_parts: list[list[PartRange]], bar: tqdm
     for result in results:
         stats.add(result.stats)
     first = results[0]
-    answering = (marks[0], marks[1])
-    return _Ran(stats, first.model_id, first.revision, first.device, owners[0], answering, first.batch_shape)
+    return _Ran(stats, first.model_id, first.revision, first.device, owners[0], (marks[0], marks[1]))

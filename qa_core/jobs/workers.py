@@ -58,6 +58,7 @@ class WorkerJob:
         answer_schema: Arrow schema of the answers table.
         rejection_schema: Arrow schema of the rejections table.
         threads: Torch and tokenizer threads for this worker.
+        config_hash: The job's config hash, written into each part's footer (`jobs.parts.part_metadata`).
         log_level: The parent's logging level (a spawned process starts with logging unset).
         system_arrow_pool: Whether the parent put Arrow on the system allocator (`runtime.heap`), which a
             spawned process does not inherit.
@@ -72,6 +73,7 @@ class WorkerJob:
     answer_schema: Any  # pa.Schema (kept untyped: pickled across processes)
     rejection_schema: Any
     threads: int
+    config_hash: str
     log_level: int = logging.WARNING
     system_arrow_pool: bool = False
     channel: ClientChannel | None = None
@@ -125,7 +127,7 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any, owner
             runner = DeviceClient.connect(tokenizer, job.channel)
         engine = QAEngine(runner, config)
         schemas = (job.answer_schema, job.rejection_schema)
-        writers = part_writers(config, job.output_dir, schemas, owner.value.decode())
+        writers = part_writers(config, job.output_dir, schemas, owner.value.decode(), job.config_hash)
         answer_parts(
             engine, job.files, list(job.parts), writers, lambda n: messages.put(("rows", job.part, n))
         )

@@ -157,16 +157,10 @@ def choose_batch_shape(config: QAConfig, revision: str, device: torch.device) ->
             f"{by} chose it on this machine ({tuned.get('tuned_at', 'unknown time')}; "
             f"{cache_dir() / CACHE_FILE})",
         )
-    default_windows, default_tokens = default_caps(device.type == "cuda")
     reason = "no tuned shape for this machine, model and dtype; run docqa tune once to find its fastest"
     if config.batch.probe_min_rows:
         reason += f" (jobs of {config.batch.probe_min_rows}+ rows probe it themselves: batch.probe_min_rows)"
-    return BatchShape(
-        windows if windows is not None else default_windows,
-        tokens if tokens is not None else default_tokens,
-        "default",
-        reason,
-    )
+    return configured_shape(config, device.type == "cuda", reason)
 
 
 def default_caps(gpu: bool) -> tuple[int, int]:
@@ -182,3 +176,23 @@ def with_batch_shape(config: QAConfig, shape: BatchShape) -> QAConfig:
         config.batch, max_batch_windows=shape.max_batch_windows, max_batch_tokens=shape.max_batch_tokens
     )
     return dataclasses.replace(config, batch=batch)
+
+
+def configured_shape(config: QAConfig, gpu: bool, reason: str) -> BatchShape:
+    """The config's caps, each unset one the untuned default of a CPU or a GPU (no machine cache read).
+
+    Args:
+        config: The job's config.
+        gpu: Whether the defaults are a GPU's.
+        reason: Why no tuned shape applies, for the log and `_run.json` when a default is taken.
+    """
+    windows, tokens = config.batch.max_batch_windows, config.batch.max_batch_tokens
+    if windows is not None and tokens is not None:
+        return BatchShape(windows, tokens, "config", "batch.max_batch_windows and max_batch_tokens are set")
+    default_windows, default_tokens = default_caps(gpu)
+    return BatchShape(
+        windows if windows is not None else default_windows,
+        tokens if tokens is not None else default_tokens,
+        "default",
+        reason,
+    )
