@@ -20,13 +20,12 @@ from docqa.bench_options import add_bench_arguments, check_bench_arguments
 from docqa.user_commands import register as register_user_commands
 from pipelines.options import DESCRIPTION as RUN_DESCRIPTION
 from pipelines.options import SPARK_DESCRIPTION, add_run_arguments, add_spark_arguments
-from qa_core import __version__
 from qa_core.config import config_from_arguments
 from qa_core.config_layers import add_config_arguments
 from qa_core.errors import OutputError
 from qa_core.jobs.guard import run_guarded
 from qa_core.runtime.processes import skip_final_collection
-from qa_core.versions import version_report
+from qa_core.versions import DOCQA_VERSION, version_report
 
 logger = logging.getLogger("docqa")
 
@@ -124,7 +123,7 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
 
     def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
-        print(version_report(__version__, sys.version.split()[0]))  # stdout, as argparse's own action
+        print(version_report(DOCQA_VERSION, sys.version.split()[0]))  # stdout, as argparse's own action
         parser.exit()
 
 

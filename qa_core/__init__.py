@@ -15,13 +15,11 @@ The folders follow the data flow: `stages/` (pure: validate, featurize, batch, d
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("docqa-beam")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+source"
+from qa_core import versions
+
+__version__ = versions.DOCQA_VERSION
 
 _EXPORTS = {
     "load_config": "qa_core.config",

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from importlib import metadata
 
+try:
+    DOCQA_VERSION = metadata.version("docqa-beam")
+except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+    DOCQA_VERSION = "0.0.0+source"
+
 # The libraries whose releases change what docqa computes or how it runs (see requirements-lock.txt).
 ANSWERING_PACKAGES = ("torch", "transformers", "tokenizers", "apache-beam", "pyarrow", "pyspark")
 

@@ -14,7 +14,8 @@ import time
 import torch
 from torch.nn.attention import SDPBackend
 
-from docqa.bench import _rows, _windows
+from docqa.bench import _rows
+from docqa.bench_modes import _windows
 from qa_core.config import load_config
 from qa_core.runtime import torch_runner as qa_model
 from qa_core.runtime.loading import load_qa_model

@@ -266,13 +266,15 @@ def test_the_bundled_model_travels_to_workers_as_bundled(monkeypatch: pytest.Mon
     of the launcher's installation; its hash is the same on both."""
     import pickle
 
-    import qa_core.config as config_module
+    import qa_core.config_sections as sections_module  # where ModelConfig reads DEFAULT_MODEL
 
     config = load_config([], [])
     here, digest = config.model.name_or_path, config.config_hash()
     assert here == DEFAULT_MODEL and config.model.is_bundled
     sent = pickle.dumps(config)
-    monkeypatch.setattr(config_module, "DEFAULT_MODEL", "/opt/elsewhere/qa_core/models/docqa-minilm-l6-squad")
+    monkeypatch.setattr(
+        sections_module, "DEFAULT_MODEL", "/opt/elsewhere/qa_core/models/docqa-minilm-l6-squad"
+    )
     there = pickle.loads(sent)
     assert there.model.name_or_path == "/opt/elsewhere/qa_core/models/docqa-minilm-l6-squad"
     assert there.config_hash() == digest

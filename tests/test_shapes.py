@@ -155,7 +155,7 @@ def test_tune_command(
 
 @pytest.fixture
 def quick_probe(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("qa_core.tools.tune.PROBE_SECONDS", 0.0)  # three rounds, however fast
+    monkeypatch.setattr("qa_core.runtime.shape_probe.PROBE_SECONDS", 0.0)  # three rounds, however fast
 
 
 def _job_argv(tiny_model_dir: Path, source: Path, output: Path, *settings: str) -> list[str]:

@@ -149,7 +149,7 @@ def test_a_large_untuned_local_job_probes_on_the_driver_as_its_tasks_run(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The driver probes with `spark.task.cpus` threads (the tasks' key); the executors then use it."""
-    monkeypatch.setattr("qa_core.tools.tune.PROBE_SECONDS", 0.0)
+    monkeypatch.setattr("qa_core.runtime.shape_probe.PROBE_SECONDS", 0.0)
     settings = ["--set", "batch.probe_min_rows=1", "--model", str(tiny_model_dir)]
     assert _spark(SAMPLE, tmp_path / "spark", *settings) == 0
     assert json.loads((tmp_path / "spark" / "_run.json").read_text())["batch_shape"]["source"] == "probed"

@@ -8,12 +8,11 @@ from typing import Any
 
 import torch
 
-from qa_core import __version__
 from qa_core.config import QAConfig
 from qa_core.io.storage import redact_url
 from qa_core.runtime.cpu import probe_cpu
 from qa_core.runtime.native_checkpoint import model_implementation
-from qa_core.versions import package_versions
+from qa_core.versions import DOCQA_VERSION, package_versions
 
 
 def run_info(
@@ -63,7 +62,7 @@ def run_info(
         timings["answer_seconds"] = round(answer_seconds, 3)
         timings["answer_rows_per_second"] = round(rows / answer_seconds, 3) if answer_seconds > 0 else None
     return {
-        "docqa_version": __version__,
+        "docqa_version": DOCQA_VERSION,
         "engine": engine,
         "config": config.to_dict(),
         "config_hash": config.config_hash(),

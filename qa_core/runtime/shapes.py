@@ -1,22 +1,21 @@
-"""Batch shapes for this machine: `docqa tune` measures them once, every later job here uses its choice.
+"""Batch shapes for this machine: measured once here, every later job here uses the choice.
 
-The fastest cap on windows per forward pass depends on the CPU, the model and the dtype (bundled model,
-fp32, 2 cores: 16 windows on an AVX-512 Xeon and on an AVX512-BF16 AMD EPYC, 8 to 16 on an AVX2-only
-AMD EPYC (issue 20's report), measured in benchmarks/RESULTS.md), so a default fits some machines only.
-`docqa tune` (`qa_core.tools.tune`) times the forward pass at a few shapes and stores the fastest in a
-cache file, keyed by what decides it: the model's revision, the device (the CPU's capability and flags,
-or the GPU's name), the dtype and quantization, the torch threads and version, and the window length.
-
-A job of `batch.probe_min_rows` rows or more that finds no entry probes first (`qa_core.tools.tune.
-probe_for_job`: the same measurement, shortened) and stores its choice under the same key.
+The fastest cap on windows per forward pass depends on the CPU, the model and the dtype, so no one
+default fits every machine (the figures per CPU: benchmarks/RESULTS.md). The measurement
+(`qa_core.runtime.shape_probe`, run by `docqa tune` or by a large job itself) stores the fastest in a
+cache file, keyed by what decides it: the model's revision, the device (the CPU's capability and
+flags, or the GPU's name), the dtype and quantization, the torch threads and version, and the window
+length. A job of `batch.probe_min_rows` rows or more that finds no entry probes first
+(`qa_core.runtime.shape_probe.probe_for_job`) and stores its choice under the same key.
 
 `choose_batch_shape` gives a job its caps: the config's when it sets them (a user's setting always
 wins), else the tuned or probed entry for this key, else the device's defaults (`DEFAULT_BATCH_WINDOWS` /
-`DEFAULT_BATCH_TOKENS` on a CPU, the larger `GPU_DEFAULT_*` on a GPU). The
-choice and its reason are logged and written to `_run.json` (`batch_shape`).
+`DEFAULT_BATCH_TOKENS` on a CPU, the larger `GPU_DEFAULT_*` on a GPU). The choice and its reason are
+logged and written to `_run.json` (`batch_shape`).
 
 The cache lives in `$DOCQA_CACHE_DIR`, else `$XDG_CACHE_HOME/docqa`, else `~/.cache/docqa`
-(`batch_shapes.json`); a cache that cannot be read is ignored with a warning.
+(`batch_shapes.json`); a cache that cannot be read is ignored with a warning. This module and the
+measurement are the runtime layer: they import nothing of jobs, io, tools or train.
 """
 
 from __future__ import annotations
@@ -56,7 +55,7 @@ class BatchShape:
         max_batch_windows: Windows per forward pass.
         max_batch_tokens: Padded tokens per forward pass.
         source: `config` (set by the user), `tuned` (`docqa tune` on this machine), `probed` (a large
-            job's probe on this machine: `qa_core.tools.tune.probe_for_job`) or `default`.
+            job's probe on this machine: `qa_core.runtime.shape_probe.probe_for_job`) or `default`.
         reason: One sentence for the log and `_run.json`.
     """
 
