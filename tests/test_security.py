@@ -142,8 +142,8 @@ def test_secret_beam_options_are_not_written(
 def test_credentials_in_urls_are_redacted() -> None:
     from qa_core.errors import InputError
     from qa_core.io.read import resolve_inputs
-    from qa_core.jobs.run_info import run_info
     from qa_core.io.storage import redact_url
+    from qa_core.jobs.run_info import run_info
 
     assert redact_url("s3://AKIA:s3cr3t@bucket/in/") == "s3://***@bucket/in/"
     assert redact_url("https://user:s3cr3t@host/a.parquet") == "https://***@host/a.parquet"

@@ -14,33 +14,7 @@ from __future__ import annotations
 
 from qa_core.config import QAConfig
 from qa_core.runtime.runner import ModelRunner
-from qa_core.runtime.shape_probe import (
-    CANDIDATE_WINDOWS,
-    PROBE_CANDIDATES,
-    PROBE_SECONDS,
-    TIE_MARGIN,
-    TuneResult,
-    choose,
-    measure,
-    measure_and_store,
-    probe_for_job,
-    probe_wanted,
-    synthetic_windows,
-)
-
-__all__ = [
-    "CANDIDATE_WINDOWS",
-    "PROBE_CANDIDATES",
-    "PROBE_SECONDS",
-    "TIE_MARGIN",
-    "TuneResult",
-    "choose",
-    "measure",
-    "probe_for_job",
-    "probe_wanted",
-    "synthetic_windows",
-    "tune",
-]
+from qa_core.runtime.shape_probe import TuneResult, measure_and_store
 
 DEFAULT_SECONDS = 20.0
 """How long `docqa tune` measures unless `--seconds` says otherwise."""
