@@ -163,8 +163,7 @@ def bench_bound(
         start = 0
         for group in plan_batches(windows, caps):
             # Sorted by length, capped and padded like docqa's batches: on a GPU, widths that are not
-            # a multiple of 8 leave the bf16 tensor-core kernels misaligned. As in a job, the largest
-            # batch comes first (`plan_batches`), so each shape's first run starts with it.
+            # a multiple of 8 leave the bf16 tensor-core kernels misaligned. As in a job, shortest first.
             runs[start // size].append(collate(group, model.pad_token_id, config.batch.pad_to_multiple_of))
             start += len(group)
         return runs
