@@ -7,6 +7,7 @@ on which other rows share its batches, how the batches are padded, or the order 
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -225,6 +226,6 @@ def test_batches_hold_every_window_once_under_the_caps_shortest_first(
     # each batch closed only because its successor's first window did not fit in it.
     by_length = sorted(windows, key=lambda f: (f.length, f.row_key, f.window_index))
     assert [f.row_key for batch in batches for f in batch] == [f.row_key for f in by_length]
-    for batch, following in zip(batches, batches[1:], strict=False):
+    for batch, following in itertools.pairwise(batches):
         grown = [*batch, following[0]]
         assert len(grown) > windows_cap or padded(grown) > tokens_cap

@@ -59,8 +59,9 @@ class WorkerJob:
         rejection_schema: Arrow schema of the rejections table.
         threads: Torch and tokenizer threads for this worker.
         log_level: The parent's logging level (a spawned process starts with logging unset).
-        system_arrow_pool: Whether the parent put Arrow on the system allocator (`runtime.heap`), which a
-            spawned process does not inherit.
+        host_tuning: Whether the worker tunes its process (`qa_core.runtime.host_tuning.tune_host`, before
+            its model loads) and trims its heap after CPU batches (`trimming`): what a command-line job
+            asks for with `runtime.host_tuning`. The device server, when shared, follows the workers.
         channel: Queues to the device server when the workers share one model (set by `run_workers`);
             None: the worker loads its own.
     """
@@ -73,7 +74,7 @@ class WorkerJob:
     rejection_schema: Any
     threads: int
     log_level: int = logging.WARNING
-    system_arrow_pool: bool = False
+    host_tuning: bool = False
     channel: ClientChannel | None = None
 
 
@@ -107,13 +108,13 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any, owner
         from qa_core.engine.loop import QAEngine
         from qa_core.jobs.parts import answer_parts, part_writers
         from qa_core.runtime.device_server import DeviceClient
-        from qa_core.runtime.heap import use_system_arrow_pool
+        from qa_core.runtime.host_tuning import trimming, tune_host
         from qa_core.runtime.loading import load_qa_model, load_tokenizer
         from qa_core.runtime.runner import ModelRunner
 
         torch.set_num_threads(job.threads)
-        if job.system_arrow_pool:
-            use_system_arrow_pool()
+        if job.host_tuning:
+            tune_host()
         runner: ModelRunner  # the model in this process, or the device server's stand-in
         if job.channel is None:
             runner = load_qa_model(config.model, config.runtime)
@@ -123,6 +124,8 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any, owner
         go.wait()  # the parent prepares the output folder once every model has loaded
         if job.channel is not None:
             runner = DeviceClient.connect(tokenizer, job.channel)
+        if job.host_tuning:
+            runner = trimming(runner)  # trims only after forwards on this host: none with a server
         engine = QAEngine(runner, config)
         schemas = (job.answer_schema, job.rejection_schema)
         writers = part_writers(config, job.output_dir, schemas, owner.value.decode())
@@ -185,7 +188,9 @@ def run_workers(
         ]
         processes[SERVER_PART] = context.Process(
             target=serve,
+            # One job's workers all carry the job's `host_tuning`.
             args=(config, requests, replies, messages, logging.getLogger().level),
+            kwargs={"host_tuning": any(job.host_tuning for job in jobs)},
             name="docqa-device-server",
         )
     processes.update(_worker_processes(context, config, jobs, messages, go, owner=owner))
