@@ -51,7 +51,7 @@ _STATE = """
 import json, os
 import pyarrow as pa
 from qa_core.runtime import heap
-from qa_core.runtime.host_tuning import host_tuning_applied
+from qa_core.runtime.host_tuning import tuning_report
 
 def state():
     return {
@@ -59,7 +59,7 @@ def state():
         "pinned": heap.malloc_thresholds_pinned(),
         "pool": pa.default_memory_pool().backend_name,
         "trims": heap.heap_trim_calls(),
-        "tuned": host_tuning_applied() is not None,
+        "tuned": tuning_report() is not None,
     }
 """
 

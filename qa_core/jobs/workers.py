@@ -80,7 +80,11 @@ class WorkerJob:
 
 @dataclass(frozen=True)
 class WorkerResult:
-    """A finished worker's counters and the model it ran."""
+    """A finished worker's counters, the model it ran, and its process's tuning.
+
+    `host_tuning` is `qa_core.runtime.host_tuning.tuning_report()`: what the worker's `tune_host` did and
+    its heap trims, or None when the job did not tune its processes.
+    """
 
     part: int
     stats: EngineStats
@@ -88,6 +92,7 @@ class WorkerResult:
     revision: str
     device: str
     batch_shape: dict[str, Any]
+    host_tuning: dict[str, Any] | None = None
 
 
 def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any, owner: Any) -> None:
@@ -108,7 +113,7 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any, owner
         from qa_core.engine.loop import QAEngine
         from qa_core.jobs.parts import answer_parts, part_writers
         from qa_core.runtime.device_server import DeviceClient
-        from qa_core.runtime.host_tuning import trimming, tune_host
+        from qa_core.runtime.host_tuning import trimming, tune_host, tuning_report
         from qa_core.runtime.loading import load_qa_model, load_tokenizer
         from qa_core.runtime.runner import ModelRunner
 
@@ -134,7 +139,13 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any, owner
         )
         shape = engine.batch_shape.to_dict()
         result = WorkerResult(
-            job.part, engine.stats, runner.model_id, runner.revision, str(runner.device), shape
+            job.part,
+            engine.stats,
+            runner.model_id,
+            runner.revision,
+            str(runner.device),
+            shape,
+            tuning_report(),
         )
         messages.put(("done", job.part, result))
         skip_final_collection()

@@ -106,9 +106,11 @@ def tune_host() -> HostTuning:
         return _Process.tuning
 
 
-def host_tuning_applied() -> HostTuning | None:
-    """What `tune_host` did in this process, or None when it was never called."""
-    return _Process.tuning
+def tuning_report() -> dict[str, Any] | None:
+    """What `tune_host` did in this process and its heap trims so far (for `_run.json`); None: untuned."""
+    if _Process.tuning is None:
+        return None
+    return {**_Process.tuning.to_dict(), "heap_trims": heap.heap_trim_calls()}
 
 
 class TrimmingRunner:
