@@ -64,11 +64,7 @@ class HostTuning:
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready values (tuples as lists)."""
-        return {
-            field.name: list(value) if isinstance(value, tuple) else value
-            for field in dataclasses.fields(self)
-            for value in [getattr(self, field.name)]
-        }
+        return {key: list(v) if isinstance(v, tuple) else v for key, v in dataclasses.asdict(self).items()}
 
 
 class _Process:
