@@ -29,6 +29,7 @@ from qa_core.config import QAConfig, load_config
 from qa_core.errors import InputError
 from qa_core.evaluation.squad import load_squad, squad_to_table
 from qa_core.io.write import write_json_file
+from qa_core.runtime import host_tuning
 from qa_core.runtime.cpu import probe_cpu
 from qa_core.runtime.loading import describe_model, load_qa_model, resolve_device
 from qa_core.runtime.shapes import BatchShape, choose_batch_shape, with_batch_shape
@@ -97,6 +98,8 @@ def _batch_shape(config: QAConfig) -> BatchShape:
 def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     """Runs one mode in this process and returns its figures."""
     config = _config(args)
+    if config.runtime.host_tuning:  # as the command-line jobs the modes stand for, before any model loads
+        host_tuning.tune_host()
     torch.manual_seed(0)
     rows = _rows(args.data, args.n, args.repeat, args.context_paragraphs)
     with tempfile.TemporaryDirectory() as tmp:

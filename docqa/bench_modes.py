@@ -112,8 +112,7 @@ def bench_bound(
         start = 0
         for group in plan_batches(windows, caps):
             # Sorted by length, capped and padded like docqa's batches: on a GPU, widths that are not
-            # a multiple of 8 leave the bf16 tensor-core kernels misaligned. As in a job, the largest
-            # batch comes first (`plan_batches`), so each shape's first run starts with it.
+            # a multiple of 8 leave the bf16 tensor-core kernels misaligned. As in a job, shortest first.
             runs[start // size].append(collate(group, model.pad_token_id, config.batch.pad_to_multiple_of))
             start += len(group)
         return runs
@@ -164,7 +163,15 @@ def bench_predict(
     if _full_warm_up(model):
         predict(config, str(source), str(workdir / "predict"), overwrite=True, progress=False, model=model)
     started = time.perf_counter()
-    info = predict(config, str(source), str(workdir / "predict"), overwrite=True, progress=False, model=model)
+    info = predict(
+        config,
+        str(source),
+        str(workdir / "predict"),
+        overwrite=True,
+        progress=False,
+        model=model,
+        tune_host=config.runtime.host_tuning,  # as docqa predict does
+    )
     figures = _job_figures(started, info)
     figures["whole_seconds"] = _whole_command(
         ["predict", "--input", str(source), "--output", str(workdir / "cli"), "--no-progress"],
@@ -200,7 +207,14 @@ def bench_predict_workers(
 
     source = workdir / "input.parquet"
     pq.write_table(pa.Table.from_pylist(rows), source)
-    info = predict(config, str(source), str(workdir / "predict"), progress=False, workers=workers)
+    info = predict(
+        config,
+        str(source),
+        str(workdir / "predict"),
+        progress=False,
+        workers=workers,
+        tune_host=config.runtime.host_tuning,
+    )
     counts, timings = info["counts"], info["timings"]
     return {
         "seconds": timings["answer_seconds"],

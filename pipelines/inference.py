@@ -27,8 +27,9 @@ from qa_core.engine.contained import run_batch_contained
 from qa_core.engine.stats import EngineStats
 from qa_core.records import Feature, Record, WindowCandidates
 from qa_core.runtime.fit import check_config_fits_model
+from qa_core.runtime.host_tuning import trimming, tune_host
 from qa_core.runtime.loading import load_qa_model
-from qa_core.runtime.torch_runner import TorchRunner
+from qa_core.runtime.runner import ModelRunner
 from qa_core.stages.batch import collate
 
 
@@ -71,8 +72,11 @@ class WindowBatch:
 InferenceOutput: TypeAlias = WindowCandidates | WindowFailure | RowDone
 
 
-class QAModelHandler(ModelHandler[Feature, InferenceOutput, TorchRunner]):
+class QAModelHandler(ModelHandler[Feature, InferenceOutput, ModelRunner]):
     """Loads one `TorchRunner` per worker process (RunInference shares it between DoFn instances).
+
+    With `runtime.host_tuning` the worker process is tuned before the model loads and its heap trimmed
+    after CPU batches (`qa_core.runtime.host_tuning`): `docqa run` owns its workers' processes.
 
     Args:
         config: The job config (model section for loading, batch/decode for running).
@@ -84,15 +88,17 @@ class QAModelHandler(ModelHandler[Feature, InferenceOutput, TorchRunner]):
         super().__init__(model_copies=model_copies)
         self._config = config
 
-    def load_model(self) -> TorchRunner:
+    def load_model(self) -> ModelRunner:
+        if self._config.runtime.host_tuning:
+            tune_host()
         runner = load_qa_model(self._config.model, self._config.runtime)
         check_config_fits_model(self._config, runner.limits)  # a worker whose model differs fails here
-        return runner
+        return trimming(runner) if self._config.runtime.host_tuning else runner
 
     def run_inference(
         self,
         batch: Sequence[Feature],
-        model: TorchRunner,
+        model: ModelRunner,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[InferenceOutput]:
         padded = collate(list(batch), model.pad_token_id, self._config.batch.pad_to_multiple_of)

@@ -97,6 +97,8 @@ def engine_for(config: QAConfig) -> QAEngine:
 
     Torch and the tokenizer get the task's cores (`OMP_NUM_THREADS`, which PySpark sets to
     `spark.task.cpus` unless the executor environment sets it): concurrent tasks share the executor's.
+    With `runtime.host_tuning` the Python worker tunes its process before the model loads and trims its
+    heap after CPU batches (`qa_core.runtime.host_tuning`): it is the job's process, not a caller's.
 
     Raises:
         ModelLoadError, ConfigError: As `docqa predict` would, on the executor (the task fails with it).
@@ -106,12 +108,16 @@ def engine_for(config: QAConfig) -> QAEngine:
     if engine is None:
         import torch
 
+        from qa_core.runtime.host_tuning import trimming, tune_host
         from qa_core.runtime.loading import load_qa_model
 
         threads = max(1, int(os.environ.get("OMP_NUM_THREADS") or 1))
         os.environ.setdefault("RAYON_NUM_THREADS", str(threads))  # read when the tokenizer pool starts
         torch.set_num_threads(threads)
-        engine = QAEngine(load_qa_model(config.model, config.runtime), config)
+        if config.runtime.host_tuning:
+            tune_host()
+        runner = load_qa_model(config.model, config.runtime)
+        engine = QAEngine(trimming(runner) if config.runtime.host_tuning else runner, config)
         _ENGINES[key] = engine
         _MODEL_LOADS[0] += 1
         logger.info("loaded %s in process %d (%d threads)", config.model.name_or_path, os.getpid(), threads)

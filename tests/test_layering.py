@@ -40,12 +40,14 @@ _UPPER = (
     "qa_core.tools",
     "qa_core.api",
 )
+# The process tuning of the command-line jobs: the engine and the stages never change their process.
+HOST_TUNING = ("qa_core.runtime.heap", "qa_core.runtime.host_tuning")
 
 # Folder, package or module -> what it must never import (docs/ARCHITECTURE.md, "The folders of
 # qa_core"). The config, the nouns and the errors import only each other; stages are pure functions
-# over records; the engine may use stages and runtime, never jobs or io; io is storage and tables over
-# the config and the records (no model, no job); jobs run the engine but never a user command (tools);
-# nothing in qa_core knows Beam or the CLI.
+# over records; the engine may use stages and runtime (not its host tuning), never jobs or io; io is
+# storage and tables over the config and the records (no model, no job); jobs run the engine but never
+# a user command (tools); nothing in qa_core knows Beam or the CLI.
 FORBIDDEN = {
     "qa_core/config.py": _UPPER,
     "qa_core/config_layers.py": _UPPER,
@@ -53,8 +55,15 @@ FORBIDDEN = {
     "qa_core/config_train.py": _UPPER,
     "qa_core/records.py": _UPPER,
     "qa_core/errors.py": _UPPER,
-    "qa_core/stages": ("qa_core.engine", "qa_core.jobs", "qa_core.io", "qa_core.runtime", "qa_core.tools"),
-    "qa_core/engine": ("qa_core.jobs", "qa_core.io", "qa_core.tools", "qa_core.train"),
+    "qa_core/stages": (
+        "qa_core.engine",
+        "qa_core.jobs",
+        "qa_core.io",
+        "qa_core.runtime",
+        "qa_core.tools",
+        *HOST_TUNING,
+    ),
+    "qa_core/engine": ("qa_core.jobs", "qa_core.io", "qa_core.tools", "qa_core.train", *HOST_TUNING),
     "qa_core/runtime": ("qa_core.jobs", "qa_core.io", "qa_core.tools", "qa_core.train"),
     "qa_core/io": tuple(name for name in _UPPER if name != "qa_core.io"),
     "qa_core/jobs": ("qa_core.tools", "qa_core.train", "qa_core.api"),
@@ -72,16 +81,19 @@ def _imports(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
+            # `from qa_core.runtime import heap` imports the module qa_core.runtime.heap (names that are
+            # not modules only add a longer name under one already listed).
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
 
 
-def _violations(folder: str, forbidden: tuple[str, ...]) -> list[str]:
+def _violations(folder: str, forbidden: tuple[str, ...], root: Path = ROOT) -> list[str]:
     found = []
-    root = ROOT / folder
-    for path in [root] if root.is_file() else sorted(root.rglob("*.py")):
-        for name in _imports(path):
+    base = root / folder
+    for path in [base] if base.is_file() else sorted(base.rglob("*.py")):
+        for name in sorted(_imports(path)):
             if any(name == f or name.startswith(f + ".") for f in forbidden):
-                found.append(f"{path.relative_to(ROOT)} imports {name}")
+                found.append(f"{path.relative_to(root)} imports {name}")
     return found
 
 
@@ -103,7 +115,7 @@ def test_layers_import_only_downwards(folder: str) -> None:
 def test_the_layering_check_can_fail(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from qa_core.jobs.predict import predict\n", encoding="utf-8")
-    assert _imports(bad) == {"qa_core.jobs.predict"}
+    assert _imports(bad) == {"qa_core.jobs.predict", "qa_core.jobs.predict.predict"}
 
 
 PROJECT_PACKAGES = ("qa_core", "pipelines", "docqa")
@@ -196,3 +208,14 @@ def test_the_cycle_check_can_fail(tmp_path: Path) -> None:
     graph = _import_graph(tmp_path, ("loop",))
     assert graph["loop.d"] == {"loop.a"}
     assert _import_cycles(graph) == [["loop.a", "loop.c", "loop.inner.b"]]
+
+
+def test_the_engine_may_not_import_the_host_tuning(tmp_path: Path) -> None:
+    engine = tmp_path / "qa_core" / "engine"
+    engine.mkdir(parents=True)
+    (engine / "a.py").write_text("from qa_core.runtime import heap\n", encoding="utf-8")
+    (engine / "b.py").write_text("import qa_core.runtime.host_tuning\n", encoding="utf-8")
+    assert _violations("qa_core/engine", FORBIDDEN["qa_core/engine"], root=tmp_path) == [
+        "qa_core/engine/a.py imports qa_core.runtime.heap",
+        "qa_core/engine/b.py imports qa_core.runtime.host_tuning",
+    ]

@@ -135,7 +135,7 @@ def test_a_job_killed_before_completed_is_unfinished_and_reruns_with_overwrite(
     clean, output = tmp_path / "clean", tmp_path / "out"
     assert job(source, clean) == 0
 
-    def die(*_: Any) -> None:
+    def die(*_: Any, **__: Any) -> None:
         raise _Killed
 
     with monkeypatch.context() as patch:

@@ -7,6 +7,7 @@ on which other rows share its batches, how the batches are padded, or the order 
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -207,7 +208,7 @@ def _window(key: str, length: int) -> Feature:
     tokens_cap=st.integers(1, 256),
     multiple=st.sampled_from([1, 8]),
 )
-def test_batches_hold_every_window_once_under_the_caps_largest_first(
+def test_batches_hold_every_window_once_under_the_caps_shortest_first(
     lengths: list[int], windows_cap: int, tokens_cap: int, multiple: int
 ) -> None:
     config = BatchConfig(
@@ -215,15 +216,16 @@ def test_batches_hold_every_window_once_under_the_caps_largest_first(
     )
     windows = [_window(f"r{i:03d}", n) for i, n in enumerate(lengths)]
     batches = plan_batches(windows, config)
-    assert sorted(f.row_key for batch in batches for f in batch) == sorted(f.row_key for f in windows)
 
     def padded(batch: list[Feature]) -> int:
         return len(batch) * padded_length(max(f.length for f in batch), multiple)
 
     for batch in batches:
         assert len(batch) == 1 or (len(batch) <= windows_cap and padded(batch) <= tokens_cap)
-    if batches:
-        # Brute force: the first batch is one of the most padded tokens, the others run shortest first.
-        assert padded(batches[0]) == max(padded(b) for b in batches)
-        rest = [max(f.length for f in batch) for batch in batches[1:]]
-        assert rest == sorted(rest)
+    # Brute force: read in order, the batches are the windows sorted by length (ties by row key), and
+    # each batch closed only because its successor's first window did not fit in it.
+    by_length = sorted(windows, key=lambda f: (f.length, f.row_key, f.window_index))
+    assert [f.row_key for batch in batches for f in batch] == [f.row_key for f in by_length]
+    for batch, following in itertools.pairwise(batches):
+        grown = [*batch, following[0]]
+        assert len(grown) > windows_cap or padded(grown) > tokens_cap

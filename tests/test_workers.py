@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import queue
 import shutil
 import signal
@@ -18,12 +19,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from docqa.cli import main
-from qa_core.config import InputConfig
+from qa_core.config import InputConfig, load_config
 from qa_core.engine.stats import EngineStats
 from qa_core.errors import WorkerError
-from qa_core.io.read import iter_rows
+from qa_core.io.read import iter_rows, output_schemas, read_input_schema
+from qa_core.io.write import prepare_output
 from qa_core.jobs import workers
-from qa_core.jobs.parts import row_ranges
+from qa_core.jobs.parts import PartRange, row_ranges
+from qa_core.runtime import heap
+from qa_core.runtime.host_tuning import tuning_report
 from tests.test_bad_files import ROWS, assert_job_error, corrupt_pages, docqa, good_file
 from tests.test_predict_cli import ROWS as CLI_ROWS
 
@@ -117,6 +121,36 @@ def test_workers_write_what_one_process_writes(
     assert timings["startup_seconds"] > 0.2
     # The workers' exit (after their last answer) is in the wall time only.
     assert 0 < timings["answer_seconds"] < timings["wall_seconds"] - timings["startup_seconds"]
+
+
+@pytest.mark.parametrize("host_tuning", [True, False])
+def test_a_worker_tunes_its_own_process_only_when_asked(
+    tmp_path: Path, tiny_model_dir: Path, host_tuning: bool
+) -> None:
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pylist(CLI_ROWS), source)
+    config = load_config([], [f"model.name_or_path={tiny_model_dir}", "runtime.device=cpu"])
+    files = [str(source)]
+    schemas = output_schemas(read_input_schema(files, config.input), config)
+    output = str(tmp_path / "out")
+    parent = tuning_report()  # None, unless an in-process command-line job of this session tuned it
+    job = workers.WorkerJob(
+        0, files, (PartRange(0, 0, len(CLI_ROWS)),), output, *schemas, threads=1, host_tuning=host_tuning
+    )
+    [result] = workers.run_workers(
+        config, [job], lambda rows: None, lambda: prepare_output(output, overwrite=False)
+    )
+    assert result.stats.rows == len(CLI_ROWS) and result.stats.batches > 0
+    if host_tuning:
+        assert result.host_tuning is not None
+        # Its CPU batches were trimmed; glibc's thresholds pinned unless this environment sets them.
+        assert result.host_tuning["heap_trims"] == result.stats.batches
+        assert result.host_tuning["onednn_caches"] == [
+            name for name in heap.ONEDNN_CACHE_ENVS if name not in os.environ
+        ]
+    else:
+        assert result.host_tuning is None
+    assert tuning_report() == parent  # the parent (this process) stays as it was
 
 
 def test_workers_fail_fast_on_a_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

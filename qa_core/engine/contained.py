@@ -17,7 +17,6 @@ from qa_core.config import QAConfig
 from qa_core.engine.stats import EngineStats
 from qa_core.errors import DeviceFailedError
 from qa_core.records import Feature, WindowCandidates
-from qa_core.runtime.heap import release_free_heap
 from qa_core.runtime.runner import ModelRunner
 from qa_core.stages.batch import Batch, collate
 from qa_core.stages.decode import decode_batch
@@ -90,8 +89,4 @@ def _forward_and_decode(
         stats.batches += 1
         stats.real_tokens += batch.real_tokens
         stats.padded_tokens += batch.padded_tokens
-    if runner.computes_on_host:
-        # The batch's activations were this process's heap: hand the freed pages back
-        # (qa_core.runtime.heap). On a device they never were, and the trim would be pure cost.
-        release_free_heap()
     return out

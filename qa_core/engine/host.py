@@ -109,9 +109,8 @@ class SortBuffer:
 
     Attributes:
         items: Per input row, in input order: its windows, or its rejection.
-        groups: The buffer's windows, grouped into batches by length, the largest batch first and then
-            shortest first (`plan_batches`; padded only when run, so at most one batch's padded arrays
-            exist at a time).
+        groups: The buffer's windows, grouped into batches by length, shortest first (`plan_batches`;
+            padded only when run, so at most one batch's padded arrays exist at a time).
     """
 
     items: list[Prepared]

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
 from tqdm import tqdm
 
 from qa_core.config import QAConfig
@@ -41,7 +40,7 @@ from qa_core.jobs.parts import (
     resumable_parts,
 )
 from qa_core.jobs.workers import WorkerJob, run_workers
-from qa_core.runtime.heap import use_system_arrow_pool
+from qa_core.runtime import host_tuning
 from qa_core.runtime.loading import load_qa_model, resolve_device
 from qa_core.runtime.runner import ModelRunner
 
@@ -100,7 +99,7 @@ def predict(
         raise ValueError("a loaded model cannot be shared with worker processes: pass workers=1")
     request = JobRequest(input_pattern, output_dir, overwrite=overwrite, resume=resume)
     if tune_host:
-        use_system_arrow_pool()
+        host_tuning.tune_host()  # before any model loads: oneDNN reads its cache caps at the first primitive
     loaded: list[ModelRunner] = [model] if model is not None else []
 
     def load() -> ModelRunner:  # the probe's model, kept for answering here
@@ -138,9 +137,10 @@ def predict(
     with tqdm(desc="rows", unit="row", total=total, disable=not progress, file=sys.stderr) as bar:
         if len(todo) > 1:
             loaded.clear()  # the workers load their own: the probe's copy is not kept
-            ran = _answer_in_workers(plan, todo, bar, prepare)
+            ran = _answer_in_workers(plan, todo, bar, prepare, tune_host=tune_host)
         else:
-            ran = _answer_here(plan, todo[0] if todo else [], load(), bar, prepare)
+            runner = host_tuning.trimming(load()) if tune_host else load()
+            ran = _answer_here(plan, todo[0] if todo else [], runner, bar, prepare)
     stats = EngineStats()
     stats.add(ran.stats)
     stats.add(kept.stats)  # their footers' counters: a resumed run reports what a clean run would
@@ -200,12 +200,17 @@ def _answer_here(
 
 
 def _answer_in_workers(
-    plan: JobPlan, worker_parts: list[list[PartRange]], bar: tqdm[Any], prepare: Callable[[], str]
+    plan: JobPlan,
+    worker_parts: list[list[PartRange]],
+    bar: tqdm[Any],
+    prepare: Callable[[], str],
+    *,
+    tune_host: bool,
 ) -> _Ran:
     """The parts split over worker processes (`qa_core.jobs.workers`), `plan.threads` torch threads each.
 
     With `runtime.worker_models: shared`, one device server process runs every worker's forwards
-    (`qa_core.runtime.device_server`).
+    (`qa_core.runtime.device_server`). With `tune_host`, each process tunes itself (`runtime.host_tuning`).
     """
     config = plan.answer_config
     _worker_checks(config)
@@ -220,7 +225,7 @@ def _answer_in_workers(
             plan.threads,
             plan.config.config_hash(),
             log_level=logging.getLogger().level,
-            system_arrow_pool=pa.default_memory_pool().backend_name == "system",
+            host_tuning=tune_host,
         )
         for worker, parts in enumerate(worker_parts)
     ]

@@ -60,8 +60,9 @@ class WorkerJob:
         threads: Torch and tokenizer threads for this worker.
         config_hash: The job's config hash, written into each part's footer (`jobs.parts.part_metadata`).
         log_level: The parent's logging level (a spawned process starts with logging unset).
-        system_arrow_pool: Whether the parent put Arrow on the system allocator (`runtime.heap`), which a
-            spawned process does not inherit.
+        host_tuning: Whether the worker tunes its process (`qa_core.runtime.host_tuning.tune_host`, before
+            its model loads) and trims its heap after CPU batches (`trimming`): what a command-line job
+            asks for with `runtime.host_tuning`. The device server, when shared, follows the workers.
         channel: Queues to the device server when the workers share one model (set by `run_workers`);
             None: the worker loads its own.
     """
@@ -75,13 +76,17 @@ class WorkerJob:
     threads: int
     config_hash: str
     log_level: int = logging.WARNING
-    system_arrow_pool: bool = False
+    host_tuning: bool = False
     channel: ClientChannel | None = None
 
 
 @dataclass(frozen=True)
 class WorkerResult:
-    """A finished worker's counters and the model it ran."""
+    """A finished worker's counters, the model it ran, and its process's tuning.
+
+    `host_tuning` is `qa_core.runtime.host_tuning.tuning_report()`: what the worker's `tune_host` did and
+    its heap trims, or None when the job did not tune its processes.
+    """
 
     part: int
     stats: EngineStats
@@ -89,6 +94,7 @@ class WorkerResult:
     revision: str
     device: str
     batch_shape: dict[str, Any]
+    host_tuning: dict[str, Any] | None = None
 
 
 def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any, owner: Any) -> None:
@@ -109,13 +115,13 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any, owner
         from qa_core.engine.loop import QAEngine
         from qa_core.jobs.parts import answer_parts, part_writers
         from qa_core.runtime.device_server import DeviceClient
-        from qa_core.runtime.heap import use_system_arrow_pool
+        from qa_core.runtime.host_tuning import trimming, tune_host, tuning_report
         from qa_core.runtime.loading import load_qa_model, load_tokenizer
         from qa_core.runtime.runner import ModelRunner
 
         torch.set_num_threads(job.threads)
-        if job.system_arrow_pool:
-            use_system_arrow_pool()
+        if job.host_tuning:
+            tune_host()
         runner: ModelRunner  # the model in this process, or the device server's stand-in
         if job.channel is None:
             runner = load_qa_model(config.model, config.runtime)
@@ -125,6 +131,8 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any, owner
         go.wait()  # the parent prepares the output folder once every model has loaded
         if job.channel is not None:
             runner = DeviceClient.connect(tokenizer, job.channel)
+        if job.host_tuning:
+            runner = trimming(runner)  # trims only after forwards on this host: none with a server
         engine = QAEngine(runner, config)
         schemas = (job.answer_schema, job.rejection_schema)
         writers = part_writers(config, job.output_dir, schemas, owner.value.decode(), job.config_hash)
@@ -133,7 +141,13 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any, owner
         )
         shape = engine.batch_shape.to_dict()
         result = WorkerResult(
-            job.part, engine.stats, runner.model_id, runner.revision, str(runner.device), shape
+            job.part,
+            engine.stats,
+            runner.model_id,
+            runner.revision,
+            str(runner.device),
+            shape,
+            tuning_report(),
         )
         messages.put(("done", job.part, result))
         skip_final_collection()
@@ -187,7 +201,9 @@ def run_workers(
         ]
         processes[SERVER_PART] = context.Process(
             target=serve,
+            # One job's workers all carry the job's `host_tuning`.
             args=(config, requests, replies, messages, logging.getLogger().level),
+            kwargs={"host_tuning": any(job.host_tuning for job in jobs)},
             name="docqa-device-server",
         )
     processes.update(_worker_processes(context, config, jobs, messages, go, owner=owner))

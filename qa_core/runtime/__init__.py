@@ -2,6 +2,6 @@
 
 `runner.py` is the protocol the engine sees, `torch_runner.py` its Hugging Face implementation,
 `loading.py` builds one from a checkpoint with the safety checks, `device_server.py` serves one model to
-several worker processes, `processes.py` holds helpers of those spawned processes, and `heap.py` keeps a
-long CPU job's memory flat.
+several worker processes, `processes.py` holds helpers of those spawned processes, and `host_tuning.py`
+(over `heap.py`'s mechanisms) tunes the processes that the command-line jobs own.
 """

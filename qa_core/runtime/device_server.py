@@ -77,8 +77,8 @@ class DeviceClient:
         served: What the server loaded.
     """
 
-    # The forward's activations live in the server: no heap trim after a batch here, and the engine
-    # prepares the next sort buffer while this worker waits for its logits.
+    # The forward's activations live in the server: a tuned job's heap trim (`host_tuning.trimming`)
+    # skips this worker, and the engine prepares the next sort buffer while it waits for its logits.
     computes_on_host = False
 
     def __init__(self, tokenizer: Any, channel: ClientChannel, served: ServedModel) -> None:
@@ -124,14 +124,27 @@ def stop_server(requests: Any) -> None:
         requests.put(None)
 
 
-def serve(config: QAConfig, requests: Any, replies: list[Any], messages: Any, log_level: int) -> None:
+def serve(
+    config: QAConfig,
+    requests: Any,
+    replies: list[Any],
+    messages: Any,
+    log_level: int,
+    *,
+    host_tuning: bool = False,
+) -> None:
     """The server process: loads the model, reports `ready`, answers requests until stopped.
+
+    With `host_tuning` (the workers' `WorkerJob.host_tuning`) the server tunes its process before the
+    model loads and trims its heap after the forwards it computes on this host's CPU
+    (`qa_core.runtime.host_tuning`).
 
     Reports `("ready", SERVER_PART, ServedModel)` or `("error", SERVER_PART, exception)` on `messages`
     (the workers' queue, read by `qa_core.jobs.workers.run_workers`). A server thread that fails outside a
     forward (a broken queue) reports its error and ends the process, so the parent fails the job instead
     of the workers waiting for replies that never come.
     """
+    from qa_core.runtime.host_tuning import trimming, tune_host
     from qa_core.runtime.loading import load_qa_model, resolve_device
 
     start_child(log_level)
@@ -159,7 +172,11 @@ def serve(config: QAConfig, requests: Any, replies: list[Any], messages: Any, lo
             # Set once for the process: per-call `sdpa_kernel` contexts of two threads could interleave
             # and let cuDNN attention (a plan build per new batch shape) in (see runtime.torch_runner).
             torch.backends.cuda.enable_cudnn_sdp(False)
-        model = load_qa_model(config.model, config.runtime)
+        if host_tuning:
+            tune_host()
+        model: ModelRunner = load_qa_model(config.model, config.runtime)
+        if host_tuning:
+            model = trimming(model)  # trims only after forwards on this host's CPU
         served = ServedModel(
             model.model_id, model.revision, str(model.device), model.pad_token_id, model.limits
         )
@@ -186,7 +203,7 @@ def _answer_requests(
     """One server thread: forward each request's batch, reply with its logits (or its error).
 
     Args:
-        model: The loaded `TorchRunner`.
+        model: The loaded `TorchRunner` (in `host_tuning.trimming` when the job tunes its processes).
         requests: The queue of `(client, seq, *packed batch)` requests; `None` stops this thread.
         replies: The workers' reply queues, indexed by client.
         fail: Called with any error outside a forward (the process cannot go on answering).

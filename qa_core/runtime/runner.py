@@ -54,8 +54,9 @@ class ModelRunner(Protocol):
     def computes_on_host(self) -> bool:
         """Whether the forward's activations are this process's host memory (a CPU forward here).
 
-        The engine trims the heap after such a batch, and prepares the next sort buffer in a background
-        thread only when the forward does *not* compete with it for this host's cores.
+        The engine prepares the next sort buffer in a background thread only when the forward does
+        *not* compete with it for this host's cores; a tuned job's runner (`host_tuning.trimming`) trims
+        the heap after such a batch.
         """
         ...
 
