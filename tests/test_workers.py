@@ -135,7 +135,14 @@ def test_a_worker_tunes_its_own_process_only_when_asked(
     output = str(tmp_path / "out")
     parent = tuning_report()  # None, unless an in-process command-line job of this session tuned it
     job = workers.WorkerJob(
-        0, files, (PartRange(0, 0, len(CLI_ROWS)),), output, *schemas, threads=1, host_tuning=host_tuning
+        0,
+        files,
+        (PartRange(0, 0, len(CLI_ROWS)),),
+        output,
+        *schemas,
+        threads=1,
+        config_hash=config.config_hash(),
+        host_tuning=host_tuning,
     )
     [result] = workers.run_workers(
         config, [job], lambda rows: None, lambda: prepare_output(output, overwrite=False)
