@@ -37,7 +37,8 @@ from qa_core.evaluation.squad import load_squad, squad_to_table
 from qa_core.io.write import write_json_file
 from qa_core.records import Feature, RowWindows
 from qa_core.runtime.cpu import probe_cpu
-from qa_core.runtime.loading import describe_model, load_qa_model, resolve_device
+from qa_core.runtime.loaders import describe_model, load_runner, resolve_device
+from qa_core.runtime.runner import ModelRunner
 from qa_core.runtime.shapes import BatchShape, choose_batch_shape, with_batch_shape
 from qa_core.runtime.torch_runner import TorchRunner
 from qa_core.stages.batch import collate, plan_batches
@@ -86,17 +87,17 @@ def long_contexts(table: pa.Table, paragraphs: int) -> pa.Table:
     return table.set_column(table.schema.get_field_index("context"), "context", pa.array(joined))
 
 
-def _windows(model: TorchRunner, config: QAConfig, rows: list[dict[str, Any]]) -> list[Feature]:
+def _windows(model: ModelRunner, config: QAConfig, rows: list[dict[str, Any]]) -> list[Feature]:
     """Every window of the rows, from the engine's host half (validate, featurize)."""
     prepared = RowPreparer(model.tokenizer, config).prepare_chunks(rows)
     return [f for chunk in prepared for item in chunk if isinstance(item, RowWindows) for f in item.windows]
 
 
-def _warm_up(model: TorchRunner, windows: list[Feature]) -> None:
+def _warm_up(model: ModelRunner, windows: list[Feature]) -> None:
     model.forward(collate(windows[:4], model.pad_token_id, 8))
 
 
-def _full_warm_up(model: TorchRunner) -> bool:
+def _full_warm_up(model: ModelRunner) -> bool:
     """Whether a mode runs once untimed over all its rows before the timed run.
 
     On CUDA the first batch of each new (B, P) shape pays one-time costs (kernel selection, attention
@@ -109,7 +110,7 @@ def _full_warm_up(model: TorchRunner) -> bool:
 
 
 def bench_seed(
-    model: TorchRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
+    model: ModelRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
 ) -> dict[str, Any]:
     """One question at a time, its windows in one batch padded to their own longest."""
     preparer = RowPreparer(model.tokenizer, config)
@@ -140,7 +141,7 @@ BOUND_SLICES = 8  # slices of the sorted windows, each timed at every shape befo
 
 
 def bench_bound(
-    model: TorchRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
+    model: ModelRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
 ) -> dict[str, Any]:
     """Forward only over length-sorted, pre-tokenized, pre-padded batches, at the best of a few shapes.
 
@@ -204,7 +205,7 @@ def bench_bound(
 
 
 def bench_predict(
-    model: TorchRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
+    model: ModelRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
 ) -> dict[str, Any]:
     """`docqa predict` in-process, Parquet to Parquet."""
     from qa_core.jobs.predict import predict
@@ -265,7 +266,7 @@ def bench_predict_workers(
 
 
 def bench_run(
-    model: TorchRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
+    model: ModelRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
 ) -> dict[str, Any]:
     """`docqa run` on DirectRunner, Parquet to Parquet, whole job."""
     from pipelines.run import run
@@ -347,7 +348,7 @@ def _whole_command(command: list[str], config: QAConfig, workdir: Path) -> float
 
 
 def bench_beam_stock(
-    model: TorchRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
+    model: ModelRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
 ) -> dict[str, Any]:
     """Beam's PytorchModelHandlerKeyedTensor over the rows' windows (`docqa.bench_beam_stock`).
 
@@ -356,10 +357,10 @@ def bench_beam_stock(
     """
     from docqa.bench_beam_stock import run_beam_stock
 
-    stock = dataclasses.replace(config.model, implementation="transformers")
-    return run_beam_stock(
-        load_qa_model(stock, config.runtime), config, _windows(model, config, rows), workdir
-    )
+    stock = load_runner(dataclasses.replace(config.model, implementation="transformers"), config.runtime)
+    if not isinstance(stock, TorchRunner):  # the transformers loader gives a torch module
+        raise TypeError(f"stock Beam needs a torch module, got {type(stock).__name__}")
+    return run_beam_stock(stock, config, _windows(model, config, rows), workdir)
 
 
 RUNNERS = {
@@ -404,7 +405,7 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
         elif args.mode == "spark":  # Spark's Python workers load theirs
             figures = bench_spark(config, rows, Path(tmp))
         else:
-            figures = RUNNERS[args.mode](load_qa_model(config.model, config.runtime), config, rows, Path(tmp))
+            figures = RUNNERS[args.mode](load_runner(config.model, config.runtime), config, rows, Path(tmp))
     figures.update(
         mode=args.mode,
         questions=len(rows),

@@ -27,8 +27,8 @@ from qa_core.engine.contained import run_batch_contained
 from qa_core.engine.stats import EngineStats
 from qa_core.records import Feature, Record, WindowCandidates
 from qa_core.runtime.fit import check_config_fits_model
-from qa_core.runtime.loading import load_qa_model
-from qa_core.runtime.torch_runner import TorchRunner
+from qa_core.runtime.loaders import load_runner
+from qa_core.runtime.runner import ModelRunner
 from qa_core.stages.batch import collate
 
 
@@ -71,8 +71,8 @@ class WindowBatch:
 InferenceOutput: TypeAlias = WindowCandidates | WindowFailure | RowDone
 
 
-class QAModelHandler(ModelHandler[Feature, InferenceOutput, TorchRunner]):
-    """Loads one `TorchRunner` per worker process (RunInference shares it between DoFn instances).
+class QAModelHandler(ModelHandler[Feature, InferenceOutput, ModelRunner]):
+    """Loads one `ModelRunner` per worker process (RunInference shares it between DoFn instances).
 
     Args:
         config: The job config (model section for loading, batch/decode for running).
@@ -84,15 +84,15 @@ class QAModelHandler(ModelHandler[Feature, InferenceOutput, TorchRunner]):
         super().__init__(model_copies=model_copies)
         self._config = config
 
-    def load_model(self) -> TorchRunner:
-        runner = load_qa_model(self._config.model, self._config.runtime)
+    def load_model(self) -> ModelRunner:
+        runner = load_runner(self._config.model, self._config.runtime)
         check_config_fits_model(self._config, runner.limits)  # a worker whose model differs fails here
         return runner
 
     def run_inference(
         self,
         batch: Sequence[Feature],
-        model: TorchRunner,
+        model: ModelRunner,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[InferenceOutput]:
         padded = collate(list(batch), model.pad_token_id, self._config.batch.pad_to_multiple_of)

@@ -105,12 +105,12 @@ def engine_for(config: QAConfig) -> QAEngine:
     if engine is None:
         import torch
 
-        from qa_core.runtime.loading import load_qa_model
+        from qa_core.runtime.loaders import load_runner
 
         threads = max(1, int(os.environ.get("OMP_NUM_THREADS") or 1))
         os.environ.setdefault("RAYON_NUM_THREADS", str(threads))  # read when the tokenizer pool starts
         torch.set_num_threads(threads)
-        engine = QAEngine(load_qa_model(config.model, config.runtime), config)
+        engine = QAEngine(load_runner(config.model, config.runtime), config)
         _ENGINES[key] = engine
         _MODEL_LOADS[0] += 1
         logger.info("loaded %s in process %d (%d threads)", config.model.name_or_path, os.getpid(), threads)

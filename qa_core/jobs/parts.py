@@ -29,7 +29,7 @@ from qa_core.io.read import iter_rows
 from qa_core.io.schema import ANSWERS_DIR, COMPLETED_FILE, REJECTIONS_DIR, RUN_INFO_FILE
 from qa_core.io.storage import redact_url, storage_errors
 from qa_core.io.write import OutputWriter, part_name
-from qa_core.runtime.loading import resolve_device
+from qa_core.runtime.loaders import resolve_device
 from qa_core.runtime.shapes import choose_batch_shape
 
 PART_KEY = "docqa.part"

@@ -228,7 +228,7 @@ def probe_for_job(
     Args:
         config: The job's config.
         rows: The rows the job will answer.
-        revision: The model's revision (`qa_core.runtime.loading.describe_model`).
+        revision: The model's revision (`qa_core.runtime.loaders.describe_model`).
         device: The device the job's model runs on.
         load: Loads the job's model (called only when probing).
 
