@@ -20,7 +20,8 @@ from qa_core.errors import ConfigError, ModelLoadError
 from qa_core.runtime import cpu
 from qa_core.runtime.cpu import CpuCapability, check_cpu_dtype, probe_cpu
 from qa_core.runtime.fit import ModelLimits, check_config_fits_model, model_limits
-from qa_core.runtime.loading import load_qa_model, load_tokenizer, read_model_limits
+from qa_core.runtime.loaders import load_runner, load_tokenizer, read_model_limits
+from qa_core.runtime.loaders.native import load_native_module
 from tests.conftest import DATA, write_parquet
 
 ROWS: list[dict[str, object]] = [
@@ -42,11 +43,21 @@ def _copy(model_dir: Path, target: Path, **config_changes: Any) -> Path:
 
 def _load(model_dir: Path, dtype: Dtype = "fp32", implementation: Implementation = "auto") -> Any:
     config = ModelConfig(name_or_path=str(model_dir), dtype=dtype, implementation=implementation)
-    return load_qa_model(config, RuntimeConfig(device="cpu"))
+    return load_runner(config, RuntimeConfig(device="cpu"))
 
 
-# The weight checks, through docqa's own BERT loading (auto, for these BERT checkpoints) and transformers'.
-BOTH_LOADERS = pytest.mark.parametrize("implementation", ["auto", "transformers"])
+# The weight checks of both loaders: docqa's encoder (as certification and a certified load run them; a
+# changed file voids a certificate, so these checkpoints would go to transformers under `auto`) and
+# transformers'.
+BOTH_LOADERS = pytest.mark.parametrize("loader", ["native", "transformers"])
+
+
+def _load_with(model_dir: Path, loader: str) -> str:
+    """Loads `model_dir`'s weights through one loader's checks; returns the name it loaded."""
+    if loader == "native":
+        load_native_module(model_dir, torch.float32, str(model_dir))
+        return str(model_dir)
+    return str(_load(model_dir, implementation="transformers").model_id)
 
 
 def _predict(tmp_path: Path, model_dir: Path, *extra: str, out: Path | None = None) -> tuple[int, Path]:
@@ -197,28 +208,28 @@ def test_weights_that_do_not_fit_the_config_are_refused(
     tiny_model_dir: Path,
     changes: dict[str, int],
     message: str,
-    implementation: Implementation,
+    loader: str,
 ) -> None:
     """transformers raises a RuntimeError for the shapes, and silently randomizes missing layers."""
     changed = _copy(tiny_model_dir, tmp_path / "changed", **changes)
     with pytest.raises(ModelLoadError, match=message) as err:
-        _load(changed, implementation=implementation)
+        _load_with(changed, loader)
     assert str(changed) in str(err.value) and "\n" not in str(err.value)
 
 
 @BOTH_LOADERS
-def test_a_base_model_without_a_qa_head_is_refused(tmp_path: Path, implementation: Implementation) -> None:
+def test_a_base_model_without_a_qa_head_is_refused(tmp_path: Path, loader: str) -> None:
     """A checkpoint saved from the encoder alone would get a randomly initialized span head."""
     from transformers import BertModel
 
     base = _save_model(tmp_path / "base", BertModel(_tiny_bert_config(), add_pooling_layer=False))
     with pytest.raises(ModelLoadError, match=r"no trained QA head .*qa_outputs\.bias, qa_outputs\.weight"):
-        _load(base, implementation=implementation)
+        _load_with(base, loader)
 
 
 @BOTH_LOADERS
 def test_unused_weights_outside_the_model_are_ignored(
-    tmp_path: Path, tiny_model_dir: Path, implementation: Implementation
+    tmp_path: Path, tiny_model_dir: Path, loader: str
 ) -> None:
     """A pooler or pretraining head in the checkpoint is no reason to refuse it (a warning says so)."""
     from safetensors.torch import load_file, save_file
@@ -227,7 +238,7 @@ def test_unused_weights_outside_the_model_are_ignored(
     weights = load_file(extra / "model.safetensors")
     weights["bert.pooler.dense.weight"] = torch.zeros(32, 32)
     save_file(weights, extra / "model.safetensors", metadata={"format": "pt"})
-    assert _load(extra, implementation=implementation).model_id == str(extra)
+    assert _load_with(extra, loader) == str(extra)
 
 
 def test_the_load_report_is_held_back(tmp_path: Path, tiny_model_dir: Path) -> None:
