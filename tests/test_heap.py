@@ -12,7 +12,7 @@ import pytest
 
 from qa_core.config import ModelConfig, RuntimeConfig
 from qa_core.runtime import heap
-from qa_core.runtime.loading import load_qa_model
+from qa_core.runtime.loaders import load_runner
 
 MB = 1 << 20
 
@@ -64,14 +64,17 @@ def test_caps_onednn_caches_unless_the_environment_sets_them(monkeypatch: pytest
     assert (os.environ[ideep], os.environ[onednn]) == ("12", "500")
 
 
-def test_loading_a_cpu_model_caps_the_onednn_caches(
+def test_loading_a_cpu_model_leaves_the_process_alone(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A library never tunes its caller's process: the command-line jobs apply the host tuning."""
     for name in heap.ONEDNN_CACHE_ENVS:
-        monkeypatch.setenv(name, "")  # recorded, so what loading sets is undone after the test
+        monkeypatch.setenv(name, "")  # recorded, so anything loading set would be undone after the test
         monkeypatch.delenv(name)
-    load_qa_model(ModelConfig(name_or_path=str(tiny_model_dir)), RuntimeConfig(device="cpu"))
-    assert all(os.environ[name] == str(heap.ONEDNN_CACHE_CAPACITY) for name in heap.ONEDNN_CACHE_ENVS)
+    pinned: list[bool] = []
+    monkeypatch.setattr(heap, "fix_malloc_thresholds", lambda: pinned.append(True) or True)
+    load_runner(ModelConfig(name_or_path=str(tiny_model_dir)), RuntimeConfig(device="cpu"))
+    assert not [name for name in heap.ONEDNN_CACHE_ENVS if name in os.environ] and not pinned
 
 
 # Four 20 MB activations live at once, then freed, ten times over (as a forward's are); prints the page
@@ -109,15 +112,6 @@ def test_pinned_thresholds_keep_freed_activations_mapped() -> None:
     assert pinned and not unpinned
     assert faults_dynamic > 9 * 4 * (20 << 20) // 4096 // 2, faults_dynamic  # each round faults its pages
     assert faults_pinned < faults_dynamic / 2, (faults_pinned, faults_dynamic)
-
-
-def test_loading_a_cpu_model_pins_the_malloc_thresholds(
-    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    pinned: list[bool] = []
-    monkeypatch.setattr("qa_core.runtime.loading.fix_malloc_thresholds", lambda: pinned.append(True) or True)
-    load_qa_model(ModelConfig(name_or_path=str(tiny_model_dir)), RuntimeConfig(device="cpu"))
-    assert pinned == [True]
 
 
 # Runs a bf16 linear over 320 batch shapes in a fresh process and prints how much its resident set grew.

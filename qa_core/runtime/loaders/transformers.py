@@ -68,7 +68,9 @@ class TransformersLoader:
                 f"cannot load the tokenizer of {model.name_or_path!r}: {explain(err)}"
             ) from err
         if not isinstance(tokenizer, PreTrainedTokenizerFast):
-            raise ModelLoadError(f"{model.name_or_path} has no fast tokenizer (tokenizer.json); docqa needs one")
+            raise ModelLoadError(
+                f"{model.name_or_path} has no fast tokenizer (tokenizer.json); docqa needs one"
+            )
         fast: Tokenizer = tokenizer  # transformers' fast tokenizer satisfies the protocol (mypy checks it)
         check_tokenizer_fits_model(fast, _model_config(model), model.name_or_path)
         return fast
