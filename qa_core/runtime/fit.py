@@ -11,7 +11,7 @@ Two checks, each a job error in one line that says what to change:
   token in each window for the null answer.
 
 `ModelLimits` come from the module itself (`model_limits`), so a loaded model, a meta-device skeleton of a
-checkpoint (`qa_core.runtime.loading.read_model_limits`, no weights) and the device server's workers
+checkpoint (`qa_core.runtime.loaders.read_model_limits`, no weights) and the device server's workers
 (`ServedModel.limits`) all judge alike.
 """
 
