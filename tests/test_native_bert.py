@@ -85,7 +85,7 @@ def test_native_loading_equals_transformers(which: str, tiny_model_dir: Path) ->
     assert json.loads(native.tokenizer.backend_tokenizer.to_str()) == json.loads(
         reference.tokenizer.backend_tokenizer.to_str()
     )
-    for member in ("cls_token_id", "pad_token_id"):
+    for member in ("cls_token_id", "pad_token_id", "vocab_size"):
         assert getattr(native.tokenizer, member) == getattr(reference.tokenizer, member)
     assert len(native.tokenizer) == len(reference.tokenizer)
     assert native.tokenizer.get_vocab() == reference.tokenizer.get_vocab()

@@ -45,6 +45,11 @@ class Tokenizer(Protocol):
         """Special tokens the pair template adds to one text (`pair=False`) or a (question, context) pair."""
         ...
 
+    @property
+    def vocab_size(self) -> int:
+        """Tokens of the vocabulary without added tokens (ids below it are the model's base vocabulary)."""
+        ...
+
     def get_vocab(self) -> dict[str, int]:
         """Token to id, added tokens included."""
         ...

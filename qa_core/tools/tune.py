@@ -94,7 +94,7 @@ class TuneResult:
 def synthetic_windows(runner: ModelRunner, length: int, count: int, seed: int = 0) -> list[Feature]:
     """`count` windows of `length` tokens: [CLS]-like first id, random ids, a question and a context part."""
     rng = np.random.default_rng(seed)
-    vocab = int(getattr(runner.tokenizer, "vocab_size", 1000))
+    vocab = runner.tokenizer.vocab_size
     windows = []
     for k in range(count):
         ids = rng.integers(min(1000, vocab // 2), vocab, size=length).astype(np.int32)

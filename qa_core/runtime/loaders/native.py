@@ -66,6 +66,11 @@ class NativeTokenizer:
         self.sep_token_id = special_token_ids.get("sep")
         self.pad_token_id = special_token_ids.get("pad")
 
+    @property
+    def vocab_size(self) -> int:
+        """Tokens of the vocabulary, without added tokens (as transformers counts it)."""
+        return int(self.backend_tokenizer.get_vocab_size(with_added_tokens=False))
+
     def __len__(self) -> int:
         return int(self.backend_tokenizer.get_vocab_size(with_added_tokens=True))
 
