@@ -21,6 +21,7 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 import torch
+from qa_core.runtime.loading import describe_model, load_qa_model, resolve_device
 
 from docqa.bench_modes import RUNNERS, BenchError, bench_predict_workers, bench_spark
 from docqa.bench_options import DESCRIPTION, MODES, add_bench_arguments, check_bench_arguments
@@ -31,7 +32,6 @@ from qa_core.evaluation.squad import load_squad, squad_to_table
 from qa_core.io.write import write_json_file
 from qa_core.runtime import host_tuning
 from qa_core.runtime.cpu import probe_cpu
-from qa_core.runtime.loading import describe_model, load_qa_model, resolve_device
 from qa_core.runtime.shapes import BatchShape, choose_batch_shape, with_batch_shape
 
 logger = logging.getLogger("docqa.bench")

@@ -26,7 +26,8 @@ from qa_core.engine.contained import run_batch_contained
 from qa_core.engine.host import RowPreparer
 from qa_core.errors import JobError
 from qa_core.records import Feature, RowWindows
-from qa_core.runtime.loading import load_qa_model
+from qa_core.runtime.loaders import load_runner
+from qa_core.runtime.runner import ModelRunner
 from qa_core.runtime.torch_runner import TorchRunner
 from qa_core.stages.batch import collate, plan_batches
 
@@ -35,17 +36,17 @@ class BenchError(JobError, RuntimeError):
     """A bench mode failed in its child process; the message holds the end of its stderr."""
 
 
-def _windows(model: TorchRunner, config: QAConfig, rows: list[dict[str, Any]]) -> list[Feature]:
+def _windows(model: ModelRunner, config: QAConfig, rows: list[dict[str, Any]]) -> list[Feature]:
     """Every window of the rows, from the engine's host half (validate, featurize)."""
     prepared = RowPreparer(model.tokenizer, config).prepare_chunks(rows)
     return [f for chunk in prepared for item in chunk if isinstance(item, RowWindows) for f in item.windows]
 
 
-def _warm_up(model: TorchRunner, windows: list[Feature]) -> None:
+def _warm_up(model: ModelRunner, windows: list[Feature]) -> None:
     model.forward(collate(windows[:4], model.pad_token_id, 8))
 
 
-def _full_warm_up(model: TorchRunner) -> bool:
+def _full_warm_up(model: ModelRunner) -> bool:
     """Whether a mode runs once untimed over all its rows before the timed run.
 
     On CUDA the first batch of each new (B, P) shape pays one-time costs (kernel selection, attention
@@ -58,7 +59,7 @@ def _full_warm_up(model: TorchRunner) -> bool:
 
 
 def bench_seed(
-    model: TorchRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
+    model: ModelRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
 ) -> dict[str, Any]:
     """One question at a time, its windows in one batch padded to their own longest."""
     preparer = RowPreparer(model.tokenizer, config)
@@ -89,7 +90,7 @@ BOUND_SLICES = 8  # slices of the sorted windows, each timed at every shape befo
 
 
 def bench_bound(
-    model: TorchRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
+    model: ModelRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
 ) -> dict[str, Any]:
     """Forward only over length-sorted, pre-tokenized, pre-padded batches, at the best of a few shapes.
 
@@ -152,7 +153,7 @@ def bench_bound(
 
 
 def bench_predict(
-    model: TorchRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
+    model: ModelRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
 ) -> dict[str, Any]:
     """`docqa predict` in-process, Parquet to Parquet."""
     from qa_core.jobs.predict import predict
@@ -228,7 +229,7 @@ def bench_predict_workers(
 
 
 def bench_run(
-    model: TorchRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
+    model: ModelRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
 ) -> dict[str, Any]:
     """`docqa run` on DirectRunner, Parquet to Parquet, whole job."""
     from pipelines.run import run
@@ -311,7 +312,7 @@ def _whole_command(command: list[str], config: QAConfig, workdir: Path) -> float
 
 
 def bench_beam_stock(
-    model: TorchRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
+    model: ModelRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
 ) -> dict[str, Any]:
     """Beam's PytorchModelHandlerKeyedTensor over the rows' windows (`docqa.bench_beam_stock`).
 
@@ -320,10 +321,10 @@ def bench_beam_stock(
     """
     from docqa.bench_beam_stock import run_beam_stock
 
-    stock = dataclasses.replace(config.model, implementation="transformers")
-    return run_beam_stock(
-        load_qa_model(stock, config.runtime), config, _windows(model, config, rows), workdir
-    )
+    stock = load_runner(dataclasses.replace(config.model, implementation="transformers"), config.runtime)
+    if not isinstance(stock, TorchRunner):  # the transformers loader gives a torch module
+        raise TypeError(f"stock Beam needs a torch module, got {type(stock).__name__}")
+    return run_beam_stock(stock, config, _windows(model, config, rows), workdir)
 
 
 RUNNERS = {

@@ -71,12 +71,12 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from qa_core.config import config_from_arguments
-    from qa_core.runtime.loading import load_qa_model
+    from qa_core.runtime.loaders import load_runner
     from qa_core.runtime.shapes import choose_batch_shape
     from qa_core.tools.tune import tune
 
     config = config_from_arguments(args)
-    runner = load_qa_model(config.model, config.runtime)
+    runner = load_runner(config.model, config.runtime)
     result = tune(runner, config, seconds=args.seconds, store=not args.dry_run)
     print(
         f"batch shapes of {config.model.name_or_path} ({config.model.dtype}) on {runner.device}, "

@@ -28,7 +28,7 @@ from qa_core.engine.stats import EngineStats
 from qa_core.records import Feature, Record, WindowCandidates
 from qa_core.runtime.fit import check_config_fits_model
 from qa_core.runtime.host_tuning import trimming, tune_host
-from qa_core.runtime.loading import load_qa_model
+from qa_core.runtime.loaders import load_runner
 from qa_core.runtime.runner import ModelRunner
 from qa_core.stages.batch import collate
 
@@ -73,7 +73,7 @@ InferenceOutput: TypeAlias = WindowCandidates | WindowFailure | RowDone
 
 
 class QAModelHandler(ModelHandler[Feature, InferenceOutput, ModelRunner]):
-    """Loads one `TorchRunner` per worker process (RunInference shares it between DoFn instances).
+    """Loads one `ModelRunner` per worker process (RunInference shares it between DoFn instances).
 
     With `runtime.host_tuning` the worker process is tuned before the model loads and its heap trimmed
     after CPU batches (`qa_core.runtime.host_tuning`): `docqa run` owns its workers' processes.
@@ -91,7 +91,7 @@ class QAModelHandler(ModelHandler[Feature, InferenceOutput, ModelRunner]):
     def load_model(self) -> ModelRunner:
         if self._config.runtime.host_tuning:
             tune_host()
-        runner = load_qa_model(self._config.model, self._config.runtime)
+        runner = load_runner(self._config.model, self._config.runtime)
         check_config_fits_model(self._config, runner.limits)  # a worker whose model differs fails here
         return trimming(runner) if self._config.runtime.host_tuning else runner
 

@@ -52,7 +52,7 @@ from qa_core.io.read import InputSchema, output_schemas
 from qa_core.io.schema import ANSWERS_DIR, REJECTIONS_DIR, answer_to_row, rejection_to_row
 from qa_core.jobs.guard import run_guarded
 from qa_core.jobs.lifecycle import Answered, AnsweringSite, JobRequest, commit, open_output, preflight
-from qa_core.runtime.loading import load_qa_model
+from qa_core.runtime.loaders import load_runner
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ def run(
         request,
         AnsweringSite("run", answers_here=local),
         # A large untuned local job probes with a model of its own: the workers load theirs.
-        load=lambda: load_qa_model(config.model, config.runtime),
+        load=lambda: load_runner(config.model, config.runtime),
     )
     owner = open_output(plan)
     pipeline = test_pipeline or beam.Pipeline(runner=local_runner(options), options=options)

@@ -34,7 +34,7 @@ from qa_core.errors import ConfigError, JobError
 from qa_core.io.write import OutputWriter
 from qa_core.jobs.guard import run_guarded
 from qa_core.jobs.lifecycle import Answered, AnsweringSite, JobRequest, commit, open_output, preflight
-from qa_core.runtime.loading import load_qa_model
+from qa_core.runtime.loaders import load_runner
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def run_spark(argv: Sequence[str] | None = None) -> dict[str, Any]:
         workers="executors",
     )
     request = JobRequest(args.input, args.output, overwrite=args.overwrite)
-    plan = preflight(config, request, site, load=lambda: load_qa_model(config.model, config.runtime))
+    plan = preflight(config, request, site, load=lambda: load_runner(config.model, config.runtime))
     session, created = _start_session(master, settings)
     session_ready = time.perf_counter()
     try:

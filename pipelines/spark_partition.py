@@ -109,14 +109,14 @@ def engine_for(config: QAConfig) -> QAEngine:
         import torch
 
         from qa_core.runtime.host_tuning import trimming, tune_host
-        from qa_core.runtime.loading import load_qa_model
+        from qa_core.runtime.loaders import load_runner
 
         threads = max(1, int(os.environ.get("OMP_NUM_THREADS") or 1))
         os.environ.setdefault("RAYON_NUM_THREADS", str(threads))  # read when the tokenizer pool starts
         torch.set_num_threads(threads)
         if config.runtime.host_tuning:
             tune_host()
-        runner = load_qa_model(config.model, config.runtime)
+        runner = load_runner(config.model, config.runtime)
         engine = QAEngine(trimming(runner) if config.runtime.host_tuning else runner, config)
         _ENGINES[key] = engine
         _MODEL_LOADS[0] += 1

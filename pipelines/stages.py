@@ -27,7 +27,7 @@ from qa_core.config import QAConfig
 from qa_core.engine.assembly import RowAssembler, WindowFailure, assemble_row
 from qa_core.engine.host import FEATURIZE_CHUNK_ROWS, RowPreparer, SortBuffer, SortBufferer, validate_at
 from qa_core.records import Answer, Record, Rejection, RowWindows, WindowCandidates
-from qa_core.runtime.loading import load_tokenizer
+from qa_core.runtime.loaders import load_tokenizer
 
 # Tagged outputs: each tag's name, and the type hint that declares what flows on it (the Literal must
 # spell the same name; tests/test_beam_types.py checks).

@@ -22,7 +22,7 @@ from qa_core.evaluation.calibration import apply_model_calibration
 from qa_core.io.read import output_schemas, table_input_schema
 from qa_core.io.schema import answer_to_row, rejection_to_row, rows_to_table
 from qa_core.records import Answer, Rejection
-from qa_core.runtime.loading import load_qa_model
+from qa_core.runtime.loaders import load_runner
 from qa_core.runtime.runner import ModelRunner
 
 
@@ -32,7 +32,7 @@ def load_model(config: QAConfig) -> ModelRunner:
     Raises:
         ModelLoadError: Missing or unsafe checkpoint, no fast tokenizer, or a required GPU absent.
     """
-    return load_qa_model(config.model, config.runtime)
+    return load_runner(config.model, config.runtime)
 
 
 def answer_rows(

@@ -211,11 +211,11 @@ class ModelConfig:
             fp32 weights and a CPU device (`runtime.device`).
         allow_pickle: Allow `.bin` (pickle) checkpoints, which can run arbitrary code when loaded.
         trust_remote_code: Allow model code from the checkpoint's repository.
-        implementation: Which code runs the model. `auto`: a local plain BERT QA checkpoint (the
-            bundled model, what `docqa train` saves) runs on docqa's own torch encoder and `tokenizers`,
-            without importing transformers (seconds less per command); any other checkpoint through
-            transformers. `native` refuses a checkpoint that cannot run natively; `transformers` always
-            uses transformers (`qa_core.runtime.native_checkpoint`).
+        implementation: Which loader runs the model (`qa_core.runtime.loaders`). `auto`: a local
+            checkpoint certified for docqa's own encoder (its `docqa_native.json`: the bundled model, what
+            `docqa train` saves) runs on that encoder and `tokenizers`, without importing transformers
+            (seconds less per command); any other checkpoint through transformers. `native` refuses an
+            uncertified checkpoint; `transformers` always uses transformers.
     """
 
     name_or_path: str = DEFAULT_MODEL

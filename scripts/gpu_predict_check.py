@@ -32,7 +32,8 @@ import torch
 
 from qa_core.config import QAConfig, load_config
 from qa_core.jobs.predict import predict
-from qa_core.runtime.loading import load_qa_model, load_tokenizer
+from qa_core.runtime.loaders import load_runner, load_tokenizer
+from qa_core.runtime.runner import ModelRunner
 from qa_core.runtime.torch_runner import TorchRunner
 
 
@@ -65,9 +66,9 @@ class _InstantLogits(torch.nn.Module):
         )
 
 
-def _load(config: QAConfig, host_only: bool) -> TorchRunner:
+def _load(config: QAConfig, host_only: bool) -> ModelRunner:
     if not host_only:
-        return load_qa_model(config.model, config.runtime)
+        return load_runner(config.model, config.runtime)
     return TorchRunner(
         _InstantLogits(), load_tokenizer(config.model), torch.device("cpu"), torch.float32, "instant", "-"
     )

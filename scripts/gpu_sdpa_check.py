@@ -18,7 +18,7 @@ from docqa.bench import _rows
 from docqa.bench_modes import _windows
 from qa_core.config import load_config
 from qa_core.runtime import torch_runner as qa_model
-from qa_core.runtime.loading import load_qa_model
+from qa_core.runtime.loaders import load_runner
 from qa_core.stages.batch import collate, plan_batches
 
 
@@ -29,7 +29,7 @@ def main() -> None:
     on_gpu = torch.cuda.is_available()  # off a GPU it only smoke-tests this script
     device = ["runtime.device=cpu", "runtime.require_gpu=false"] if not on_gpu else []
     config = load_config(["configs/dataflow-gpu.yaml"], [f"model.dtype={dtype}", *device])
-    model = load_qa_model(config.model, config.runtime)
+    model = load_runner(config.model, config.runtime)
     windows = _windows(model, config, _rows(data, n))
     batches = [collate(g, model.pad_token_id, multiple) for g in plan_batches(windows, config.batch)]
     shapes = sorted({b.input_ids.shape for b in batches})

@@ -1,6 +1,7 @@
 """Copies a `docqa train` output into `qa_core/models/<name>/` as the shipped model.
 
-fp16 safetensors (the fp32 weights are over 50 MB), tokenizer files, model card and training record.
+fp16 safetensors (the fp32 weights are over 50 MB), tokenizer files, model card and training record,
+certified again for docqa's encoder (`docqa_native.json`: the fp16 weights void the run's certificate).
 
     python scripts/ship_model.py runs/train-minilm qa_core/models/docqa-minilm-l6-squad
 """
@@ -14,6 +15,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
+from qa_core.runtime.certify import certify_checkpoint
+
 
 def ship(run_dir: Path, dest: Path) -> None:
     """Writes the shipped model folder."""
@@ -24,6 +27,9 @@ def ship(run_dir: Path, dest: Path) -> None:
     for name in ("README.md", "train_info.json"):
         if (run_dir / name).exists():
             shutil.copy(run_dir / name, dest / name)
+    refusal = certify_checkpoint(dest, dtype="fp32")  # fp16 on disk, compared in fp32 as it answers
+    if refusal is not None:
+        raise SystemExit(f"{dest} is not certified for docqa's encoder: {refusal}")
 
 
 if __name__ == "__main__":

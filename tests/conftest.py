@@ -21,7 +21,10 @@ SHARED_SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"
 
 
 def build_tiny_model(directory: Path, seed: int = 0) -> Path:
-    """Saves a 2-layer random BERT QA model and a fast tokenizer over `tests/data/vocab.txt`."""
+    """Saves a 2-layer random BERT QA model and a fast tokenizer over `tests/data/vocab.txt`.
+
+    Certified for docqa's encoder as `docqa train` certifies what it saves, so it loads natively.
+    """
     import torch
     from transformers import BertConfig, BertForQuestionAnswering, BertTokenizerFast
 
@@ -38,6 +41,11 @@ def build_tiny_model(directory: Path, seed: int = 0) -> Path:
     model = BertForQuestionAnswering(config)
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
+    from qa_core.runtime.certify import certify_checkpoint
+
+    refusal = certify_checkpoint(directory)
+    if refusal is not None:
+        raise RuntimeError(f"the tiny model is not certified: {refusal}")
     return directory
 
 
@@ -49,16 +57,16 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
     from qa_core.config import ModelConfig, RuntimeConfig
-    from qa_core.runtime.loading import load_qa_model
+    from qa_core.runtime.loaders import load_runner
 
-    return load_qa_model(ModelConfig(name_or_path=str(tiny_model_dir)), RuntimeConfig(device="cpu"))
+    return load_runner(ModelConfig(name_or_path=str(tiny_model_dir)), RuntimeConfig(device="cpu"))
 
 
 @pytest.fixture(scope="session")
 def tiny_transformers_tokenizer(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
     """The tiny model's tokenizer as transformers loads it: the reference for featurization's windows.
 
-    (`tiny_model` loads it without transformers, `qa_core.runtime.native_checkpoint`.)
+    (`tiny_model` loads it without transformers, `qa_core.runtime.loaders.native`.)
     """
     from transformers import AutoTokenizer
 

@@ -63,7 +63,7 @@ def state():
     }
 """
 
-# The Python API on the bundled model on a CPU: loading (`load_qa_model`, and `qa_core.load_model` in
+# The Python API on the bundled model on a CPU: loading (`load_runner`, and `qa_core.load_model` in
 # `api` mode), then answering rows (`qa_core.answer_rows`, `QAEngine`) and a table (`qa_core.answer_table`).
 _API_SCRIPT = (
     _STATE
@@ -71,11 +71,11 @@ _API_SCRIPT = (
 import sys
 import qa_core
 from qa_core.engine.loop import QAEngine
-from qa_core.runtime.loading import load_qa_model
+from qa_core.runtime.loaders import load_runner
 
 config = qa_core.load_config(overrides=["runtime.device=cpu", "batch.max_batch_windows=2"])
 initial = state()
-model = load_qa_model(config.model, config.runtime)
+model = load_runner(config.model, config.runtime)
 if sys.argv[1] == "api":
     model = qa_core.load_model(config)
 loaded = state()

@@ -1,8 +1,9 @@
 """docqa's own BERT encoder and tokenizer loading, against transformers on the same checkpoints.
 
-A plain local BERT QA checkpoint loads without transformers (`model.implementation: auto`); these tests
-compare what it loads with what transformers loads (tokenizer pipeline, ids, logits, answers), check
-that every checkpoint that could load differently goes through transformers, and that a whole
+A checkpoint certified at export (`docqa_native.json`, `qa_core.runtime.certify`) loads without
+transformers (`model.implementation: auto`); these tests compare what it loads with what transformers
+loads (tokenizer pipeline, ids, logits, answers), check that an uncertified or changed checkpoint goes
+through transformers, that certification refuses what would load differently, and that a whole
 `docqa predict` on the bundled model never imports transformers.
 """
 
@@ -19,11 +20,13 @@ import numpy as np
 import pytest
 import torch
 
-from qa_core.config import DEFAULT_MODEL, ModelConfig, RuntimeConfig
+from qa_core.config import DEFAULT_MODEL, ModelConfig, QAConfig, RuntimeConfig
+from qa_core.engine.loop import QAEngine
 from qa_core.errors import ModelLoadError
-from qa_core.runtime.loading import load_qa_model, read_model_limits
+from qa_core.runtime.certify import certify_checkpoint
+from qa_core.runtime.loaders import LOADERS, load_runner, model_implementation, read_model_limits
+from qa_core.runtime.loaders.native_manifest import MANIFEST_FILE
 from qa_core.runtime.native_bert import NativeBertForQA
-from qa_core.runtime.native_checkpoint import native_refusal
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "questions.parquet"
 
@@ -36,7 +39,11 @@ PAIRS = [
 
 def _load(model_dir: Path | str, implementation: str = "auto", **model: Any) -> Any:
     config = ModelConfig(name_or_path=str(model_dir), implementation=implementation, **model)  # type: ignore[arg-type]
-    return load_qa_model(config, RuntimeConfig(device="cpu"))
+    return load_runner(config, RuntimeConfig(device="cpu"))
+
+
+def _native_refusal(model_dir: Path | str) -> str | None:
+    return LOADERS["native"].refusal(ModelConfig(name_or_path=str(model_dir)))
 
 
 def _batch(tokenizer: Any) -> dict[str, torch.Tensor]:
@@ -67,7 +74,10 @@ def _copy(model_dir: Path, target: Path, file: str | None = None, **changes: Any
 @pytest.mark.parametrize("which", ["bundled", "tiny"])
 def test_native_loading_equals_transformers(which: str, tiny_model_dir: Path) -> None:
     model_dir = DEFAULT_MODEL if which == "bundled" else str(tiny_model_dir)
-    assert native_refusal(ModelConfig(name_or_path=model_dir)) is None
+    assert (
+        _native_refusal(model_dir) is None
+        and model_implementation(ModelConfig(name_or_path=model_dir)) == "native"
+    )
     native, reference = _load(model_dir), _load(model_dir, "transformers")
     assert isinstance(native.model, NativeBertForQA)
     assert not isinstance(reference.model, NativeBertForQA)
@@ -119,47 +129,133 @@ def test_the_meta_skeleton_gives_the_loaded_limits(tiny_model_dir: Path) -> None
     assert read_model_limits(config) == _load(tiny_model_dir).limits
 
 
+def _mask_lstrip(directory: Path) -> None:
+    settings = json.loads((directory / "tokenizer_config.json").read_text())
+    stored = json.loads((directory / "tokenizer.json").read_text())
+    decoder = {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in stored["added_tokens"]}
+    mask = next(key for key, token in decoder.items() if token["content"] == "[MASK]")
+    decoder[mask]["lstrip"] = True  # transformers takes these flags over tokenizer.json's
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps({**settings, "added_tokens_decoder": decoder})
+    )
+
+
+def _weights(change: str) -> Any:
+    def rewrite(directory: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        weights = load_file(directory / "model.safetensors")
+        # legacy LayerNorm names, which transformers renames on load
+        weights["bert.embeddings.LayerNorm.gamma"] = weights.pop("bert.embeddings.LayerNorm.weight")
+        save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
+
+    return rewrite
+
+
+def _write(name: str, document: dict[str, Any]) -> Any:
+    return lambda directory: (directory / name).write_text(json.dumps(document))
+
+
+def _update(name: str, **changes: Any) -> Any:
+    def update(directory: Path) -> None:
+        document = json.loads((directory / name).read_text())
+        (directory / name).write_text(json.dumps({**document, **changes}))
+
+    return update
+
+
+def test_native_answers_equal_transformers_on_the_bundled_model() -> None:
+    """The certificate's promise, end to end: the same answers, spans and scores from both loaders."""
+    rows = [
+        {"id": str(k), "question": question, "context": context}
+        for k, (question, context) in enumerate(PAIRS)
+    ]
+    config = QAConfig(model=ModelConfig(name_or_path=DEFAULT_MODEL))
+    native = list(QAEngine(_load(DEFAULT_MODEL), config).answer_rows(rows))
+    reference = list(QAEngine(_load(DEFAULT_MODEL, "transformers"), config).answer_rows(rows))
+    assert len(native) == len(rows) and native == reference
+
+
+def test_an_uncertified_checkpoint_goes_through_transformers(tmp_path: Path, tiny_model_dir: Path) -> None:
+    plain = _copy(tiny_model_dir, tmp_path / "plain")
+    (plain / MANIFEST_FILE).unlink()
+    assert MANIFEST_FILE in (_native_refusal(plain) or "")
+    assert model_implementation(ModelConfig(name_or_path=str(plain))) == "transformers"
+    assert not isinstance(_load(plain).model, NativeBertForQA)
+    with pytest.raises(ModelLoadError, match=r"model\.implementation=native cannot load .*certify") as err:
+        _load(plain, "native")
+    assert "\n" not in str(err.value)
+    assert certify_checkpoint(plain) is None  # certified again, it loads natively
+    assert isinstance(_load(plain).model, NativeBertForQA)
+
+
+def _rewrite_weights(directory: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(directory / "model.safetensors")
+    weights["qa_outputs.bias"] = weights["qa_outputs.bias"] + 1.0
+    save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
+
+
 @pytest.mark.parametrize(
-    ("file", "changes", "reason"),
+    ("change", "file"),
     [
-        ("config.json", {"hidden_act": "gelu_new"}, "hidden_act is 'gelu_new'"),
-        ("config.json", {"position_embedding_type": "relative_key"}, "position_embedding_type"),
-        ("config.json", {"model_type": "roberta"}, "model_type is 'roberta'"),
-        ("config.json", {"architectures": ["BertForMaskedLM"]}, "architectures"),
-        ("tokenizer_config.json", {"do_lower_case": False}, "normalizer differ"),
-        ("tokenizer_config.json", {"strip_accents": True}, "normalizer differ"),
-        ("tokenizer_config.json", {"tokenizer_class": "RobertaTokenizer"}, "tokenizer_class"),
-        ("tokenizer_config.json", {"mask_token": "[MSK]"}, "added tokens"),
+        (_update("config.json", layer_norm_eps=1e-5), "config.json"),
+        (_update("tokenizer_config.json", do_lower_case=False), "tokenizer_config.json"),
+        (_update("tokenizer.json", padding=None), "tokenizer.json"),  # rewritten: other bytes
+        (_write("special_tokens_map.json", {"cls_token": "[CLS]"}), "special_tokens_map.json"),
+        (_rewrite_weights, "model.safetensors"),
     ],
 )
-def test_checkpoints_that_could_load_differently_go_through_transformers(
-    tmp_path: Path, tiny_model_dir: Path, file: str, changes: dict[str, Any], reason: str
+def test_a_changed_file_voids_the_certificate(
+    tmp_path: Path, tiny_model_dir: Path, change: Any, file: str
 ) -> None:
-    changed = _copy(tiny_model_dir, tmp_path / "changed", file, **changes)
-    refusal = native_refusal(ModelConfig(name_or_path=str(changed)))
-    assert refusal is not None and reason in refusal
-    with pytest.raises(
-        ModelLoadError, match=r"model\.implementation=native cannot load .*" + reason.split(maxsplit=1)[0]
-    ):
-        _load(changed, "native")
+    changed = _copy(tiny_model_dir, tmp_path / "changed")
+    assert _native_refusal(changed) is None
+    change(changed)
+    refusal = _native_refusal(changed)
+    assert refusal is not None and file in refusal and "void" in refusal
+    assert not isinstance(_load(changed).model, NativeBertForQA)
 
 
 def test_a_cased_config_over_a_lowercasing_tokenizer_json_loads_as_transformers_does(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    """transformers rebuilds the normalizer from tokenizer_config.json: auto must not use tokenizer.json's."""
-    changed = _copy(tiny_model_dir, tmp_path / "changed", "tokenizer_config.json", do_lower_case=False)
+    """transformers rebuilds the normalizer from tokenizer_config.json: certification must not pass it."""
+    changed = _copy(tiny_model_dir, tmp_path / "changed")
+    _update("tokenizer_config.json", do_lower_case=False)(changed)
+    assert "normalizer" in (certify_checkpoint(changed) or "")
     loaded = _load(changed)
     assert not isinstance(loaded.model, NativeBertForQA)
     assert loaded.tokenizer.backend_tokenizer.encode("London").tokens != ["london"]
 
 
-def test_sharded_or_pickle_weights_and_hub_ids_are_not_native(tmp_path: Path, tiny_model_dir: Path) -> None:
-    sharded = _copy(tiny_model_dir, tmp_path / "sharded")
-    (sharded / "model.safetensors.index.json").write_text("{}")
-    assert "one model.safetensors" in (native_refusal(ModelConfig(name_or_path=str(sharded))) or "")
-    assert "hub id" in (native_refusal(ModelConfig(name_or_path="org/some-bert")) or "")
-    assert "transformers" in (native_refusal(ModelConfig(implementation="transformers")) or "")
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (_update("config.json", hidden_act="gelu_new"), "hidden_act is 'gelu_new'"),
+        (_update("config.json", position_embedding_type="relative_key"), "position_embedding_type"),
+        (_update("config.json", model_type="roberta"), "model_type is 'roberta'"),
+        (_update("config.json", architectures=["BertForMaskedLM"]), "architectures"),
+        (_update("config.json", quantization_config={"quant_method": "x"}), "quantization"),
+        (_update("tokenizer_config.json", strip_accents=True), "normalizer"),
+        (_update("tokenizer_config.json", mask_token="[MSK]"), "differ"),
+        (_update("tokenizer_config.json", additional_special_tokens=["[X]"]), "differ"),
+        (_mask_lstrip, "added_tokens"),
+        (_weights("legacy"), "not a complete QA checkpoint"),
+        (_update("config.json", num_labels=3), "do not fit its config.json"),
+        (lambda d: (d / "model.safetensors.index.json").write_text("{}"), "one model.safetensors"),
+        (lambda d: (d / "tokenizer.json").unlink(), "no tokenizer.json"),
+    ],
+)
+def test_certification_refuses_what_would_load_differently(
+    tmp_path: Path, tiny_model_dir: Path, change: Any, reason: str
+) -> None:
+    changed = _copy(tiny_model_dir, tmp_path / "changed")
+    change(changed)
+    refusal = certify_checkpoint(changed)
+    assert refusal is not None and reason in refusal, refusal
+    assert not (changed / MANIFEST_FILE).exists()
 
 
 def test_a_whole_predict_on_the_bundled_model_never_imports_transformers(tmp_path: Path) -> None:
@@ -180,97 +276,9 @@ def test_a_whole_predict_on_the_bundled_model_never_imports_transformers(tmp_pat
 
 
 def test_run_json_names_what_ran(tiny_model_dir: Path) -> None:
-    from qa_core.runtime.native_checkpoint import model_implementation
-
     assert model_implementation(ModelConfig(name_or_path=str(tiny_model_dir))) == "native"
     assert model_implementation(
         ModelConfig(name_or_path=str(tiny_model_dir), implementation="transformers")
     ) == ("transformers")
     assert model_implementation(ModelConfig(name_or_path="org/some-bert")) == "transformers"  # a hub id
     assert model_implementation(ModelConfig(name_or_path="/models/on/the/workers")) is None
-
-
-def _mask_lstrip(directory: Path) -> None:
-    settings = json.loads((directory / "tokenizer_config.json").read_text())
-    stored = json.loads((directory / "tokenizer.json").read_text())
-    decoder = {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in stored["added_tokens"]}
-    mask = next(key for key, token in decoder.items() if token["content"] == "[MASK]")
-    decoder[mask]["lstrip"] = True  # transformers takes these flags over tokenizer.json's
-    (directory / "tokenizer_config.json").write_text(
-        json.dumps({**settings, "added_tokens_decoder": decoder})
-    )
-
-
-def _no_mask_added_token(directory: Path) -> None:
-    """[MASK] missing from tokenizer.json's added tokens: transformers adds BertTokenizer's default."""
-    settings = json.loads((directory / "tokenizer_config.json").read_text())
-    settings.pop("mask_token")
-    (directory / "tokenizer_config.json").write_text(json.dumps(settings))
-    stored = json.loads((directory / "tokenizer.json").read_text())
-    stored["added_tokens"] = [t for t in stored["added_tokens"] if t["content"] != "[MASK]"]
-    (directory / "tokenizer.json").write_text(json.dumps(stored))
-
-
-def _weights(change: str) -> Any:
-    def rewrite(directory: Path) -> None:
-        from safetensors.torch import load_file, save_file
-
-        weights = load_file(directory / "model.safetensors")
-        if change == "int8":
-            weights["qa_outputs.weight"] = weights["qa_outputs.weight"].to(torch.int8)
-        else:  # legacy LayerNorm names, which transformers renames on load
-            weights["bert.embeddings.LayerNorm.gamma"] = weights.pop("bert.embeddings.LayerNorm.weight")
-        save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
-
-    return rewrite
-
-
-def _write(name: str, document: dict[str, Any]) -> Any:
-    return lambda directory: (directory / name).write_text(json.dumps(document))
-
-
-def _update(name: str, **changes: Any) -> Any:
-    def update(directory: Path) -> None:
-        document = json.loads((directory / name).read_text())
-        (directory / name).write_text(json.dumps({**document, **changes}))
-
-    return update
-
-
-@pytest.mark.parametrize(
-    ("change", "reason"),
-    [
-        (_update("config.json", quantization_config={"quant_method": "bitsandbytes"}), "quantization_config"),
-        (_weights("int8"), "I8 tensors"),
-        (_weights("legacy"), "legacy names"),
-        (_mask_lstrip, "added_tokens_decoder differs"),
-        (_no_mask_added_token, "added tokens are not exactly"),
-        (_update("tokenizer_config.json", additional_special_tokens=["[X]"]), "additional_special_tokens"),
-        (_update("tokenizer_config.json", bos_token="[CLS]"), "bos_token"),
-        (_write("special_tokens_map.json", {"cls_token": "[CLS]"}), "special_tokens_map.json"),
-    ],
-)
-def test_weights_and_tokenizer_files_transformers_reads_otherwise_are_not_native(
-    tmp_path: Path, tiny_model_dir: Path, change: Any, reason: str
-) -> None:
-    changed = _copy(tiny_model_dir, tmp_path / "changed")
-    change(changed)
-    refusal = native_refusal(ModelConfig(name_or_path=str(changed)))
-    assert refusal is not None and reason in refusal
-
-
-def test_special_tokens_the_config_leaves_out_take_the_bert_defaults(
-    tmp_path: Path, tiny_model_dir: Path
-) -> None:
-    changed = _copy(tiny_model_dir, tmp_path / "changed")
-    settings = json.loads((changed / "tokenizer_config.json").read_text())
-    for key in ("cls_token", "pad_token"):
-        settings.pop(key)
-    (changed / "tokenizer_config.json").write_text(json.dumps(settings))
-    assert native_refusal(ModelConfig(name_or_path=str(changed))) is None
-    native, reference = _load(changed), _load(changed, "transformers")
-    assert (native.tokenizer.cls_token_id, native.tokenizer.pad_token_id) == (
-        reference.tokenizer.cls_token_id,
-        reference.tokenizer.pad_token_id,
-    )
-    assert native.tokenizer.cls_token_id is not None

@@ -169,7 +169,7 @@ def test_validate_rows_transform() -> None:
 def test_featurize_records_in_chunks_match_the_featurizer(tiny_model_dir: Path) -> None:
     """Records featurized in chunks (full ones in process, the rest in finish_bundle): every record once,
     with the windows the featurizer gives it alone, rejections tagged."""
-    from qa_core.runtime.loading import load_tokenizer
+    from qa_core.runtime.loaders import load_tokenizer
     from qa_core.stages.featurize import Featurizer
 
     config = load_config([], [f"model.name_or_path={tiny_model_dir}", "runtime.device=cpu"])

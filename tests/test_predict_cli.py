@@ -102,7 +102,7 @@ def test_timings_split_start_up_from_answering(
     import qa_core.jobs.predict
     from qa_core.io.write import OutputWriter
 
-    real_load, real_write = qa_core.jobs.predict.load_qa_model, OutputWriter.write
+    real_load, real_write = qa_core.jobs.predict.load_runner, OutputWriter.write
 
     def slow_load(*args: object) -> object:
         time.sleep(0.3)
@@ -112,7 +112,7 @@ def test_timings_split_start_up_from_answering(
         time.sleep(0.2)
         real_write(self, result)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(qa_core.jobs.predict, "load_qa_model", slow_load)
+    monkeypatch.setattr(qa_core.jobs.predict, "load_runner", slow_load)
     monkeypatch.setattr(OutputWriter, "write", slow_write)
     code, out = run_predict(tmp_path, tiny_model_dir, "--no-report")
     assert code == 0

@@ -251,7 +251,7 @@ def test_resume_refuses_a_batch_shape_tuned_in_between(
 ) -> None:
     """`docqa tune` between two attempts changes how the rest would be batched: refused, one line."""
     from qa_core.config import load_config
-    from qa_core.runtime.loading import describe_model
+    from qa_core.runtime.loaders import describe_model
     from qa_core.runtime.shapes import shape_key, store_tuned
 
     monkeypatch.setenv("DOCQA_CACHE_DIR", str(tmp_path / "cache"))

@@ -9,7 +9,7 @@ import pytest
 from qa_core.config import DEFAULT_MODEL, QAConfig
 from qa_core.engine.loop import QAEngine
 from qa_core.records import Answer
-from qa_core.runtime.loading import load_qa_model
+from qa_core.runtime.loaders import load_runner
 
 CONTEXT = (
     "The Harwick lighthouse stands on a granite point at the mouth of the Ess estuary. It was built in "
@@ -23,7 +23,7 @@ def engine() -> QAEngine:
         f"the bundled model is missing: {DEFAULT_MODEL}"
     )
     config = QAConfig()
-    return QAEngine(load_qa_model(config.model, config.runtime), config)
+    return QAEngine(load_runner(config.model, config.runtime), config)
 
 
 @pytest.mark.parametrize(

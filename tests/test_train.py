@@ -152,6 +152,11 @@ def test_tiny_model_overfits_to_exact_match_100(tiny_model_dir: Path, tmp_path: 
     assert "EM 100.00" in card and "CC BY-SA 4.0" in card and "Apache-2.0" in card
     assert (tmp_path / "model" / "model.safetensors").is_file()
     assert (tmp_path / "model" / "tokenizer.json").is_file()
+    # Certified at export: the trained model loads on docqa's encoder, its evaluation above included.
+    from qa_core.config import ModelConfig
+    from qa_core.runtime.loaders import model_implementation
+
+    assert model_implementation(ModelConfig(name_or_path=str(out))) == "native"
 
 
 def test_cli_trains_and_writes_a_model_card(tiny_model_dir: Path, tmp_path: Path) -> None:

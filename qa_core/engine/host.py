@@ -21,6 +21,7 @@ from qa_core.engine.stats import EngineStats
 from qa_core.records import Feature, Record, Rejection, RowWindows, row_key
 from qa_core.stages.batch import plan_batches
 from qa_core.stages.featurize import Featurizer
+from qa_core.stages.tokenizer import Tokenizer
 from qa_core.stages.validate import validate_row
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class RowPreparer:
         stats: The run's counters (`rows`, `windows_per_row`, `questions_cut`); a fresh one when None.
     """
 
-    def __init__(self, tokenizer: Any, config: QAConfig, stats: EngineStats | None = None) -> None:
+    def __init__(self, tokenizer: Tokenizer, config: QAConfig, stats: EngineStats | None = None) -> None:
         self.config = config
         self.stats = stats if stats is not None else EngineStats()
         self._featurizer = Featurizer(tokenizer, config.featurize)

@@ -34,7 +34,7 @@ from qa_core.evaluation.calibration import CALIBRATION_FILE, write_calibration
 from qa_core.evaluation.reliability import LOG_T_RANGE, CandidateLogits, fit_temperature, is_correct
 from qa_core.evaluation.squad import SquadExample, load_squad
 from qa_core.records import Answer
-from qa_core.runtime.loading import load_qa_model
+from qa_core.runtime.loaders import load_runner
 from qa_core.runtime.runner import ModelRunner
 
 logger = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def calibrate(
             f"{data_path}: the sample of {min(n, len(dataset.examples))} questions leaves "
             f"{len(fit_examples)} to fit and {len(heldout_examples)} held out; use more questions"
         )
-    qa_model = model if model is not None else load_qa_model(config.model, config.runtime)
+    qa_model = model if model is not None else load_runner(config.model, config.runtime)
     squad_v2 = dataset.version.startswith("2")
     fit_data = labelled_logits(qa_model, config, fit_examples, squad_v2)
     heldout = labelled_logits(qa_model, config, heldout_examples, squad_v2)

@@ -37,7 +37,7 @@ from qa_core.jobs.parts import row_ranges
 from qa_core.jobs.run_info import run_info
 from qa_core.runtime.cpu import check_cpu_dtype, torch_threads
 from qa_core.runtime.fit import check_config_fits_model
-from qa_core.runtime.loading import describe_model, read_model_limits, resolve_device
+from qa_core.runtime.loaders import describe_model, read_model_limits, resolve_device
 from qa_core.runtime.runner import ModelRunner
 from qa_core.runtime.shape_probe import probe_for_job
 from qa_core.runtime.shapes import BatchShape, choose_batch_shape, configured_shape, with_batch_shape

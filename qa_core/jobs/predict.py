@@ -41,7 +41,7 @@ from qa_core.jobs.parts import (
 )
 from qa_core.jobs.workers import WorkerJob, run_workers
 from qa_core.runtime import host_tuning
-from qa_core.runtime.loading import load_qa_model, resolve_device
+from qa_core.runtime.loaders import load_runner, resolve_device
 from qa_core.runtime.runner import ModelRunner
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def predict(
 
     def load() -> ModelRunner:  # the probe's model, kept for answering here
         if not loaded:
-            loaded.append(load_qa_model(config.model, config.runtime))
+            loaded.append(load_runner(config.model, config.runtime))
         return loaded[0]
 
     stored = read_job_file(output_dir) if resume else None

@@ -11,7 +11,7 @@ import torch
 from qa_core.config import QAConfig
 from qa_core.io.storage import redact_url
 from qa_core.runtime.cpu import probe_cpu
-from qa_core.runtime.native_checkpoint import model_implementation
+from qa_core.runtime.loaders import model_implementation
 from qa_core.versions import DOCQA_VERSION, package_versions
 
 

@@ -116,7 +116,7 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any, owner
         from qa_core.jobs.parts import answer_parts, part_writers
         from qa_core.runtime.device_server import DeviceClient
         from qa_core.runtime.host_tuning import trimming, tune_host, tuning_report
-        from qa_core.runtime.loading import load_qa_model, load_tokenizer
+        from qa_core.runtime.loaders import load_runner, load_tokenizer
         from qa_core.runtime.runner import ModelRunner
 
         torch.set_num_threads(job.threads)
@@ -124,7 +124,7 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any, owner
             tune_host()
         runner: ModelRunner  # the model in this process, or the device server's stand-in
         if job.channel is None:
-            runner = load_qa_model(config.model, config.runtime)
+            runner = load_runner(config.model, config.runtime)
         else:
             tokenizer = load_tokenizer(config.model)
         messages.put(("ready", job.part, None))

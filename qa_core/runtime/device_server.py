@@ -4,7 +4,7 @@ Worker processes exist because one Python process's host work (read, tokenize, b
 write) leaves a GPU mostly idle with a small model. When each of N workers loads its own model, the device
 holds N CUDA contexts that it time-slices between, N model copies, and every worker pays CUDA's start-up.
 Here one server process owns the model on the device; the workers keep all their host work and send their
-padded batches to it instead of running the model themselves (`DeviceClient` stands in for `TorchRunner` in
+padded batches to it instead of running the model themselves (`DeviceClient` stands in for a local runner in
 the worker's engine). The server runs them back to back in one context and sends each worker its logits.
 
 Transport is a `multiprocessing` queue per direction: requests from all workers on one queue, replies on
@@ -32,6 +32,7 @@ from qa_core.runtime.fit import ModelLimits, model_limits
 from qa_core.runtime.processes import picklable, report_error, skip_final_collection, start_child
 from qa_core.runtime.runner import ModelRunner
 from qa_core.stages.batch import Batch
+from qa_core.stages.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class ClientChannel:
 
 
 class DeviceClient:
-    """Stands in for `TorchRunner` in a worker's engine: `forward` runs on the server's device.
+    """Stands in for a loaded `ModelRunner` in a worker's engine: `forward` runs on the server's device.
 
     Args:
         tokenizer: The model's fast tokenizer (loaded by the worker itself: featurization is its job).
@@ -81,7 +82,7 @@ class DeviceClient:
     # skips this worker, and the engine prepares the next sort buffer while it waits for its logits.
     computes_on_host = False
 
-    def __init__(self, tokenizer: Any, channel: ClientChannel, served: ServedModel) -> None:
+    def __init__(self, tokenizer: Tokenizer, channel: ClientChannel, served: ServedModel) -> None:
         self.tokenizer = tokenizer
         self._channel = channel
         self.model_id = served.model_id
@@ -93,7 +94,7 @@ class DeviceClient:
         self._sent = 0
 
     @classmethod
-    def connect(cls, tokenizer: Any, channel: ClientChannel) -> DeviceClient:
+    def connect(cls, tokenizer: Tokenizer, channel: ClientChannel) -> DeviceClient:
         """Waits for the `ServedModel` that the parent forwards once the server has loaded the model."""
         served = channel.replies.get()
         if not isinstance(served, ServedModel):
@@ -145,7 +146,7 @@ def serve(
     of the workers waiting for replies that never come.
     """
     from qa_core.runtime.host_tuning import trimming, tune_host
-    from qa_core.runtime.loading import load_qa_model, resolve_device
+    from qa_core.runtime.loaders import load_runner, resolve_device
 
     start_child(log_level)
 
@@ -174,7 +175,7 @@ def serve(
             torch.backends.cuda.enable_cudnn_sdp(False)
         if host_tuning:
             tune_host()
-        model: ModelRunner = load_qa_model(config.model, config.runtime)
+        model: ModelRunner = load_runner(config.model, config.runtime)
         if host_tuning:
             model = trimming(model)  # trims only after forwards on this host's CPU
         served = ServedModel(
@@ -203,7 +204,7 @@ def _answer_requests(
     """One server thread: forward each request's batch, reply with its logits (or its error).
 
     Args:
-        model: The loaded `TorchRunner` (in `host_tuning.trimming` when the job tunes its processes).
+        model: The loaded runner (in `host_tuning.trimming` when the job tunes its processes).
         requests: The queue of `(client, seq, *packed batch)` requests; `None` stops this thread.
         replies: The workers' reply queues, indexed by client.
         fail: Called with any error outside a forward (the process cannot go on answering).

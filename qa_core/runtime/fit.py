@@ -11,7 +11,7 @@ Two checks, each a job error in one line that says what to change:
   token in each window for the null answer.
 
 `ModelLimits` come from the module itself (`model_limits`), so a loaded model, a meta-device skeleton of a
-checkpoint (`qa_core.runtime.loading.read_model_limits`, no weights) and the device server's workers
+checkpoint (`qa_core.runtime.loaders.read_model_limits`, no weights) and the device server's workers
 (`ServedModel.limits`) all judge alike.
 """
 
@@ -26,6 +26,7 @@ import torch
 from qa_core.config import QAConfig
 from qa_core.errors import ConfigError, ModelLoadError
 from qa_core.stages.batch import padded_length
+from qa_core.stages.tokenizer import Tokenizer
 
 # A tokenizer may be a little smaller than the embedding matrix (rows padded to a multiple of 64 or 128,
 # reserved ids); this many unused rows, or a tenth of the matrix, is where "a little" ends.
@@ -70,7 +71,7 @@ class ModelLimits:
         }
 
 
-def model_limits(model: Any, tokenizer: Any, model_id: str) -> ModelLimits:
+def model_limits(model: Any, tokenizer: Tokenizer, model_id: str) -> ModelLimits:
     """The limits of a QA module (loaded, or a meta-device skeleton) with its tokenizer.
 
     Args:
@@ -109,18 +110,14 @@ def _max_positions(model: Any) -> tuple[int | None, str]:
     return None, "no absolute position limit"
 
 
-def _pair_encoding(tokenizer: Any) -> tuple[list[int], list[int]]:
+def _pair_encoding(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
     """Ids and segment ids of a probe (question, context) pair, special tokens included."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        encoding = backend.encode(*_PROBE, add_special_tokens=True)
-        return list(encoding.ids), list(encoding.type_ids)
-    encoded = tokenizer(*_PROBE, return_token_type_ids=True)
-    return list(encoded["input_ids"]), list(encoded.get("token_type_ids") or [])
+    encoding = tokenizer.backend_tokenizer.encode(*_PROBE, add_special_tokens=True)
+    return list(encoding.ids), list(encoding.type_ids)
 
 
-def _has_cls(tokenizer: Any) -> bool:
-    cls_id = getattr(tokenizer, "cls_token_id", None)
+def _has_cls(tokenizer: Tokenizer) -> bool:
+    cls_id = tokenizer.cls_token_id
     if cls_id is None:
         return False
     ids, _ = _pair_encoding(tokenizer)
@@ -167,7 +164,7 @@ def check_config_fits_model(config: QAConfig, limits: ModelLimits) -> None:
         )
 
 
-def check_tokenizer_fits_model(tokenizer: Any, model_config: Any, name_or_path: str) -> None:
+def check_tokenizer_fits_model(tokenizer: Tokenizer, model_config: Any, name_or_path: str) -> None:
     """Refuses a tokenizer that is not the model's: missing files, another model's, ids beyond the model.
 
     Args:
@@ -205,7 +202,7 @@ def check_tokenizer_fits_model(tokenizer: Any, model_config: Any, name_or_path: 
             )
 
 
-def check_padding_fits_model(tokenizer: Any, model: Any, name_or_path: str) -> None:
+def check_padding_fits_model(tokenizer: Tokenizer, model: Any, name_or_path: str) -> None:
     """Refuses a tokenizer whose pad id is not the padding index the model counts positions from.
 
     RoBERTa-style models number positions from the first non-padding token (`padding_idx`); padding with
@@ -215,7 +212,7 @@ def check_padding_fits_model(tokenizer: Any, model: Any, name_or_path: str) -> N
         ModelLoadError: The pad ids differ.
     """
     _, table = _position_table(model)
-    pad = getattr(tokenizer, "pad_token_id", None)
+    pad = tokenizer.pad_token_id
     if table is None or table.padding_idx is None or pad is None or int(pad) == int(table.padding_idx):
         return
     raise ModelLoadError(

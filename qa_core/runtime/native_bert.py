@@ -1,18 +1,17 @@
 """A BERT QA encoder in plain torch, loaded from a checkpoint's safetensors without importing transformers.
 
-Why not transformers' `BertForQuestionAnswering` here: importing it costs every docqa command seconds
-before the first row (measured: about 1 s on an AVX-512 Xeon and 5 s on an AVX2-only EPYC, through
-`torch.distributed.tensor`, `torch._dynamo` and sympy that transformers imports for features inference
-never uses), which is most of a command's fixed cost on 2,000 rows. The module is the seed design and
+Why not transformers' `BertForQuestionAnswering` here: importing transformers costs every docqa command
+seconds before the first row (it imports `torch.distributed.tensor`, `torch._dynamo` and sympy for
+features inference never uses; figures in benchmarks/RESULTS.md). The module is the seed design and
 nothing more: embeddings (word + segment + absolute position, LayerNorm), N post-LayerNorm encoder
 layers (self-attention through torch's SDPA, erf GELU feed-forward), and the span head `qa_outputs` (the
 learned S and E vectors as one `hidden x 2` linear layer) giving start and end logits.
 
 Module and parameter names are transformers' own, so a checkpoint's state dict loads as it is, the
-loading checks (`qa_core.runtime.loading`) read missing, mismatched and unexpected weights the same way,
-and `model.quantize: int8` quantizes the same linear layers. `tests/test_native_bert.py` compares its
-logits with transformers' on the same checkpoints. Only plain BERT QA checkpoints qualify
-(`qa_core.runtime.native_checkpoint.native_refusal`); anything else loads through transformers.
+weight checks (`qa_core.runtime.loaders.shared.check_loaded_weights`) read missing, mismatched and
+unexpected weights the same way, and `model.quantize: int8` quantizes the same linear layers. A
+checkpoint runs on it only when certified at export (`qa_core.runtime.certify`: its logits compared with
+transformers' on that checkpoint); anything else loads through transformers.
 """
 
 from __future__ import annotations
@@ -102,7 +101,7 @@ class _Embeddings(nn.Module):
 
         def table(rows: int, padding_idx: int | None = None) -> nn.Embedding:
             # Given a weight, nn.Embedding skips its random init: the checkpoint's values replace it, and
-            # on the meta device that init (normal_) imports torch._dynamo, about a second.
+            # on the meta device that init (normal_) imports torch._dynamo (benchmarks/RESULTS.md).
             return nn.Embedding(rows, hidden, padding_idx=padding_idx, _weight=torch.empty(rows, hidden))
 
         self.word_embeddings = table(shape.vocab_size, shape.pad_token_id)
@@ -110,8 +109,8 @@ class _Embeddings(nn.Module):
         self.token_type_embeddings = table(shape.type_vocab_size)
         self.LayerNorm = nn.LayerNorm(hidden, eps=shape.layer_norm_eps)
         # (1, max_positions), not saved: what `qa_core.runtime.fit` reads the position limit from. Left
-        # empty here (arange on the meta device imports torch's decompositions, 0.4 s): the builder
-        # (`native_checkpoint.build_native_model`) fills it with 0..max_positions-1.
+        # empty here (arange on the meta device imports torch's decompositions): the builder
+        # (`qa_core.runtime.loaders.native.build_native_model`) fills it with 0..max_positions-1.
         self.register_buffer(
             "position_ids", torch.empty(1, shape.max_position_embeddings, dtype=torch.long), persistent=False
         )

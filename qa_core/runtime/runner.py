@@ -3,35 +3,40 @@
 The engine (`qa_core.engine`) sees a model only through `ModelRunner`: the tokenizer it featurizes with,
 the pad id it collates with, and `forward`, which turns a `Batch` into start and end logits. Runners:
 
-- `qa_core.runtime.torch_runner.TorchRunner`: a torch module in this process (CPU or CUDA).
+- `qa_core.runtime.torch_runner.TorchRunner`: a torch module in this process (CPU or CUDA), what both
+  loaders of `qa_core.runtime.loaders` (docqa's certified encoder, transformers) return.
 - `qa_core.runtime.device_server.DeviceClient`: a worker's stand-in that sends the batch to the device
   server process of `docqa predict --workers N` with `runtime.worker_models: shared`.
 
-A new runtime (ONNX Runtime, a remote inference server) is one new module with a class that has these
-members; nothing in the engine changes (its `limits` may leave `max_positions` None when it cannot tell).
+A new runtime (ONNX Runtime, a remote inference server) is one loader module whose runner has these
+members, registered with one line in `qa_core.runtime.loaders`; nothing in the engine changes (its
+`limits` may leave `max_positions` None when it cannot tell).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
 from qa_core.runtime.fit import ModelLimits
 from qa_core.stages.batch import Batch
+from qa_core.stages.tokenizer import Tokenizer
+
+__all__ = ["ModelRunner", "Tokenizer"]
 
 
 class ModelRunner(Protocol):
     """Runs padded batches of windows through a QA model.
 
     Attributes:
-        tokenizer: The model's fast tokenizer (a `transformers.PreTrainedTokenizerFast`).
+        tokenizer: The model's fast tokenizer (`qa_core.stages.tokenizer.Tokenizer`).
         model_id: The configured checkpoint name or path (for `_run.json`).
         revision: Its revision: a hub commit, or a content hash of a local directory.
         device: Where the forward computes.
     """
 
-    tokenizer: Any
+    tokenizer: Tokenizer
     model_id: str
     revision: str
     device: torch.device

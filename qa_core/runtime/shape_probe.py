@@ -97,7 +97,7 @@ class TuneResult:
 def synthetic_windows(runner: ModelRunner, length: int, count: int, seed: int = 0) -> list[Feature]:
     """`count` windows of `length` tokens: [CLS]-like first id, random ids, a question and a context part."""
     rng = np.random.default_rng(seed)
-    vocab = int(getattr(runner.tokenizer, "vocab_size", 1000))
+    vocab = runner.tokenizer.vocab_size
     windows = []
     for k in range(count):
         ids = rng.integers(min(1000, vocab // 2), vocab, size=length).astype(np.int32)
@@ -231,7 +231,7 @@ def probe_for_job(
     Args:
         config: The job's config.
         rows: The rows the job will answer.
-        revision: The model's revision (`qa_core.runtime.loading.describe_model`).
+        revision: The model's revision (`qa_core.runtime.loaders.describe_model`).
         device: The device the job's model runs on.
         load: Loads the job's model (called only when probing).
 

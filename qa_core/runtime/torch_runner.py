@@ -1,8 +1,9 @@
-"""The torch runner: a Hugging Face `AutoModelForQuestionAnswering` module that runs padded batches.
+"""The torch runner: a QA module in this process that runs padded batches.
 
-A head of two learned vectors (S, E) over the encoder's token states gives `start_logits` and
-`end_logits`, shape (B, P); `TorchRunner` implements `qa_core.runtime.runner.ModelRunner` over it.
-`qa_core.runtime.loading.load_qa_model` builds one from a checkpoint.
+The module is docqa's certified encoder (`qa_core.runtime.native_bert.NativeBertForQA`) or a transformers
+`AutoModelForQuestionAnswering`: a head of two learned vectors (S, E) over the encoder's token states
+gives `start_logits` and `end_logits`, shape (B, P). `TorchRunner` implements
+`qa_core.runtime.runner.ModelRunner` over it; `qa_core.runtime.loaders.load_runner` builds one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from qa_core.runtime.fit import ModelLimits, model_limits
 from qa_core.stages.batch import Batch
+from qa_core.stages.tokenizer import Tokenizer
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -35,7 +37,7 @@ class TorchRunner:
     """A loaded QA model with its tokenizer, device and dtype (the torch `ModelRunner`).
 
     Attributes:
-        model: The `AutoModelForQuestionAnswering` module, in eval mode.
+        model: The QA module, in eval mode.
         tokenizer: Its fast tokenizer.
         device: Where the model runs.
         dtype: Weight dtype.
@@ -44,7 +46,7 @@ class TorchRunner:
     """
 
     model: Any
-    tokenizer: Any
+    tokenizer: Tokenizer
     device: torch.device
     dtype: torch.dtype
     model_id: str

@@ -23,6 +23,7 @@ import numpy as np
 from qa_core.config import FeaturizeConfig
 from qa_core.errors import ConfigError
 from qa_core.records import Feature, Reason, Record, Rejection
+from qa_core.stages.tokenizer import Tokenizer
 from qa_core.stages.windows import PairTemplate, TokenizedText, Window, pair_window, window_ranges
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class Featurizer:
     """Turns records into windows with one fast tokenizer.
 
     Args:
-        tokenizer: A Hugging Face *fast* tokenizer (`tokenizer.is_fast`).
+        tokenizer: A fast (tokenizers-backed) tokenizer (`qa_core.stages.tokenizer.Tokenizer`).
         config: Window sizes.
 
     Raises:
@@ -49,8 +50,8 @@ class Featurizer:
             question token.
     """
 
-    def __init__(self, tokenizer: Any, config: FeaturizeConfig) -> None:
-        if not getattr(tokenizer, "is_fast", False):
+    def __init__(self, tokenizer: Tokenizer, config: FeaturizeConfig) -> None:
+        if not tokenizer.is_fast:
             raise ValueError(
                 f"{type(tokenizer).__name__} is not a fast tokenizer; docqa needs character offsets, "
                 "which only fast (tokenizers-backed) tokenizers provide"

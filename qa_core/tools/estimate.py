@@ -37,9 +37,10 @@ from qa_core.engine.host import RowPreparer
 from qa_core.errors import ConfigError, InputError
 from qa_core.io.read import read_input_schema, resolve_inputs
 from qa_core.records import Feature, Rejection, RowWindows
-from qa_core.runtime.loading import describe_model, load_tokenizer, resolve_device
+from qa_core.runtime.loaders import describe_model, load_tokenizer, resolve_device
 from qa_core.runtime.shapes import choose_batch_shape, with_batch_shape
 from qa_core.stages.batch import padded_length, plan_batches
+from qa_core.stages.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class SampleFigures:
 
 
 def measure_sample(
-    rows: list[dict[str, Any]], tokenizer: Any, config: QAConfig, total_rows: int
+    rows: list[dict[str, Any]], tokenizer: Tokenizer, config: QAConfig, total_rows: int
 ) -> SampleFigures:
     """Validates and featurizes the sampled rows (the engine's host half) and plans their windows."""
     preparer = RowPreparer(tokenizer, config)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from qa_core.errors import ConfigError
+from qa_core.runtime.certify import certify_checkpoint
 from qa_core.train.config import RESUME_FREE_FIELDS
 
 logger = logging.getLogger(__name__)
@@ -43,8 +44,19 @@ def resume_point(output: Path, state: dict[str, Any]) -> tuple[Path, dict[str, A
 
 
 def save_final_model(model: Any, tokenizer: Any, output: Path, base_dir: str) -> None:
-    """Writes the trained model, its tokenizer and the base encoder's licence (if any) into `output`."""
+    """Writes the trained model, its tokenizer and the base encoder's licence (if any) into `output`.
+
+    Then certifies it for docqa's own encoder (`qa_core.runtime.certify`): at export, once, docqa's
+    encoder and tokenizer are compared with transformers' on this checkpoint, and a checkpoint that
+    matches loads without transformers. One that does not (another architecture) loads through
+    transformers; that is logged, not an error.
+    """
     model.save_pretrained(output)
     tokenizer.save_pretrained(output)
     if (Path(base_dir) / "LICENSE").is_file():
         shutil.copy(Path(base_dir) / "LICENSE", output / "LICENSE")
+    refusal = certify_checkpoint(output, dtype="fp32")  # the weights as saved, in the default dtype
+    if refusal is not None:
+        logger.info(
+            "%s will load through transformers (not certified for docqa's encoder: %s)", output, refusal
+        )

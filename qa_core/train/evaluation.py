@@ -31,13 +31,13 @@ def evaluate_model(
     from qa_core.evaluation.evaluate import evaluate
     from qa_core.evaluation.squad import SquadDataset, squad_to_table
     from qa_core.records import Answer
-    from qa_core.runtime.loading import load_qa_model
+    from qa_core.runtime.loaders import load_runner
 
     dataset = load_squad(squad_path)
     if limit is not None:
         dataset = SquadDataset(dataset.version, dataset.examples[:limit])
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, name_or_path=model_dir))
-    engine = QAEngine(load_qa_model(config.model, config.runtime), config)
+    engine = QAEngine(load_runner(config.model, config.runtime), config)
     started = time.perf_counter()
     predictions = {
         str(r.id): r.answer
