@@ -21,7 +21,6 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 import torch
-from qa_core.runtime.loading import describe_model, load_qa_model, resolve_device
 
 from docqa.bench_modes import RUNNERS, BenchError, bench_predict_workers, bench_spark
 from docqa.bench_options import DESCRIPTION, MODES, add_bench_arguments, check_bench_arguments
@@ -32,6 +31,7 @@ from qa_core.evaluation.squad import load_squad, squad_to_table
 from qa_core.io.write import write_json_file
 from qa_core.runtime import host_tuning
 from qa_core.runtime.cpu import probe_cpu
+from qa_core.runtime.loaders import describe_model, load_runner, resolve_device
 from qa_core.runtime.shapes import BatchShape, choose_batch_shape, with_batch_shape
 
 logger = logging.getLogger("docqa.bench")
@@ -109,7 +109,7 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
         elif args.mode == "spark":  # Spark's Python workers load theirs
             figures = bench_spark(config, rows, Path(tmp))
         else:
-            figures = RUNNERS[args.mode](load_qa_model(config.model, config.runtime), config, rows, Path(tmp))
+            figures = RUNNERS[args.mode](load_runner(config.model, config.runtime), config, rows, Path(tmp))
     figures.update(
         mode=args.mode,
         questions=len(rows),

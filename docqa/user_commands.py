@@ -71,11 +71,14 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from qa_core.config import config_from_arguments
+    from qa_core.runtime import host_tuning
     from qa_core.runtime.loaders import load_runner
     from qa_core.runtime.shapes import choose_batch_shape
     from qa_core.tools.tune import tune
 
     config = config_from_arguments(args)
+    if config.runtime.host_tuning:  # measured as the jobs that use the shape run: in a tuned process
+        host_tuning.tune_host()
     runner = load_runner(config.model, config.runtime)
     result = tune(runner, config, seconds=args.seconds, store=not args.dry_run)
     print(

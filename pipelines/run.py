@@ -52,6 +52,7 @@ from qa_core.io.read import InputSchema, output_schemas
 from qa_core.io.schema import ANSWERS_DIR, REJECTIONS_DIR, answer_to_row, rejection_to_row
 from qa_core.jobs.guard import run_guarded
 from qa_core.jobs.lifecycle import Answered, AnsweringSite, JobRequest, commit, open_output, preflight
+from qa_core.runtime import host_tuning
 from qa_core.runtime.loaders import load_runner
 
 logger = logging.getLogger(__name__)
@@ -226,6 +227,10 @@ def run(
     """
     args, beam_args = parse_args(argv)
     config = config_from_arguments(args)
+    # The command's own process, tuned before any model loads: the launcher probes the batch shape, and
+    # answers too with the in-process runners.
+    if config.runtime.host_tuning:
+        host_tuning.tune_host()
     options = PipelineOptions(beam_args, save_main_session=False)
     _check_type_options(options)
     if not beam_filesystem_usable(args.output):
@@ -239,7 +244,7 @@ def run(
     plan = preflight(
         config,
         request,
-        AnsweringSite("run", answers_here=local),
+        AnsweringSite("run", answers_here=local, unchecked_revision="unchecked:worker-image"),
         # A large untuned local job probes with a model of its own: the workers load theirs.
         load=lambda: load_runner(config.model, config.runtime),
     )

@@ -34,6 +34,7 @@ from qa_core.errors import ConfigError, JobError
 from qa_core.io.write import OutputWriter
 from qa_core.jobs.guard import run_guarded
 from qa_core.jobs.lifecycle import Answered, AnsweringSite, JobRequest, commit, open_output, preflight
+from qa_core.runtime import host_tuning
 from qa_core.runtime.loaders import load_runner
 
 logger = logging.getLogger(__name__)
@@ -125,6 +126,10 @@ def run_spark(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """
     args = parse_args(argv)
     config = config_from_arguments(args)
+    # The command's own process, tuned before any model loads: the driver probes the batch shape of a
+    # local job's executors.
+    if config.runtime.host_tuning:
+        host_tuning.tune_host()
     master = default_master(args.master)
     settings = spark_settings(master, args.conf, debug=getattr(args, "debug", False))
     local = master is not None and master.startswith("local")

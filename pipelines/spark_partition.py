@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 SUMMARY_SCHEMA = (
     "partition INT, attempt INT, rows LONG, pid INT, model_loads INT, model_id STRING, revision STRING, "
-    "device STRING, batch_shape STRING, counts STRING"
+    "device STRING, counts STRING"
 )
 """The one row a partition's task returns to the driver (Spark DDL)."""
 
@@ -170,7 +170,6 @@ def answer_partition(job: PartitionJob, batches: Iterator[pa.RecordBatch]) -> It
         "model_id": runner.model_id,
         "revision": runner.revision,
         "device": str(runner.device),
-        "batch_shape": json.dumps(engine.batch_shape.to_dict()),
         "counts": json.dumps(stats.to_state()),
     }
     yield pa.RecordBatch.from_pylist([summary], schema=summary_arrow_schema())
@@ -188,7 +187,6 @@ def summary_arrow_schema() -> pa.Schema:
             ("model_id", pa.string()),
             ("revision", pa.string()),
             ("device", pa.string()),
-            ("batch_shape", pa.string()),
             ("counts", pa.string()),
         ]
     )

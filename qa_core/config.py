@@ -125,8 +125,13 @@ class QAConfig:
         return dataclasses.asdict(self)
 
     def config_hash(self) -> str:
-        """A short stable hash of the resolved config (sha256 of its canonical JSON)."""
+        """A short stable hash of the resolved config (sha256 of its canonical JSON).
+
+        `runtime.host_tuning` is left out: it changes how a process allocates, never an answer, so a
+        job resumed with it switched (or started before it existed) is the same job.
+        """
         document = self.to_dict()
+        del document["runtime"]["host_tuning"]
         if self.model.is_bundled:  # one hash for the bundled model wherever docqa is installed
             document["model"]["name_or_path"] = BUNDLED
         canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))

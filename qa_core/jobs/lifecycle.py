@@ -10,8 +10,11 @@
 
 `docqa predict` (`jobs/predict.py`), `docqa run` (`pipelines/run.py`) and `docqa spark`
 (`pipelines/spark_job.py`) call these three in this order; nothing of a job's checks or its ending is
-written anywhere else. A job that dies between `open_output` and `commit` leaves a folder without
-`COMPLETED`, which readers treat as unfinished and the next run must `--overwrite` (or `--resume`).
+written anywhere else (a `docqa predict --resume` claims the folder it resumes instead of preparing it
+anew: `io/ownership.py` `claim_output`, `jobs/parts.py` `remove_unfinished`).
+
+A job that dies between `open_output` and `commit` leaves a folder without `COMPLETED`, which readers
+treat as unfinished and the next run must `--overwrite` (or `--resume`).
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ class AnsweringSite:
         threads: Torch threads of each answering process when the engine fixes them (Spark's
             `spark.task.cpus`); None: this process's threads shared by `processes`.
         workers: What the answering processes are called, for the log (`workers`, `executors`).
+        unchecked_revision: The revision `_run.json` records when the model is not on this machine
+            (the workers load their own copy: `unchecked:worker-image` for Beam's, whose image holds it).
     """
 
     engine: str
@@ -79,6 +84,7 @@ class AnsweringSite:
     processes: int = 1
     threads: int | None = None
     workers: str = "workers"
+    unchecked_revision: str = "unchecked:workers"
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,8 @@ class JobPlan:
         answer_schema: The answers table's schema.
         rejection_schema: The rejections table's schema.
         file_rows: Rows of each input file (footers).
-        revision: The model's revision, or `unchecked:<workers>` when the model is not on this machine.
+        revision: The model's revision, or the site's `unchecked_revision` when the model is not on
+            this machine.
         device: The device the answering runs on as this machine resolves it.
         batch_shape: The batch caps and why.
         threads: Torch threads of each answering process on this machine.
@@ -216,7 +223,7 @@ def _check_model(
         return describe_model(config.model), device
     name = config.model.name_or_path
     logger.info("model %s is not on this machine; the %s must have it", name, site.workers)
-    return f"unchecked:{site.workers}", device
+    return site.unchecked_revision, device
 
 
 def _batch_shape(
@@ -248,8 +255,8 @@ def _batch_shape(
 def open_output(plan: JobPlan, job: Mapping[str, Any] | None = None) -> str:
     """Prepares the output folder (an existing run removed with `--overwrite`); returns the owner token.
 
-    Called once the engine is ready to answer (its models loaded where it can tell), so that a job
-    that fails to start leaves an earlier output intact.
+    Called as late as the engine can: `docqa predict` once its models have loaded, so that a job
+    that fails to start leaves an earlier output intact; Beam and Spark before their workers start.
 
     Args:
         plan: The job's plan.
@@ -349,8 +356,9 @@ def checked_counts(output_dir: str, rows_read: int, answered: Answered) -> dict[
     """
     answers, rejections = verify_output_rows(output_dir, rows_read)
     stats = answered.stats
-    if stats is None:
+    if stats is None:  # what the engine would have counted is unknown, but for what the footers tell
         counts: dict[str, Any] = dict.fromkeys(sorted(_ENGINE_COUNTS))
+        counts.update(rejected_by_reason={}, questions_cut=0)
     else:
         counted = (stats.rows, stats.answered, sum(stats.rejected.values()))
         if counted != (rows_read, answers, rejections):

@@ -154,6 +154,7 @@ def predict(
         answering=ran.answering,
         answered_rows=total if resume else None,
         counts={"parts": len(parts), "reused_parts": len(kept.indices), "reused_rows": kept.stats.rows},
+        details={"host_tuning": ran.host_tuning},
     )
     return commit(plan, answered, ran.owner)
 
@@ -174,7 +175,9 @@ class _Ran:
     """What answering the rows produced: counters, the model, and the job's owner token.
 
     `answering` holds the `time.perf_counter()` readings at which answering began (the model or models
-    loaded, the output prepared) and ended (the last answer handed to the writer).
+    loaded, the output prepared) and ended (the last answer handed to the writer); `host_tuning` what
+    the answering processes tuned (`runtime.host_tuning.tuning_report`, their heap trims summed), or
+    None when they were left as they started.
     """
 
     stats: EngineStats
@@ -183,6 +186,7 @@ class _Ran:
     device: str
     owner: str
     answering: tuple[float, float]
+    host_tuning: dict[str, Any] | None
 
 
 def _answer_here(
@@ -196,7 +200,9 @@ def _answer_here(
     writers = part_writers(config, plan.output_dir, plan.schemas, owner, plan.config.config_hash())
     answer_parts(engine, list(plan.files), parts, writers, bar.update)
     answering = (began, time.perf_counter())
-    return _Ran(engine.stats, runner.model_id, runner.revision, str(runner.device), owner, answering)
+    device = str(runner.device)
+    tuned = host_tuning.tuning_report()
+    return _Ran(engine.stats, runner.model_id, runner.revision, device, owner, answering, tuned)
 
 
 def _answer_in_workers(
@@ -256,4 +262,8 @@ def _answer_in_workers(
     for result in results:
         stats.add(result.stats)
     first = results[0]
-    return _Ran(stats, first.model_id, first.revision, first.device, owners[0], (marks[0], marks[1]))
+    tuned = first.host_tuning
+    if tuned is not None:
+        tuned = {**tuned, "heap_trims": sum((r.host_tuning or {}).get("heap_trims", 0) for r in results)}
+    answering = (marks[0], marks[1])
+    return _Ran(stats, first.model_id, first.revision, first.device, owners[0], answering, tuned)

@@ -93,7 +93,6 @@ class WorkerResult:
     model_id: str
     revision: str
     device: str
-    batch_shape: dict[str, Any]
     host_tuning: dict[str, Any] | None = None
 
 
@@ -139,14 +138,12 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any, owner
         answer_parts(
             engine, job.files, list(job.parts), writers, lambda n: messages.put(("rows", job.part, n))
         )
-        shape = engine.batch_shape.to_dict()
         result = WorkerResult(
             job.part,
             engine.stats,
             runner.model_id,
             runner.revision,
             str(runner.device),
-            shape,
             tuning_report(),
         )
         messages.put(("done", job.part, result))
