@@ -282,3 +282,30 @@ def test_run_json_names_what_ran(tiny_model_dir: Path) -> None:
     ) == ("transformers")
     assert model_implementation(ModelConfig(name_or_path="org/some-bert")) == "transformers"  # a hub id
     assert model_implementation(ModelConfig(name_or_path="/models/on/the/workers")) is None
+
+
+@pytest.mark.parametrize(
+    ("config_change", "manifest_change", "expected"),
+    [
+        ({"model_type": "roberta"}, {}, "model_type"),  # another model, its hashes re-signed
+        ({}, {"max_abs_logit_difference": 0.5}, "beyond its tolerance"),
+    ],
+)
+def test_a_forged_certificate_certifies_nothing(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    config_change: dict[str, Any],
+    manifest_change: dict[str, Any],
+    expected: str,
+) -> None:
+    """A manifest whose file hashes match, but that no certification could have written, is refused."""
+    from qa_core.runtime.loaders.native_manifest import MANIFEST_FILE, certified_files
+
+    forged = _copy(tiny_model_dir, tmp_path / "forged")
+    config = json.loads((forged / "config.json").read_text())
+    (forged / "config.json").write_text(json.dumps({**config, **config_change}))
+    manifest = json.loads((forged / MANIFEST_FILE).read_text())
+    manifest.update(files=certified_files(forged), **manifest_change)
+    (forged / MANIFEST_FILE).write_text(json.dumps(manifest))
+    refusal = _native_refusal(forged)
+    assert refusal is not None and expected in refusal

@@ -32,9 +32,9 @@ from qa_core.errors import ModelLoadError
 from qa_core.runtime.loaders.native import load_native_module
 from qa_core.runtime.loaders.native_manifest import (
     MANIFEST_FILE,
-    WEIGHTS_FILE,
     NativeManifest,
     certified_files,
+    plain_bert_refusal,
 )
 from qa_core.runtime.torch_runner import TORCH_DTYPES
 
@@ -50,14 +50,9 @@ PROBES = (
     ("How long?", "a" * 120 + " antidisestablishmentarianism " + "x1y2z3 " * 20),
 )
 _PIPELINE = ("normalizer", "pre_tokenizer", "model", "post_processor", "added_tokens")
+
+
 # Config keys whose other values build a model docqa's encoder does not implement.
-_PLAIN_BERT = {
-    "model_type": ("bert",),
-    "hidden_act": ("gelu",),
-    "position_embedding_type": ("absolute",),
-}
-
-
 def certify_checkpoint(
     directory: str | Path, dtype: str = "fp32", tolerance: float | None = None
 ) -> str | None:
@@ -77,7 +72,7 @@ def certify_checkpoint(
     path = Path(directory)
     (path / MANIFEST_FILE).unlink(missing_ok=True)
     limit = TOLERANCES[dtype] if tolerance is None else tolerance
-    refusal = _static_refusal(path)
+    refusal = plain_bert_refusal(path)
     if refusal is not None:
         return refusal
     from transformers import AutoTokenizer
@@ -118,27 +113,6 @@ def certify_checkpoint(
     )
     (path / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
     logger.info("%s certified for docqa's encoder (logits within %.3g)", path, difference)
-    return None
-
-
-def _static_refusal(path: Path) -> str | None:
-    """Why the files alone rule docqa's encoder out (None: compare)."""
-    if not (path / WEIGHTS_FILE).is_file() or (path / f"{WEIGHTS_FILE}.index.json").exists():
-        return f"its weights are not one {WEIGHTS_FILE}"
-    if not (path / "tokenizer.json").is_file():
-        return "it has no tokenizer.json"
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return "it has no readable config.json"
-    for key, allowed in _PLAIN_BERT.items():
-        value = config.get(key, allowed[0] if key != "model_type" else None)
-        if value not in allowed:
-            return f"its config.json {key} is {value!r}, not {allowed[0]!r}"
-    if config.get("architectures") not in (None, ["BertForQuestionAnswering"]):
-        return f"its config.json architectures is {config.get('architectures')}"
-    if "auto_map" in config or "quantization_config" in config or config.get("is_decoder"):
-        return "its config.json asks for custom code, quantization or a decoder"
     return None
 
 

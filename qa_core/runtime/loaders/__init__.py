@@ -14,6 +14,7 @@ A new runtime (ONNX Runtime, a remote inference server) is one module with a cla
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Protocol
 
@@ -21,10 +22,13 @@ from qa_core.config import ModelConfig, RuntimeConfig
 from qa_core.errors import ModelLoadError
 from qa_core.runtime.fit import ModelLimits
 from qa_core.runtime.loaders.native import NativeLoader
+from qa_core.runtime.loaders.native_manifest import MANIFEST_FILE, plain_bert_refusal
 from qa_core.runtime.loaders.shared import describe_model, looks_local, resolve_device
 from qa_core.runtime.loaders.transformers import TransformersLoader
 from qa_core.runtime.runner import ModelRunner
 from qa_core.stages.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "FALLBACK",
@@ -122,7 +126,23 @@ def load_runner(model: ModelConfig, runtime: RuntimeConfig) -> ModelRunner:
             (`qa_core.runtime.cpu.check_cpu_dtype`), weights that do not fit config.json or leave part of
             the model random, or a named loader that refuses the checkpoint.
     """
-    return LOADERS[chosen_loader(model)].load(model, runtime)
+    name = chosen_loader(model)
+    directory = Path(model.name_or_path)
+    uncertified = directory.is_dir() and not (directory / MANIFEST_FILE).exists()
+    # A checkpoint that could run on docqa's encoder once certified (an older docqa train's, say).
+    if (
+        name == FALLBACK
+        and model.implementation == "auto"
+        and uncertified
+        and not plain_bert_refusal(directory)
+    ):
+        logger.info(
+            "%s is a plain BERT QA checkpoint not certified for docqa's encoder, so it loads through "
+            "transformers (slower to start); scripts/certify_native.py %s certifies it",
+            model.name_or_path,
+            model.name_or_path,
+        )
+    return LOADERS[name].load(model, runtime)
 
 
 def load_tokenizer(model: ModelConfig) -> Tokenizer:

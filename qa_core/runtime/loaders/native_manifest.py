@@ -35,6 +35,12 @@ CERTIFIED_FILES = (
 )
 _REQUIRED = ("config.json", WEIGHTS_FILE, "tokenizer.json")
 _SPECIAL_IDS = ("cls", "sep", "pad")
+# The config.json values docqa's encoder implements (the first is the default when a key is absent).
+_PLAIN_BERT = {
+    "model_type": ("bert",),
+    "hidden_act": ("gelu",),
+    "position_embedding_type": ("absolute",),
+}
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,34 @@ def read_manifest(directory: Path) -> NativeManifest | str:
     )
     if changed:
         return f"{', '.join(changed)} changed since {MANIFEST_FILE} was written (it is void)"
-    return manifest
+    if not manifest.max_abs_logit_difference <= manifest.tolerance:
+        return f"its {MANIFEST_FILE} records logits that differ beyond its tolerance"
+    return plain_bert_refusal(directory) or manifest
+
+
+def plain_bert_refusal(path: Path) -> str | None:
+    """Why the checkpoint's files rule docqa's encoder out (None: a plain BERT QA checkpoint).
+
+    Read before certifying and again with every manifest, so a manifest copied beside another kind of
+    model certifies nothing.
+    """
+    if not (path / WEIGHTS_FILE).is_file() or (path / f"{WEIGHTS_FILE}.index.json").exists():
+        return f"its weights are not one {WEIGHTS_FILE}"
+    if not (path / "tokenizer.json").is_file():
+        return "it has no tokenizer.json"
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "it has no readable config.json"
+    for key, allowed in _PLAIN_BERT.items():
+        value = config.get(key, allowed[0] if key != "model_type" else None)
+        if value not in allowed:
+            return f"its config.json {key} is {value!r}, not {allowed[0]!r}"
+    if config.get("architectures") not in (None, ["BertForQuestionAnswering"]):
+        return f"its config.json architectures is {config.get('architectures')}"
+    if "auto_map" in config or "quantization_config" in config or config.get("is_decoder"):
+        return "its config.json asks for custom code, quantization or a decoder"
+    return None
 
 
 def _parse(document: Any) -> NativeManifest:
