@@ -319,9 +319,8 @@ def console_main() -> int:
     """The `docqa` console script and `python -m docqa`: `main`, then a quicker exit.
 
     Every output is written and closed by now, so Python's last garbage collection over torch's and
-    transformers' objects is skipped (`skip_final_collection`: `docqa predict` of the 16-row sample
-    4.2-4.4 s -> 3.4-3.5 s). `main` itself leaves the interpreter alone: tests and other callers run it
-    in-process.
+    transformers' objects is skipped (`skip_final_collection`; its saving is in benchmarks/RESULTS.md).
+    `main` itself leaves the interpreter alone: tests and other callers run it in-process.
     """
     code = main()
     skip_final_collection()
