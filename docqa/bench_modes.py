@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import torch
 import yaml
 
+from docqa.bench_host import bench_host
 from qa_core.config import QAConfig
 from qa_core.engine.assembly import assemble_row
 from qa_core.engine.contained import run_batch_contained
@@ -333,4 +334,5 @@ RUNNERS = {
     "predict": bench_predict,
     "run": bench_run,
     "beam-stock": bench_beam_stock,
+    "host": bench_host,
 }

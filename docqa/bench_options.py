@@ -12,7 +12,7 @@ from pathlib import Path
 from qa_core.config import DEFAULT_MODEL
 from qa_core.config_layers import add_config_arguments
 
-MODES = ("seed", "bound", "predict", "run", "spark", "beam-stock")
+MODES = ("seed", "bound", "predict", "run", "spark", "beam-stock", "host")
 DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json.zip")
 DESCRIPTION = """\
 Throughput of docqa against the anchors, on the same model and the same rows.
@@ -28,6 +28,8 @@ once untimed first):
     spark       `docqa spark` on local[T], T partitions, from the session up (JVM start apart)
 Predict, run and spark also time the whole command in a subprocess (imports, model load, report, exit).
     beam-stock  RunInference with Beam's PyTorch keyed-tensor handler, windows padded to max_seq_len
+    host        `docqa predict` in-process with an instant forward (logits made from nothing): the host
+                work per row a device waits for, each stage timed alone, and the tokenizer's floor
 """
 
 

@@ -108,6 +108,14 @@ def _notes(r: dict[str, Any]) -> list[str]:
             f"{r['mode']}: {r['partitions']} partitions; Spark (JVM) start {r['startup_seconds']:.1f} s "
             "outside q/s; peak RSS of this process (Spark's JVM and Python workers not counted)"
         )
+    if "host_us_per_row" in r:
+        split = ", ".join(f"{name} {us:.0f}" for name, us in r["host_stages_us_per_row"].items())
+        lines.append(
+            f"host: {r['host_us_per_row']:.0f} us/row with an instant forward ({split}); the tokenizer "
+            f"alone {r['tokenizer_pairs_us_per_row']:.0f} us/row on every pair, "
+            f"{r['tokenizer_distinct_us_per_row']:.0f} on each of {r['distinct_contexts']} distinct contexts "
+            "once and the questions"
+        )
     if len(r.get("rounds", [])) > 1:
         lines.append(f"{r['mode']} per round: " + "; ".join(_round_figures(x) for x in r["rounds"]))
     return lines

@@ -74,8 +74,16 @@ def test_bench_all_modes(tmp_path: Path, tiny_model_dir: Path, capsys: pytest.Ca
     if SPARK:
         assert results["spark"]["real_tokens"] == results["predict"]["real_tokens"]
         assert results["spark"]["partitions"] >= 1 and results["spark"]["startup_seconds"] > 0
+    # The host mode runs predict's batches with an instant forward, and splits its time by stage.
+    host = results["host"]
+    assert host["padded_tokens"] == results["predict"]["padded_tokens"]
+    stages = host["host_stages_us_per_row"]
+    assert {"read", "validate", "tokenize and windows", "collate", "decode"} <= set(stages)
+    assert sum(stages.values()) == pytest.approx(host["host_us_per_row"])
+    assert host["tokenizer_distinct_us_per_row"] > 0 and host["tokenizer_pairs_us_per_row"] > 0
     table = capsys.readouterr().out
     assert "whole q/s" in table and "bound: fastest at" in table
+    assert "us/row with an instant forward" in table
 
 
 def test_bench_predict_with_workers_times_the_answering(
