@@ -1,7 +1,7 @@
 """`docqa bench --modes host`: what one process spends per row on everything but the model's forward.
 
-The engine runs a whole `docqa predict` job with an instant forward (`InstantRunner`: logits of the
-batch's shape, computed from nothing), so its time is the host half a device would have to wait for:
+The engine runs a whole `docqa predict` job with an instant forward (`InstantRunner`: random logits of
+the batch's shape, no model), so its time is the host half a device would have to wait for:
 read, validate, tokenize, windows, plan and collate, decode, assemble, write. Beside it, each stage is
 timed alone over the same rows (one pass each, in the engine's order), and the tokenizer alone gives the
 floor: every (question, context) pair encoded, and each distinct context encoded once with the questions.
@@ -35,7 +35,7 @@ MICROSECONDS = 1e6
 
 @dataclasses.dataclass
 class InstantRunner:
-    """A `ModelRunner` over a real one's tokenizer whose forward returns zero logits without computing.
+    """A `ModelRunner` over a real one's tokenizer whose forward makes logits without running a model.
 
     It does not compute on this host (`computes_on_host` False: no heap trim is due after its batches);
     the bench runs it with no prefetch thread, so the host work is timed in one thread as it adds up.
@@ -48,6 +48,9 @@ class InstantRunner:
     pad_token_id: int
     limits: ModelLimits
     computes_on_host: bool = False
+    _generator: torch.Generator = dataclasses.field(
+        default_factory=lambda: torch.Generator().manual_seed(0), repr=False
+    )
 
     @classmethod
     def over(cls, runner: ModelRunner) -> InstantRunner:
@@ -62,9 +65,13 @@ class InstantRunner:
         )
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, P) float32 zeros for the start and the end logits."""
+        """(B, P) float32 start and end logits drawn from a seeded normal distribution.
+
+        Not zeros: equal logits tie every candidate, and the decoder settles ties with a full sort that
+        real logits almost never need, which would time a case a model does not produce.
+        """
         shape = batch.input_ids.shape
-        return torch.zeros(shape, dtype=torch.float32), torch.zeros(shape, dtype=torch.float32)
+        return torch.randn(shape, generator=self._generator), torch.randn(shape, generator=self._generator)
 
 
 def bench_host(

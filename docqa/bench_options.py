@@ -28,7 +28,7 @@ once untimed first):
     spark       `docqa spark` on local[T], T partitions, from the session up (JVM start apart)
 Predict, run and spark also time the whole command in a subprocess (imports, model load, report, exit).
     beam-stock  RunInference with Beam's PyTorch keyed-tensor handler, windows padded to max_seq_len
-    host        `docqa predict` in-process with an instant forward (logits made from nothing): the host
+    host        `docqa predict` in-process with an instant forward (random logits, no model): the host
                 work per row a device waits for, each stage timed alone, and the tokenizer's floor
 """
 
