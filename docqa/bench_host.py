@@ -21,13 +21,13 @@ import torch
 from tokenizers import Tokenizer as BackendTokenizer
 
 from qa_core.config import QAConfig
+from qa_core.engine.contained import run_batch_contained
 from qa_core.engine.host import RowPreparer, plan_buffer
 from qa_core.io.read import iter_rows
 from qa_core.records import Record
 from qa_core.runtime.fit import ModelLimits
 from qa_core.runtime.runner import ModelRunner
 from qa_core.stages.batch import Batch, collate
-from qa_core.stages.decode import decode_batch
 from qa_core.stages.tokenizer import Tokenizer
 
 MICROSECONDS = 1e6
@@ -117,15 +117,9 @@ def _stage_seconds(runner: InstantRunner, config: QAConfig, source: Path) -> dic
     buffer = _timed(seconds, "plan batches", lambda: plan_buffer(list(featurized), config))
     pad, multiple = runner.pad_token_id, config.batch.pad_to_multiple_of
     batches = _timed(seconds, "collate", lambda: [collate(group, pad, multiple) for group in buffer.groups])
-    decode = config.decode
-
-    def decode_all() -> int:
-        for batch in batches:
-            start, end = runner.forward(batch)
-            decode_batch(batch, start, end, decode.max_answer_len, decode.n_best)
-        return len(batches)
-
-    _timed(seconds, "decode", decode_all)
+    # The engine's own batch step (forward, decode, failures contained): with the instant forward's random
+    # logits, its time is the decoder's.
+    _timed(seconds, "decode", lambda: [run_batch_contained(runner, b, config) for b in batches])
     return seconds
 
 

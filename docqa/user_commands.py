@@ -73,8 +73,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from qa_core.config import config_from_arguments
     from qa_core.runtime import host_tuning
     from qa_core.runtime.loaders import load_runner
+    from qa_core.runtime.shape_probe import tune
     from qa_core.runtime.shapes import choose_batch_shape
-    from qa_core.tools.tune import tune
 
     config = config_from_arguments(args)
     if config.runtime.host_tuning:  # measured as the jobs that use the shape run: in a tuned process

@@ -13,10 +13,9 @@ import torch
 from docqa.cli import main
 from qa_core.config import DEFAULT_BATCH_TOKENS, DEFAULT_BATCH_WINDOWS, QAConfig, load_config
 from qa_core.engine.loop import QAEngine
-from qa_core.runtime.shape_probe import choose, measure
+from qa_core.runtime.shape_probe import choose, measure, tune
 from qa_core.runtime.shapes import choose_batch_shape, shape_key, store_tuned
 from qa_core.runtime.torch_runner import TorchRunner
-from qa_core.tools.tune import tune
 from tests.conftest import write_parquet
 
 CPU = torch.device("cpu")

@@ -8,7 +8,7 @@ full ones. Each round times one forward per candidate cap, in a fresh random ord
 figure is its median per-token time over the rounds, summed over both lengths: interleaving and
 medians keep the drift and noise of a shared machine out of the comparison. `choose` takes a smaller
 cap only when it beats the largest candidate within `TIE_MARGIN` of the best (fewer, larger forwards
-pay less per-batch overhead elsewhere). `measure_and_store` keeps the choice under this machine's key
+pay less per-batch overhead elsewhere). `tune` keeps the choice under this machine's key
 (`qa_core.runtime.shapes`), where every later job that leaves the batch caps unset finds it.
 
 A large job (`batch.probe_min_rows`) on a machine without such an entry probes by itself before it
@@ -16,8 +16,8 @@ plans its batches (`probe_for_job`): whole windows only, at most 32 per forward,
 (3 rounds at least), so that it costs a few percent of such a job and is paid once per machine
 (figures: benchmarks/RESULTS.md).
 
-This is the runtime layer: jobs call it, and `docqa tune` (`qa_core.tools.tune`) is a user command
-over it; it imports nothing of jobs, io, tools or train.
+This is the runtime layer: jobs call it, and so does the `docqa tune` command (`docqa/user_commands.py`);
+it imports nothing of jobs, io, tools or train.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def measure(
     return lengths, per_token, rounds
 
 
-def measure_and_store(
+def tune(
     runner: ModelRunner,
     config: QAConfig,
     *,
@@ -250,7 +250,7 @@ def probe_for_job(
     )
     started = time.perf_counter()
     try:
-        result = measure_and_store(runner, config, seconds=PROBE_SECONDS, probe=True)
+        result = tune(runner, config, seconds=PROBE_SECONDS, probe=True)
     except OutputError as err:
         logger.warning("the probe's choice was not kept (%s); the job runs with the defaults", err)
         return runner

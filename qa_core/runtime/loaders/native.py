@@ -22,10 +22,8 @@ from safetensors import SafetensorError
 
 from qa_core.config import ModelConfig, RuntimeConfig
 from qa_core.errors import ModelLoadError
-from qa_core.runtime.cpu import check_cpu_dtype
 from qa_core.runtime.fit import (
     ModelLimits,
-    check_padding_fits_model,
     check_tokenizer_fits_model,
     model_limits,
 )
@@ -33,14 +31,11 @@ from qa_core.runtime.loaders.native_manifest import WEIGHTS_FILE, NativeManifest
 from qa_core.runtime.loaders.shared import (
     check_loaded_weights,
     check_local_checkpoint,
-    describe_model,
     explain,
-    place_model,
-    resolve_device,
+    load_torch_runner,
 )
 from qa_core.runtime.native_bert import BertShape, NativeBertForQA
 from qa_core.runtime.runner import ModelRunner
-from qa_core.runtime.torch_runner import TORCH_DTYPES, TorchRunner
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer as BackendTokenizer
@@ -211,20 +206,8 @@ class NativeLoader:
 
     def load(self, model: ModelConfig, runtime: RuntimeConfig) -> ModelRunner:
         """The checkpoint on docqa's encoder on its device, as a `TorchRunner`."""
-        device = resolve_device(runtime)
-        if device.type == "cpu":
-            check_cpu_dtype(model.dtype)
-        tokenizer = self.load_tokenizer(model)
-        dtype = TORCH_DTYPES[model.dtype]
-        module = load_native_module(Path(model.name_or_path), dtype, model.name_or_path)
-        check_padding_fits_model(tokenizer, module, model.name_or_path)
-        placed = place_model(module, model, device)
-        revision = describe_model(model)
-        logger.info(
-            "loaded %s (%s) on %s as %s, with docqa's BERT encoder",
-            model.name_or_path,
-            revision,
-            device,
-            model.dtype,
-        )
-        return TorchRunner(placed, tokenizer, device, dtype, model.name_or_path, revision)
+
+        def module(config: ModelConfig, dtype: torch.dtype) -> NativeBertForQA:
+            return load_native_module(Path(config.name_or_path), dtype, config.name_or_path)
+
+        return load_torch_runner(model, runtime, self.load_tokenizer, module, "docqa's BERT encoder")

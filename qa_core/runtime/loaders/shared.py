@@ -8,9 +8,11 @@ encoder or QA head), whichever loader read it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,10 @@ import torch
 
 from qa_core.config import ModelConfig, RuntimeConfig
 from qa_core.errors import ModelLoadError
+from qa_core.runtime.cpu import check_cpu_dtype
+from qa_core.runtime.fit import check_padding_fits_model
+from qa_core.runtime.torch_runner import TORCH_DTYPES, TorchRunner
+from qa_core.stages.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -41,14 +47,25 @@ def resolve_device(runtime: RuntimeConfig) -> torch.device:
 
 
 def local_revision(path: Path) -> str:
-    """A content hash of a local checkpoint's weights and config, standing in for a hub revision."""
+    """A content hash of a local checkpoint's weights and config, standing in for a hub revision.
+
+    Hashed once per process while the files keep their sizes and modification times (a job's checks
+    and its model load both ask).
+    """
+    files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) + [path / "config.json"]
+    stamps = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file())
+    return _content_hash(stamps)
+
+
+@functools.lru_cache(maxsize=16)
+def _content_hash(stamps: tuple[tuple[str, int, int], ...]) -> str:
+    """`sha256:` of the files' names and contents, in order (`stamps`: path, size, mtime of each)."""
     digest = hashlib.sha256()
-    for file in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) + [path / "config.json"]:
-        if file.is_file():
-            digest.update(file.name.encode())
-            with file.open("rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 22), b""):
-                    digest.update(chunk)
+    for name, _, _ in stamps:
+        digest.update(Path(name).name.encode())
+        with open(name, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
     return "sha256:" + digest.hexdigest()[:16]
 
 
@@ -117,6 +134,45 @@ def place_model(model: Any, config: ModelConfig, device: torch.device) -> Any:
             "model.quantize=int8 is a CPU fast path; set runtime.device=cpu or model.quantize=none"
         )
     return quantize_int8(model)
+
+
+def load_torch_runner(
+    model: ModelConfig,
+    runtime: RuntimeConfig,
+    tokenizer: Callable[[ModelConfig], Tokenizer],
+    module: Callable[[ModelConfig, torch.dtype], Any],
+    implementation: str,
+) -> TorchRunner:
+    """A torch checkpoint as a `TorchRunner`: what every torch loader does around building its module.
+
+    The device (a CPU must run the dtype natively), the tokenizer, the module in the configured dtype,
+    the pad id checked against the model, the module placed (eval, int8), the revision, one log line.
+
+    Args:
+        model: The `model` section.
+        runtime: The `runtime` section (the device).
+        tokenizer: The loader's tokenizer, checked against the model.
+        module: Builds the loader's module in a dtype, refusing random or mismatched weights.
+        implementation: What built it, for the log line.
+    """
+    device = resolve_device(runtime)
+    if device.type == "cpu":
+        check_cpu_dtype(model.dtype)
+    loaded_tokenizer = tokenizer(model)
+    dtype = TORCH_DTYPES[model.dtype]
+    built = module(model, dtype)
+    check_padding_fits_model(loaded_tokenizer, built, model.name_or_path)
+    placed = place_model(built, model, device)
+    revision = describe_model(model)
+    logger.info(
+        "loaded %s (%s) on %s as %s, with %s",
+        model.name_or_path,
+        revision,
+        device,
+        model.dtype,
+        implementation,
+    )
+    return TorchRunner(placed, loaded_tokenizer, device, dtype, model.name_or_path, revision)
 
 
 def quantize_int8(model: Any) -> Any:

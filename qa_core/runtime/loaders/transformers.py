@@ -21,23 +21,18 @@ from safetensors import SafetensorError
 
 from qa_core.config import ModelConfig, RuntimeConfig
 from qa_core.errors import ModelLoadError
-from qa_core.runtime.cpu import check_cpu_dtype
 from qa_core.runtime.fit import (
     ModelLimits,
-    check_padding_fits_model,
     check_tokenizer_fits_model,
     model_limits,
 )
 from qa_core.runtime.loaders.shared import (
     check_loaded_weights,
     check_local_checkpoint,
-    describe_model,
     explain,
-    place_model,
-    resolve_device,
+    load_torch_runner,
 )
 from qa_core.runtime.runner import ModelRunner
-from qa_core.runtime.torch_runner import TORCH_DTYPES, TorchRunner
 from qa_core.stages.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -93,19 +88,7 @@ class TransformersLoader:
 
     def load(self, model: ModelConfig, runtime: RuntimeConfig) -> ModelRunner:
         """The checkpoint on its device as a `TorchRunner`, refusing random or mismatched weights."""
-        device = resolve_device(runtime)
-        if device.type == "cpu":
-            check_cpu_dtype(model.dtype)
-        tokenizer = self.load_tokenizer(model)
-        dtype = TORCH_DTYPES[model.dtype]
-        module = _load_module(model, dtype)
-        check_padding_fits_model(tokenizer, module, model.name_or_path)
-        module = place_model(module, model, device)
-        revision = describe_model(model)
-        logger.info(
-            "loaded %s (%s) on %s as %s, with transformers", model.name_or_path, revision, device, model.dtype
-        )
-        return TorchRunner(module, tokenizer, device, dtype, model.name_or_path, revision)
+        return load_torch_runner(model, runtime, self.load_tokenizer, _load_module, "transformers")
 
 
 def _model_config(model: ModelConfig) -> Any:
