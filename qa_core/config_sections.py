@@ -302,19 +302,25 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """How `docqa predict` lays out its output.
+    """How a job cuts its rows into parts, each one part file pair and the unit `--resume` keeps.
 
     Attributes:
-        part_rows: Input rows per part file pair (`answers/part-N.parquet`, `rejections/part-N.parquet`).
-            A part is the unit `--resume` keeps: a job killed part way reruns only its unfinished parts.
-            Each part is answered on its own (its sort buffers start with it), so a resumed output
-            equals a clean run's.
+        part_rows: `docqa predict`: input rows per part file pair (`answers/part-N.parquet`,
+            `rejections/part-N.parquet`). A job killed part way reruns only its unfinished parts. Each part
+            is answered on its own (its sort buffers start with it), so a resumed output equals a clean
+            run's.
+        task_rows: `docqa spark` and `docqa run`: the most input rows of one unit of work (one task, one
+            part file pair). The job plans at least two units per core it finds, and none larger than
+            this, so every core gets work and a retried task repeats little (`qa_core.jobs.parts.plan_units`).
+            At about 30 rows/s per CPU core for the bundled model, 2,000 rows is about a minute.
     """
 
     part_rows: int = 100_000
+    task_rows: int = 2_000
 
     def __post_init__(self) -> None:
         _require(self.part_rows >= 1, f"output.part_rows must be >= 1, got {self.part_rows}")
+        _require(self.task_rows >= 1, f"output.task_rows must be >= 1, got {self.task_rows}")
 
 
 @dataclass(frozen=True)

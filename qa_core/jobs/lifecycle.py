@@ -11,7 +11,7 @@
 `docqa predict` (`jobs/predict.py`), `docqa run` (`pipelines/run.py`) and `docqa spark`
 (`pipelines/spark_job.py`) call these three in this order; nothing of a job's checks or its ending is
 written anywhere else (a `docqa predict --resume` claims the folder it resumes instead of preparing it
-anew: `io/ownership.py` `claim_output`, `jobs/parts.py` `remove_unfinished`).
+anew: `io/ownership.py` `claim_output`, `jobs/resume.py` `remove_unfinished`).
 
 A job that dies between `open_output` and `commit` leaves a folder without `COMPLETED`, which readers
 treat as unfinished and the next run must `--overwrite` (or `--resume`).

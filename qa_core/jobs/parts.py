@@ -1,12 +1,14 @@
-"""A predict job's output as planned parts: row ranges written one part file pair each, and resumed.
+"""A job's output as planned parts: row ranges written one part file pair each, and resumed.
 
-The rows of a job are cut into parts: each worker's contiguous range (`row_ranges`) into pieces of at
-most `output.part_rows` rows. Part k holds exactly the answers and rejections of rows `[start, stop)` in
-`answers/part-k.parquet` and `rejections/part-k.parquet`, and says so in both footers (`PART_KEY`). Each
-part is answered on its own, its sort buffers starting with it, so a part's content depends only on its
-rows and the config: `docqa predict --resume` keeps the parts a killed run finished (both files there,
-their footers naming the same range and config hash, their rows adding up to the range) and answers
-only the others, and the output equals a clean run's.
+The rows of a job are cut into parts. `docqa predict` cuts each worker's contiguous range (`row_ranges`)
+into pieces of at most `output.part_rows` rows; `docqa spark` and `docqa run` plan work-sized units
+(`plan_units`: at least two per core, at most `output.task_rows` rows each), one task each. Part k holds
+exactly the answers and rejections of rows `[start, stop)` in `answers/part-k.parquet` and
+`rejections/part-k.parquet`, and says so in both footers (`PART_KEY`). Each part is answered on its own,
+its sort buffers starting with it, so a part's content depends only on its rows and the config:
+`--resume` (`qa_core.jobs.resume`) keeps the parts a killed run finished (both files there, their
+footers naming the same range and config hash, their rows adding up to the range) and answers only the
+others, and the output equals a clean run's.
 """
 
 from __future__ import annotations
@@ -14,21 +16,18 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from qa_core.config import QAConfig
 from qa_core.engine.loop import QAEngine
 from qa_core.engine.stats import EngineStats
-from qa_core.errors import ConfigError, InputError, OutputError
+from qa_core.errors import ConfigError, InputError
 from qa_core.io.read import iter_rows
-from qa_core.io.schema import ANSWERS_DIR, COMPLETED_FILE, REJECTIONS_DIR, RUN_INFO_FILE
 from qa_core.io.storage import redact_url, storage_errors
-from qa_core.io.write import OutputWriter, part_name
+from qa_core.io.write import OutputWriter
 from qa_core.runtime.shapes import BatchShape
 
 PART_KEY = "docqa.part"
@@ -37,6 +36,7 @@ COUNTS_KEY = "docqa.part_counts"
 """Footer metadata key of a part file: the engine's counters of its rows (`EngineStats.to_state`)."""
 MAX_PARTS = 100_000  # part-00000 ... part-99999 sort in input order by name
 
+UNITS_PER_CORE = 2  # a cluster job's least units per core (`plan_units`)
 PROGRESS_EVERY_ROWS = 256  # rows between two progress calls
 
 
@@ -52,14 +52,6 @@ class PartRange:
     def rows(self) -> int:
         """Rows in the part."""
         return self.stop - self.start
-
-
-@dataclass
-class Kept:
-    """The finished parts of an earlier attempt that `--resume` keeps: their numbers and counters."""
-
-    indices: set[int] = field(default_factory=set)
-    stats: EngineStats = field(default_factory=EngineStats)
 
 
 def row_ranges(total_rows: int, workers: int) -> list[tuple[int, int]]:
@@ -99,7 +91,26 @@ def plan_parts(total_rows: int, workers: int, part_rows: int) -> list[list[PartR
     return plans
 
 
+def plan_units(total_rows: int, cores: int, task_rows: int) -> list[PartRange]:
+    """The parts of a cluster job: `UNITS_PER_CORE` per core at least, `task_rows` rows at most each.
+
+    Spark and Beam hand units to whichever core is free, so more units than cores lets a fast executor
+    take more and a retried or straggling unit costs a fraction of a core's share; `task_rows` keeps a
+    task (and the work a retry repeats) short however large the input. The units are contiguous, in
+    input order, and near-equal.
+
+    Raises:
+        ConfigError: When the plan has more than `MAX_PARTS` parts.
+    """
+    return [
+        part
+        for ranges in plan_parts(total_rows, max(1, cores) * UNITS_PER_CORE, task_rows)
+        for part in ranges
+    ]
+
+
 def job_plan(
+    engine: str,
     config: QAConfig,
     revision: str,
     *,
@@ -110,12 +121,14 @@ def job_plan(
 ) -> dict[str, Any]:
     """What a job writes, stored in `_job.json`: a resume must find the same config, model, inputs, parts.
 
+    `engine` is the job's (`predict`, `run`, `spark`): one engine's output is not resumed by another.
+
     An input file is known by its URL, rows, size and version (ETag, or modification time), so a file
     rewritten with the same number of rows is another input. The batch shape is the one a job here runs
     with (`docqa tune` may change it between two attempts: the parts would then be batched differently).
     """
     return {
-        "engine": "predict",
+        "engine": engine,
         "config_hash": config.config_hash(),
         "model_revision": revision,
         "batch_shape": [shape.max_batch_windows, shape.max_batch_tokens],
@@ -188,133 +201,6 @@ def answer_part(
     counts = engine.stats.minus(before)
     writer.close_tables({COUNTS_KEY: json.dumps(counts.to_state(), sort_keys=True)})
     return counts
-
-
-def resumable_parts(
-    output_dir: str, stored: dict[str, Any] | None, plan: dict[str, Any], parts: Sequence[PartRange]
-) -> Kept:
-    """The parts of an earlier attempt that `--resume` keeps, after checking it was the same job.
-
-    Changes nothing: the unfinished parts are removed by `remove_unfinished` once the job owns the folder.
-
-    Args:
-        output_dir: The output folder.
-        stored: Its `_job.json` (None when it has none).
-        plan: This job's plan (`job_plan`).
-        parts: This job's parts, as in `plan`.
-
-    Raises:
-        OutputError: The folder holds another job (engine, config, model, inputs or parts differ), a
-            finished run, output files without a `_job.json`, or a part that cannot be read for a reason
-            other than being torn (a storage error: better to stop than to redo finished work).
-    """
-    fs, root = fsspec.core.url_to_fs(output_dir)
-    root = root.rstrip("/")
-    if stored is None:
-        if _listing(fs, f"{root}/{ANSWERS_DIR}") or _listing(fs, f"{root}/{REJECTIONS_DIR}"):
-            raise OutputError(
-                f"cannot resume {output_dir}: it has output files but no _job.json (written by an older "
-                "docqa or by docqa run); rerun with --overwrite"
-            )
-        return Kept()
-    if stored.get("engine") != "predict":
-        raise OutputError(
-            f"cannot resume {output_dir}: it holds a run of docqa {stored.get('engine', 'run')}, which "
-            "docqa predict cannot continue; rerun with --overwrite"
-        )
-    if fs.exists(f"{root}/{COMPLETED_FILE}"):
-        raise OutputError(f"cannot resume {output_dir}: its run is COMPLETED; pass --overwrite to redo it")
-    for key, what in (
-        ("config_hash", "config"),
-        ("model_revision", "model"),
-        ("batch_shape", "batch shape (docqa tune ran since?)"),
-        ("inputs", "input files"),
-        ("parts", "part plan"),
-    ):
-        if stored.get(key) != plan[key]:
-            raise OutputError(
-                f"cannot resume {output_dir}: it was started with another {what} ({key} "
-                f"{_short(stored.get(key))}, now {_short(plan[key])}); rerun with the same settings and "
-                "inputs, or pass --overwrite"
-            )
-    kept = Kept()
-    for part in parts:
-        stats = _finished_part(fs, root, part, plan["config_hash"])
-        if stats is not None:
-            kept.indices.add(part.index)
-            kept.stats.add(stats)
-    return kept
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _listing(fs: Any, folder: str) -> list[str]:
-    """The entries of `folder`; none when it does not exist (an object store has no empty folders)."""
-    try:
-        return list(fs.ls(folder, detail=False))
-    except FileNotFoundError:
-        return []
-
-
-def _finished_part(fs: Any, root: str, part: PartRange, config_hash: str) -> EngineStats | None:
-    """The counters of part `part` when both its files are finished and name its range and config.
-
-    None (answer the part again) for a missing file, a file that is not valid Parquet (cut short by a
-    kill), or footers of another range, config or row count.
-
-    Raises:
-        OutputError: Any other failure to read the files (permissions, the network).
-    """
-    expected = json.loads(part_metadata(part, config_hash)[PART_KEY])
-    rows, counters = [], []
-    for folder in (ANSWERS_DIR, REJECTIONS_DIR):
-        path = f"{root}/{folder}/{part_name(part.index)}"
-        with storage_errors(OutputError, "cannot resume", path):
-            try:
-                with fs.open(path, "rb") as handle:
-                    metadata = pq.ParquetFile(handle).metadata
-            except FileNotFoundError:
-                return None
-            except pa.ArrowInvalid:  # no valid footer: the file was being written when the job died
-                return None
-        stored = metadata.metadata or {}
-        try:
-            if json.loads(stored.get(PART_KEY.encode(), b"null")) != expected:
-                return None
-            counters.append(EngineStats.from_state(json.loads(stored[COUNTS_KEY.encode()])))
-        except (KeyError, ValueError, TypeError):
-            return None
-        rows.append(metadata.num_rows)
-    stats = counters[0]
-    if (stats.rows, stats.answered, sum(stats.rejected.values())) != (part.rows, *rows):
-        return None
-    return stats
-
-
-def remove_unfinished(output_dir: str, kept: set[int]) -> None:
-    """Clears what the kept parts do not cover: other part files, in-progress files, an old `_run.json`.
-
-    Called once this job owns the folder (`claim_output`), so a refused or failed start changes nothing.
-
-    Raises:
-        OutputError: When the storage refuses.
-    """
-    fs, root = fsspec.core.url_to_fs(output_dir)
-    root = root.rstrip("/")
-    names = {part_name(k) for k in kept}
-    with storage_errors(OutputError, "cannot resume", output_dir):
-        for name in (COMPLETED_FILE, RUN_INFO_FILE):
-            if fs.exists(f"{root}/{name}"):
-                fs.rm(f"{root}/{name}")
-        for folder in (ANSWERS_DIR, REJECTIONS_DIR):
-            path = f"{root}/{folder}"
-            fs.makedirs(path, exist_ok=True)
-            for entry in _listing(fs, path):
-                if entry.rstrip("/").rsplit("/", 1)[-1] not in names:
-                    fs.rm(entry, recursive=True)
 
 
 def part_writers(

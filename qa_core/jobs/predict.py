@@ -19,26 +19,9 @@ from tqdm import tqdm
 from qa_core.config import QAConfig
 from qa_core.engine.loop import QAEngine
 from qa_core.engine.stats import EngineStats
-from qa_core.io.ownership import claim_output, read_job_file
-from qa_core.jobs.lifecycle import (
-    Answered,
-    AnsweringSite,
-    JobPlan,
-    JobRequest,
-    commit,
-    open_output,
-    preflight,
-)
-from qa_core.jobs.parts import (
-    Kept,
-    PartRange,
-    answer_parts,
-    job_plan,
-    part_writers,
-    plan_parts,
-    remove_unfinished,
-    resumable_parts,
-)
+from qa_core.jobs.lifecycle import Answered, AnsweringSite, JobPlan, JobRequest, commit, preflight
+from qa_core.jobs.parts import PartRange, answer_parts, part_writers, plan_parts
+from qa_core.jobs.resume import parted_output
 from qa_core.jobs.workers import WorkerJob, run_workers
 from qa_core.runtime import host_tuning
 from qa_core.runtime.loaders import load_runner, resolve_device
@@ -107,32 +90,15 @@ def predict(
             loaded.append(load_runner(config.model, config.runtime))
         return loaded[0]
 
-    stored = read_job_file(output_dir) if resume else None
     plan = preflight(config, request, AnsweringSite("predict", True, workers), model=model, load=load)
     worker_parts = plan_parts(plan.rows_read, workers, plan.config.output.part_rows)
-    parts = [part for ranges in worker_parts for part in ranges]
-    document = job_plan(
-        plan.config, plan.revision, shape=plan.batch_shape, files=plan.files, rows=plan.file_rows, parts=parts
-    )
-    kept = resumable_parts(output_dir, stored, document, parts) if resume else Kept()
-    todo = [[part for part in ranges if part.index not in kept.indices] for ranges in worker_parts]
-    todo = [ranges for ranges in todo if ranges]
-    if resume:
-        logger.info(
-            "resuming %s: keeping %d of %d parts (%d rows)",
-            output_dir,
-            len(kept.indices),
-            len(parts),
-            kept.stats.rows,
-        )
+    parted = parted_output(plan, [part for ranges in worker_parts for part in ranges], resume=resume)
+    todo = [ranges for ranges in (parted.pending(r) for r in worker_parts) if ranges]
 
     def prepare() -> str:  # once the model (or every worker's) has loaded: an earlier output stays intact
-        if stored is None:
-            return open_output(plan, document)
-        owner = claim_output(output_dir, document)
-        remove_unfinished(output_dir, kept.indices)
-        return owner
+        return parted.prepare(plan)
 
+    kept = parted.kept
     total = plan.rows_read - kept.stats.rows
     with tqdm(desc="rows", unit="row", total=total, disable=not progress, file=sys.stderr) as bar:
         if len(todo) > 1:
@@ -153,7 +119,7 @@ def predict(
         device=ran.device,
         answering=ran.answering,
         answered_rows=total if resume else None,
-        counts={"parts": len(parts), "reused_parts": len(kept.indices), "reused_rows": kept.stats.rows},
+        counts=parted.counts(),
         details={"host_tuning": ran.host_tuning},
     )
     return commit(plan, answered, ran.owner)
