@@ -11,7 +11,7 @@ LOCK := requirements-lock.txt
 # A recipe that fails leaves no target behind: a venv whose lock check failed is not taken as set up.
 .DELETE_ON_ERROR:
 
-.PHONY: setup demo test lint typecheck pytest lock base-encoder train-default bench eval-dev clean
+.PHONY: setup demo test lint typecheck pytest lock spark-env base-encoder train-default bench eval-dev clean
 
 # Installs through the lock (pip constraints: exactly the locked versions of what '.[dev,spark]' needs),
 # then checks that nothing installed is missing from it or differs. A changed lock reinstalls.
@@ -40,6 +40,10 @@ pytest: setup
 	$(BIN)/python -m pytest
 
 test: lint typecheck pytest
+
+# docqa and its locked dependencies packed for Spark executors (spark.archives; docqa spark --packed-env).
+spark-env: setup
+	$(BIN)/python scripts/pack_spark_env.py --torch "$(TORCH_SPEC)"
 
 # Regenerate requirements-lock.txt: the newest releases inside pyproject.toml's ranges, every extra,
 # resolved by the newest pip in a venv of its own (setup's venv may not match the lock being replaced).

@@ -23,7 +23,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,8 +74,10 @@ class StandaloneCluster:
 
     def alive_workers(self) -> int:
         """Workers the master counts as ALIVE."""
-        workers = self.status().get("workers", [])
-        return sum(1 for w in workers if isinstance(w, dict) and w.get("state") == "ALIVE")  # type: ignore[union-attr]
+        workers = self.status().get("workers")
+        if not isinstance(workers, list):
+            return 0
+        return sum(1 for w in workers if isinstance(w, dict) and w.get("state") == "ALIVE")
 
     def executor_pids(self) -> list[int]:
         """The process ids of the executor JVMs now running (children of this cluster's workers)."""
@@ -93,27 +95,26 @@ class StandaloneCluster:
                 found.append(int(entry.name))
         return sorted(found)
 
-    def stop(self) -> None:
-        """Stops the workers (their executors with them), then the master; waits for each."""
-        for process in [*self.workers, self.master]:
-            _stop_group(process)
+    def stop(self, grace: float = 10.0) -> None:
+        """Stops the workers (their executors with them) and the master.
 
-
-def _stop_group(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """SIGTERM to the process's group (its executors and Python workers), SIGKILL after `grace` s."""
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        SIGTERM to every process group at once, SIGKILL to what is left after `grace` seconds.
+        """
+        processes = [*self.workers, self.master]
+        for process in processes:
+            _signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for process in processes:
+            with suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        for process in processes:  # what is left, and whatever the groups left (executors, Python workers)
+            _signal_group(process, signal.SIGKILL)
             process.wait()
-        except ProcessLookupError:
-            pass
-    try:  # whatever the group left: executors outlive a worker killed without its shutdown hook
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+
+
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    with suppress(ProcessLookupError, PermissionError):  # the group is gone
+        os.killpg(process.pid, signum)
 
 
 def _spark_class(
@@ -170,7 +171,8 @@ def standalone_cluster(
         for k in range(workers):
             arguments = [
                 "--host", "127.0.0.1", "--cores", str(cores), "--memory", memory,
-                "--webui-port", str(free_port()), "--work-dir", str(workdir / f"work-{k}"), cluster.master_url,
+                "--webui-port", str(free_port()), "--work-dir", str(workdir / f"work-{k}"),
+                cluster.master_url,
             ]  # fmt: skip
             cluster.workers.append(
                 _spark_class(WORKER_CLASS, arguments, log_dir / f"worker-{k}.log", environment)
@@ -189,7 +191,8 @@ def _wait_for_workers(cluster: StandaloneCluster, expected: int, timeout: float)
         ]:
             if process.poll() is not None:
                 raise JobError(
-                    f"the Spark {name} exited with code {process.returncode}: see {cluster.log_dir}/{name}.log"
+                    f"the Spark {name} exited with code {process.returncode}: "
+                    f"see {cluster.log_dir}/{name}.log"
                 )
         try:
             if cluster.alive_workers() >= expected:
