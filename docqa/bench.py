@@ -22,6 +22,7 @@ import fsspec
 import pyarrow as pa
 import torch
 
+from docqa.bench_cluster import bench_spark_cluster
 from docqa.bench_modes import RUNNERS, BenchError, bench_predict_workers, bench_spark
 from docqa.bench_options import DESCRIPTION, MODES, add_bench_arguments, check_bench_arguments
 from docqa.bench_table import combine_rounds, format_table, summarize
@@ -108,6 +109,8 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
             figures = bench_predict_workers(config, rows, Path(tmp), args.workers)
         elif args.mode == "spark":  # Spark's Python workers load theirs
             figures = bench_spark(config, rows, Path(tmp))
+        elif args.mode == "spark-cluster":
+            figures = bench_spark_cluster(config, rows, Path(tmp))
         else:
             figures = RUNNERS[args.mode](load_runner(config.model, config.runtime), config, rows, Path(tmp))
     figures.update(

@@ -12,7 +12,9 @@ from pathlib import Path
 from qa_core.config import DEFAULT_MODEL
 from qa_core.config_layers import add_config_arguments
 
-MODES = ("seed", "bound", "predict", "run", "spark", "beam-stock", "host")
+MODES = ("seed", "bound", "predict", "run", "spark", "spark-cluster", "beam-stock", "host")
+# What `--modes` runs unless told: spark-cluster starts JVMs for a cluster of its own, so it is asked for.
+DEFAULT_MODES = tuple(m for m in MODES if m != "spark-cluster")
 DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json.zip")
 DESCRIPTION = """\
 Throughput of docqa against the anchors, on the same model and the same rows.
@@ -26,7 +28,11 @@ once untimed first):
                 with --workers N, `docqa predict --workers N` from every worker loaded to the last answer
     run         `docqa run` on DirectRunner, Parquet to Parquet, end to end (includes worker model load)
     spark       `docqa spark` on local[T], T partitions, from the session up (JVM start apart)
-Predict, run and spark also time the whole command in a subprocess (imports, model load, report, exit).
+    spark-cluster  `docqa spark` on a Spark standalone cluster started here: T workers of one core, one
+                single-row-group file in work-sized units, from the session up (the JVMs' start apart);
+                not in the default --modes
+Predict, run, spark and spark-cluster also time the whole command in a subprocess (imports, model load,
+report, exit).
     beam-stock  RunInference with Beam's PyTorch keyed-tensor handler, windows padded to max_seq_len
     host        `docqa predict` in-process with an instant forward (random logits, no model): the host
                 work per row a device waits for, each stage timed alone, and the tokenizer's floor
@@ -75,7 +81,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="model.dtype (default fp32)"
     )
     parser.add_argument(
-        "--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}"
+        "--modes",
+        default=",".join(DEFAULT_MODES),
+        help=f"comma-separated subset of {', '.join(MODES)} (default: all but spark-cluster)",
     )
     add_config_arguments(parser, model=False)
     parser.add_argument(

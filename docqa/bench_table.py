@@ -62,21 +62,21 @@ def _figure(value: float | None) -> str:
 def format_table(results: list[dict[str, Any]]) -> str:
     """A plain-text table of the figures: answering rates, and whole commands' rates beside them."""
     head = (
-        f"{'mode':<11}{'q/s':>9}{'real tok/s':>12}{'pad eff':>9}{'peak RSS MB':>13}{'x bound':>9}"
+        f"{'mode':<14}{'q/s':>9}{'real tok/s':>12}{'pad eff':>9}{'peak RSS MB':>13}{'x bound':>9}"
         f"{'whole q/s':>11}{'x bound':>9}"
     )
     lines = [head, "-" * len(head)]
     for r in results:
         ratio = f"{r['ratio_to_bound']:.2f}" if r["ratio_to_bound"] is not None else "-"
         lines.append(
-            f"{r['mode']:<11}{r['questions_per_s']:>9.2f}{r['real_tokens_per_s']:>12.0f}"
+            f"{r['mode']:<14}{r['questions_per_s']:>9.2f}{r['real_tokens_per_s']:>12.0f}"
             f"{r['padding_efficiency']:>9.3f}{r['peak_rss_mb']:>13.0f}{ratio:>9}"
             f"{_figure(r['whole_questions_per_s']):>11}{_figure(r['whole_ratio_to_bound']):>9}"
         )
     lines.append(
-        "q/s: the answering (predict: model loaded; run: the whole job in-process; spark: from the session "
-        "started, executors' model loads included); whole: the command in a subprocess (imports, model "
-        "load, report, exit)"
+        "q/s: the answering (predict: model loaded; run: the whole job in-process; spark, spark-cluster: "
+        "from the session started, executors' model loads included); whole: the command in a subprocess "
+        "(imports, model load, report, exit)"
     )
     rounds = len(results[0].get("rounds", [])) if results else 0
     if rounds > 1:
@@ -104,9 +104,15 @@ def _notes(r: dict[str, Any]) -> list[str]:
             f"{r['startup_seconds']:.1f} s; peak RSS of the largest process"
         )
     if "partitions" in r:
+        cluster = (
+            f" on {r['executors']} executors; the cluster's start {r['cluster_start_seconds']:.1f} s and"
+            if "cluster_start_seconds" in r
+            else ";"
+        )
         lines.append(
-            f"{r['mode']}: {r['partitions']} partitions; Spark (JVM) start {r['startup_seconds']:.1f} s "
-            "outside q/s; peak RSS of this process (Spark's JVM and Python workers not counted)"
+            f"{r['mode']}: {r['partitions']} partitions{cluster} Spark (JVM) start "
+            f"{r['startup_seconds']:.1f} s outside q/s; peak RSS of this process (Spark's JVM and Python "
+            "workers not counted)"
         )
     if "host_us_per_row" in r:
         split = ", ".join(f"{name} {us:.0f}" for name, us in r["host_stages_us_per_row"].items())

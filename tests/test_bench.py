@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import torch
 
-from docqa.bench import MODES, long_contexts, main
+from docqa.bench import long_contexts, main
+from docqa.bench_options import DEFAULT_MODES
 from docqa.bench_table import combine_rounds, format_table, summarize
 from qa_core.errors import ModelLoadError
 from qa_core.evaluation.squad import load_squad, squad_to_table
@@ -50,7 +51,7 @@ def test_bench_all_modes(tmp_path: Path, tiny_model_dir: Path, capsys: pytest.Ca
     data = tmp_path / "squad.json"
     data.write_text(json.dumps(_squad(6)))
     out = tmp_path / "bench.json"
-    modes = [m for m in MODES if SPARK or m != "spark"]
+    modes = [m for m in DEFAULT_MODES if SPARK or m != "spark"]
     argv = ["--model", str(tiny_model_dir), "--data", str(data), "--n", "6", "--modes", ",".join(modes)]
     assert main([*argv, "--json", str(out)]) == 0
     results = {r["mode"]: r for r in json.loads(out.read_text())["results"]}
@@ -84,6 +85,25 @@ def test_bench_all_modes(tmp_path: Path, tiny_model_dir: Path, capsys: pytest.Ca
     table = capsys.readouterr().out
     assert "whole q/s" in table and "bound: fastest at" in table
     assert "us/row with an instant forward" in table
+
+
+@pytest.mark.skipif(not SPARK, reason="needs pyspark and a Java runtime")
+def test_bench_spark_cluster_spreads_one_row_group_over_the_cluster(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The spark-cluster mode starts a standalone cluster of one-core workers (one per core) and stops
+    it; a one-row-group input is answered in units on every executor, as predict answers it."""
+    data = tmp_path / "squad.json"
+    data.write_text(json.dumps(_squad(8)))
+    out = tmp_path / "bench.json"
+    argv = ["--model", str(tiny_model_dir), "--data", str(data), "--n", "8"]
+    assert main([*argv, "--modes", "predict,spark-cluster", "--json", str(out)]) == 0
+    results = {r["mode"]: r for r in json.loads(out.read_text())["results"]}
+    cluster = results["spark-cluster"]
+    assert cluster["real_tokens"] == results["predict"]["real_tokens"]
+    assert cluster["partitions"] >= 2 and cluster["executors"] >= 2  # one worker per core, here 2
+    assert cluster["cluster_start_seconds"] > 0 and cluster["whole_questions_per_s"] > 0
+    assert "executors; the cluster's start" in capsys.readouterr().out
 
 
 def test_bench_predict_with_workers_times_the_answering(
