@@ -50,7 +50,14 @@ def add_spark_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a Spark setting, e.g. --conf spark.sql.files.maxPartitionBytes=8m; repeatable",
+        help="a Spark setting, e.g. --conf spark.executor.memory=4g; repeatable",
+    )
+    parser.add_argument(
+        "--packed-env",
+        metavar="ARCHIVE",
+        help="docqa's environment packed by `make spark-env` (a path or URL the cluster can read): shipped "
+        "to the executors through spark.archives, whose Python workers then run its interpreter; for "
+        "cluster masters (local masters run this Python)",
     )
     add_config_arguments(parser)
     add_job_flags(parser, "(docqa spark) ")

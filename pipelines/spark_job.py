@@ -47,14 +47,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def spark_settings(master: str | None, conf: Sequence[str], *, debug: bool = False) -> dict[str, str]:
+def spark_settings(
+    master: str | None, conf: Sequence[str], *, debug: bool = False, packed_env: str | None = None
+) -> dict[str, str]:
     """The session's settings: `--conf KEY=VALUE` items, then docqa's defaults.
 
     Locally the driver binds to loopback. Spark's own log stays quiet unless `--debug` (or a
     `--conf spark.log.level=...`): a failed task is docqa's one error line, not the executors' traces.
+    A packed environment (`--packed-env`) is added to `spark.archives` under `PACKED_ENV_ALIAS`, the
+    folder each executor unpacks it into (`_start_session` points the Python workers at its interpreter).
 
     Raises:
-        ConfigError: A `--conf` item without `=`.
+        ConfigError: A `--conf` item without `=`; a packed environment for a local master, or one that
+            is not there.
     """
     settings: dict[str, str] = {}
     for item in conf:
@@ -66,9 +71,46 @@ def spark_settings(master: str | None, conf: Sequence[str], *, debug: bool = Fal
     if master is not None and master.startswith("local") and "SPARK_LOCAL_IP" not in os.environ:
         settings.setdefault("spark.driver.bindAddress", "127.0.0.1")
         settings.setdefault("spark.driver.host", "127.0.0.1")
+    if packed_env is not None:
+        settings["spark.archives"] = ",".join(
+            filter(
+                None,
+                [settings.get("spark.archives"), f"{_packed_env_url(packed_env, master)}#{PACKED_ENV_ALIAS}"],
+            )
+        )
     settings.setdefault("spark.ui.showConsoleProgress", "false")
     settings.setdefault("spark.log.level", "WARN" if debug else "FATAL")
     return settings
+
+
+PACKED_ENV_ALIAS = "docqa_env"
+"""The folder name under which executors unpack `--packed-env` (`spark.archives`' `#alias`)."""
+
+
+def _packed_env_url(archive: str, master: str | None) -> str:
+    """The archive as `spark.archives` takes it: a local file made absolute, a URL as it is.
+
+    Raises:
+        ConfigError: For a local master (its Python workers run this interpreter), or a local file that
+            does not exist.
+    """
+    if master is None:  # under spark-submit, whose context exists before this job can set anything
+        raise ConfigError(
+            f"--packed-env under spark-submit: pass spark-submit --archives {archive}#{PACKED_ENV_ALIAS} "
+            f"--conf spark.pyspark.python=./{PACKED_ENV_ALIAS}/bin/python instead"
+        )
+    if master.startswith("local"):
+        raise ConfigError(
+            f"--packed-env ships docqa to a cluster's executors; {master} runs this Python: drop --packed-env"
+        )
+    if "://" in archive:
+        return archive
+    path = os.path.abspath(archive)
+    if not os.path.isfile(path):
+        raise ConfigError(
+            f"--packed-env {archive}: no such file (make spark-env writes dist/docqa-spark-env.tar.gz)"
+        )
+    return path
 
 
 def default_master(master: str | None) -> str | None:
@@ -78,8 +120,14 @@ def default_master(master: str | None) -> str | None:
     return None if "PYSPARK_GATEWAY_PORT" in os.environ else "local[*]"
 
 
-def _start_session(master: str | None, settings: dict[str, str]) -> tuple[Any, bool]:
+def _start_session(
+    master: str | None, settings: dict[str, str], *, packed_env: bool = False
+) -> tuple[Any, bool]:
     """The Spark session (and whether this job created it, so stops it).
+
+    With a packed environment the executors' Python workers run its interpreter, relative to the
+    executor's working folder where Spark unpacked it. PySpark's driver takes the workers' interpreter
+    from `PYSPARK_PYTHON` only, so this command sets it (Spark's documented recipe for `spark.archives`).
 
     Raises:
         JobError: pyspark is not installed, or Spark (Java) does not start.
@@ -95,6 +143,8 @@ def _start_session(master: str | None, settings: dict[str, str]) -> tuple[Any, b
         # the workers' interpreter from PYSPARK_PYTHON only (spark.pyspark.python is spark-submit's); on
         # a cluster it is the cluster's setting.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if packed_env:
+        os.environ["PYSPARK_PYTHON"] = f"./{PACKED_ENV_ALIAS}/bin/python"
     existing = SparkSession.getActiveSession()
     builder = SparkSession.builder.appName("docqa")
     if master is not None:
@@ -131,7 +181,9 @@ def run_spark(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if config.runtime.host_tuning:
         host_tuning.tune_host()
     master = default_master(args.master)
-    settings = spark_settings(master, args.conf, debug=getattr(args, "debug", False))
+    settings = spark_settings(
+        master, args.conf, debug=getattr(args, "debug", False), packed_env=args.packed_env
+    )
     local = master is not None and master.startswith("local")
     site = AnsweringSite(
         "spark",
@@ -142,7 +194,7 @@ def run_spark(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     request = JobRequest(args.input, args.output, overwrite=args.overwrite)
     plan = preflight(config, request, site, load=lambda: load_runner(config.model, config.runtime))
-    session, created = _start_session(master, settings)
+    session, created = _start_session(master, settings, packed_env=args.packed_env is not None)
     session_ready = time.perf_counter()
     try:
         owner = open_output(plan)
