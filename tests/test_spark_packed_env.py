@@ -29,7 +29,7 @@ pytest.importorskip("venv_pack", reason="make spark-env needs venv-pack (the [sp
 if shutil.which("java") is None:
     pytest.skip("no Java runtime (apt-get install -y openjdk-17-jre-headless)", allow_module_level=True)
 
-from pipelines.spark_standalone import standalone_cluster  # noqa: E402
+from pipelines.spark_standalone import standalone_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "samples" / "questions.parquet"
@@ -65,8 +65,8 @@ def test_executors_run_the_packed_environment(tmp_path: Path) -> None:
         tmp_path / "cluster", workers=2, cores=1, memory="2g", env=_bare_env()
     ) as cluster:
         job = subprocess.run(
-            [sys.executable, "-m", "docqa", "spark", "--master", cluster.master_url, "--packed-env", str(archive),
-             "--input", str(SAMPLE), "--output", str(output), "--no-report"],
+            [sys.executable, "-m", "docqa", "spark", "--master", cluster.master_url,
+             "--packed-env", str(archive), "--input", str(SAMPLE), "--output", str(output), "--no-report"],
             capture_output=True, text=True, timeout=900, check=False, env=_bare_env(),
         )  # fmt: skip
     assert job.returncode == 0, job.stderr[-3000:]
