@@ -245,7 +245,8 @@ class WriteParts(beam.PTransform):  # type: ignore[type-arg]
         self._units = list(units)
         self._write = _WritePart(output_dir, schemas, top_k, config_hash, owner)
 
-    def expand(self, inputs: dict[str, PCollection[Any]]) -> PCollection[int]:
+    # `inputs` is a dict of PCollections, which Beam cannot take as an input type hint (it warns): Any.
+    def expand(self, inputs: Any) -> PCollection[int]:
         keyed_units = inputs["units"] | "KeyUnits" >> beam.Map(
             lambda unit: (unit.index, unit)
         ).with_output_types(tuple[int, PartRange])
