@@ -30,19 +30,20 @@ What Beam 2.77 does there (read from `portable_runner.py`, `job_server.py`, `loc
   Two pools are therefore used by two jobs, each pointed at its own pool, run one after the other so
   that each pool's work can be attributed.
 
-Two pools answering ONE job (issue 31) is not possible with Beam 2.78's own pieces, checked in its source:
-`local_job_service_main` runs the same `LocalJobServicer`, so the same single worker; `--sdk_worker_parallelism`
-is read by no Python runner (only Java job servers: Flink, Spark); `FnApiRunner.run_pipeline` does read
-`--direct_num_workers` (a `FnApiRunner(default_environment=<EXTERNAL>)` built by docqa's `local_runner`
-would ask for two workers), but `WorkerHandlerManager.get_worker_handlers` keys its workers by environment
-id and every worker of an environment gets that environment's one endpoint, so both would be started by
-the same pool; and the Python SDK gives every transform the pipeline's one default environment, so a
-second endpoint would need a second environment assigned to some transforms by rewriting the pipeline
-proto (a hack, and it would split transforms, not rows, between pools). Spreading one job's workers over
-two pools needs a runner that starts several workers per environment against several hosts (Flink or
-Spark with their Java job servers, or a load balancer in front of the pools), none of which runs here.
-Within one pool's worker, the rows of a one-row-group file are still spread over units
-(`tests/test_beam_units.py`), and two SDK worker processes of the FnApiRunner answer them.
+Two pools answering ONE job (issue 31) is not possible with Beam 2.78's own pieces, checked in its
+source: `local_job_service_main` runs the same `LocalJobServicer`, so the same single worker;
+`--sdk_worker_parallelism` is read by no Python runner (only Java job servers: Flink, Spark);
+`FnApiRunner.run_pipeline` does read `--direct_num_workers` (a
+`FnApiRunner(default_environment=<EXTERNAL>)` built by docqa's `local_runner` would ask for two workers),
+but `WorkerHandlerManager.get_worker_handlers` keys its workers by environment id and every worker of an
+environment gets that environment's one endpoint, so both would be started by the same pool; and the
+Python SDK gives every transform the pipeline's one default environment, so a second endpoint would need
+a second environment assigned to some transforms by rewriting the pipeline proto (a hack, and it would
+split transforms, not rows, between pools). Spreading one job's workers over two pools needs a runner
+that starts several workers per environment against several hosts (Flink or Spark with their Java job
+servers, or a load balancer in front of the pools), none of which runs here. Within one pool's worker,
+the rows of a one-row-group file are still spread over units (`tests/test_beam_units.py`), and two SDK
+worker processes of the FnApiRunner answer them.
 
 While a job runs, its pool must have a live SDK worker child
   process (seen in /proc) and log starting one, and the other pool must have neither.
