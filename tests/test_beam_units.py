@@ -301,7 +301,10 @@ def test_a_killed_run_resumes_on_an_external_worker_pool(
     out = tmp_path / "out"
     info = kill_then_resume(resume_input, out, tiny_model_dir, beam_args)
     assert info["engine"] == "beam:PortableRunner"
-    assert 0 < info["counts"]["reused_parts"] < 60
+    # The pool's SDK worker is not in the launcher's process group: it outlives the kill and goes on
+    # writing the parts of the data it already holds (its owner token is still the folder's), so the
+    # resume may find every part written and have nothing left to run.
+    assert 0 < info["counts"]["reused_parts"] <= 60
     assert worker_pool.started_workers() >= 2  # the killed attempt's SDK worker and the resumed one's
     assert (out / "COMPLETED").exists()
     assert_same_rows(out, uninterrupted)
