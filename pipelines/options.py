@@ -28,6 +28,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-progress", dest="progress", action="store_false", help="no progress bar (in-process runners)"
     )
     add_job_flags(parser, "(docqa run) ")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an unfinished docqa run of the same job in DIR: keep the units whose part files it "
+        "wrote, answer the rest",
+    )
 
 
 SPARK_DESCRIPTION = (

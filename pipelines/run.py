@@ -1,10 +1,19 @@
-"""`docqa run` / `python -m pipelines.run`: the Beam job, Parquet in, answers and rejections out.
+"""`docqa run` / `python -m pipelines.run`: the Beam job, Parquet in, one part file pair per unit out.
 
-    rows -> ValidateRows -> FeaturizeRecords -> BucketWindows -> RunInference(QAModelHandler)
-         -> MergeWindows (in the same bundle) -> answers/ and rejections/ Parquet
+    units -> Reshuffle -> ReadUnit -> ValidateRows -> FeaturizeRecords -> BucketWindows
+          -> RunInference(QAModelHandler) -> MergeWindows (in the same bundle)
+          -> keyed by unit -> CoGroupByKey with the units -> answers/part-K, rejections/part-K
 
-A row's windows are merged into its answer in the bundle that featurized it (one fused stage, no
-shuffle); only rows a runner splits across bundles go through a `CoGroupByKey` (`AggregateRows`).
+The launcher plans the input's rows as units (`qa_core.jobs.parts.plan_units`: at least two per core
+the options ask for, at most `output.task_rows` rows each; `planned_cores`), so the unit of work is a
+row range, not the writer's row group: a one-row-group file is answered by every worker, and a runner
+with dynamic work rebalancing can split a straggling unit (`pipelines.io.ReadUnit`). A row's windows are
+merged into its answer in the bundle that featurized it (one fused stage, no shuffle); only rows a runner
+splits across bundles go through a `CoGroupByKey` (`AggregateRows`). Each unit's answers and rejections
+are written as its own part files (`pipelines.io.WriteParts`), which is what `--resume` keeps: a killed
+job rerun with `--resume` answers only the units whose two files are not there (`qa_core.jobs.resume`).
+On a batch runner the part files are written after the answering stage has finished (the grouping is a
+barrier), so a job killed while answering keeps nothing; one killed while writing keeps what it wrote.
 
 Every Beam pipeline option passes through untouched. The launcher runs the job's lifecycle
 (`qa_core.jobs.lifecycle`): its checks before the graph is built, and after the pipeline has finished,
@@ -17,20 +26,27 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TypeOptions
+from apache_beam.options.pipeline_options import (
+    DirectOptions,
+    PipelineOptions,
+    StandardOptions,
+    TypeOptions,
+    WorkerOptions,
+)
 from apache_beam.pvalue import PCollection
 from apache_beam.runners.runner import PipelineRunner
 
 from pipelines import metrics, progress
 from pipelines.failures import PipelineError, summarize_failure
 from pipelines.inference import InferenceOutput, QAModelHandler
-from pipelines.io import ReadRows, beam_filesystem_usable, write_table
+from pipelines.io import ReadUnit, WriteParts
 from pipelines.metrics import REJECTED_PREFIX, WINDOWS_PER_ROW_PREFIX
 from pipelines.options import DESCRIPTION, add_run_arguments
 from pipelines.stages import (
@@ -47,11 +63,12 @@ from pipelines.stages import (
 )
 from qa_core.config import QAConfig, config_from_arguments
 from qa_core.engine.stats import EngineStats
-from qa_core.errors import ConfigError, OutputError
+from qa_core.errors import ConfigError
 from qa_core.io.read import InputSchema, output_schemas
-from qa_core.io.schema import ANSWERS_DIR, REJECTIONS_DIR, answer_to_row, rejection_to_row
 from qa_core.jobs.guard import run_guarded
-from qa_core.jobs.lifecycle import Answered, AnsweringSite, JobRequest, commit, open_output, preflight
+from qa_core.jobs.lifecycle import Answered, AnsweringSite, JobRequest, commit, preflight
+from qa_core.jobs.parts import PartRange, plan_units
+from qa_core.jobs.resume import parted_output
 from qa_core.runtime import host_tuning
 from qa_core.runtime.loaders import load_runner
 
@@ -60,46 +77,62 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class JobSpec:
-    """What the graph needs, resolved on the launcher before the pipeline starts."""
+    """What the graph needs, resolved on the launcher before the pipeline starts.
+
+    Attributes:
+        config: The config the workers answer with (`JobPlan.answer_config`).
+        files: The input files, in order.
+        schema: Their columns.
+        output_dir: The output folder (prepared: `PartedOutput.prepare`).
+        units: The units this attempt answers (all, or those a resumed job has not kept).
+        config_hash: The job's config hash (`JobPlan.config`), written into each part's footers.
+        owner: The job's owner token, checked before each part file is put in place.
+    """
 
     config: QAConfig
     files: tuple[str, ...]
     schema: InputSchema
     output_dir: str
+    units: tuple[PartRange, ...]
+    config_hash: str
+    owner: str
 
 
 def build_pipeline(
     pipeline: beam.Pipeline, spec: JobSpec, model_handler: ModelHandler[Any, Any, Any] | None = None
 ) -> None:
-    """Adds the whole docqa graph to `pipeline`: rows -> answers and rejections -> Parquet.
+    """Adds the whole docqa graph to `pipeline`: units -> rows -> answers and rejections -> part files.
 
     Args:
         pipeline: The pipeline to build on (tests pass a `TestPipeline`).
-        spec: Config, input files and schema, output folder.
+        spec: Config, input files and schema, output folder, units.
         model_handler: Replaces `QAModelHandler(config)` (tests inject failing models).
     """
-    answers, rejections = _answer(pipeline, spec, model_handler or QAModelHandler(spec.config))
-    answer_schema, rejection_schema = output_schemas(spec.schema, spec.config)
-    _ = (
-        answers
-        | "CountAnswers" >> beam.Map(count_result)
-        | "AnswerRows" >> beam.Map(answer_to_row, spec.config.decode.top_k)
-        | "WriteAnswers" >> write_table_transform(spec.output_dir, ANSWERS_DIR, answer_schema)
+    units = pipeline | "Units" >> beam.Create(list(spec.units), reshuffle=False)
+    rows = (
+        units
+        | "Spread" >> beam.Reshuffle()  # units to whichever worker is free, not to the one that listed them
+        | "ReadUnits" >> beam.ParDo(ReadUnit(spec.files, spec.config.input))
     )
-    _ = (
-        rejections
-        | "CountRejections" >> beam.Map(count_result)
-        | "RejectionRows" >> beam.Map(rejection_to_row)
-        | "WriteRejections" >> write_table_transform(spec.output_dir, REJECTIONS_DIR, rejection_schema)
+    answers, rejections = _answer(rows, spec.config, model_handler or QAModelHandler(spec.config))
+    results = (
+        answers | "CountAnswers" >> beam.Map(count_result),
+        rejections | "CountRejections" >> beam.Map(count_result),
+    ) | "AllResults" >> beam.Flatten()
+    _ = {"units": units, "results": results} | "WriteParts" >> WriteParts(
+        spec.units,
+        spec.output_dir,
+        schemas=output_schemas(spec.schema, spec.config),
+        top_k=spec.config.decode.top_k,
+        config_hash=spec.config_hash,
+        owner=spec.owner,
     )
 
 
 def _answer(
-    pipeline: beam.Pipeline, spec: JobSpec, handler: ModelHandler[Any, Any, Any]
+    rows: PCollection[Any], config: QAConfig, handler: ModelHandler[Any, Any, Any]
 ) -> tuple[PCollection[Any], PCollection[Any]]:
     """The engine's stages as transforms; returns the answers and the rejections of every stage."""
-    config = spec.config
-    rows = pipeline | "Read" >> ReadRows(spec.files, config.input)
     validated = rows | "Validate" >> beam.ParDo(ValidateRows(config)).with_outputs(REJECTIONS, main="records")
     featurized = validated.records | "Featurize" >> beam.ParDo(FeaturizeRecords(config)).with_outputs(
         REJECTIONS, main="rows"
@@ -133,17 +166,6 @@ def _answer(
         regrouped[REJECTIONS],
     ) | "AllRejections" >> beam.Flatten()
     return answers, rejections
-
-
-class write_table_transform(beam.PTransform):  # type: ignore[type-arg]  # noqa: N801 - reads as a function
-    """Wraps `pipelines.io.write_table` as a transform."""
-
-    def __init__(self, output_dir: str, folder: str, schema: Any) -> None:
-        super().__init__()
-        self._args = (output_dir, folder, schema)
-
-    def expand(self, pcoll: PCollection[Any]) -> Any:
-        return write_table(pcoll, *self._args)
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -222,7 +244,8 @@ def run(
 
     Raises:
         InputError, ModelLoadError: Job-level problems found before the pipeline starts.
-        OutputError: An unusable output, or answers + rejections that do not add up to the rows read.
+        OutputError: An unusable output, a `--resume` of another job's output, or answers + rejections
+            that do not add up to the rows read.
         PipelineError: The pipeline failed while running (a corrupt file, a worker that died).
     """
     args, beam_args = parse_args(argv)
@@ -233,14 +256,8 @@ def run(
         host_tuning.tune_host()
     options = PipelineOptions(beam_args, save_main_session=False)
     _check_type_options(options)
-    if not beam_filesystem_usable(args.output):
-        raise OutputError(
-            f"docqa run writes through Beam's file systems, which cannot write {args.output} here: install "
-            "Beam's extra for it (apache-beam[aws] for s3://, apache-beam[gcp] for gs://), or use docqa "
-            "predict, which writes through fsspec"
-        )
     local = _workers_share_launcher_files(options)
-    request = JobRequest(args.input, args.output, overwrite=args.overwrite)
+    request = JobRequest(args.input, args.output, overwrite=args.overwrite, resume=args.resume)
     plan = preflight(
         config,
         request,
@@ -248,34 +265,97 @@ def run(
         # A large untuned local job probes with a model of its own: the workers load theirs.
         load=lambda: load_runner(config.model, config.runtime),
     )
-    owner = open_output(plan)
+    cores, task_rows = planned_cores(options), plan.config.output.task_rows
+    units = plan_units(plan.rows_read, cores, task_rows)
+    # A resumed job takes the units its folder recorded (the cores found may differ between attempts).
+    parted = parted_output(plan, units, resume=args.resume, adopt_stored_parts=True)
+    owner = parted.prepare(plan)
+    pending = parted.pending()
     pipeline = test_pipeline or beam.Pipeline(runner=local_runner(options), options=options)
-    build_pipeline(
-        pipeline, JobSpec(plan.answer_config, plan.files, plan.input_schema, args.output), model_handler
+    counters: dict[str, int] = {}
+    per_worker: dict[str, int] = {}
+    if pending:  # a resume of a job whose every unit was written has nothing left to run
+        spec = JobSpec(
+            plan.answer_config,
+            plan.files,
+            plan.input_schema,
+            args.output,
+            tuple(pending),
+            plan.config.config_hash(),
+            owner,
+        )
+        build_pipeline(pipeline, spec, model_handler)
+        counters, per_worker = _run_pipeline(
+            pipeline, sum(unit.rows for unit in pending), args.output, progress_bar=args.progress and local
+        )
+    ran = stats_from_counters(counters)
+    stats = None
+    if ran is not None or not pending:
+        stats = EngineStats()
+        stats.add(ran or EngineStats())
+        stats.add(parted.kept.stats)  # their footers' counters (`pipelines.io._WritePart` says which)
+    answered = Answered(
+        f"beam:{type(pipeline.runner).__name__}",
+        stats,
+        exact=False,  # a runner's metrics may count a retried bundle twice: the footers decide
+        model_id=plan.config.model.name_or_path,
+        revision=plan.revision,
+        device=plan.config.runtime.device,
+        answered_rows=sum(unit.rows for unit in pending) if args.resume else None,
+        counts={"metrics": counters, **parted.counts()},
+        details={
+            "beam": {
+                "plan": {
+                    "cores": cores,
+                    "task_rows": plan.config.output.task_rows,
+                    "units": len(parted.parts),
+                },
+                "rows_per_worker": per_worker,
+            }
+        },
     )
+    return commit(plan, answered, owner)
+
+
+def _run_pipeline(
+    pipeline: beam.Pipeline, rows: int, output_dir: str, *, progress_bar: bool
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Runs the pipeline to its end; returns its docqa counters and the rows each worker answered.
+
+    Raises:
+        PipelineError: The pipeline failed while running.
+    """
     # Rows are counted where the workers run: a bar here moves only when they share this process's view.
-    progress.start(plan.rows_read, enabled=args.progress and local)
+    progress.start(rows, enabled=progress_bar)
     try:
         result = pipeline.run()
         result.wait_until_finish()
     except Exception as err:  # runners report worker failures in their own exception types
         raise PipelineError(
-            f"the pipeline failed: {summarize_failure(err)}; {args.output} is not marked COMPLETED "
-            "(fix the cause, then rerun with --overwrite)"
+            f"the pipeline failed: {summarize_failure(err)}; {output_dir} is not marked COMPLETED "
+            "(fix the cause, then rerun with --resume to keep the units written, or --overwrite)"
         ) from err
     finally:
         progress.close()
-    counters = metrics.query_counters(result)
-    answered = Answered(
-        f"beam:{type(pipeline.runner).__name__}",
-        stats_from_counters(counters),
-        exact=False,  # a runner's metrics may count a retried bundle twice: the footers decide
-        model_id=plan.config.model.name_or_path,
-        revision=plan.revision,
-        device=plan.config.runtime.device,
-        counts={"metrics": counters},
-    )
-    return commit(plan, answered, owner)
+    return metrics.query_counters(result), metrics.query_counters(result, metrics.WORKER_NAMESPACE)
+
+
+def planned_cores(options: PipelineOptions) -> int:
+    """The cores a job's units are planned for (`plan_units`: at least two units per core).
+
+    The rule: on the local FnApiRunner (the DirectRunner asked for, `local_runner`), the SDK workers
+    `--direct_num_workers` asks for, 0 meaning this machine's CPUs; on other runners the workers
+    `--max_num_workers`, else `--num_workers`, asks for (Dataflow and the like); with neither, this
+    machine's CPUs (a portable job server here runs one SDK worker, a cluster's size is unknown here).
+    `output.task_rows` still caps every unit, so a large input gets many units whatever this says.
+    """
+    cpus = os.cpu_count() or 1
+    if options.view_as(StandardOptions).runner in _DIRECT_RUNNER_NAMES:
+        asked = options.view_as(DirectOptions).direct_num_workers
+        return int(asked) if asked and asked > 0 else cpus
+    workers = options.view_as(WorkerOptions)
+    asked = workers.max_num_workers or workers.num_workers
+    return int(asked) if asked and asked > 0 else cpus
 
 
 def stats_from_counters(counters: dict[str, int]) -> EngineStats | None:

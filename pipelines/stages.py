@@ -216,8 +216,9 @@ class AggregateRows(beam.DoFn):
 
 
 def count_result(result: ResultT) -> ResultT:
-    """Counts an output row (answered, or rejected by reason) and advances the launcher's progress bar."""
+    """Counts an output row (answered or rejected by reason, and per worker); advances the progress bar."""
     progress.advance()
+    metrics.inc_worker_rows()
     if isinstance(result, Answer):
         metrics.inc("answered")
     else:

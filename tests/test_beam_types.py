@@ -44,6 +44,8 @@ from pipelines.stages import (
 from qa_core.config import QAConfig, load_config
 from qa_core.engine.assembly import WindowFailure
 from qa_core.io.read import read_input_schema
+from qa_core.io.write import prepare_output
+from qa_core.jobs.parts import PartRange
 from qa_core.records import Answer, Reason, Record, Rejection, RowWindows, WindowCandidates, row_key
 
 # Every runner docqa run documents, as a user would name it (nothing here starts or reaches a runner).
@@ -71,7 +73,9 @@ RUNNER_ARGS = {
 ROW_DICT = Dict[str, Any]
 # (top-level transform, output tag) -> the type that flows there; a new transform must be added here.
 DECLARED: dict[tuple[str, str | None], Any] = {
-    ("Read", None): Tuple[int, ROW_DICT],
+    ("Units", None): PartRange,
+    ("Spread", None): PartRange,
+    ("ReadUnits", None): Tuple[int, ROW_DICT],
     ("Validate", None): Record,
     ("Validate", REJECTIONS): Rejection,
     ("Featurize", None): RowWindows,
@@ -92,11 +96,9 @@ DECLARED: dict[tuple[str, str | None], Any] = {
     ("AllRejections", None): Rejection,
     ("CountAnswers", None): Answer,
     ("CountRejections", None): Rejection,
-    ("AnswerRows", None): ROW_DICT,
-    ("RejectionRows", None): ROW_DICT,
+    ("AllResults", None): Union[Answer, Rejection],
+    ("WriteParts", None): int,  # the index of each unit written
 }
-# Beam's sinks: their outputs (file names) are Beam's to type.
-SINKS = {"WriteAnswers", "WriteRejections"}
 
 ROWS: list[dict[str, Any]] = [
     {
@@ -129,11 +131,16 @@ def _config(top_k: int) -> QAConfig:
 
 
 def _spec(tmp_path: Path, top_k: int) -> JobSpec:
+    """The job over `ROWS` in two units, its output folder prepared (the graph writes its part files)."""
     source = tmp_path / "rows.parquet"
     pq.write_table(pa.Table.from_pylist(ROWS), source)
     config = _config(top_k)
     files = (str(source),)
-    return JobSpec(config, files, read_input_schema(list(files), config.input), str(tmp_path / "out"))
+    output = str(tmp_path / "out")
+    units = (PartRange(0, 0, 3), PartRange(1, 3, len(ROWS)))
+    schema = read_input_schema(list(files), config.input)
+    owner = prepare_output(output, overwrite=False)
+    return JobSpec(config, files, schema, output, units, config.config_hash(), owner)
 
 
 def _top_level_outputs(pipeline: beam.Pipeline) -> dict[tuple[str, str | None], PCollection[Any]]:
@@ -165,7 +172,7 @@ def test_every_graph_type_checks_with_honest_hints(
     build_pipeline(pipeline, _spec(tmp_path, top_k))
 
     outputs = _top_level_outputs(pipeline)
-    ours = {key: pcoll for key, pcoll in outputs.items() if key[0] not in SINKS}
+    ours = outputs  # every top-level transform is ours now (no Beam sink)
     assert set(ours) == set(DECLARED)
     for key, pcoll in ours.items():
         assert pcoll.element_type == convert_to_beam_type(DECLARED[key]), key
@@ -191,12 +198,13 @@ def test_every_element_has_its_declared_type_on_good_and_bad_rows(tmp_path: Path
             pcoll
             | f"Check {label} {tag}" >> beam.FlatMap(_check_declared, f"{label}:{tag}", pcoll.element_type)
             for (label, tag), pcoll in _top_level_outputs(pipeline).items()
-            if label not in SINKS
         ]
         seen = tuple(checked) | "Checked" >> beam.Flatten() | "Distinct" >> beam.Distinct()
         # Every stage that these rows reach was checked, the rejections of validation included.
         reached = [
-            "Read:None",
+            "Units:None",
+            "Spread:None",
+            "ReadUnits:None",
             "Validate:None",
             f"Validate:{REJECTIONS}",
             "Featurize:None",
@@ -207,8 +215,8 @@ def test_every_element_has_its_declared_type_on_good_and_bad_rows(tmp_path: Path
             "AllRejections:None",
             "CountAnswers:None",
             "CountRejections:None",
-            "AnswerRows:None",
-            "RejectionRows:None",
+            "AllResults:None",
+            "WriteParts:None",
         ]
         assert_that(seen, equal_to(reached))
 

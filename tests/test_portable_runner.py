@@ -28,7 +28,24 @@ What Beam 2.77 does there (read from `portable_runner.py`, `job_server.py`, `loc
   runner keeps its default of one worker per environment ("worker_0"), and the pipeline options give a
   pipeline one environment, so one endpoint (`--environment_config`; docqa's transforms all run in it).
   Two pools are therefore used by two jobs, each pointed at its own pool, run one after the other so
-  that each pool's work can be attributed: while a job runs, its pool must have a live SDK worker child
+  that each pool's work can be attributed.
+
+Two pools answering ONE job (issue 31) is not possible with Beam 2.78's own pieces, checked in its
+source: `local_job_service_main` runs the same `LocalJobServicer`, so the same single worker;
+`--sdk_worker_parallelism` is read by no Python runner (only Java job servers: Flink, Spark);
+`FnApiRunner.run_pipeline` does read `--direct_num_workers` (a
+`FnApiRunner(default_environment=<EXTERNAL>)` built by docqa's `local_runner` would ask for two workers),
+but `WorkerHandlerManager.get_worker_handlers` keys its workers by environment id and every worker of an
+environment gets that environment's one endpoint, so both would be started by the same pool; and the
+Python SDK gives every transform the pipeline's one default environment, so a second endpoint would need
+a second environment assigned to some transforms by rewriting the pipeline proto (a hack, and it would
+split transforms, not rows, between pools). Spreading one job's workers over two pools needs a runner
+that starts several workers per environment against several hosts (Flink or Spark with their Java job
+servers, or a load balancer in front of the pools), none of which runs here. Within one pool's worker,
+the rows of a one-row-group file are still spread over units (`tests/test_beam_units.py`), and two SDK
+worker processes of the FnApiRunner answer them.
+
+While a job runs, its pool must have a live SDK worker child
   process (seen in /proc) and log starting one, and the other pool must have neither.
 
 Each job's output must equal `docqa predict` (`qa_core.jobs.predict.predict`, in-process) on the same
@@ -53,12 +70,8 @@ interface (`[::]`); the test only ever addresses them as localhost. Linux only (
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -76,12 +89,12 @@ import pytest
 from qa_core.config import load_config
 from qa_core.jobs.predict import predict
 from tests.conftest import SHARED_SQUAD
+from tests.worker_pools import REPO, WorkerPool, children_of, start_pools, subprocess_env
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/stat").exists(), reason="the worker-pool checks read /proc (Linux)"
 )
 
-REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "samples" / "questions.parquet"
 SQUAD_DEV = SHARED_SQUAD / "dev-v1.1.json.zip"
 COLUMNS = ["id", "title", "question", "context"]
@@ -100,10 +113,8 @@ EXPECTED_REJECTIONS = Counter(
     }
 )
 POOLS = 2
-POOL_START_TIMEOUT_S = 60.0
 JOB_TIMEOUT_S = 180.0
 WORKER_EXIT_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 10.0
 SCORE_TOLERANCE = 1e-4
 
 
@@ -116,124 +127,6 @@ def settings(model_dir: Path) -> list[str]:
         "batch.max_batch_windows=16",
         "batch.max_batch_tokens=4096",
     ]
-
-
-def subprocess_env() -> dict[str, str]:
-    """The environment of every subprocess: the venv's `python` first on PATH, this checkout importable,
-    nothing downloaded."""
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH", "")] if p)
-    env["HF_HUB_OFFLINE"] = "1"
-    env["TRANSFORMERS_OFFLINE"] = "1"
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (the sockets are held together, so the kernel cannot repeat one)."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def children_of(pid: int) -> dict[int, str]:
-    """The live child processes of `pid` and their command lines, from /proc (zombies left out: a pool
-    keeps its finished worker as one)."""
-    found: dict[int, str] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except OSError:  # the process ended while being read
-            continue
-        fields = text[text.rfind(")") + 2 :].split()  # after "pid (comm) ": state, ppid, ...
-        if len(fields) > 1 and int(fields[1]) == pid and fields[0] != "Z":
-            found[int(stat.parent.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
-    return found
-
-
-@dataclass
-class WorkerPool:
-    """One `worker_pool_main` process, its own process group (its SDK workers included), and its log."""
-
-    port: int
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def started_workers(self) -> int:
-        return self.log_text().count("Starting worker with command")
-
-    def stop(self) -> None:
-        """SIGTERM to the pool's process group, SIGKILL if the pool outlives it, then SIGKILL to whatever
-        is left of the group (SDK workers); the pool is waited for."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            signal_group(self.process.pid, sig)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT_S)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        signal_group(self.process.pid, signal.SIGKILL)
-
-
-def signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):  # every process of the group has ended
-        os.killpg(pgid, sig)
-
-
-def start_pools(count: int, base: Path) -> list[WorkerPool]:
-    """Starts `count` worker pools on free loopback ports and waits until each accepts connections."""
-    pools: list[WorkerPool] = []
-    try:
-        for index, port in enumerate(free_ports(count)):
-            folder = base / f"pool{index}"
-            folder.mkdir()
-            log = folder / "pool.log"
-            with log.open("wb") as handle:
-                process = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "apache_beam.runners.worker.worker_pool_main",
-                        f"--service_port={port}",
-                    ],
-                    stdin=subprocess.DEVNULL,
-                    stdout=handle,
-                    stderr=subprocess.STDOUT,
-                    cwd=folder,  # the workers depend on no working directory
-                    env=subprocess_env(),
-                    start_new_session=True,  # its own process group: stop() ends its SDK workers too
-                )
-            pools.append(WorkerPool(port, process, log))
-        for pool in pools:
-            wait_until_listening(pool)
-    except BaseException:
-        for pool in pools:
-            pool.stop()
-        raise
-    return pools
-
-
-def wait_until_listening(pool: WorkerPool) -> None:
-    deadline = time.monotonic() + POOL_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if pool.process.poll() is not None:
-            pytest.fail(f"worker pool on port {pool.port} exited: {pool.log_text()[-2000:]}")
-        try:
-            with socket.create_connection(("localhost", pool.port), timeout=1.0):
-                return
-        except OSError:
-            time.sleep(0.2)
-    pytest.fail(f"worker pool on port {pool.port} not listening after {POOL_START_TIMEOUT_S} s")
 
 
 @dataclass

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import IO, cast
 
 import fsspec
 import pyarrow as pa
@@ -234,6 +236,7 @@ def iter_rows(
     *,
     start: int = 0,
     stop: int | None = None,
+    opener: Callable[[str], AbstractContextManager[IO[bytes]]] | None = None,
 ) -> Iterator[dict[str, object]]:
     """Streams rows (dicts of the configured columns) of all files, in file and row order.
 
@@ -244,16 +247,21 @@ def iter_rows(
         start: First row to yield, counted over all files (row groups wholly before it are skipped
             from the footers, without reading their pages).
         stop: Row to stop before (None: to the end).
+        opener: Opens a file for binary reading (default: fsspec); `docqa run` passes one that goes
+            through Beam's file systems where Beam has one for the scheme.
 
     Raises:
-        InputError: When a file turns out corrupt while reading, naming the file.
+        InputError: When a file turns out corrupt while reading, naming the file (and the row group
+            when its pages were the problem).
     """
+    open_file = opener or _fsspec_open
     offset = 0  # global index of the current row group's first row
     for file in files:
         if stop is not None and offset >= stop:
             return
+        group: int | None = None  # the row group being read, for the error message
         try:
-            with fsspec.open(file, "rb") as handle:
+            with open_file(file) as handle:
                 parquet = pq.ParquetFile(handle)
                 for group in range(parquet.metadata.num_row_groups):
                     size = parquet.metadata.row_group(group).num_rows
@@ -274,7 +282,12 @@ def iter_rows(
         except _FILE_ERRORS as err:  # botocore's and aiohttp's timeouts are OSErrors too
             if is_storage_timeout(err):
                 raise InputError(f"cannot read input: {describe_storage_error(err, file)}") from err
-            raise InputError(f"cannot read Parquet file {file}: {_short(err)}") from err
+            where = "" if group is None else f" (row group {group})"
+            raise InputError(f"cannot read Parquet file {file}{where}: {_short(err)}") from err
+
+
+def _fsspec_open(file: str) -> AbstractContextManager[IO[bytes]]:
+    return cast(AbstractContextManager[IO[bytes]], fsspec.open(file, "rb"))
 
 
 def rows_of_batch(batch: pa.RecordBatch) -> Iterator[dict[str, object]]:
