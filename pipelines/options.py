@@ -31,8 +31,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 SPARK_DESCRIPTION = (
-    "Answer a Parquet table with a native PySpark job (mapInArrow over the same engine): on local[N] here, "
-    "or on a cluster through --master or spark-submit. Writes the same output as docqa predict."
+    "Answer a Parquet table with a native PySpark job (one task per unit of at most output.task_rows rows, "
+    "over the same engine): on local[N] here, or on a cluster through --master or spark-submit. Writes the "
+    "same output as docqa predict."
 )
 
 
@@ -54,6 +55,12 @@ def add_spark_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_config_arguments(parser)
     add_job_flags(parser, "(docqa spark) ")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the parts an unfinished run of the same job (config, model, inputs, units) wrote and "
+        "answer only the rest; starts afresh when DIR holds no run",
+    )
 
 
 def add_job_flags(parser: argparse.ArgumentParser, cli_only: str) -> None:

@@ -15,6 +15,7 @@ commands by hand. Every process started here is stopped by its process group, ex
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -75,7 +76,8 @@ class StandaloneCluster:
     def alive_workers(self) -> int:
         """Workers the master counts as ALIVE."""
         workers = self.status().get("workers", [])
-        return sum(1 for w in workers if isinstance(w, dict) and w.get("state") == "ALIVE")  # type: ignore[union-attr]
+        listed = workers if isinstance(workers, list) else []
+        return sum(1 for w in listed if isinstance(w, dict) and w.get("state") == "ALIVE")
 
     def executor_pids(self) -> list[int]:
         """The process ids of the executor JVMs now running (children of this cluster's workers)."""
@@ -110,10 +112,9 @@ def _stop_group(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
             process.wait()
         except ProcessLookupError:
             pass
-    try:  # whatever the group left: executors outlive a worker killed without its shutdown hook
+    # Whatever the group left: executors outlive a worker killed without its shutdown hook.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _spark_class(
@@ -170,7 +171,8 @@ def standalone_cluster(
         for k in range(workers):
             arguments = [
                 "--host", "127.0.0.1", "--cores", str(cores), "--memory", memory,
-                "--webui-port", str(free_port()), "--work-dir", str(workdir / f"work-{k}"), cluster.master_url,
+                "--webui-port", str(free_port()), "--work-dir", str(workdir / f"work-{k}"),
+                cluster.master_url,
             ]  # fmt: skip
             cluster.workers.append(
                 _spark_class(WORKER_CLASS, arguments, log_dir / f"worker-{k}.log", environment)
@@ -188,9 +190,8 @@ def _wait_for_workers(cluster: StandaloneCluster, expected: int, timeout: float)
             (f"worker-{k}", w) for k, w in enumerate(cluster.workers)
         ]:
             if process.poll() is not None:
-                raise JobError(
-                    f"the Spark {name} exited with code {process.returncode}: see {cluster.log_dir}/{name}.log"
-                )
+                log = cluster.log_dir / f"{name}.log"
+                raise JobError(f"the Spark {name} exited with code {process.returncode}: see {log}")
         try:
             if cluster.alive_workers() >= expected:
                 return
