@@ -25,7 +25,7 @@ once untimed first):
     predict     `docqa predict` in-process, Parquet to Parquet, end to end (model already loaded);
                 with --workers N, `docqa predict --workers N` from every worker loaded to the last answer
     run         `docqa run` on DirectRunner, Parquet to Parquet, end to end (includes worker model load)
-    spark       `docqa spark` on local[T], T partitions, from the session up (JVM start apart)
+    spark       `docqa spark` on local[T], 2T units or more, from the session up (JVM start apart)
 Predict, run and spark also time the whole command in a subprocess (imports, model load, report, exit).
     beam-stock  RunInference with Beam's PyTorch keyed-tensor handler, windows padded to max_seq_len
     host        `docqa predict` in-process with an instant forward (random logits, no model): the host

@@ -105,7 +105,7 @@ def _notes(r: dict[str, Any]) -> list[str]:
         )
     if "partitions" in r:
         lines.append(
-            f"{r['mode']}: {r['partitions']} partitions; Spark (JVM) start {r['startup_seconds']:.1f} s "
+            f"{r['mode']}: {r['partitions']} units; Spark (JVM) start {r['startup_seconds']:.1f} s "
             "outside q/s; peak RSS of this process (Spark's JVM and Python workers not counted)"
         )
     if "host_us_per_row" in r:

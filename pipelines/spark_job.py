@@ -239,13 +239,17 @@ def _spark_figures(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """
     loads: dict[int, int] = {}
     executors: dict[str, dict[str, int]] = {}
-    for summary in summaries:  # a process's count only grows: its largest is its total
+    retried = 0  # units whose output came from a retry or a speculative copy (attempt > 0)
+    for summary in summaries:
+        retried += summary["attempt"] > 0
+        # A process's count only grows: its largest is its total.
         loads[summary["pid"]] = max(loads.get(summary["pid"], 0), summary["model_loads"])
         ran = executors.setdefault(summary["executor"], {"tasks": 0, "rows": 0})
         ran["tasks"] += 1
         ran["rows"] += summary["rows"]
     return {
         "executors": dict(sorted(executors.items())),
+        "retried_units": retried,
         "python_workers": len(loads),
         "model_loads": sum(loads.values()),
     }
