@@ -59,7 +59,7 @@ def _env(python: str = sys.executable) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandaloneCluster]:
     with standalone_cluster(
-        tmp_path_factory.mktemp("cluster"), workers=2, cores=1, memory="2g", env=_env()
+        tmp_path_factory.mktemp("cluster"), workers=2, cores=1, memory="2g", env=_env(), distinct_hosts=True
     ) as c:
         yield c
 
@@ -217,7 +217,11 @@ def test_an_executor_killed_mid_job_is_replaced_and_every_row_is_written_once(
 def test_a_stalled_task_is_copied_by_speculation_and_written_once(
     cluster: StandaloneCluster, source: Path, tiny_model_dir: Path, reference: Path, tmp_path: Path
 ) -> None:
-    """One executor's Python workers are stopped (SIGSTOP) mid-task: the other runs a speculative copy."""
+    """One executor's Python workers are stopped (SIGSTOP) mid-task: the other runs a speculative copy.
+
+    Spark copies a task only onto another host than the original's: the workers have their own loopback
+    addresses (`distinct_hosts`).
+    """
     speculation = [
         "--conf", "spark.speculation=true", "--conf", "spark.speculation.interval=200ms",
         "--conf", "spark.speculation.multiplier=1.5", "--conf", "spark.speculation.quantile=0.25",
