@@ -261,17 +261,17 @@ def bench_run(
 def bench_spark(config: QAConfig, rows: list[dict[str, Any]], workdir: Path) -> dict[str, Any]:
     """`docqa spark` on `local[T]` (T: this process's torch threads), Parquet to Parquet.
 
-    The input is split into T partitions (T tasks, one core each); the figure is the answering, from the
-    session up to the last partition's summary, which includes each Python worker's model load. The JVM's
-    start is kept beside it, and the whole command is timed in a subprocess.
+    The input is planned as units (two per core at least, `output.task_rows` rows at most: one task
+    each); the figure is the answering, from the session up to the last unit's summary, which includes
+    each Python worker's model load. The JVM's start is kept beside it, and the whole command is timed in
+    a subprocess.
     """
     from pipelines.spark_job import run_spark
 
     cores = torch.get_num_threads()
     source = workdir / "input.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), source, row_group_size=max(1, len(rows) // (4 * cores)))
-    split = ["--conf", f"spark.sql.files.maxPartitionBytes={source.stat().st_size // cores + 1}"]
-    command = ["--input", str(source), "--master", f"local[{cores}]", *split, "--no-report"]
+    pq.write_table(pa.Table.from_pylist(rows), source)
+    command = ["--input", str(source), "--master", f"local[{cores}]", "--no-report"]
     config_file = _config_file(config, workdir)
     info = run_spark([*command, "--output", str(workdir / "spark"), "--config", str(config_file)])
     counts, timings = info["counts"], info["timings"]

@@ -27,7 +27,7 @@ once untimed first):
     predict     `docqa predict` in-process, Parquet to Parquet, end to end (model already loaded);
                 with --workers N, `docqa predict --workers N` from every worker loaded to the last answer
     run         `docqa run` on DirectRunner, Parquet to Parquet, end to end (includes worker model load)
-    spark       `docqa spark` on local[T], T partitions, from the session up (JVM start apart)
+    spark       `docqa spark` on local[T], 2T units or more, from the session up (JVM start apart)
     spark-cluster  `docqa spark` on a Spark standalone cluster started here: T workers of one core, one
                 single-row-group file in work-sized units, from the session up (the JVMs' start apart);
                 not in the default --modes

@@ -110,7 +110,7 @@ def _notes(r: dict[str, Any]) -> list[str]:
             else ";"
         )
         lines.append(
-            f"{r['mode']}: {r['partitions']} partitions{cluster} Spark (JVM) start "
+            f"{r['mode']}: {r['partitions']} units{cluster} Spark (JVM) start "
             f"{r['startup_seconds']:.1f} s outside q/s; peak RSS of this process (Spark's JVM and Python "
             "workers not counted)"
         )

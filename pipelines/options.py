@@ -28,17 +28,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-progress", dest="progress", action="store_false", help="no progress bar (in-process runners)"
     )
     add_job_flags(parser, "(docqa run) ")
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="finish an unfinished docqa run of the same job in DIR: keep the units whose part files it "
-        "wrote, answer the rest",
-    )
 
 
 SPARK_DESCRIPTION = (
-    "Answer a Parquet table with a native PySpark job (mapInArrow over the same engine): on local[N] here, "
-    "or on a cluster through --master or spark-submit. Writes the same output as docqa predict."
+    "Answer a Parquet table with a native PySpark job (one task per unit of at most output.task_rows rows, "
+    "over the same engine): on local[N] here, or on a cluster through --master or spark-submit. Writes the "
+    "same output as docqa predict."
 )
 
 
@@ -70,7 +65,7 @@ def add_spark_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_job_flags(parser: argparse.ArgumentParser, cli_only: str) -> None:
-    """`--no-report`, `--debug` and `--overwrite` of the distributed jobs.
+    """`--no-report`, `--debug`, `--overwrite` and `--resume` of the distributed jobs.
 
     `--debug` is only set when given (`argparse.SUPPRESS`), so the `docqa --debug COMMAND` form keeps the
     top-level value. `cli_only` marks the flags that only the `docqa` CLI reads (not `python -m`).
@@ -83,3 +78,9 @@ def add_job_flags(parser: argparse.ArgumentParser, cli_only: str) -> None:
         help=f"{cli_only}show tracebacks of job-level errors",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the units an unfinished run of the same job (config, model, inputs) wrote in DIR and "
+        "answer only the rest; starts afresh when DIR holds no run",
+    )

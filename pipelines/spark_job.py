@@ -1,23 +1,31 @@
 """`docqa spark` / `spark-submit pipelines/spark_job.py`: the native PySpark job over the same engine.
 
-    Parquet (Spark's reader, the job's columns only) -> mapInArrow(answer_partition): each partition
-    through QAEngine in one Python worker, into answers/part-K and rejections/part-K -> one summary row
-    per partition -> driver: footers checked against the rows read -> _run.json, COMPLETED
+    preflight -> Spark session -> executor probe (`spark_probe`: docqa and the model on the executors)
+    -> units planned by rows (`plan_units`: cores = sparkContext.defaultParallelism once the probe's
+    executors registered, at least 2 units per core, at most output.task_rows rows each) -> `--resume`:
+    the units an earlier attempt finished are kept -> sc.parallelize(pending, len(pending))
+    .mapPartitions(answer_units): one task per unit, which reads its row range and writes
+    answers/part-K, rejections/part-K -> one summary per unit -> footers checked -> _run.json, COMPLETED
+
+Spark sizes its own file splits by bytes and never below a Parquet row group, so a small or
+one-row-group input would run as one task on one executor, and a retry would repeat all of it. Units
+sized by rows give every executor work, let a free executor take the next unit, and keep what a retry
+or a speculative copy repeats to one unit; part K is always rows `[start, stop)` of the input, which is
+what `--resume` (`qa_core.jobs.resume`, shared with `docqa predict`) keeps.
 
 The driver runs the job's lifecycle (`qa_core.jobs.lifecycle`), as `docqa predict` and `docqa run` do:
 its checks before Spark starts (inputs and their columns, the output folder, the model against the
-config when the model is on this machine, the batch shape), the folder prepared with an owner token, and
-`_run.json` and `COMPLETED` only once the output footers add up to the rows read and to the partitions'
-own counts. The tables are written by the executors with `qa_core`'s writer and schemas,
-so they are exactly `docqa predict`'s (Spark's own Parquet writer would change types and nullability).
-A failed task or stage is one `PipelineError` line naming the cause, and no `COMPLETED`.
+config when the model is on this machine, the batch shape), the folder prepared with an owner token (or
+claimed by `--resume`), and `_run.json` and `COMPLETED` only once the output footers add up to the rows
+read and to the units' own counts. The tables are written by the executors with `qa_core`'s writer and
+schemas, so they are exactly `docqa predict`'s (Spark's own Parquet writer would change types and
+nullability). A failed task or stage is one `PipelineError` line naming the cause, and no `COMPLETED`.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 import os
 import sys
@@ -27,13 +35,15 @@ from typing import Any
 
 from pipelines.failures import PipelineError, summarize_failure
 from pipelines.options import SPARK_DESCRIPTION, add_spark_arguments
-from pipelines.spark_partition import SUMMARY_SCHEMA, PartitionJob, StatsAccumulator, answer_partition
-from qa_core.config import QAConfig, config_from_arguments
+from pipelines.spark_partition import StatsAccumulator, UnitJob, answer_units
+from pipelines.spark_probe import executor_pythons, probe_executors
+from qa_core.config import config_from_arguments
 from qa_core.engine.stats import EngineStats
 from qa_core.errors import ConfigError, JobError
-from qa_core.io.write import OutputWriter
 from qa_core.jobs.guard import run_guarded
-from qa_core.jobs.lifecycle import Answered, AnsweringSite, JobRequest, commit, open_output, preflight
+from qa_core.jobs.lifecycle import Answered, AnsweringSite, JobRequest, commit, preflight
+from qa_core.jobs.parts import PartRange, plan_units
+from qa_core.jobs.resume import parted_output
 from qa_core.runtime import host_tuning
 from qa_core.runtime.loaders import load_runner
 
@@ -171,7 +181,9 @@ def run_spark(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     Raises:
         InputError, ModelLoadError, ConfigError: Job-level problems found before Spark runs a task.
-        OutputError: An unusable output folder, or footers that do not add up to the rows read.
+        JobError: The executors' Python cannot import docqa or read the model (the probe).
+        OutputError: An unusable output folder (or one `--resume` cannot continue), or footers that do
+            not add up to the rows read.
         PipelineError: A task or stage failed (a model that does not load on an executor, a corrupt file).
     """
     args = parse_args(argv)
@@ -192,87 +204,122 @@ def run_spark(argv: Sequence[str] | None = None) -> dict[str, Any]:
         threads=int(settings.get("spark.task.cpus", "1")),
         workers="executors",
     )
-    request = JobRequest(args.input, args.output, overwrite=args.overwrite)
+    request = JobRequest(args.input, args.output, overwrite=args.overwrite, resume=args.resume)
     plan = preflight(config, request, site, load=lambda: load_runner(config.model, config.runtime))
     session, created = _start_session(master, settings, packed_env=args.packed_env is not None)
     session_ready = time.perf_counter()
     try:
-        owner = open_output(plan)
-        accumulator = session.sparkContext.accumulator(EngineStats().to_state(), StatsAccumulator())
-        job = PartitionJob(
-            plan.answer_config, args.output, *plan.schemas, owner, plan.config.config_hash(), accumulator
+        context = session.sparkContext
+        # Before any row is read or the folder is touched; on local[N] too (its Python workers run this
+        # interpreter, so it passes, and the worker it starts is reused by the first units).
+        probed = probe_executors(context, plan.config.model, max(2, context.defaultParallelism))
+        # The probe's tasks waited for executors to register: the task slots they offer now size the
+        # units (an executor that registers later still takes units: there are two per slot at least).
+        cores = context.defaultParallelism
+        task_rows = plan.config.output.task_rows
+        units = plan_units(plan.rows_read, cores, task_rows)
+        parted = parted_output(plan, units, resume=args.resume, adopt_stored_parts=True)
+        owner = parted.prepare(plan)
+        accumulator = context.accumulator(EngineStats().to_state(), StatsAccumulator())
+        job = UnitJob(
+            plan.answer_config,
+            plan.files,
+            args.output,
+            *plan.schemas,
+            owner,
+            plan.config.config_hash(),
+            accumulator,
         )
+        pending = parted.pending()
         began = time.perf_counter()
-        summaries = _answer(session, list(plan.files), plan.config, job)
+        summaries = _answer(context, pending, job) if pending else []
         answered_at = time.perf_counter()
-        master_url = session.sparkContext.master
-        if not summaries:  # an empty input: Spark ran no task, so the empty tables are written here
-            OutputWriter(
-                args.output, *plan.schemas, config.decode.top_k, prepare=False, owner=owner
-            ).close_tables()
-        stats = _partition_stats(summaries, accumulator.value)
+        master_url = context.master
+        stats = _unit_stats(summaries, accumulator.value)
     finally:
         if created:
             session.stop()
+    stats.add(parted.kept.stats)  # their footers' counters: a resumed run reports what a clean run would
     first = summaries[0] if summaries else {}
+    figures = _spark_figures(summaries)
+    figures.update(
+        plan={"cores": cores, "task_rows": task_rows, "units": len(parted.parts)},
+        executor_python=executor_pythons(probed),
+    )
     answered = Answered(
         f"spark:{master_url}",
         stats,
-        exact=True,  # each partition's last attempt, once
+        exact=True,  # each unit's last attempt, once
         model_id=first.get("model_id", config.model.name_or_path),
         revision=first.get("revision", plan.revision),
         device=first.get("device", config.runtime.device),
         answering=(began, answered_at),
-        counts={"partitions": len(summaries)},
+        answered_rows=plan.rows_read - parted.kept.stats.rows if args.resume else None,
+        counts={"partitions": len(parted.parts), **parted.counts()},
         # The JVM's start, apart from answering (the executors' model loads fall in answering).
         timings={"spark_start_seconds": round(session_ready - plan.started, 3)},
-        details={"spark": _spark_figures(summaries)},
+        details={"spark": figures},
     )
     return commit(plan, answered, owner)
 
 
-def _answer(session: Any, files: list[str], config: QAConfig, job: PartitionJob) -> list[dict[str, Any]]:
-    """Runs the job's one Spark stage; returns one summary per partition (the last attempt of each).
+def _answer(context: Any, units: list[PartRange], job: UnitJob) -> list[dict[str, Any]]:
+    """Runs the job's one Spark stage, one task per unit; returns one summary per unit (its last attempt).
 
     Raises:
         PipelineError: When Spark fails the job.
     """
-    columns = list(dict.fromkeys(config.input.columns))
     try:
-        frame = session.read.parquet(*files).select(*columns)
-        rows = frame.mapInArrow(functools.partial(answer_partition, job), SUMMARY_SCHEMA).collect()
-    except Exception as err:  # Py4JJavaError, PythonException, AnalysisException: no common type
+        # A list of N items in N slices: PySpark batches one item per slice, so each task gets one unit.
+        tasks = context.parallelize(units, len(units))
+        rows = tasks.mapPartitions(functools.partial(answer_units, job)).collect()
+    except Exception as err:  # Py4JJavaError, PythonException: no common type
         raise PipelineError(
             f"the Spark job failed: {summarize_failure(err)}; {job.output_dir} is not marked COMPLETED "
-            "(fix the cause, then rerun with --overwrite)"
+            "(fix the cause, then rerun with --resume or --overwrite)"
         ) from err
     latest: dict[int, dict[str, Any]] = {}
-    for row in sorted((r.asDict() for r in rows), key=lambda r: (r["partition"], r["attempt"])):
-        latest[row["partition"]] = row
+    for row in sorted(rows, key=lambda r: (r["unit"], r["attempt"])):
+        latest[row["unit"]] = row
     return [latest[k] for k in sorted(latest)]
 
 
 def _spark_figures(summaries: list[dict[str, Any]]) -> dict[str, Any]:
-    """How the partitions ran: the Python worker processes and the models they loaded (once each)."""
+    """How the units ran: per executor, its tasks and rows; the Python workers and their model loads.
+
+    Each unit counts once, with its last attempt; a process's model loads count once each.
+    """
     loads: dict[int, int] = {}
-    for summary in summaries:  # a process's count only grows: its largest is its total
+    executors: dict[str, dict[str, int]] = {}
+    retried = 0  # units whose output came from a retry or a speculative copy (attempt > 0)
+    for summary in summaries:
+        retried += summary["attempt"] > 0
+        # A process's count only grows: its largest is its total.
         loads[summary["pid"]] = max(loads.get(summary["pid"], 0), summary["model_loads"])
-    return {"partitions": len(summaries), "python_workers": len(loads), "model_loads": sum(loads.values())}
+        ran = executors.setdefault(summary["executor"], {"tasks": 0, "rows": 0})
+        ran["tasks"] += 1
+        ran["rows"] += summary["rows"]
+    return {
+        "executors": dict(sorted(executors.items())),
+        "retried_units": retried,
+        "python_workers": len(loads),
+        "model_loads": sum(loads.values()),
+    }
 
 
-def _partition_stats(summaries: list[dict[str, Any]], accumulated: dict[str, Any]) -> EngineStats:
-    """The job's counters: the accumulator's when they agree with the partitions' own, else theirs.
+def _unit_stats(summaries: list[dict[str, Any]], accumulated: dict[str, Any]) -> EngineStats:
+    """The counters of the units answered: the accumulator's when they agree with the units' own, else theirs.
 
     A task that Spark ran twice (a retry, a speculative copy) adds to an accumulator twice; each
-    partition's summary is its last attempt's, whose counters its footers hold.
+    unit's summary is its last attempt's, whose counters its footers hold.
     """
-    partitions = EngineStats()
+    units = EngineStats()
     for summary in summaries:
-        partitions.add(EngineStats.from_state(json.loads(summary["counts"])))
+        units.add(EngineStats.from_state(summary["counts"]))
     stats = EngineStats.from_state(accumulated)
-    if stats.to_state() != partitions.to_state():
-        logger.warning("the Spark accumulator counted a retried task twice: using the partitions' counters")
-        return partitions
+    if stats.to_state() != units.to_state():
+        logger.warning("the Spark accumulator counted a retried task twice: using the units' counters")
+        return units
     return stats
 
 

@@ -1,14 +1,21 @@
-"""The executor half of `docqa spark`: one Spark partition through the engine, into its own part files.
+"""The executor half of `docqa spark`: one unit of rows through the engine, into its own part files.
 
-    Arrow record batches of the partition (mapInArrow) -> rows -> QAEngine.answer_rows (validate,
-    featurize, length-bucketed batches, forward, decode, merge) -> answers/part-K, rejections/part-K
+    unit K = rows [start, stop) of the input -> iter_rows (pyarrow + fsspec) -> QAEngine.answer_rows
+    (validate, featurize, length-bucketed batches, forward, decode, merge) -> answers/part-K,
+    rejections/part-K (footers: the range, the config hash, the unit's counters) -> one summary
 
-A partition is answered whole in the Python worker that receives it, so a row's windows never leave it
-(no shuffle). The engine, with its model, is built once per Python worker process and kept in this
-module for every later partition of the job (Spark reuses its Python workers: `spark.python.worker.reuse`,
-on by default). The partition's counters travel back twice: through an accumulator (`StatsAccumulator`,
-into `_run.json`) and in its part files' footers (`qa_core.jobs.parts.COUNTS_KEY`), which the driver
-prefers when a retried task made an accumulator count twice.
+Each unit is one Spark task (`pipelines.spark_job` plans them by rows, `qa_core.jobs.parts.plan_units`),
+answered whole in the Python worker that receives it, so a row's windows never leave it (no shuffle).
+The rows are read here, by row range, rather than with Spark's Parquet reader: a Parquet row group is
+the smallest split Spark's reader makes (a one-row-group file would be one task), and `--resume` needs
+each part file to be a known row range of the input, which Spark's file splits are not. The part files
+and row keys (input positions) are exactly `docqa predict`'s (`part_writers`, `answer_part`).
+
+The engine, with its model, is built once per Python worker process and kept in this module for every
+later unit of the job (Spark reuses its Python workers: `spark.python.worker.reuse`, on by default). A
+unit's counters travel back twice: through an accumulator (`StatsAccumulator`, into `_run.json`) and in
+its summary (the same as its footers' `qa_core.jobs.parts.COUNTS_KEY`), which the driver prefers when a
+retried task made an accumulator count twice.
 
 Nothing here imports pyspark at module level except `TaskContext` inside the task: the module is
 imported by executors, whose pyspark is the cluster's.
@@ -16,51 +23,40 @@ imported by executors, whose pyspark is the cluster's.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from collections.abc import Iterator
+import socket
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
-
-import pyarrow as pa
 
 from qa_core.config import QAConfig
 from qa_core.engine.loop import QAEngine
 from qa_core.engine.stats import EngineStats
-from qa_core.io.read import rows_of_batch
-from qa_core.io.write import OutputWriter
-from qa_core.jobs.parts import PART_KEY, answer_part
+from qa_core.io.read import iter_rows
+from qa_core.jobs.parts import PartRange, answer_part, part_writers
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_SCHEMA = (
-    "partition INT, attempt INT, rows LONG, pid INT, model_loads INT, model_id STRING, revision STRING, "
-    "device STRING, counts STRING"
-)
-"""The one row a partition's task returns to the driver (Spark DDL)."""
-
-# Partitions are numbered from here in the engine's row keys: keys stay unique within a process, and
-# the same input gives the same keys (batch planning is deterministic).
-POSITIONS_PER_PARTITION = 10**12
-
 
 @dataclass(frozen=True)
-class PartitionJob:
+class UnitJob:
     """What every task needs, pickled to the executors once per job.
 
     Attributes:
         config: The config the engine answers with (`JobPlan.answer_config`: its batch caps set).
+        files: The input files (URLs every executor can read), in the order the units count rows.
         output_dir: The prepared output folder (an URL every executor can write).
         answer_schema: The answers table's schema (as `docqa predict` writes it).
         rejection_schema: The rejections table's schema.
         owner: The job's owner token (`qa_core.io.ownership`), checked before each part file is put in
             place.
         config_hash: The job's config hash (`_run.json`), written into each part's footer.
-        accumulator: A Spark accumulator of `StatsAccumulator` (None: counters only in the footers).
+        accumulator: A Spark accumulator of `StatsAccumulator` (None: counters only in the summaries).
     """
 
     config: QAConfig
+    files: tuple[str, ...]
     output_dir: str
     answer_schema: Any  # pa.Schema
     rejection_schema: Any
@@ -124,69 +120,49 @@ def engine_for(config: QAConfig) -> QAEngine:
     return engine
 
 
-def partition_metadata(partition: int, config_hash: str) -> dict[str, str]:
-    """The footer metadata of a Spark partition's two part files."""
-    return {PART_KEY: json.dumps({"spark_partition": partition, "config_hash": config_hash})}
+def executor_id() -> str:
+    """A stable id of the executor this Python worker serves: `host/pid of its pyspark.daemon`.
+
+    PySpark forks an executor's Python workers from one `pyspark.daemon` process per executor, so the
+    parent's pid names the executor on its host (a restarted executor has a new daemon, so a new id).
+    """
+    return f"{socket.gethostname()}/{os.getppid()}"
 
 
-def answer_partition(job: PartitionJob, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """The mapInArrow function: answers a partition's rows and yields its one summary row.
+def answer_units(job: UnitJob, units: Iterable[PartRange]) -> Iterator[dict[str, Any]]:
+    """The mapPartitions function: answers the task's unit (one per task) and yields its summary.
 
     Args:
         job: The job (bound with `functools.partial` on the driver).
-        batches: The partition's rows, as Arrow record batches of the input columns.
+        units: The task's units: one, as the driver slices them.
 
     Yields:
-        One record batch of `SUMMARY_SCHEMA`: the partition, its rows and counters, and the model.
+        Per unit: its index and rows, the task attempt, the executor and Python worker, the model
+        they loaded, and the unit's counters (`EngineStats.to_state`).
     """
     from pyspark import TaskContext
 
     context = TaskContext.get()
-    partition = context.partitionId() if context is not None else 0
     attempt = context.attemptNumber() if context is not None else 0
     config = job.config
     engine = engine_for(config)
-    writer = OutputWriter(
-        job.output_dir,
-        job.answer_schema,
-        job.rejection_schema,
-        config.decode.top_k,
-        part=partition,
-        prepare=False,
-        metadata=partition_metadata(partition, job.config_hash),
-        owner=job.owner,
-    )
-    rows = (row for batch in batches for row in rows_of_batch(batch))
-    stats = answer_part(engine, rows, partition * POSITIONS_PER_PARTITION, writer, lambda _: None)
-    if job.accumulator is not None:
-        job.accumulator.add(stats.to_state())
-    runner = engine.runner
-    summary = {
-        "partition": partition,
-        "attempt": attempt,
-        "rows": stats.rows,
-        "pid": os.getpid(),
-        "model_loads": _MODEL_LOADS[0],
-        "model_id": runner.model_id,
-        "revision": runner.revision,
-        "device": str(runner.device),
-        "counts": json.dumps(stats.to_state()),
-    }
-    yield pa.RecordBatch.from_pylist([summary], schema=summary_arrow_schema())
-
-
-def summary_arrow_schema() -> pa.Schema:
-    """`SUMMARY_SCHEMA` as Arrow (what mapInArrow's function must yield)."""
-    return pa.schema(
-        [
-            ("partition", pa.int32()),
-            ("attempt", pa.int32()),
-            ("rows", pa.int64()),
-            ("pid", pa.int32()),
-            ("model_loads", pa.int32()),
-            ("model_id", pa.string()),
-            ("revision", pa.string()),
-            ("device", pa.string()),
-            ("counts", pa.string()),
-        ]
-    )
+    schemas = (job.answer_schema, job.rejection_schema)
+    writer_for = part_writers(config, job.output_dir, schemas, job.owner, job.config_hash)
+    for unit in units:
+        rows = iter_rows(list(job.files), config.input, start=unit.start, stop=unit.stop)
+        stats = answer_part(engine, rows, unit.start, writer_for(unit), lambda _: None)
+        if job.accumulator is not None:
+            job.accumulator.add(stats.to_state())
+        runner = engine.runner
+        yield {
+            "unit": unit.index,
+            "attempt": attempt,
+            "rows": stats.rows,
+            "executor": executor_id(),
+            "pid": os.getpid(),
+            "model_loads": _MODEL_LOADS[0],
+            "model_id": runner.model_id,
+            "revision": runner.revision,
+            "device": str(runner.device),
+            "counts": stats.to_state(),
+        }

@@ -74,10 +74,9 @@ class StandaloneCluster:
 
     def alive_workers(self) -> int:
         """Workers the master counts as ALIVE."""
-        workers = self.status().get("workers")
-        if not isinstance(workers, list):
-            return 0
-        return sum(1 for w in workers if isinstance(w, dict) and w.get("state") == "ALIVE")
+        workers = self.status().get("workers", [])
+        listed = workers if isinstance(workers, list) else []
+        return sum(1 for w in listed if isinstance(w, dict) and w.get("state") == "ALIVE")
 
     def executor_pids(self) -> list[int]:
         """The process ids of the executor JVMs now running (children of this cluster's workers)."""
@@ -137,6 +136,7 @@ def standalone_cluster(
     memory: str = "4g",
     env: Mapping[str, str] | None = None,
     timeout: float = 90.0,
+    distinct_hosts: bool = False,
 ) -> Iterator[StandaloneCluster]:
     """Starts a master and `workers` workers on loopback, yields the cluster once all are ALIVE, stops it.
 
@@ -147,6 +147,9 @@ def standalone_cluster(
         memory: Memory per worker, in Spark's notation.
         env: The JVMs' environment (default: this process's); `SPARK_HOME` and loopback are set here.
         timeout: Seconds to wait for every worker to register.
+        distinct_hosts: Worker K (and its executors) on loopback address 127.0.0.K+2 instead of
+            127.0.0.1: Spark runs a speculative copy of a task only on another host than the original's,
+            so speculation needs workers that Spark sees as separate machines.
 
     Raises:
         JobError: A JVM exits during start-up, or the workers do not register in time (the logs are
@@ -169,13 +172,15 @@ def standalone_cluster(
     )
     try:
         for k in range(workers):
+            host = f"127.0.0.{k + 2}" if distinct_hosts else "127.0.0.1"
             arguments = [
-                "--host", "127.0.0.1", "--cores", str(cores), "--memory", memory,
+                "--host", host, "--cores", str(cores), "--memory", memory,
                 "--webui-port", str(free_port()), "--work-dir", str(workdir / f"work-{k}"),
                 cluster.master_url,
             ]  # fmt: skip
+            worker_env = {**environment, "SPARK_LOCAL_IP": host}  # its executors bind there too
             cluster.workers.append(
-                _spark_class(WORKER_CLASS, arguments, log_dir / f"worker-{k}.log", environment)
+                _spark_class(WORKER_CLASS, arguments, log_dir / f"worker-{k}.log", worker_env)
             )
         _wait_for_workers(cluster, workers, timeout)
         yield cluster
@@ -190,10 +195,8 @@ def _wait_for_workers(cluster: StandaloneCluster, expected: int, timeout: float)
             (f"worker-{k}", w) for k, w in enumerate(cluster.workers)
         ]:
             if process.poll() is not None:
-                raise JobError(
-                    f"the Spark {name} exited with code {process.returncode}: "
-                    f"see {cluster.log_dir}/{name}.log"
-                )
+                log = cluster.log_dir / f"{name}.log"
+                raise JobError(f"the Spark {name} exited with code {process.returncode}: see {log}")
         try:
             if cluster.alive_workers() >= expected:
                 return

@@ -110,7 +110,7 @@ def test_counts_that_do_not_add_up_leave_the_run_unfinished(
     checked = lifecycle.checked_counts
 
     def with_a_stray_part(output_dir: str, rows_read: int, answered: lifecycle.Answered) -> dict[str, Any]:
-        # The largest part (a unit of the Beam job may have no answers at all).
+        # The largest part (a unit may have no answers at all).
         stray = max((pq.read_table(p) for p in (output / "answers").glob("*.parquet")), key=len)
         pq.write_table(stray, output / "answers" / "part-99999-stray.parquet")
         return checked(output_dir, rows_read, answered)

@@ -1,9 +1,9 @@
 """`docqa spark` on a real local Spark (`local[2]`, pyspark from PyPI, Java 17) against `docqa predict`.
 
-The partition function is tested on its own (no JVM) against the engine; the whole job runs through the
-CLI in this process, with several partitions, and must write what predict writes: the same schemas, the
-same answers (text, start, end; scores within 1e-4), the same rejections, the same counts, `_run.json` and
-`COMPLETED`. A model the executors cannot load fails the job with exit code 2 and one line.
+The unit function is tested on its own (no JVM) against the engine; the whole job runs through the
+CLI in this process, with several units (one task each), and must write what predict writes: the same
+schemas, the same answers (text, start, end; scores within 1e-4), the same rejections, the same counts,
+`_run.json` and `COMPLETED`. A model the executors cannot load fails the job with exit code 2 and one line.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from docqa.cli import main
-from pipelines.spark_partition import PartitionJob, StatsAccumulator, answer_partition, summary_arrow_schema
+from pipelines.spark_partition import StatsAccumulator, UnitJob, answer_units
 from qa_core.config import load_config
 from qa_core.engine.loop import QAEngine
 from qa_core.engine.stats import EngineStats
@@ -29,6 +29,7 @@ from qa_core.errors import ConfigError
 from qa_core.evaluation.squad import load_squad, squad_to_table
 from qa_core.io.read import output_schemas, read_input_schema
 from qa_core.io.write import prepare_output
+from qa_core.jobs.parts import PartRange
 from qa_core.jobs.predict import predict
 from tests.conftest import SHARED_SQUAD, write_parquet
 
@@ -101,13 +102,13 @@ def _assert_same_output(spark_dir: Path, predict_dir: Path) -> dict[str, Any]:
     return info
 
 
-def test_a_partition_is_answered_into_its_part_files_with_its_counters(
+def test_a_unit_is_answered_into_its_part_files_with_its_counters(
     tiny_model: Any, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    """The mapInArrow function without Spark: part files, footers, summary and accumulated counters."""
-    source = write_parquet(
-        tmp_path / "in.parquet", [*BAD_ROWS, {"id": "ok", "question": "city?", "context": "the city"}]
-    )
+    """The mapPartitions function without Spark: its row range read, part files, footers, summary."""
+    rows = [{"id": "before", "question": "x?", "context": "y"}, *BAD_ROWS]
+    rows.append({"id": "ok", "question": "city?", "context": "the city"})
+    source = write_parquet(tmp_path / "in.parquet", rows)
     config = load_config([], [f"model.name_or_path={tiny_model_dir}"])
     schemas = output_schemas(read_input_schema([str(source)], config.input), config)
     owner = prepare_output(str(tmp_path / "out"), overwrite=False)
@@ -119,23 +120,24 @@ def test_a_partition_is_answered_into_its_part_files_with_its_counters(
             self.value = StatsAccumulator().addInPlace(self.value, state)
 
     accumulator = Accumulator()
-    job = PartitionJob(config, str(tmp_path / "out"), *schemas, owner, config.config_hash(), accumulator)
+    job = UnitJob(
+        config, (str(source),), str(tmp_path / "out"), *schemas, owner, config.config_hash(), accumulator
+    )
     import pipelines.spark_partition as partition_module
 
     partition_module._ENGINES[config.config_hash()] = QAEngine(tiny_model, config)
-    batches = iter(pq.read_table(source).to_batches(max_chunksize=2))
-    (summary,) = list(answer_partition(job, batches))
-    assert summary.schema.equals(summary_arrow_schema())
-    row = summary.to_pylist()[0]
-    counts = EngineStats.from_state(json.loads(row["counts"]))
-    assert (row["partition"], row["rows"], counts.answered, sum(counts.rejected.values())) == (0, 5, 1, 4)
-    assert row["pid"] > 0 and row["model_loads"] >= 0
+    (summary,) = list(answer_units(job, [PartRange(3, 1, 6)]))  # rows 1..5: the first row is not its
+    counts = EngineStats.from_state(summary["counts"])
+    assert (summary["unit"], summary["rows"], counts.answered, sum(counts.rejected.values())) == (3, 5, 1, 4)
+    assert summary["pid"] > 0 and summary["executor"].endswith(f"/{os.getppid()}")
     assert EngineStats.from_state(accumulator.value).to_state() == counts.to_state()
-    answers = pq.read_table(tmp_path / "out" / "answers" / "part-00000.parquet")
-    rejections = pq.read_table(tmp_path / "out" / "rejections" / "part-00000.parquet")
+    answers = pq.read_table(tmp_path / "out" / "answers" / "part-00003.parquet")
+    rejections = pq.read_table(tmp_path / "out" / "rejections" / "part-00003.parquet")
     assert (answers.num_rows, rejections.num_rows) == (1, 4)
-    assert json.loads(answers.schema.metadata[b"docqa.part"])["spark_partition"] == 0
-    footer = pq.read_metadata(tmp_path / "out" / "rejections" / "part-00000.parquet").metadata
+    assert answers.column("id").to_pylist() == ["ok"]
+    part = json.loads(answers.schema.metadata[b"docqa.part"])
+    assert (part["start"], part["stop"], part["config_hash"]) == (1, 6, config.config_hash())
+    footer = pq.read_metadata(tmp_path / "out" / "rejections" / "part-00003.parquet").metadata
     assert json.loads(footer[b"docqa.part_counts"])["rows"] == 5
 
 
@@ -159,21 +161,42 @@ def test_a_large_untuned_local_job_probes_on_the_driver_as_its_tasks_run(
 
 
 @pytest.mark.skipif(not SQUAD_DEV.exists(), reason="needs ../shared/data/squad")
-def test_spark_answers_squad_rows_over_several_partitions_as_predict_does(tmp_path: Path) -> None:
+def test_a_one_row_group_file_runs_as_several_units_as_predict_answers_and_resumes(tmp_path: Path) -> None:
+    """About 300 SQuAD rows in ONE row group (Spark's reader would make one task): units by rows."""
     table = squad_to_table(load_squad(str(SQUAD_DEV))).select(["id", "question", "context"])
     rows = table.take(list(range(0, table.num_rows, 35))).to_pylist() + BAD_ROWS  # about 300 rows
     source = tmp_path / "squad.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), source, row_group_size=50)  # splittable by row group
+    pq.write_table(pa.Table.from_pylist(rows), source, row_group_size=len(rows))
+    assert pq.read_metadata(source).num_row_groups == 1
     _predict([], source, tmp_path / "predict")
-    assert _spark(source, tmp_path / "spark", "--conf", "spark.sql.files.maxPartitionBytes=60000") == 0
+    assert _spark(source, tmp_path / "spark", "--set", "output.task_rows=100") == 0
     info = _assert_same_output(tmp_path / "spark", tmp_path / "predict")
-    assert info["counts"]["partitions"] > 2
-    # local[2]: two Python workers at most, each loading the model once for all its partitions.
+    units = info["counts"]["partitions"]
+    assert units >= 4 and info["spark"]["plan"] == {"cores": 2, "task_rows": 100, "units": units}
+    # local[2]: two Python workers at most, each loading the model once for all its units.
     figures = info["spark"]
-    assert figures["partitions"] == info["counts"]["partitions"]
     assert figures["model_loads"] == figures["python_workers"] <= 2
-    assert len(list((tmp_path / "spark" / "answers").glob("part-*.parquet"))) == info["counts"]["partitions"]
+    assert sum(e["rows"] for e in figures["executors"].values()) == len(rows)
+    assert len(list((tmp_path / "spark" / "answers").glob("part-*.parquet"))) == units
     assert info["timings"]["spark_start_seconds"] > 0
+    # A run killed after all but one unit: that unit is answered again, the others are kept.
+    (tmp_path / "spark" / "COMPLETED").unlink()
+    for table_name in ("answers", "rejections"):
+        (tmp_path / "spark" / table_name / "part-00001.parquet").unlink()
+    assert _spark(source, tmp_path / "spark", "--set", "output.task_rows=100", "--resume") == 0
+    resumed = _assert_same_output(tmp_path / "spark", tmp_path / "predict")
+    assert resumed["counts"]["reused_parts"] == units - 1
+    assert (
+        resumed["spark"]["executors"] and sum(e["tasks"] for e in resumed["spark"]["executors"].values()) == 1
+    )
+
+
+def test_resume_refuses_another_engines_folder(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    _predict([], SAMPLE, tmp_path / "out")
+    (tmp_path / "out" / "COMPLETED").unlink()
+    assert _spark(SAMPLE, tmp_path / "out", "--resume") == 2
+    errors = [line for line in capfd.readouterr().err.splitlines() if "docqa spark: error:" in line]
+    assert len(errors) == 1 and "docqa predict" in errors[0], errors
 
 
 def test_a_model_that_does_not_load_exits_2_with_one_line(
