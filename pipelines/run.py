@@ -2,7 +2,7 @@
 
     units -> Reshuffle -> ReadUnit -> ValidateRows -> FeaturizeRecords -> BucketWindows
           -> RunInference(QAModelHandler) -> MergeWindows (in the same bundle)
-          -> keyed by unit -> CoGroupByKey with the units -> answers/part-K, rejections/part-K
+          -> answers/part-K, rejections/part-K as each unit's last row is answered (WriteParts)
 
 The launcher plans the input's rows as units (`qa_core.jobs.parts.plan_units`: at least two per core
 the options ask for, at most `output.task_rows` rows each; `planned_cores`), so the unit of work is a
@@ -10,10 +10,9 @@ row range, not the writer's row group: a one-row-group file is answered by every
 with dynamic work rebalancing can split a straggling unit (`pipelines.io.ReadUnit`). A row's windows are
 merged into its answer in the bundle that featurized it (one fused stage, no shuffle); only rows a runner
 splits across bundles go through a `CoGroupByKey` (`AggregateRows`). Each unit's answers and rejections
-are written as its own part files (`pipelines.io.WriteParts`), which is what `--resume` keeps: a killed
-job rerun with `--resume` answers only the units whose two files are not there (`qa_core.jobs.resume`).
-On a batch runner the part files are written after the answering stage has finished (the grouping is a
-barrier), so a job killed while answering keeps nothing; one killed while writing keeps what it wrote.
+are written as its own part files (`pipelines.write_parts`) in the bundle that answered them, as the
+units finish, which is what `--resume` keeps: a killed job rerun with `--resume` answers only the units
+whose two files are not there (`qa_core.jobs.resume`).
 
 Every Beam pipeline option passes through untouched. The launcher runs the job's lifecycle
 (`qa_core.jobs.lifecycle`): its checks before the graph is built, and after the pipeline has finished,
@@ -46,7 +45,7 @@ from apache_beam.runners.runner import PipelineRunner
 from pipelines import metrics, progress
 from pipelines.failures import PipelineError, summarize_failure
 from pipelines.inference import InferenceOutput, QAModelHandler
-from pipelines.io import ReadUnit, WriteParts
+from pipelines.io import ReadUnit
 from pipelines.metrics import REJECTED_PREFIX, WINDOWS_PER_ROW_PREFIX
 from pipelines.options import DESCRIPTION, add_run_arguments
 from pipelines.stages import (
@@ -61,6 +60,7 @@ from pipelines.stages import (
     ValidateRows,
     count_result,
 )
+from pipelines.write_parts import PartSink, WriteParts
 from qa_core.config import QAConfig, config_from_arguments
 from qa_core.engine.stats import EngineStats
 from qa_core.errors import ConfigError
@@ -119,14 +119,14 @@ def build_pipeline(
         answers | "CountAnswers" >> beam.Map(count_result),
         rejections | "CountRejections" >> beam.Map(count_result),
     ) | "AllResults" >> beam.Flatten()
-    _ = {"units": units, "results": results} | "WriteParts" >> WriteParts(
-        spec.units,
+    sink = PartSink(
         spec.output_dir,
-        schemas=output_schemas(spec.schema, spec.config),
-        top_k=spec.config.decode.top_k,
-        config_hash=spec.config_hash,
-        owner=spec.owner,
+        output_schemas(spec.schema, spec.config),
+        spec.config.decode.top_k,
+        spec.config_hash,
+        spec.owner,
     )
+    _ = {"units": units, "results": results} | "WriteParts" >> WriteParts(spec.units, sink)
 
 
 def _answer(

@@ -49,14 +49,14 @@ def _result(result: Answer | Rejection) -> Answer | Rejected:
     return TaggedOutput(REJECTIONS, result) if isinstance(result, Rejection) else result
 
 
-def _in_global_window(value: Any) -> WindowedValue:
+def in_global_window(value: Any) -> WindowedValue:
     """An output of `finish_bundle`, which must carry its window and timestamp (batch: the global one)."""
     return WindowedValue(value, GlobalWindow().max_timestamp(), (GlobalWindow(),))
 
 
 def _tagged(tag: str, value: Any) -> TaggedOutput[str, WindowedValue]:
     """A tagged output from `finish_bundle`."""
-    return TaggedOutput(tag, _in_global_window(value))
+    return TaggedOutput(tag, in_global_window(value))
 
 
 class ValidateRows(beam.DoFn):
@@ -96,7 +96,7 @@ class FeaturizeRecords(beam.DoFn):
 
     def finish_bundle(self) -> Iterator[WindowedValue | TaggedOutput[str, WindowedValue]]:
         for out in self._flush():  # outputs of finish_bundle carry their window explicitly
-            yield _tagged(out.tag, out.value) if isinstance(out, TaggedOutput) else _in_global_window(out)
+            yield _tagged(out.tag, out.value) if isinstance(out, TaggedOutput) else in_global_window(out)
 
     def _flush(self) -> Iterator[RowWindows | Rejected]:
         if self._preparer is None:
@@ -138,7 +138,7 @@ class BucketWindows(beam.DoFn):
         buffer = self._bufferer.flush()
         if buffer is not None:
             for batch in _window_batches(buffer):
-                yield _in_global_window(batch)
+                yield in_global_window(batch)
 
 
 def _window_batches(buffer: SortBuffer) -> Iterator[WindowBatch]:

@@ -254,6 +254,10 @@ def uninterrupted(resume_input: Path, tiny_model_dir: Path, tmp_path_factory: py
     finish(launch(resume_input, out, tiny_model_dir))
     info = json.loads((out / "_run.json").read_text())
     assert info["beam"]["plan"]["units"] == 60 and info["counts"]["reused_parts"] == 0
+    # Every part was written in the bundle that answered its unit, as the units finished, none after
+    # the grouping (a barrier, which would put every part at the end of the answering).
+    metrics = info["counts"]["metrics"]
+    assert metrics["parts_written"] == 60 and "rows_written_after_grouping" not in metrics
     return out
 
 
