@@ -28,7 +28,7 @@ def run_beam_stock(
     from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerKeyedTensor
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipelines.run import local_runner
+    from pipelines.runners import local_runner
 
     width = config.featurize.max_seq_len
     examples = []

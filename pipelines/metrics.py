@@ -13,6 +13,8 @@ from typing import Any
 
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 
+from qa_core.engine.stats import EngineStats
+
 NAMESPACE = "docqa"
 WORKER_NAMESPACE = "docqa.rows_per_worker"
 # Counter names with a key after the prefix: `rejected_<reason>`, `windows_per_row_<n>`.
@@ -41,3 +43,30 @@ def query_counters(result: Any, namespace: str = NAMESPACE) -> dict[str, int]:
         value = counter.committed if counter.committed is not None else counter.attempted
         counters[counter.key.metric.name] = counters.get(counter.key.metric.name, 0) + int(value or 0)
     return counters
+
+
+def stats_from_counters(counters: dict[str, int]) -> EngineStats | None:
+    """The engine counters the pipeline's Beam counters hold (`pipelines.metrics`), or None without any.
+
+    A runner that reports no metrics gives None: `_run.json` then has the footers' counts only.
+    """
+    if not counters:
+        return None
+    stats = EngineStats(
+        rows=counters.get("rows_read", 0),
+        answered=counters.get("answered", 0),
+        windows=counters.get("windows", 0),
+        questions_cut=counters.get("questions_cut", 0),
+        batches=counters.get("batches", 0),
+        real_tokens=counters.get("real_tokens", 0),
+        padded_tokens=counters.get("padded_tokens", 0),
+        batch_splits=counters.get("batch_splits", 0),
+        oom_splits=counters.get("oom_splits", 0),
+        model_seconds=counters.get("model_milliseconds", 0) / 1000,
+    )
+    for name, value in counters.items():
+        if name.startswith(REJECTED_PREFIX):
+            stats.rejected[name.removeprefix(REJECTED_PREFIX)] += value
+        elif name.startswith(WINDOWS_PER_ROW_PREFIX):
+            stats.windows_per_row[int(name.removeprefix(WINDOWS_PER_ROW_PREFIX))] += value
+    return stats

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,21 +32,16 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.options.pipeline_options import (
-    DirectOptions,
     PipelineOptions,
-    StandardOptions,
-    TypeOptions,
-    WorkerOptions,
 )
 from apache_beam.pvalue import PCollection
-from apache_beam.runners.runner import PipelineRunner
 
 from pipelines import metrics, progress
 from pipelines.failures import PipelineError, summarize_failure
 from pipelines.inference import InferenceOutput, QAModelHandler
 from pipelines.io import ReadUnit
-from pipelines.metrics import REJECTED_PREFIX, WINDOWS_PER_ROW_PREFIX
 from pipelines.options import DESCRIPTION, add_run_arguments
+from pipelines.runners import check_type_options, local_runner, planned_cores, workers_share_launcher_files
 from pipelines.stages import (
     REJECTIONS,
     UNMERGED_CANDIDATES,
@@ -63,7 +57,6 @@ from pipelines.stages import (
 from pipelines.write_parts import PartSink, WriteParts
 from qa_core.config import QAConfig, config_from_arguments
 from qa_core.engine.stats import EngineStats
-from qa_core.errors import ConfigError
 from qa_core.io.read import InputSchema, output_schemas
 from qa_core.jobs.guard import run_guarded
 from qa_core.jobs.lifecycle import Answered, AnsweringSite, JobRequest, commit, preflight
@@ -175,58 +168,6 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     return parser.parse_known_args(argv)
 
 
-def _workers_share_launcher_files(options: PipelineOptions) -> bool:
-    """True for runners whose workers see the launcher's disk (DirectRunner, LOOPBACK environments)."""
-    view = options.get_all_options()
-    runner = str(view.get("runner") or "DirectRunner")
-    return "Direct" in runner or str(view.get("environment_type") or "").upper() == "LOOPBACK"
-
-
-# Names under which Beam's DirectRunner is asked for (none given means DirectRunner).
-_DIRECT_RUNNER_NAMES = (None, "DirectRunner", "SwitchingDirectRunner")
-
-
-def local_runner(options: PipelineOptions) -> PipelineRunner | None:
-    """The runner for a local job: Beam's FnApiRunner where the DirectRunner was asked for, else None.
-
-    Beam's DirectRunner (2.77 and 2.78) first tries the Prism runner, which downloads a Go binary from
-    GitHub at run time; offline, that attempt fails (leaving a temporary folder behind) and it falls back
-    to the FnApiRunner. docqa's local job is tested on the FnApiRunner, so it goes there directly: no
-    download, and the same runner online and offline. Its in-memory / multi-threading / multi-processing modes
-    (`--direct_running_mode`, `--direct_num_workers`) work as under the DirectRunner. `--runner` names any
-    other runner (PrismRunner included) unchanged: None lets Beam create it.
-    """
-    if options.view_as(StandardOptions).runner not in _DIRECT_RUNNER_NAMES:
-        return None
-    # Imported here, as the DirectRunner does: the runner modules pull in Beam's GCP clients.
-    from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-    from apache_beam.runners.portability.portable_runner import JobServiceHandle
-
-    # The same provisioning the DirectRunner gives the FnApiRunner: SDK worker processes read the job's
-    # options from it.
-    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-    provision = beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
-    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(provision))
-
-
-def _check_type_options(options: PipelineOptions) -> None:
-    """Refuses Beam's runtime type checks, which would fail the job at its first rejected row.
-
-    Beam (2.78) checks every output of a DoFn, tagged ones included, against the main output's type, so
-    a rejection (tagged `rejections`) fails the check. The graph's types are checked when it is built
-    (`pipeline_type_check`, on), against the hints each DoFn declares for each output.
-    """
-    types = options.view_as(TypeOptions)
-    for flag in ("runtime_type_check", "performance_runtime_type_check"):
-        if getattr(types, flag):
-            raise ConfigError(
-                f"--{flag}: Beam checks tagged outputs against the main output's type, so the first "
-                "rejected row would fail the job; drop the flag (docqa run's graph is type-checked when "
-                "it is built)"
-            )
-
-
 def run(
     argv: Sequence[str] | None = None,
     test_pipeline: beam.Pipeline | None = None,
@@ -255,8 +196,8 @@ def run(
     if config.runtime.host_tuning:
         host_tuning.tune_host()
     options = PipelineOptions(beam_args, save_main_session=False)
-    _check_type_options(options)
-    local = _workers_share_launcher_files(options)
+    check_type_options(options)
+    local = workers_share_launcher_files(options)
     request = JobRequest(args.input, args.output, overwrite=args.overwrite, resume=args.resume)
     plan = preflight(
         config,
@@ -288,7 +229,7 @@ def run(
         counters, per_worker = _run_pipeline(
             pipeline, sum(unit.rows for unit in pending), args.output, progress_bar=args.progress and local
         )
-    ran = stats_from_counters(counters)
+    ran = metrics.stats_from_counters(counters)
     stats = None
     if ran is not None or not pending:
         stats = EngineStats()
@@ -338,51 +279,6 @@ def _run_pipeline(
     finally:
         progress.close()
     return metrics.query_counters(result), metrics.query_counters(result, metrics.WORKER_NAMESPACE)
-
-
-def planned_cores(options: PipelineOptions) -> int:
-    """The cores a job's units are planned for (`plan_units`: at least two units per core).
-
-    The rule: on the local FnApiRunner (the DirectRunner asked for, `local_runner`), the SDK workers
-    `--direct_num_workers` asks for, 0 meaning this machine's CPUs; on other runners the workers
-    `--max_num_workers`, else `--num_workers`, asks for (Dataflow and the like); with neither, this
-    machine's CPUs (a portable job server here runs one SDK worker, a cluster's size is unknown here).
-    `output.task_rows` still caps every unit, so a large input gets many units whatever this says.
-    """
-    cpus = os.cpu_count() or 1
-    if options.view_as(StandardOptions).runner in _DIRECT_RUNNER_NAMES:
-        asked = options.view_as(DirectOptions).direct_num_workers
-        return int(asked) if asked and asked > 0 else cpus
-    workers = options.view_as(WorkerOptions)
-    asked = workers.max_num_workers or workers.num_workers
-    return int(asked) if asked and asked > 0 else cpus
-
-
-def stats_from_counters(counters: dict[str, int]) -> EngineStats | None:
-    """The engine counters the pipeline's Beam counters hold (`pipelines.metrics`), or None without any.
-
-    A runner that reports no metrics gives None: `_run.json` then has the footers' counts only.
-    """
-    if not counters:
-        return None
-    stats = EngineStats(
-        rows=counters.get("rows_read", 0),
-        answered=counters.get("answered", 0),
-        windows=counters.get("windows", 0),
-        questions_cut=counters.get("questions_cut", 0),
-        batches=counters.get("batches", 0),
-        real_tokens=counters.get("real_tokens", 0),
-        padded_tokens=counters.get("padded_tokens", 0),
-        batch_splits=counters.get("batch_splits", 0),
-        oom_splits=counters.get("oom_splits", 0),
-        model_seconds=counters.get("model_milliseconds", 0) / 1000,
-    )
-    for name, value in counters.items():
-        if name.startswith(REJECTED_PREFIX):
-            stats.rejected[name.removeprefix(REJECTED_PREFIX)] += value
-        elif name.startswith(WINDOWS_PER_ROW_PREFIX):
-            stats.windows_per_row[int(name.removeprefix(WINDOWS_PER_ROW_PREFIX))] += value
-    return stats
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,7 +33,8 @@ from apache_beam.typehints import Dict, Iterable, Tuple, Union, typehints
 from apache_beam.typehints.native_type_compatibility import convert_to_beam_type
 
 from pipelines.inference import RowDone, WindowBatch
-from pipelines.run import JobSpec, build_pipeline, local_runner
+from pipelines.run import JobSpec, build_pipeline
+from pipelines.runners import local_runner
 from pipelines.stages import (
     REJECTIONS,
     UNMERGED_CANDIDATES,

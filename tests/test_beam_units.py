@@ -37,7 +37,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from docqa.cli import main
 from pipelines.io import ReadUnit, UnitRows
-from pipelines.run import local_runner
+from pipelines.runners import local_runner
 from qa_core.config import InputConfig
 from qa_core.jobs.parts import COUNTS_KEY, PART_KEY, PartRange, plan_units
 from tests.conftest import SHARED_SQUAD

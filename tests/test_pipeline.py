@@ -18,7 +18,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from docqa.cli import main
 from pipelines.inference import QAModelHandler, RowDone, WindowBatch
-from pipelines.run import local_runner, run
+from pipelines.run import run
+from pipelines.runners import local_runner
 from pipelines.stages import (
     REJECTIONS,
     UNMERGED_CANDIDATES,
@@ -74,7 +75,7 @@ ENGINES = {
     "portable": ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"],
 }
 # The DirectRunner (asked for by default) is replaced by the FnApiRunner it would fall back to, so Beam
-# never tries to download the Prism runner (pipelines.run.local_runner).
+# never tries to download the Prism runner (pipelines.runners.local_runner).
 RUNNERS = {
     "direct": "beam:FnApiRunner",
     "multiprocess": "beam:FnApiRunner",
