@@ -234,7 +234,7 @@ def run(
     if ran is not None or not pending:
         stats = EngineStats()
         stats.add(ran or EngineStats())
-        stats.add(parted.kept.stats)  # their footers' counters (`pipelines.io._WritePart` says which)
+        stats.add(parted.kept.stats)  # their footers' counters (`pipelines.write_parts.PartSink` says which)
     answered = Answered(
         f"beam:{type(pipeline.runner).__name__}",
         stats,
