@@ -41,11 +41,16 @@ def spark_home() -> Path:
     return Path(pyspark.__file__).resolve().parent
 
 
-def free_port() -> int:
-    """A loopback port that is free now (the OS's pick)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_ports(count: int) -> list[int]:
+    """Distinct loopback ports that are free now (the sockets are held together: no port twice)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 @dataclass
@@ -160,7 +165,7 @@ def standalone_cluster(
     environment = dict(os.environ if env is None else env)
     environment.update(SPARK_HOME=str(spark_home()), SPARK_LOCAL_IP="127.0.0.1")
     environment.setdefault("SPARK_NO_DAEMONIZE", "1")
-    port, web_port = free_port(), free_port()
+    port, web_port = free_ports(2)
     master = _spark_class(
         MASTER_CLASS,
         ["--host", "127.0.0.1", "--port", str(port), "--webui-port", str(web_port)],
@@ -171,11 +176,13 @@ def standalone_cluster(
         f"spark://127.0.0.1:{port}", f"http://127.0.0.1:{web_port}", master, log_dir=log_dir
     )
     try:
+        # The master's ports are bound before any worker starts, so no worker's port can take them.
+        _wait_for_workers(cluster, 0, timeout)
         for k in range(workers):
             host = f"127.0.0.{k + 2}" if distinct_hosts else "127.0.0.1"
             arguments = [
                 "--host", host, "--cores", str(cores), "--memory", memory,
-                "--webui-port", str(free_port()), "--work-dir", str(workdir / f"work-{k}"),
+                "--webui-port", "0", "--work-dir", str(workdir / f"work-{k}"),
                 cluster.master_url,
             ]  # fmt: skip
             worker_env = {**environment, "SPARK_LOCAL_IP": host}  # its executors bind there too
@@ -200,10 +207,11 @@ def _wait_for_workers(cluster: StandaloneCluster, expected: int, timeout: float)
         try:
             if cluster.alive_workers() >= expected:
                 return
-        except OSError:
-            pass  # the master's web UI is not up yet
+        except (OSError, ValueError):
+            pass  # the master's web UI is not up yet (or answers with a page that is not its status)
         if time.monotonic() > deadline:
-            raise JobError(
-                f"{expected} Spark workers did not register within {timeout:.0f} s: see {cluster.log_dir}"
+            waited = (
+                f"{expected} Spark workers did not register" if expected else "the Spark master did not start"
             )
+            raise JobError(f"{waited} within {timeout:.0f} s: see {cluster.log_dir}")
         time.sleep(0.5)
