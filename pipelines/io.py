@@ -92,12 +92,16 @@ class ReadUnit(beam.DoFn):
 
     Args:
         files: The job's input files, in order.
+        file_rows: Their row counts (the launcher read the footers): a unit skips earlier files unopened.
         config: Which columns to read.
     """
 
-    def __init__(self, files: Sequence[str], config: InputConfig) -> None:
+    def __init__(
+        self, files: Sequence[str], config: InputConfig, file_rows: Sequence[int] | None = None
+    ) -> None:
         self._files = list(files)
         self._config = config
+        self._file_rows = None if file_rows is None else list(file_rows)
 
     def process(
         self,
@@ -108,7 +112,12 @@ class ReadUnit(beam.DoFn):
         # Reads to the restriction's stop as it was at the start; a split moves the stop down, and the
         # first claim past it fails, which ends the read there.
         rows = iter_rows(
-            self._files, self._config, start=restriction.start, stop=restriction.stop, opener=_open
+            self._files,
+            self._config,
+            start=restriction.start,
+            stop=restriction.stop,
+            opener=_open,
+            file_rows=self._file_rows,
         )
         for position, row in enumerate(rows, start=restriction.start):
             if not tracker.try_claim(position):

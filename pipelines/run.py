@@ -80,6 +80,7 @@ class JobSpec:
         units: The units this attempt answers (all, or those a resumed job has not kept).
         config_hash: The job's config hash (`JobPlan.config`), written into each part's footers.
         owner: The job's owner token, checked before each part file is put in place.
+        file_rows: The files' row counts (`JobPlan.file_rows`); empty: each unit reads the footers.
     """
 
     config: QAConfig
@@ -89,6 +90,7 @@ class JobSpec:
     units: tuple[PartRange, ...]
     config_hash: str
     owner: str
+    file_rows: tuple[int, ...] = ()
 
 
 def build_pipeline(
@@ -105,7 +107,7 @@ def build_pipeline(
     rows = (
         units
         | "Spread" >> beam.Reshuffle()  # units to whichever worker is free, not to the one that listed them
-        | "ReadUnits" >> beam.ParDo(ReadUnit(spec.files, spec.config.input))
+        | "ReadUnits" >> beam.ParDo(ReadUnit(spec.files, spec.config.input, spec.file_rows or None))
     )
     answers, rejections = _answer(rows, spec.config, model_handler or QAModelHandler(spec.config))
     results = (
@@ -224,6 +226,7 @@ def run(
             tuple(pending),
             plan.config.config_hash(),
             owner,
+            tuple(plan.file_rows),
         )
         build_pipeline(pipeline, spec, model_handler)
         counters, per_worker = _run_pipeline(

@@ -229,6 +229,7 @@ def run_spark(argv: Sequence[str] | None = None) -> dict[str, Any]:
             owner,
             plan.config.config_hash(),
             accumulator,
+            tuple(plan.file_rows),
         )
         pending = parted.pending()
         began = time.perf_counter()

@@ -53,6 +53,8 @@ class UnitJob:
             place.
         config_hash: The job's config hash (`_run.json`), written into each part's footer.
         accumulator: A Spark accumulator of `StatsAccumulator` (None: counters only in the summaries).
+        file_rows: The files' row counts (`JobPlan.file_rows`): a unit skips earlier files unopened
+            (empty: each unit reads their footers).
     """
 
     config: QAConfig
@@ -63,6 +65,7 @@ class UnitJob:
     owner: str
     config_hash: str
     accumulator: Any = None
+    file_rows: tuple[int, ...] = ()
 
 
 class StatsAccumulator:
@@ -149,7 +152,9 @@ def answer_units(job: UnitJob, units: Iterable[PartRange]) -> Iterator[dict[str,
     schemas = (job.answer_schema, job.rejection_schema)
     writer_for = part_writers(config, job.output_dir, schemas, job.owner, job.config_hash)
     for unit in units:
-        rows = iter_rows(list(job.files), config.input, start=unit.start, stop=unit.stop)
+        rows = iter_rows(
+            list(job.files), config.input, start=unit.start, stop=unit.stop, file_rows=job.file_rows or None
+        )
         stats = answer_part(engine, rows, unit.start, writer_for(unit), lambda _: None)
         if job.accumulator is not None:
             job.accumulator.add(stats.to_state())

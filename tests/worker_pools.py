@@ -19,6 +19,9 @@ from pathlib import Path
 
 import pytest
 
+# One way of picking distinct free loopback ports, shared with the standalone Spark cluster.
+from pipelines.spark_standalone import free_ports
+
 REPO = Path(__file__).resolve().parents[1]
 POOL_START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
@@ -34,18 +37,6 @@ def subprocess_env() -> dict[str, str]:
     env["TRANSFORMERS_OFFLINE"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     return env
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (the sockets are held together, so the kernel cannot repeat one)."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def children_of(pid: int) -> dict[int, str]:

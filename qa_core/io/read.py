@@ -237,6 +237,7 @@ def iter_rows(
     start: int = 0,
     stop: int | None = None,
     opener: Callable[[str], AbstractContextManager[IO[bytes]]] | None = None,
+    file_rows: Sequence[int] | None = None,
 ) -> Iterator[dict[str, object]]:
     """Streams rows (dicts of the configured columns) of all files, in file and row order.
 
@@ -249,6 +250,10 @@ def iter_rows(
         stop: Row to stop before (None: to the end).
         opener: Opens a file for binary reading (default: fsspec); `docqa run` passes one that goes
             through Beam's file systems where Beam has one for the scheme.
+        file_rows: The files' row counts, when the caller has them (`JobPlan.file_rows`): files wholly
+            before `start` are then skipped without being opened. Without them each such file's footer
+            is read, which for a unit deep in an input of many object-store files is one request per
+            earlier file.
 
     Raises:
         InputError: When a file turns out corrupt while reading, naming the file (and the row group
@@ -256,9 +261,12 @@ def iter_rows(
     """
     open_file = opener or _fsspec_open
     offset = 0  # global index of the current row group's first row
-    for file in files:
+    for index, file in enumerate(files):
         if stop is not None and offset >= stop:
             return
+        if file_rows is not None and offset + file_rows[index] <= start:
+            offset += file_rows[index]
+            continue
         group: int | None = None  # the row group being read, for the error message
         try:
             with open_file(file) as handle:
