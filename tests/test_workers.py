@@ -21,7 +21,7 @@ import pytest
 from docqa.cli import main
 from qa_core.config import InputConfig, load_config
 from qa_core.engine.stats import EngineStats
-from qa_core.errors import WorkerError
+from qa_core.errors import InputError, WorkerError
 from qa_core.io.read import iter_rows, output_schemas, read_input_schema
 from qa_core.io.write import prepare_output
 from qa_core.jobs import workers
@@ -290,3 +290,14 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_iter_rows_skips_files_before_the_range_unopened_when_their_rows_are_known(tmp_path: Path) -> None:
+    """With the plan's row counts a range deep in the input opens no earlier file (a missing one here)."""
+    later = tmp_path / "later.parquet"
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "question": ["q"] * 3, "context": ["c"] * 3}), later)
+    files = [str(tmp_path / "gone.parquet"), str(later)]
+    rows = list(iter_rows(files, InputConfig(), start=5, stop=7, file_rows=[4, 3]))
+    assert [r["id"] for r in rows] == ["b", "c"]
+    with pytest.raises(InputError, match=r"gone\.parquet"):  # without the counts the first file is opened
+        list(iter_rows(files, InputConfig(), start=5, stop=7))
