@@ -27,21 +27,33 @@ def inc(name: str, value: int = 1) -> None:
     Metrics.counter(NAMESPACE, name).inc(value)
 
 
+def record_peak(name: str, value: int) -> None:
+    """Reports a value whose largest over the job is wanted (`docqa/<name>`, a Beam distribution)."""
+    Metrics.distribution(NAMESPACE, name).update(value)
+
+
 def inc_worker_rows(value: int = 1) -> None:
     """Adds `value` rows to this worker process's counter (`WORKER_NAMESPACE`, named `host:pid`)."""
     Metrics.counter(WORKER_NAMESPACE, f"{socket.gethostname()}:{os.getpid()}").inc(value)
 
 
 def query_counters(result: Any, namespace: str = NAMESPACE) -> dict[str, int]:
-    """Committed (or, where a runner lacks them, attempted) counters of a finished pipeline's `namespace`."""
+    """Committed (or, where a runner lacks them, attempted) counters of a finished pipeline's `namespace`.
+
+    A distribution (`record_peak`) gives its largest value.
+    """
     counters: dict[str, int] = {}
     try:
-        found = result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]
+        found = result.metrics().query(MetricsFilter().with_namespace(namespace))
     except (NotImplementedError, AttributeError, KeyError):
         return counters
-    for counter in found:
+    for counter in found.get("counters", []):
         value = counter.committed if counter.committed is not None else counter.attempted
         counters[counter.key.metric.name] = counters.get(counter.key.metric.name, 0) + int(value or 0)
+    for distribution in found.get("distributions", []):
+        value = distribution.committed if distribution.committed is not None else distribution.attempted
+        if value is not None and value.count:
+            counters[distribution.key.metric.name] = int(value.max)
     return counters
 
 
@@ -63,6 +75,10 @@ def stats_from_counters(counters: dict[str, int]) -> EngineStats | None:
         batch_splits=counters.get("batch_splits", 0),
         oom_splits=counters.get("oom_splits", 0),
         model_seconds=counters.get("model_milliseconds", 0) / 1000,
+        context_lookups=counters.get("context_lookups", 0),
+        contexts_tokenized=counters.get("contexts_tokenized", 0),
+        context_cache_evictions=counters.get("context_cache_evictions", 0),
+        context_cache_peak_bytes=counters.get("context_cache_peak_bytes", 0),
     )
     for name, value in counters.items():
         if name.startswith(REJECTED_PREFIX):

@@ -71,6 +71,9 @@ class ValidateRows(beam.DoFn):
         yield item if isinstance(item, Record) else TaggedOutput(REJECTIONS, item)
 
 
+CONTEXT_COUNTERS = ("context_lookups", "contexts_tokenized", "context_cache_evictions")
+
+
 class FeaturizeRecords(beam.DoFn):
     """`Record` -> `RowWindows` (main output), or a tagged rejection, `FEATURIZE_CHUNK_ROWS` at a time.
 
@@ -102,7 +105,16 @@ class FeaturizeRecords(beam.DoFn):
         if self._preparer is None:
             raise RuntimeError("FeaturizeRecords.setup() was not called")
         records, self._pending = self._pending, []
-        for item in self._preparer.featurize(records):
+        if not records:
+            return
+        stats = self._preparer.stats
+        before = (stats.context_lookups, stats.contexts_tokenized, stats.context_cache_evictions)
+        featurized = self._preparer.featurize(records)
+        after = (stats.context_lookups, stats.contexts_tokenized, stats.context_cache_evictions)
+        for name, old, new in zip(CONTEXT_COUNTERS, before, after, strict=True):
+            metrics.inc(name, new - old)
+        metrics.record_peak("context_cache_peak_bytes", stats.context_cache_peak_bytes)
+        for item in featurized:
             if isinstance(item, RowWindows):
                 metrics.inc("windows", len(item.windows))
                 metrics.inc(f"{metrics.WINDOWS_PER_ROW_PREFIX}{len(item.windows)}")

@@ -129,10 +129,12 @@ class QAConfig:
 
         `runtime.host_tuning` is left out: it changes how a process allocates, never an answer, so a
         job resumed with it switched (or started before it existed) is the same job. So is
-        `output.task_rows`: it sizes a cluster job's units, which `_job.json` records and a resume adopts.
+        `runtime.context_cache_mb` (how much tokenizing is reused) and `output.task_rows`: it sizes a
+        cluster job's units, which `_job.json` records and a resume adopts.
         """
         document = self.to_dict()
         del document["runtime"]["host_tuning"]
+        del document["runtime"]["context_cache_mb"]
         del document["output"]["task_rows"]
         if self.model.is_bundled:  # one hash for the bundled model wherever docqa is installed
             document["model"]["name_or_path"] = BUNDLED

@@ -278,6 +278,11 @@ class RuntimeConfig:
             malloc thresholds and heap trimming after CPU batches, oneDNN's per-shape cache caps, Arrow on
             the system allocator; a setting in the environment wins). false leaves every process as it
             started. The Python API changes its caller's process only when asked (`tune_host=True`).
+        context_cache_mb: Memory for tokenized contexts kept across featurize calls by each engine (a
+            process, a worker, a Beam or Spark task), so a context asked several questions anywhere in
+            its stretch of the input is tokenized once (`qa_core.stages.context_cache`); least recently
+            used out first. 0 still tokenizes each context once per call of `FEATURIZE_CHUNK_ROWS` rows.
+            Never changes an answer.
     """
 
     device: Device = "auto"
@@ -286,9 +291,14 @@ class RuntimeConfig:
     worker_models: WorkerModels = "per_worker"
     prefetch_buffers: int | None = None
     host_tuning: bool = True
+    context_cache_mb: int = 256
 
     def __post_init__(self) -> None:
         _require(self.device in get_args(Device), f"runtime.device must be one of {get_args(Device)}")
+        _require(
+            self.context_cache_mb >= 0,
+            f"runtime.context_cache_mb must be >= 0 (0: no cache across calls), got {self.context_cache_mb}",
+        )
         _require(self.workers >= 1, f"runtime.workers must be >= 1, got {self.workers}")
         _require(
             self.worker_models in get_args(WorkerModels),

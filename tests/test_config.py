@@ -121,6 +121,7 @@ def test_runtime_keys_moved_out_of_model_and_batch(caplog: pytest.LogCaptureFixt
         "worker_models": "shared",
         "prefetch_buffers": 2,
         "host_tuning": True,
+        "context_cache_mb": 256,
     }
     assert "model.device is deprecated; use runtime.device" in caplog.text
     assert "batch.prefetch_buffers is deprecated; use runtime.prefetch_buffers" in caplog.text

@@ -337,5 +337,11 @@ def test_run_counts_cut_questions_as_predict_does(
     argv = ["--input", str(source), "--model", str(tiny_model_dir), "--set", "featurize.max_question_len=1"]
     assert main(["predict", *argv, "--output", str(tmp_path / "p"), "--no-progress", "--no-report"]) == 0
     assert main(["run", *argv, "--output", str(tmp_path / "r")]) == 0
-    cut = [json.loads((tmp_path / o / "_run.json").read_text())["counts"]["questions_cut"] for o in "pr"]
-    assert cut[0] == cut[1] > 0
+    counts = [json.loads((tmp_path / o / "_run.json").read_text())["counts"] for o in "pr"]
+    assert counts[0]["questions_cut"] == counts[1]["questions_cut"] > 0
+    # Beam counts the context cache's work too (its bundles may tokenize a context more than once).
+    assert counts[0]["context_lookups"] == counts[1]["context_lookups"] > 0
+    assert (
+        0 < counts[0]["contexts_tokenized"] <= counts[1]["contexts_tokenized"] <= counts[1]["context_lookups"]
+    )
+    assert counts[1]["context_cache_peak_bytes"] > 0

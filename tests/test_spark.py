@@ -96,6 +96,8 @@ def _assert_same_output(spark_dir: Path, predict_dir: Path) -> dict[str, Any]:
     theirs = json.loads((predict_dir / "_run.json").read_text())
     for key in ("rows_read", "answered", "rejected", "rejected_by_reason", "windows", "questions_cut"):
         assert info["counts"][key] == theirs["counts"][key], key
+    assert info["counts"]["context_lookups"] == theirs["counts"]["context_lookups"]
+    assert info["counts"]["contexts_tokenized"] >= theirs["counts"]["contexts_tokenized"]  # per task
     assert info["config_hash"] == theirs["config_hash"]
     assert info["model"]["revision"] == theirs["model"]["revision"]
     assert info["engine"] == "spark:local[2]"

@@ -3,13 +3,15 @@
 Every engine uses these pieces: `docqa predict` and its workers (through `QAEngine`), the Beam DoFns
 (`pipelines.stages`), calibration, the cost estimate and the benchmark. Rows are keyed by their position
 in the job's input (`qa_core.records.row_key`), validated one by one, and featurized
-`FEATURIZE_CHUNK_ROWS` at a time (one call into the Rust tokenizer per chunk, and a context shared by
-several rows of the chunk is tokenized once). A sort buffer holds about `batch.sort_buffer_windows`
+`FEATURIZE_CHUNK_ROWS` at a time (one call into the Rust tokenizer per chunk); a context is tokenized
+once while it stays in the preparer's `ContextCache` (`runtime.context_cache_mb`), however far apart its
+rows are. A sort buffer holds about `batch.sort_buffer_windows`
 windows, whose batches are planned together by length (`qa_core.stages.batch.plan_batches`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -20,6 +22,7 @@ from qa_core.config import QAConfig
 from qa_core.engine.stats import EngineStats
 from qa_core.records import Feature, Record, Rejection, RowWindows, row_key
 from qa_core.stages.batch import plan_batches
+from qa_core.stages.context_cache import ContextCacheCounts, context_cache
 from qa_core.stages.featurize import Featurizer
 from qa_core.stages.tokenizer import Tokenizer
 from qa_core.stages.validate import validate_row
@@ -52,6 +55,7 @@ class RowPreparer:
         self.config = config
         self.stats = stats if stats is not None else EngineStats()
         self._featurizer = Featurizer(tokenizer, config.featurize)
+        self.contexts = context_cache(config.runtime.context_cache_mb)
 
     def validate(self, row: Mapping[str, Any], position: int) -> Record | Rejection:
         """The record of the input row at `position`, or its rejection (counted)."""
@@ -61,7 +65,10 @@ class RowPreparer:
     def featurize(self, records: Sequence[Record]) -> list[Prepared]:
         """Each record's windows (or its rejection), in order; one tokenizer call for all of them."""
         out: list[Prepared] = []
-        for record, result in zip(records, self._featurizer.featurize(records), strict=True):
+        before = dataclasses.replace(self.contexts.counts)
+        featurized = self._featurizer.featurize(records, self.contexts)
+        self._count_contexts(before)
+        for record, result in zip(records, featurized, strict=True):
             if isinstance(result, Rejection):
                 out.append(result)
             else:
@@ -70,6 +77,14 @@ class RowPreparer:
                     self._count_cut(record)
                 out.append(RowWindows(record, tuple(result)))
         return out
+
+    def _count_contexts(self, before: ContextCacheCounts) -> None:
+        """Adds the context cache's work since `before` to the run's counters."""
+        now, stats = self.contexts.counts, self.stats
+        stats.context_lookups += now.lookups - before.lookups
+        stats.contexts_tokenized += now.tokenized - before.tokenized
+        stats.context_cache_evictions += now.evictions - before.evictions
+        stats.context_cache_peak_bytes = max(stats.context_cache_peak_bytes, now.peak_bytes)
 
     def _count_cut(self, record: Record) -> None:
         """Counts a cut question, and says so in the log the first time (the count is in `_run.json`)."""

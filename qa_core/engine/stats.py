@@ -8,12 +8,16 @@ from typing import Any
 
 from qa_core.records import Answer, Rejection
 
+PEAKS = frozenset({"context_cache_peak_bytes"})
+"""Counters that combine by their largest value, not their sum."""
+
 
 @dataclass
 class EngineStats:
     """Counters of a run (also the `counts` of `_run.json`).
 
-    Mutable on purpose: every engine piece adds to the one instance of its run.
+    Mutable on purpose: every engine piece adds to the one instance of its run. Every counter is a sum
+    across processes and parts but the peaks (`PEAKS`), which are the largest any one engine reached.
     """
 
     rows: int = 0
@@ -28,6 +32,10 @@ class EngineStats:
     batch_splits: int = 0
     oom_splits: int = 0
     model_seconds: float = 0.0
+    context_lookups: int = 0
+    contexts_tokenized: int = 0
+    context_cache_evictions: int = 0
+    context_cache_peak_bytes: int = 0
 
     def count_result(self, result: Answer | Rejection) -> Answer | Rejection:
         """Counts an output row (answered, or rejected by reason) and returns it."""
@@ -43,6 +51,8 @@ class EngineStats:
             mine = getattr(self, name)
             if isinstance(mine, Counter):
                 mine.update(value)  # adds counts, unlike dict.update
+            elif name in PEAKS:
+                setattr(self, name, max(mine, value))
             else:
                 setattr(self, name, mine + value)
 
@@ -51,7 +61,8 @@ class EngineStats:
         delta = EngineStats()
         for name, value in vars(self).items():
             before = getattr(earlier, name)
-            setattr(delta, name, value - before)  # a Counter's difference keeps only positive counts
+            # A Counter's difference keeps only positive counts; a peak is the engine's so far.
+            setattr(delta, name, value if name in PEAKS else value - before)
         return delta
 
     def to_state(self) -> dict[str, Any]:
@@ -96,4 +107,11 @@ class EngineStats:
             "batch_splits": self.batch_splits,
             "oom_splits": self.oom_splits,
             "model_seconds": round(self.model_seconds, 3),
+            "context_lookups": self.context_lookups,
+            "contexts_tokenized": self.contexts_tokenized,
+            "context_reuse_rate": (
+                1 - self.contexts_tokenized / self.context_lookups if self.context_lookups else None
+            ),
+            "context_cache_evictions": self.context_cache_evictions,
+            "context_cache_peak_bytes": self.context_cache_peak_bytes,
         }

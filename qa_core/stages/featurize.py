@@ -23,6 +23,7 @@ import numpy as np
 from qa_core.config import FeaturizeConfig
 from qa_core.errors import ConfigError
 from qa_core.records import Feature, Reason, Record, Rejection
+from qa_core.stages.context_cache import ContextCache
 from qa_core.stages.tokenizer import Tokenizer
 from qa_core.stages.windows import PairTemplate, TokenizedText, Window, pair_window, window_ranges
 
@@ -67,17 +68,26 @@ class Featurizer:
         # Windows from separately tokenized questions and contexts (each context once per call), when
         # the pair template is one this module can rebuild; else the tokenizer's pair encoding.
         self._template = PairTemplate.probe(serialized, self._special)
+        self._cls_in_prefix = _first(self._template.prefix[0], self._cls_id) if self._template else None
 
-    def featurize(self, records: Sequence[Record]) -> list[list[Feature] | Rejection]:
+    def featurize(
+        self, records: Sequence[Record], contexts: ContextCache | None = None
+    ) -> list[list[Feature] | Rejection]:
         """Windows for each record, in order; a record that cannot be windowed becomes a `Rejection`.
 
         Tokenizes all records in one call (the Rust tokenizer is much faster batched); if that call
         fails, records are retried one by one so a single bad row only rejects itself.
+
+        Args:
+            records: The records to window.
+            contexts: Tokenized contexts kept across calls (the engine's); None: each distinct context
+                of this call is tokenized once, and forgotten after it.
         """
         if not records:
             return []
+        cache = contexts if contexts is not None else ContextCache(0)
         try:
-            return self._featurize_batch(records)
+            return self._featurize_batch(records, cache)
         except Exception:
             if len(records) == 1:
                 raise
@@ -85,7 +95,7 @@ class Featurizer:
         results: list[list[Feature] | Rejection] = []
         for record in records:
             try:
-                results.extend(self._featurize_batch([record]))
+                results.extend(self._featurize_batch([record], cache))
             except Exception as err:
                 results.append(record.reject(Reason.FEATURIZE_ERROR, f"{type(err).__name__}: {err}"))
         return results
@@ -97,22 +107,25 @@ class Featurizer:
 
         A question is cut at the end of its `question_limit`-th token and the cut text encoded again,
         which is what the windows hold; its token count (rarely not the limit: normalizers can expand a
-        character into several tokens) decides whether a window has room for context.
+        character into several tokens) decides whether a window has room for context. Questions are
+        encoded without offsets (`encode_batch_fast`: a window holds none for the question); only the
+        rare long ones are encoded again with them, to find where to cut.
 
         Returns:
             Per record its rejection or None, and (index, question) of the records to window.
         """
-        encoded = self._questions.encode_batch([r.question for r in records], add_special_tokens=False)
+        encoded = self._questions.encode_batch_fast([r.question for r in records], add_special_tokens=False)
         limit = self.question_limit
-        texts = [
-            r.question[: e.offsets[limit - 1][1]] if len(e.ids) > limit else r.question
-            for r, e in zip(records, encoded, strict=True)
-        ]
         cut = [k for k, e in enumerate(encoded) if len(e.ids) > limit]
+        texts = [r.question for r in records]
+        if cut:
+            with_offsets = self._questions.encode_batch([texts[k] for k in cut], add_special_tokens=False)
+            for k, encoding in zip(cut, with_offsets, strict=True):
+                texts[k] = texts[k][: encoding.offsets[limit - 1][1]]
+            recut = self._questions.encode_batch_fast([texts[k] for k in cut], add_special_tokens=False)
+            for k, again in zip(cut, recut, strict=True):
+                encoded[k] = again
         cut_set = set(cut)
-        recut = self._questions.encode_batch([texts[k] for k in cut], add_special_tokens=False)
-        for k, again in zip(cut, recut, strict=True):
-            encoded[k] = again
         results: list[list[Feature] | Rejection | None] = [None] * len(records)
         todo: list[tuple[int, _Question]] = []
         for index, (record, text, encoding) in enumerate(zip(records, texts, encoded, strict=True)):
@@ -124,10 +137,12 @@ class Featurizer:
                 todo.append((index, _Question(text, encoding, index in cut_set)))
         return results, todo
 
-    def _featurize_batch(self, records: Sequence[Record]) -> list[list[Feature] | Rejection]:
+    def _featurize_batch(
+        self, records: Sequence[Record], cache: ContextCache
+    ) -> list[list[Feature] | Rejection]:
         results, todo = self._screen_questions(records)
         if todo and self._template is not None:
-            self._window_shared_contexts(records, todo, self._template, results)
+            self._window_shared_contexts(records, todo, self._template, cache, results)
         elif todo:
             self._window_pairs(records, todo, results)
         return [r for r in results if r is not None]
@@ -148,21 +163,22 @@ class Featurizer:
         records: Sequence[Record],
         todo: list[tuple[int, _Question]],
         template: PairTemplate,
+        cache: ContextCache,
         results: list[list[Feature] | Rejection | None],
     ) -> None:
         """Windows from questions and distinct contexts tokenized once each (`qa_core.stages.windows`)."""
-        distinct = list(dict.fromkeys(records[i].context for i, _ in todo))
-        encoded = self._questions.encode_batch(distinct, add_special_tokens=False)
-        contexts = {c: TokenizedText.from_encoding(e) for c, e in zip(distinct, encoded, strict=True)}
-        for index, question in todo:
-            question_tokens = TokenizedText.from_encoding(question.encoding)
-            context = contexts[records[index].context]
+        contexts = cache.tokens([records[i].context for i, _ in todo], self._encode_contexts)
+        for (index, question), context in zip(todo, contexts, strict=True):
+            question_tokens = TokenizedText.ids_of(question.encoding)
             room = self.config.max_seq_len - len(question_tokens) - template.n_special
-            windows = [
-                template.assemble(question_tokens, context, start, stop)
-                for start, stop in window_ranges(len(context), room, self.config.doc_stride)
-            ]
+            ranges = window_ranges(len(context), room, self.config.doc_stride)
+            windows = template.assemble_all(question_tokens, context, ranges)
             results[index] = self._finish(records[index], windows, question.cut)
+
+    def _encode_contexts(self, texts: list[str]) -> list[TokenizedText]:
+        """Distinct contexts tokenized in one call."""
+        encoded = self._questions.encode_batch(texts, add_special_tokens=False)
+        return [TokenizedText.context_of(e) for e in encoded]
 
     def _window_pairs(
         self,
@@ -176,6 +192,13 @@ class Featurizer:
             # The first window, then the overflow windows in context order (as transformers does).
             windows = [pair_window(e) for e in [encoding, *encoding.overflowing]]
             results[index] = self._finish(records[index], windows, question.cut)
+
+    def _cls_index(self, ids: np.ndarray) -> int:
+        """Where the first CLS token of a window is, -1 if none: the template's place when it has one."""
+        if self._cls_in_prefix is not None:  # the prefix comes first, so its CLS is the first one
+            return self._cls_in_prefix
+        positions = np.flatnonzero(ids == (-1 if self._cls_id is None else self._cls_id))
+        return int(positions[0]) if len(positions) else -1
 
     def _finish(self, record: Record, windows: list[Window], question_cut: bool) -> list[Feature] | Rejection:
         """Features of a record's windows, minus windows without a context token.
@@ -194,7 +217,6 @@ class Featurizer:
             return record.reject(Reason.NO_CONTEXT_TOKENS, "the context produced no tokens")
         features = []
         for window_index, (ids, types, starts, ends) in enumerate(kept):
-            cls_positions = np.flatnonzero(ids == (-1 if self._cls_id is None else self._cls_id))
             features.append(
                 Feature(
                     row_key=record.row_key,
@@ -204,11 +226,19 @@ class Featurizer:
                     token_type_ids=types,
                     char_starts=starts,
                     char_ends=ends,
-                    cls_index=int(cls_positions[0]) if len(cls_positions) else -1,
+                    cls_index=self._cls_index(ids),
                     question_cut=question_cut,
                 )
             )
         return features
+
+
+def _first(ids: np.ndarray, token: int | None) -> int | None:
+    """The first position of `token` in `ids`, None when absent."""
+    if token is None:
+        return None
+    positions = np.flatnonzero(ids == token)
+    return int(positions[0]) if len(positions) else None
 
 
 def question_limit(config: FeaturizeConfig, special_tokens: int) -> int:

@@ -31,6 +31,7 @@ PROBE_CONTEXT = "The river, in 1850:  the town's new bridge   crossed it; café 
 _I32 = npt.NDArray[np.int32]
 _I8 = npt.NDArray[np.int8]
 Window = tuple[_I32, _I8, _I32, _I32]  # (input ids, type ids, char starts, char ends), each (T,)
+_NO_OFFSETS: _I32 = np.empty(0, dtype=np.int32)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,32 @@ class TokenizedText:
         """Arrays of a `tokenizers.Encoding`."""
         offsets = _offsets(encoding)  # (n, 2)
         return cls(np.asarray(encoding.ids, dtype=np.int32), offsets[:, 0].copy(), offsets[:, 1].copy())
+
+    @classmethod
+    def context_of(cls, encoding: Any) -> TokenizedText:
+        """A context's arrays, offsets -1 on zero-width tokens (they cannot bound a non-empty answer).
+
+        Masked once per context here, not once per window: every window of every question over the
+        context slices the same arrays.
+        """
+        offsets = _offsets(encoding)  # (n, 2)
+        real = offsets[:, 1] > offsets[:, 0]  # (n,)
+        return cls(
+            np.asarray(encoding.ids, dtype=np.int32),
+            np.where(real, offsets[:, 0], -1).astype(np.int32),
+            np.where(real, offsets[:, 1], -1).astype(np.int32),
+        )
+
+    @classmethod
+    def ids_of(cls, encoding: Any) -> TokenizedText:
+        """A question's arrays: its ids; no offsets (a window holds -1 outside the context)."""
+        ids = np.asarray(encoding.ids, dtype=np.int32)
+        return cls(ids, _NO_OFFSETS, _NO_OFFSETS)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays."""
+        return int(self.ids.nbytes + self.starts.nbytes + self.ends.nbytes)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -130,15 +157,15 @@ class PairTemplate:
 
     def _matches_overflow(self, tokenizer: Any) -> bool:
         """Whether the probe's windows from this template equal the tokenizer's own overflow windows."""
-        question = TokenizedText.from_encoding(tokenizer.encode(PROBE_QUESTION, add_special_tokens=False))
-        context = TokenizedText.from_encoding(tokenizer.encode(PROBE_CONTEXT, add_special_tokens=False))
+        question = TokenizedText.ids_of(tokenizer.encode(PROBE_QUESTION, add_special_tokens=False))
+        context = TokenizedText.context_of(tokenizer.encode(PROBE_CONTEXT, add_special_tokens=False))
         room, stride = 5, 2  # several windows over the probe's context
         tokenizer.enable_truncation(
             len(question) + self.n_special + room, stride=stride, strategy="only_second", direction="right"
         )
         first = tokenizer.encode(PROBE_QUESTION, PROBE_CONTEXT, add_special_tokens=True)
         theirs = [first, *first.overflowing]
-        ours = [self.assemble(question, context, a, b) for a, b in window_ranges(len(context), room, stride)]
+        ours = self.assemble_all(question, context, window_ranges(len(context), room, stride))
         if len(ours) != len(theirs) or len(ours) < 2:
             return False
         for window, encoding in zip(ours, theirs, strict=True):
@@ -150,33 +177,42 @@ class PairTemplate:
     def assemble(self, question: TokenizedText, context: TokenizedText, start: int, stop: int) -> Window:
         """One window: (input ids, type ids, char starts, char ends), each of shape (T,).
 
-        Char offsets are -1 outside the context and on zero-width context tokens (they cannot bound a
-        non-empty answer), as in `Featurizer`.
+        `context` comes from `TokenizedText.context_of` (offsets -1 on zero-width tokens); char offsets are
+        -1 outside the context.
         """
-        n_question, n_context = len(question), stop - start
+        return self.assemble_all(question, context, [(start, stop)])[0]
+
+    def assemble_all(
+        self, question: TokenizedText, context: TokenizedText, ranges: list[tuple[int, int]]
+    ) -> list[Window]:
+        """The windows of one question over context token `ranges`, as `assemble` builds each.
+
+        The part before the context (specials, question, specials) is joined once per question; each
+        window is then four concatenations of that part, a context slice and the suffix.
+        """
         (pre_ids, pre_types), (mid_ids, mid_types), (suf_ids, suf_types) = (
             self.prefix,
             self.middle,
             self.suffix,
         )
-        ids = np.concatenate([pre_ids, question.ids, mid_ids, context.ids[start:stop], suf_ids])
-        types = np.concatenate(
-            [
-                pre_types,
-                np.full(n_question, self.question_type, np.int8),
-                mid_types,
-                np.full(n_context, self.context_type, np.int8),
-                suf_types,
-            ]
-        )
-        first = len(pre_ids) + n_question + len(mid_ids)  # position of the first context token
-        starts = np.full(ids.shape[0], -1, dtype=np.int32)
-        ends = np.full(ids.shape[0], -1, dtype=np.int32)
-        slice_starts, slice_ends = context.starts[start:stop], context.ends[start:stop]
-        real = slice_ends > slice_starts
-        starts[first : first + n_context] = np.where(real, slice_starts, -1)
-        ends[first : first + n_context] = np.where(real, slice_ends, -1)
-        return ids, types, starts, ends
+        head_ids = np.concatenate([pre_ids, question.ids, mid_ids])  # (H,)
+        question_types = np.full(len(question), self.question_type, np.int8)
+        head_types = np.concatenate([pre_types, question_types, mid_types])  # (H,)
+        head_none = np.full(head_ids.shape[0], -1, dtype=np.int32)  # (H,) no offsets before the context
+        suffix_none = np.full(suf_ids.shape[0], -1, dtype=np.int32)
+        longest = max(stop - start for start, stop in ranges)
+        context_types = np.full(longest, self.context_type, np.int8)  # sliced per window
+        windows = []
+        for start, stop in ranges:
+            windows.append(
+                (
+                    np.concatenate([head_ids, context.ids[start:stop], suf_ids]),
+                    np.concatenate([head_types, context_types[: stop - start], suf_types]),
+                    np.concatenate([head_none, context.starts[start:stop], suffix_none]),
+                    np.concatenate([head_none, context.ends[start:stop], suffix_none]),
+                )
+            )
+        return windows
 
 
 def pair_window(encoding: Any) -> Window:
