@@ -20,19 +20,19 @@ class DecodeError(ValueError):
     """The logits cannot be decoded (for example they hold NaN); the batch's rows are rejected."""
 
 
-def _band(values: torch.Tensor, width: int, fill: float | bool) -> torch.Tensor:
+def _band(values: torch.Tensor, width: int, fill: float) -> torch.Tensor:
     """A (B, P, L) view with `out[b, i, d] = values[b, i + d]`, `fill` past the end."""
-    pad = torch.full((values.shape[0], width - 1), fill, dtype=values.dtype, device=values.device)
-    return torch.cat([values, pad], dim=1).unfold(1, width, 1)
+    return torch.nn.functional.pad(values, (0, width - 1), value=fill).unfold(1, width, 1)
 
 
 def _top_candidates(scores: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The `keep` best of every row of `scores` (B, N), exactly as a stable descending sort ranks them.
 
     Ties rank by flat index, ascending. `torch.topk` is used instead of sorting all P*L candidates (the
-    sort was a third of the host's time on a CPU) but its choice among equal scores is unspecified, so
-    rows whose cut-off score is tied past the cut (rare: real logits are rarely equal) are re-ranked with
-    the full stable sort.
+    sort was a third of the host's time on a CPU) but its choice and order among equal scores are
+    unspecified, so when any finite score ties another within the kept ones or at the cut (rare: real
+    logits are rarely equal), the kept set is ordered again, and rows tied at the cut are re-ranked with
+    the full stable sort. One check of the device decides, so logits without ties cost one `topk`.
 
     Returns:
         (B, K) scores, descending, and (B, K) flat indices into N.
@@ -40,12 +40,11 @@ def _top_candidates(scores: torch.Tensor, keep: int) -> tuple[torch.Tensor, torc
     n = scores.shape[1]
     # One more than kept: the cut is ambiguous exactly when the first left-out candidate ties the last kept.
     top_scores, top_flat = torch.topk(scores, min(keep + 1, n), dim=1)  # (B, K+1), descending
-    if keep < n:
-        ambiguous = torch.isfinite(top_scores[:, keep]) & (
-            top_scores[:, keep] == top_scores[:, keep - 1]
-        )  # (B,)
-    else:
-        ambiguous = torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
+    later = top_scores[:, 1:]  # (B, K): each score beside the one before it
+    tied = (later == top_scores[:, :-1]) & torch.isfinite(later)  # (B, K)
+    if not bool(tied.any()):
+        return top_scores[:, :keep], top_flat[:, :keep]
+    ambiguous = tied[:, keep - 1] if keep < n else torch.zeros_like(tied[:, 0])  # (B,)
     top_scores, top_flat = top_scores[:, :keep], top_flat[:, :keep]
     # Inside the kept set, order equal scores by flat index: sort by index, then stable by score.
     top_flat, by_index = torch.sort(top_flat, dim=1)
@@ -83,58 +82,85 @@ def decode_batch(
         DecodeError: When the logits hold NaN, are infinite on a context or CLS token (fp16 overflow), or
             have the wrong shape.
     """
-    _check_logits(batch, start_logits, end_logits)
+    _check_shape(batch, start_logits, end_logits)
     n_windows, width = batch.input_ids.shape
     device = start_logits.device
     char_starts, char_ends = _char_offsets(batch)  # (B, P) each, -1 outside the context
-    in_context = torch.from_numpy(char_starts >= 0).to(device)  # (B, P)
+    cls_index = np.fromiter((f.cls_index for f in batch.features), dtype=np.int64, count=n_windows)  # (B,)
+    raw_start, raw_end = start_logits.float(), end_logits.float()  # (B, P); no copy when already fp32
+    pair = raw_start + raw_end  # (B, P): finite everywhere in a sound batch, which one check shows
+    if not bool(torch.isfinite(pair).all()):
+        _check_values(raw_start, raw_end, char_starts >= 0, cls_index)
+    outside = torch.from_numpy(char_starts < 0).to(device)  # (B, P)
     # Tokens outside the context get -inf, so every pair with one of them scores -inf: the (B, P) masks
     # replace a mask over all (B, P, L) pairs.
-    raw_start, raw_end = start_logits.float(), end_logits.float()  # (B, P); no copy when already fp32
-    start = raw_start.masked_fill(~in_context, float("-inf"))  # (B, P)
-    end = raw_end.masked_fill(~in_context, float("-inf"))  # (B, P)
-    if bool(((torch.isinf(start) | torch.isinf(end)) & in_context).any()):
-        raise DecodeError("the model produced infinite logits")
+    start = raw_start.masked_fill(outside, float("-inf"))  # (B, P)
+    end = raw_end.masked_fill(outside, float("-inf"))  # (B, P)
 
     band = max(1, min(max_answer_len, width))
     # (B, P, L): start i + end i + d, then flat (B, P*L)
     scores = (start.unsqueeze(2) + _band(end, band, float("-inf"))).reshape(n_windows, width * band)
     top_scores_t, top_flat_t = _top_candidates(scores, min(n_best, width * band))
+    # The CLS token is outside the context: its null logit `start[cls] + end[cls]` is read from `pair`.
+    safe_cls = torch.from_numpy(np.maximum(cls_index, 0)).to(device).unsqueeze(1)  # (B, 1)
+    null_logits = pair.gather(1, safe_cls).squeeze(1).cpu().numpy()  # (B,)
     top_scores = top_scores_t.cpu().numpy()  # (B, K)
     top_flat = top_flat_t.cpu().numpy()  # (B, K): i * L + d
 
-    # The CLS token is outside the context: its logits come from the unmasked tensors.
-    null_logits, has_cls_np = _null_logits(batch, raw_start, raw_end)
-
+    token_i = top_flat // band  # (B, K)
+    # A -inf candidate (a window with fewer than K spans) may end past the batch: clipped, then dropped.
+    token_j = np.minimum(token_i + top_flat % band, width - 1)  # (B, K)
+    starts = np.take_along_axis(char_starts, token_i, axis=1)  # (B, K)
+    ends = np.take_along_axis(char_ends, token_j, axis=1)  # (B, K)
+    logits = top_scores.astype(np.float64)  # (B, K)
+    valid = np.isfinite(top_scores)  # (B, K): windows with fewer than K spans end in -inf
+    whole = valid.all(axis=1)  # (B,)
     out: list[WindowCandidates] = []
     for row, feature in enumerate(batch.features):
-        valid_k = np.isfinite(top_scores[row])
-        token_i = top_flat[row][valid_k] // band
-        token_j = token_i + top_flat[row][valid_k] % band
+        kept = slice(None) if whole[row] else valid[row]
         out.append(
             WindowCandidates(
                 row_key=feature.row_key,
                 window_index=feature.window_index,
                 n_windows=feature.n_windows,
-                starts=char_starts[row, token_i],
-                ends=char_ends[row, token_j],
-                logits=top_scores[row][valid_k].astype(np.float64),
-                null_logit=float(null_logits[row]) if has_cls_np[row] else None,
+                starts=starts[row, kept],
+                ends=ends[row, kept],
+                logits=logits[row, kept],
+                null_logit=float(null_logits[row]) if cls_index[row] >= 0 else None,
             )
         )
     return out
 
 
-def _check_logits(batch: Batch, start_logits: torch.Tensor, end_logits: torch.Tensor) -> None:
-    """Raises `DecodeError` on logits of the wrong shape or holding NaN."""
+def _check_shape(batch: Batch, start_logits: torch.Tensor, end_logits: torch.Tensor) -> None:
+    """Raises `DecodeError` on logits of another shape than the batch."""
     shape = tuple(batch.input_ids.shape)  # (B, P)
     if tuple(start_logits.shape) != shape or tuple(end_logits.shape) != shape:
         raise DecodeError(
             f"logits of shape {tuple(start_logits.shape)} / {tuple(end_logits.shape)} do not match the "
             f"batch {shape}"
         )
-    if bool(torch.isnan(start_logits).any() | torch.isnan(end_logits).any()):
+
+
+def _check_values(
+    start: torch.Tensor,
+    end: torch.Tensor,
+    in_context: npt.NDArray[np.bool_],
+    cls_index: npt.NDArray[np.int64],
+) -> None:
+    """Raises `DecodeError` on NaN anywhere, or an infinite logit on a context or CLS token.
+
+    Only reached when some logit is not finite: infinite logits in padding or on question tokens are
+    harmless and pass.
+    """
+    if bool(torch.isnan(start).any() | torch.isnan(end).any()):
         raise DecodeError("the model produced NaN logits")
+    infinite = (torch.isinf(start) | torch.isinf(end)).cpu().numpy()  # (B, P)
+    if (infinite & in_context).any():
+        raise DecodeError("the model produced infinite logits")
+    rows = np.flatnonzero(cls_index >= 0)
+    if infinite[rows, cls_index[rows]].any():
+        raise DecodeError("the model produced infinite logits at the CLS token")
 
 
 def _char_offsets(batch: Batch) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
@@ -145,20 +171,3 @@ def _char_offsets(batch: Batch) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.i
         char_starts[row, : feature.length] = feature.char_starts
         char_ends[row, : feature.length] = feature.char_ends
     return char_starts, char_ends
-
-
-def _null_logits(
-    batch: Batch, start: torch.Tensor, end: torch.Tensor
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
-    """Per window, `start[cls] + end[cls]` (B,) and whether the window has a CLS token (B,).
-
-    Raises:
-        DecodeError: When a CLS logit is infinite (fp16 overflow).
-    """
-    cls_index = torch.tensor([f.cls_index for f in batch.features], device=start.device)  # (B,)
-    has_cls = (cls_index >= 0).cpu().numpy()
-    safe_cls = cls_index.clamp(min=0).unsqueeze(1)  # (B, 1)
-    null_logits = (start.gather(1, safe_cls) + end.gather(1, safe_cls)).squeeze(1).cpu().numpy()  # (B,)
-    if not np.isfinite(null_logits[has_cls]).all():
-        raise DecodeError("the model produced infinite logits at the CLS token")
-    return null_logits, has_cls
