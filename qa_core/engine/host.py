@@ -29,7 +29,7 @@ from qa_core.stages.validate import validate_row
 
 logger = logging.getLogger(__name__)
 
-FEATURIZE_CHUNK_ROWS = 512  # records tokenized per call (the Rust tokenizer amortizes per-call cost)
+FEATURIZE_CHUNK_ROWS = 128  # records tokenized per call (the Rust tokenizer amortizes per-call cost)
 
 Prepared = RowWindows | Rejection
 """A row after the host half: its windows, or why it is rejected."""

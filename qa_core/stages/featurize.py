@@ -64,10 +64,12 @@ class Featurizer:
         self._special = int(tokenizer.num_special_tokens_to_add(pair=True))
         self.question_limit = question_limit(config, self._special)
         serialized = tokenizer.backend_tokenizer.to_str()
-        self._questions, self._pairs = _backend_copies(serialized, config)
+        self._questions = _backend_copy(serialized)
         # Windows from separately tokenized questions and contexts (each context once per call), when
         # the pair template is one this module can rebuild; else the tokenizer's pair encoding.
         self._template = PairTemplate.probe(serialized, self._special)
+        # The pair encoding's own copy only where the template cannot be rebuilt (each copy costs ~15 ms).
+        self._pairs: Any = _backend_copy(serialized, config) if self._template is None else None
         self._cls_in_prefix = _first(self._template.prefix[0], self._cls_id) if self._template else None
 
     def featurize(
@@ -187,6 +189,8 @@ class Featurizer:
         results: list[list[Feature] | Rejection | None],
     ) -> None:
         """Windows from the tokenizer's own pair encoding with overflow (any post-processor)."""
+        if self._pairs is None:  # made on first use (a race at worst makes two equal copies)
+            self._pairs = _backend_copy(self.tokenizer.backend_tokenizer.to_str(), self.config)
         encoded = self._pairs.encode_batch([(q.text, records[i].context) for i, q in todo])
         for (index, question), encoding in zip(todo, encoded, strict=True):
             # The first window, then the overflow windows in context order (as transformers does).
@@ -261,24 +265,28 @@ def question_limit(config: FeaturizeConfig, special_tokens: int) -> int:
     return room if config.max_question_len is None else min(room, config.max_question_len)
 
 
-def _backend_copies(serialized: str, config: FeaturizeConfig) -> tuple[Any, Any]:
-    """Two private copies of the fast tokenizer's Rust backend: for questions, and for windowed pairs.
+def _backend_copy(serialized: str, pair_config: FeaturizeConfig | None = None) -> Any:
+    """A private copy of the fast tokenizer's Rust backend: for texts alone, or for windowed pairs.
 
     Calling the `tokenizers.Tokenizer` directly instead of the transformers wrapper saves the wrapper's
     conversion of every encoding into Python lists (measured: a third of featurization time); its
     truncation settings are state of the object, so each use gets its own copy, configured once, and
     a featurizer shared across threads never changes them mid-call.
+
+    Args:
+        serialized: The backend (`tokenizers.Tokenizer.to_str()`).
+        pair_config: For pairs: the window sizes to truncate to, with overflow. None: no truncation.
     """
     from tokenizers import Tokenizer
 
-    questions = Tokenizer.from_str(serialized)
-    questions.no_truncation()
-    questions.no_padding()
-    pairs = Tokenizer.from_str(serialized)
-    pairs.no_padding()
-    # Keep the whole question, slide over the context with `doc_stride` tokens of overlap; every
-    # window comes back (the first, then `Encoding.overflowing`).
-    pairs.enable_truncation(
-        config.max_seq_len, stride=config.doc_stride, strategy="only_second", direction="right"
-    )
-    return questions, pairs
+    copy = Tokenizer.from_str(serialized)
+    copy.no_padding()
+    if pair_config is None:
+        copy.no_truncation()
+    else:
+        # Keep the whole question, slide over the context with `doc_stride` tokens of overlap; every
+        # window comes back (the first, then `Encoding.overflowing`).
+        copy.enable_truncation(
+            pair_config.max_seq_len, stride=pair_config.doc_stride, strategy="only_second", direction="right"
+        )
+    return copy
