@@ -23,6 +23,7 @@ import pyarrow as pa
 import torch
 
 from docqa.bench_cluster import bench_spark_cluster
+from docqa.bench_host import bench_host
 from docqa.bench_modes import RUNNERS, BenchError, bench_predict_workers, bench_spark
 from docqa.bench_options import DESCRIPTION, MODES, add_bench_arguments, check_bench_arguments
 from docqa.bench_table import combine_rounds, format_table, summarize
@@ -111,6 +112,9 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
             figures = bench_spark(config, rows, Path(tmp))
         elif args.mode == "spark-cluster":
             figures = bench_spark_cluster(config, rows, Path(tmp))
+        elif args.mode == "host":  # with workers, its figures of N processes beside one's
+            model = load_runner(config.model, config.runtime)
+            figures = bench_host(model, config, rows, Path(tmp), workers=args.workers)
         else:
             figures = RUNNERS[args.mode](load_runner(config.model, config.runtime), config, rows, Path(tmp))
     figures.update(

@@ -5,11 +5,18 @@ the batch's shape, no model), so its time is the host half a device would have t
 read, validate, tokenize, windows, plan and collate, decode, assemble, write. Beside it, each stage is
 timed alone over the same rows (one pass each, in the engine's order), and the tokenizer alone gives the
 floor: every (question, context) pair encoded, and each distinct context encoded once with the questions.
+
+With `--workers N` the same job then runs in N spawned processes at once (`bench_host_workers`), each
+over its own contiguous slice of the rows: how far the host half scales with processes on this machine.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import multiprocessing
+import os
+import queue
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,14 +30,21 @@ from tokenizers import Tokenizer as BackendTokenizer
 from qa_core.config import QAConfig
 from qa_core.engine.contained import run_batch_contained
 from qa_core.engine.host import RowPreparer, plan_buffer
+from qa_core.errors import WorkerError
 from qa_core.io.read import iter_rows
 from qa_core.records import Record
+from qa_core.runtime import host_tuning
 from qa_core.runtime.fit import ModelLimits
+from qa_core.runtime.processes import report_error, skip_final_collection, start_child
 from qa_core.runtime.runner import ModelRunner
 from qa_core.stages.batch import Batch, collate
 from qa_core.stages.tokenizer import Tokenizer
 
 MICROSECONDS = 1e6
+# The workers' start (imports, the tokenizer unpickled) and their answering each end within this, or the
+# bench fails; a worker that dies without a word fails it at the next poll.
+WORKER_TIMEOUT_SECONDS = 600.0
+POLL_SECONDS = 1.0
 
 
 @dataclasses.dataclass
@@ -64,6 +78,16 @@ class InstantRunner:
             runner.limits,
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled without its generator, which starts afresh where it is unpickled.
+
+        torch pickles the generator's state for a spawned process as a tensor in shared memory, which
+        failed on this project's CPU machine ("unable to resize file", EINVAL), for a state nothing
+        needs: each process draws its own logits.
+        """
+        fields = (self.tokenizer, self.model_id, self.revision, self.device, self.pad_token_id, self.limits)
+        return (type(self), (*fields, self.computes_on_host))
+
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, P) float32 start and end logits drawn from a seeded normal distribution.
 
@@ -75,15 +99,18 @@ class InstantRunner:
 
 
 def bench_host(
-    model: ModelRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path
+    model: ModelRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path, workers: int = 1
 ) -> dict[str, Any]:
-    """The engine's host cost per row with an instant forward, its split by stage, the tokenizer floor."""
+    """The engine's host cost per row with an instant forward, its split by stage, the tokenizer floor.
+
+    With `workers` > 1, the `host_workers*` figures of `bench_host_workers` are added, their scaling
+    taken against this process's run of the same rows.
+    """
     from qa_core.jobs.predict import predict
 
     source = workdir / "input.parquet"
     pq.write_table(pa.Table.from_pylist(rows), source)
-    runtime = dataclasses.replace(config.runtime, prefetch_buffers=0)  # one thread: the costs add up
-    config = dataclasses.replace(config, runtime=runtime)
+    config = _one_thread(config)
     instant = InstantRunner.over(model)
     started = time.perf_counter()
     info = predict(config, str(source), str(workdir / "host"), overwrite=True, progress=False, model=instant)
@@ -94,7 +121,7 @@ def bench_host(
     per_row = {name: value / len(rows) * MICROSECONDS for name, value in stages.items()}
     per_row["assemble, write and the rest"] = answered / len(rows) * MICROSECONDS - sum(per_row.values())
     pairs, distinct = _tokenizer_floor(model.tokenizer, rows)
-    return {
+    figures = {
         "seconds": seconds,
         "real_tokens": counts["real_tokens"],
         "padded_tokens": counts["padded_tokens"],
@@ -104,6 +131,155 @@ def bench_host(
         "tokenizer_distinct_us_per_row": distinct / len(rows) * MICROSECONDS,
         "distinct_contexts": len({row["context"] for row in rows}),
     }
+    if workers > 1:
+        figures.update(bench_host_workers(instant, config, rows, workdir, workers))
+        figures["host_workers_scaling"] = figures["host_workers_rows_per_s"] / (len(rows) / seconds)
+    return figures
+
+
+def _one_thread(config: QAConfig) -> QAConfig:
+    """`config` without the prefetch thread: a process's host work runs in one thread, its costs add up."""
+    return dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, prefetch_buffers=0))
+
+
+@dataclasses.dataclass(frozen=True)
+class _HostWorkerJob:
+    """One host worker's share of `bench_host_workers`: its slice of the rows and where it writes."""
+
+    part: int
+    source: str
+    output: str
+    threads: int
+    tune_host: bool
+    log_level: int
+
+
+def bench_host_workers(
+    instant: InstantRunner, config: QAConfig, rows: list[dict[str, Any]], workdir: Path, workers: int
+) -> dict[str, Any]:
+    """`workers` processes running the instant-forward `predict` at once, each over its slice of the rows.
+
+    The rows are split into contiguous slices of (nearly) equal size, as `docqa predict --workers N`
+    splits a job, so the processes together answer the same rows as the one-process run and the two
+    rates compare directly. Each spawned process takes `instant` (its tokenizer pickled over), its
+    share of this process's torch threads for torch and the tokenizer (as `--workers` gives them),
+    tunes itself as the job would (`runtime.host_tuning`), reports ready and waits. The time runs from
+    the moment every process is ready to the last one's `predict` returning: process start and exit
+    are outside it, as they are outside the one-process figure. Each process pays a job's fixed costs
+    (open, plan, write, `_run.json`) on a slice of 1/N of the rows: give it rows enough (`--repeat`)
+    when those would weigh.
+
+    Returns:
+        `host_workers` (processes), `host_workers_threads` (threads each), `host_workers_rows`,
+        `host_workers_seconds` (all ready to the last done), `host_workers_rows_per_s` (the rows over
+        that time), `host_workers_us_per_row` (each process's answering time per row, the processes'
+        mean; `host_workers_us_per_row_max` the slowest's) and `host_workers_startup_seconds` (the
+        processes' start to all ready, outside the time).
+
+    Raises:
+        WorkerError: A process died without a word or did not answer within `WORKER_TIMEOUT_SECONDS`;
+            a process's own error is raised as it is, with its traceback as a note.
+    """
+    workers = min(workers, len(rows))
+    threads = max(1, torch.get_num_threads() // workers)
+    context = multiprocessing.get_context("spawn")  # never forked: torch's thread pools do not survive it
+    messages, go = context.Queue(), context.Event()
+    processes = []
+    for k in range(workers):
+        source = workdir / f"host-slice-{k}.parquet"
+        share = rows[k * len(rows) // workers : (k + 1) * len(rows) // workers]
+        pq.write_table(pa.Table.from_pylist(share), source)
+        job = _HostWorkerJob(
+            k,
+            str(source),
+            str(workdir / f"host-{k}"),
+            threads,
+            config.runtime.host_tuning,
+            logging.getLogger().getEffectiveLevel(),
+        )
+        args = (job, instant, config, messages, go)
+        processes.append(context.Process(target=_host_worker, args=args, name=f"docqa-host-{k}"))
+    started = time.perf_counter()
+    try:
+        for process in processes:
+            process.start()
+        _collect(messages, processes, "ready")
+        loaded = time.perf_counter()
+        go.set()
+        done = _collect(messages, processes, "done")
+        finished = time.perf_counter()
+    except BaseException:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        raise
+    finally:
+        for process in processes:
+            if process.pid is not None:
+                process.join()
+    answered = sum(count for count, _ in done.values())
+    per_row = [seconds / count * MICROSECONDS for count, seconds in done.values()]
+    return {
+        "host_workers": workers,
+        "host_workers_threads": threads,
+        "host_workers_rows": answered,
+        "host_workers_seconds": finished - loaded,
+        "host_workers_rows_per_s": answered / (finished - loaded),
+        "host_workers_us_per_row": sum(per_row) / len(per_row),
+        "host_workers_us_per_row_max": max(per_row),
+        "host_workers_startup_seconds": loaded - started,
+    }
+
+
+def _host_worker(
+    job: _HostWorkerJob, instant: InstantRunner, config: QAConfig, messages: Any, go: Any
+) -> None:
+    """In a spawned process: gets ready, waits for `go`, runs `predict` over its slice.
+
+    Puts `("ready", part, None)`, then `("done", part, (rows, answer seconds))`, or `("error", part,
+    exception)` on `messages`.
+    """
+    # Rayon (the Rust tokenizer's pool) reads this when it starts its pool, at the first batch.
+    os.environ["RAYON_NUM_THREADS"] = str(job.threads)
+    start_child(job.log_level)
+    try:
+        from qa_core.jobs.predict import predict
+
+        torch.set_num_threads(job.threads)
+        if job.tune_host:
+            host_tuning.tune_host()
+        messages.put(("ready", job.part, None))
+        go.wait()
+        info = predict(config, job.source, job.output, overwrite=True, progress=False, model=instant)
+        answered = (info["counts"]["rows_read"], info["timings"]["answer_seconds"])
+        messages.put(("done", job.part, answered))
+        skip_final_collection()
+    except BaseException as err:  # raised in the bench's process
+        report_error(messages, job.part, f"host bench worker {job.part}", err)
+
+
+def _collect(messages: Any, processes: list[Any], kind: str) -> dict[int, Any]:
+    """Each process's `kind` message payload, by part; raises a process's error, or on a silent death."""
+    got: dict[int, Any] = {}
+    deadline = time.monotonic() + WORKER_TIMEOUT_SECONDS
+    while len(got) < len(processes):
+        try:
+            what, part, payload = messages.get(timeout=POLL_SECONDS)
+        except queue.Empty:
+            # A process that failed reported it and exited 0; a non-zero exit is a death without a word.
+            dead = [p.name for p in processes if p.exitcode not in (None, 0)]
+            if dead:
+                raise WorkerError(f"host bench processes {dead} died before {kind}") from None
+            if time.monotonic() > deadline:
+                raise WorkerError(
+                    f"host bench: not every process {kind} in {WORKER_TIMEOUT_SECONDS:.0f} s"
+                ) from None
+            continue
+        if what == "error":
+            raise payload
+        if what == kind:
+            got[part] = payload
+    return got
 
 
 def _stage_seconds(runner: InstantRunner, config: QAConfig, source: Path) -> dict[str, float]:

@@ -122,6 +122,15 @@ def _notes(r: dict[str, Any]) -> list[str]:
             f"{r['tokenizer_distinct_us_per_row']:.0f} on each of {r['distinct_contexts']} distinct contexts "
             "once and the questions"
         )
+    if "host_workers" in r:
+        lines.append(
+            f"host, {r['host_workers']} processes at once ({r['host_workers_threads']} threads each, "
+            f"1/{r['host_workers']} of the rows each): {r['host_workers_rows_per_s']:.0f} rows/s, "
+            f"{r['host_workers_scaling']:.2f}x one process's {r['questions_per_s']:.0f}; "
+            f"{r['host_workers_us_per_row']:.0f} us/row per process (slowest "
+            f"{r['host_workers_us_per_row_max']:.0f}; one process {r['host_us_per_row']:.0f}); start-up "
+            f"{r['host_workers_startup_seconds']:.1f} s outside"
+        )
     if len(r.get("rounds", [])) > 1:
         lines.append(f"{r['mode']} per round: " + "; ".join(_round_figures(x) for x in r["rounds"]))
     return lines

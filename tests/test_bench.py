@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -128,6 +129,45 @@ def test_bench_predict_with_workers_times_the_answering(
     assert "predict: 2 workers (per_worker), start-up" in capsys.readouterr().out
 
 
+def test_bench_host_with_workers_runs_the_rows_in_processes_at_once(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--modes host --workers 2` adds the figures of two instant-forward processes over halves of the
+    rows beside the one-process figures, which keep their keys."""
+    data = tmp_path / "squad.json"
+    data.write_text(json.dumps(_squad(5)))
+    out = tmp_path / "bench.json"
+    argv = ["--model", str(tiny_model_dir), "--data", str(data), "--n", "5", "--repeat", "2"]
+    assert main([*argv, "--workers", "2", "--modes", "host", "--json", str(out)]) == 0
+    (host,) = json.loads(out.read_text())["results"]
+    assert host["questions"] == 10 and host["host_us_per_row"] > 0 and host["tokenizer_pairs_us_per_row"] > 0
+    assert sum(host["host_stages_us_per_row"].values()) == pytest.approx(host["host_us_per_row"])
+    assert host["host_workers"] == 2 and host["host_workers_rows"] == 10  # every row, split in two
+    assert host["host_workers_threads"] >= 1
+    assert host["host_workers_rows_per_s"] == pytest.approx(10 / host["host_workers_seconds"])
+    assert host["host_workers_scaling"] == pytest.approx(
+        host["host_workers_rows_per_s"] / host["questions_per_s"]
+    )
+    assert 0 < host["host_workers_us_per_row"] <= host["host_workers_us_per_row_max"]
+    # Spawned processes import torch before they are ready: their start is outside the timed answering.
+    assert host["host_workers_startup_seconds"] > host["host_workers_seconds"]
+    assert "host, 2 processes at once (" in capsys.readouterr().out
+
+
+def test_bench_host_workers_raise_a_workers_error(tmp_path: Path, tiny_model: Any) -> None:
+    """A host worker's own error reaches the bench as it is, not as a hang or a silent death."""
+    from docqa.bench_host import InstantRunner, bench_host_workers
+    from qa_core.config import QAConfig
+    from qa_core.config_sections import InputConfig
+    from qa_core.errors import InputError
+
+    config = QAConfig()
+    config = dataclasses.replace(config, input=InputConfig(question_column="no_such_column"))
+    rows = [{"id": f"q{i}", "question": "what?", "context": "the river"} for i in range(2)]
+    with pytest.raises(InputError, match="no_such_column"):
+        bench_host_workers(InstantRunner.over(tiny_model), config, rows, tmp_path, 2)
+
+
 def test_bench_rounds_take_each_rounds_ratios_against_its_own_bound(
     tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -184,6 +224,7 @@ def test_combine_rounds_keeps_the_median_round_and_the_median_of_same_round_rati
         ["--rounds", "0"],
         ["--context-paragraphs", "0"],
         ["--workers", "2", "--modes", "bound"],
+        ["--workers", "2", "--modes", "seed,run"],
     ],
 )
 def test_bench_rejects_bad_arguments(tiny_model_dir: Path, bad: list[str]) -> None:
