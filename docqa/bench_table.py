@@ -120,7 +120,8 @@ def _notes(r: dict[str, Any]) -> list[str]:
             f"host: {r['host_us_per_row']:.0f} us/row with an instant forward ({split}); the tokenizer "
             f"alone {r['tokenizer_pairs_us_per_row']:.0f} us/row on every pair, "
             f"{r['tokenizer_distinct_us_per_row']:.0f} on each of {r['distinct_contexts']} distinct contexts "
-            "once and the questions"
+            f"once and the questions; {r['contexts_tokenized']} contexts tokenized (context cache reuse "
+            f"{_percent(r['context_reuse_rate'])}, peak {r['context_cache_peak_bytes'] / 2**20:.1f} MiB)"
         )
     if "host_workers" in r:
         lines.append(
@@ -142,3 +143,7 @@ def _round_figures(figures: dict[str, Any]) -> str:
     if figures["whole_ratio_to_bound"]:
         ratios.append(f"whole {figures['whole_ratio_to_bound']:.2f}x")
     return f"{figures['questions_per_s']:.2f} q/s" + (f" ({', '.join(ratios)})" if ratios else "")
+
+
+def _percent(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.0%}"
