@@ -40,15 +40,22 @@ logger = logging.getLogger("docqa.bench")
 __all__ = ["MODES", "build_parser", "main", "run_bench"]
 
 
-def _rows(data: str, n: int, repeat: int = 1, paragraphs: int = 1) -> list[dict[str, Any]]:
+def _rows(
+    data: str, n: int, repeat: int = 1, paragraphs: int = 1, one_per_context: bool = False
+) -> list[dict[str, Any]]:
     """The first `n` questions of `data`, `repeat` times over (copy c's ids get a `c-` prefix).
 
     With `paragraphs` > 1 each context is its own paragraph followed by the next ones of its article
-    (`long_contexts`): a long-context set whose rows span several windows.
+    (`long_contexts`): a long-context set whose rows span several windows. With `one_per_context`, only
+    the first question of each context is taken: rows whose contexts all differ.
     """
     table = squad_to_table(load_squad(data))
     if paragraphs > 1:
         table = long_contexts(table, paragraphs)
+    if one_per_context:
+        contexts = table.column("context").to_pylist()
+        first = sorted({context: k for k, context in reversed(list(enumerate(contexts)))}.values())
+        table = table.take(first)
     rows = list(table.slice(0, n).select(["id", "question", "context"]).to_pylist())
     if repeat == 1:
         return rows
@@ -103,7 +110,7 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     if config.runtime.host_tuning:  # as the command-line jobs the modes stand for, before any model loads
         host_tuning.tune_host()
     torch.manual_seed(0)
-    rows = _rows(args.data, args.n, args.repeat, args.context_paragraphs)
+    rows = _rows(args.data, args.n, args.repeat, args.context_paragraphs, args.one_per_context)
     with tempfile.TemporaryDirectory() as tmp:
         if args.mode == "predict" and args.workers > 1:
             # The workers load their own models: one here would only hold the device's memory.

@@ -55,6 +55,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "(default 1: SQuAD's own paragraphs)",
     )
     parser.add_argument(
+        "--one-per-context",
+        action="store_true",
+        help="a distinct-context set: only the first question of each context (every row's context "
+        "differs from the others', so nothing is reused between rows)",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
