@@ -114,14 +114,15 @@ def coverage_line(gold: GoldFigures, data_name: str) -> str:
 def gold_section(gold: GoldFigures, data_name: str, figures: FigureFolder) -> Html:
     """The "against gold answers" section: coverage, EM / F1 by question type, reliability."""
     version = gold.overall.version
-    missing = "score 0" if version == "1.1" else "are skipped (the official v2.0 rule)"
+    rule = "score 0 (the official v1.1 rule)" if version == "1.1" else "are skipped (the official v2.0 rule)"
     parts: list[Html] = [
         tag("p", coverage_line(gold, data_name), id="gold-coverage"),
     ]
     if not gold.questions:
         parts.append(note("None of the job's rows is a gold question: nothing to score.", "warn"))
         return section("gold", f"Against gold answers (SQuAD v{version})", parts)
-    parts.append(note(f"Rejected questions ({gold.overall.missing:,}) {missing}."))
+    rejected = gold.overall.missing
+    parts.append(note(f"{count(rejected, 'gold question')} the job rejected or did not answer {rule}."))
     rows = [("all", gold.overall), *gold.by_type.items()]
     parts.append(
         table(
