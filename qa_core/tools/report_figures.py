@@ -2,23 +2,26 @@
 
 Figures are drawn on a `Figure` with its own Agg canvas, never through pyplot, so a report leaves the
 process's matplotlib backend and global state alone (it runs at the end of `docqa predict` and `run`).
+Every figure has one size (the page shows them in a grid) and a tight layout; count axes carry at most
+five ticks written short (`350k`, `1.2M`), so tick labels of large counts never run into each other.
 """
 
 from __future__ import annotations
 
-import html
 import io
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from matplotlib.axes import Axes
+from matplotlib.axis import Axis
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from qa_core.evaluation.reliability import ReliabilityBin
 from qa_core.io.schema import REPORT_DIR
+from qa_core.tools.report_scan import OutputFileSystem
 
 # matplotlib logs every categorical axis at INFO; keep run logs readable.
 logging.getLogger("matplotlib").setLevel(logging.WARNING)
@@ -26,6 +29,22 @@ logging.getLogger("matplotlib").setLevel(logging.WARNING)
 FIGURES_DIR = REPORT_DIR
 BAR_COLOR = "#4878a8"
 POINT_COLOR = "#c44e52"
+FIGURE_SIZE = (5.0, 3.4)  # inches at 100 dpi: 500 x 340 pixels, shown two or three to a row
+
+
+def short_count(value: float, _position: object = None) -> str:
+    """A tick label for a count: 950, 12k, 350k, 1.2M (whole numbers only; no decimals of a row)."""
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= limit:
+            text = f"{value / limit:.1f}".removesuffix(".0")
+            return f"{text}{suffix}"
+    return f"{value:.0f}"
+
+
+def count_axis(axis: Axis) -> None:
+    """At most five integer ticks labelled with `short_count`."""
+    axis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+    axis.set_major_formatter(FuncFormatter(short_count))
 
 
 class FigureFolder:
@@ -36,7 +55,7 @@ class FigureFolder:
         root: The output folder's path on `fs`.
     """
 
-    def __init__(self, fs: Any, root: str) -> None:
+    def __init__(self, fs: OutputFileSystem, root: str) -> None:
         self.fs, self.root = fs, root
         folder = f"{root}/{FIGURES_DIR}"
         if fs.exists(folder):  # no stale figure of an earlier report survives
@@ -45,17 +64,24 @@ class FigureFolder:
 
     def draw(self, name: str, title: str, plot: Callable[[Axes], None]) -> str:
         """Writes `FIGURES_DIR/name.png` drawn by `plot` and returns that path, relative to the folder."""
-        figure = Figure(figsize=(5.0, 3.2), dpi=100, layout="tight")
-        FigureCanvasAgg(figure)
-        axes = figure.add_subplot()
-        plot(axes)
-        axes.set_title(title, fontsize=10)
+        figure = render(title, plot)
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png")
         relative = f"{FIGURES_DIR}/{name}.png"
         with self.fs.open(f"{self.root}/{relative}", "wb") as handle:
             handle.write(buffer.getvalue())
         return relative
+
+
+def render(title: str, plot: Callable[[Axes], None]) -> Figure:
+    """The figure `plot` draws, titled, at `FIGURE_SIZE` with a tight layout (drawn once, so laid out)."""
+    figure = Figure(figsize=FIGURE_SIZE, dpi=100, layout="tight")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    plot(axes)
+    axes.set_title(title, fontsize=10)
+    figure.canvas.draw()
+    return figure
 
 
 def stairs(axes: Axes, counts: tuple[int, ...], edges: Any, label: str) -> None:
@@ -65,6 +91,7 @@ def stairs(axes: Axes, counts: tuple[int, ...], edges: Any, label: str) -> None:
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel(label)
     axes.set_ylabel("rows")
+    count_axis(axes.yaxis)
 
 
 def bars(axes: Axes, values: dict[str, int], unit: str = "rows") -> None:
@@ -74,6 +101,8 @@ def bars(axes: Axes, values: dict[str, int], unit: str = "rows") -> None:
     axes.invert_yaxis()
     axes.margins(x=0.18)  # room for the value labels
     axes.set_xlabel(unit)
+    count_axis(axes.xaxis)
+    axes.tick_params(axis="y", labelsize=8)  # reason codes are long
     for y, name in enumerate(names):
         axes.annotate(f" {values[name]:,}", (values[name], y), va="center", fontsize=8)
 
@@ -99,8 +128,3 @@ def reliability_plot(bins: Sequence[ReliabilityBin]) -> Callable[[Axes], None]:
         ax.legend(fontsize=8, loc="upper left")
 
     return plot
-
-
-def img(path: str, alt: str) -> str:
-    """The HTML `<figure>` of one drawn figure."""
-    return f'<figure><img src="{html.escape(path)}" alt="{html.escape(alt)}"></figure>'
