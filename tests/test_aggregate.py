@@ -123,17 +123,19 @@ def test_aggregate_matches_the_reference_bit_for_bit() -> None:
     assert fast_path_rows > 500  # the lone-window shortcut was taken, not only the general merge
 
 
-def test_lone_window_shortcut_equals_the_general_merge() -> None:
-    """The shortcut returns a lone window's spans as they are: only when the merge would not change them."""
+def test_shortcuts_equal_the_general_merge() -> None:
+    """Without ties and repeated spans the merge sorts by logit alone (a lone window: not at all)."""
     rng = random.Random(3)
-    for trial in range(2000):
+    shortcuts = 0
+    for trial in range(3000):
         record, windows = random_row(rng, f"r{trial}")
-        window = windows[0]
-        lone = WindowCandidates(record.row_key, 0, 1, window.starts, window.ends, window.logits, None)
-        snapped = aggregate_module._snapped(record, lone)
-        assert aggregate_module._merge_spans(record, [lone]) == aggregate_module._merge_spans_general(
-            [snapped]
-        ), (trial, record.context)
+        snapped = [aggregate_module._snapped(record, w) for w in windows]
+        got = aggregate_module._merge_spans(record, windows)
+        assert got == aggregate_module._merge_spans_general(snapped), (trial, record.context)
+        logits = [logit for w in snapped for logit in w[2]]
+        spans = [span for w in snapped for span in zip(w[0], w[1], strict=True)]
+        shortcuts += len(windows) > 1 and len(set(logits)) == len(logits) == len(set(spans))
+    assert shortcuts > 100  # the multi-window shortcut was taken
 
 
 def test_merge_keeps_each_spans_max_logit_and_breaks_ties_by_characters() -> None:
@@ -180,3 +182,15 @@ def test_window_checks() -> None:
     outside = WindowCandidates("k", 0, 1, np.array([0]), np.array([3]), np.array([1.0]), None)
     with pytest.raises(AggregateError, match="not inside"):
         aggregate(record, [outside], DecodeConfig())
+
+
+def test_windows_without_spans() -> None:
+    record = Record("k", 1, "q", "ab")
+    empty = [
+        WindowCandidates("k", k, 2, np.array([], np.int64), np.array([], np.int64), np.array([]), 1.0)
+        for k in range(2)
+    ]
+    lone = WindowCandidates("k", 0, 1, np.array([], np.int64), np.array([], np.int64), np.array([]), 1.0)
+    for windows in (empty, [lone]):  # the general merge and the lone-window shortcut
+        with pytest.raises(AggregateError, match="no valid span"):
+            aggregate(record, windows, DecodeConfig())

@@ -17,6 +17,7 @@ answer when no-answer handling is on (its logit is the smallest CLS score over t
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections.abc import Sequence
 
@@ -54,9 +55,10 @@ def _snapped(record: Record, window: WindowCandidates) -> Spans:
 def _merge_spans(record: Record, candidates: Sequence[WindowCandidates]) -> Spans:
     """All windows' spans in `record.context`, snapped to grapheme clusters, one per (start, end).
 
-    Each span keeps its max logit; the order is (-logit, start, end). The rule is `_merge_spans_general`;
-    a lone window whose logits strictly decrease and whose snapped spans are distinct (what decode gives
-    unless logits tie) is already in that order, and is returned as it is.
+    Each span keeps its max logit; the order is (-logit, start, end). The rule is `_merge_spans_general`.
+    Where no two logits tie and no span comes twice (what decode gives, unless logits tie or overlapping
+    windows find the same span) there is nothing to merge and the order is by logit alone: a lone
+    window's spans are in it already (decode ranks them), several windows' are sorted by logit.
 
     Raises:
         AggregateError: When a span is not inside the context.
@@ -65,9 +67,18 @@ def _merge_spans(record: Record, candidates: Sequence[WindowCandidates]) -> Span
     if len(windows) == 1:
         starts, ends, logits = windows[0]
         # Strictly decreasing logits leave no tie for (start, end) to break; NaN fails the comparison.
-        ranked = all(map(operator.gt, logits, logits[1:]))
+        ranked = len(logits) == len(starts) and all(map(operator.gt, logits, logits[1:]))
         if ranked and len(set(zip(starts, ends, strict=True))) == len(starts):
             return windows[0]
+        return _merge_spans_general(windows)
+    starts = list(itertools.chain.from_iterable(w[0] for w in windows))
+    ends = list(itertools.chain.from_iterable(w[1] for w in windows))
+    logits = list(itertools.chain.from_iterable(w[2] for w in windows))
+    count = len(logits)
+    if len(set(logits)) == count and len(set(zip(starts, ends, strict=True))) == count:
+        # A float key, no tuples (NaN, which decode refuses, has no order here or in the general merge).
+        order = sorted(range(count), key=logits.__getitem__, reverse=True)
+        return [starts[k] for k in order], [ends[k] for k in order], [logits[k] for k in order]
     return _merge_spans_general(windows)
 
 
@@ -78,23 +89,19 @@ def _merge_spans_general(windows: Sequence[Spans]) -> Spans:
     span's max logit, then sorting: the first entry of a span is its max, and the order of those is kept.
     Equal logits of one span keep the first in window order (the sort is stable).
     """
-    entries = [
-        entry
-        for starts, ends, logits in windows
-        for entry in zip(map(operator.neg, logits), starts, ends, strict=True)
-    ]
-    entries.sort()
+    # Each window's spans are one sorted run already (decode ranks them): the sort merges the runs.
+    entries = sorted(
+        itertools.chain.from_iterable(zip(map(operator.neg, w[2]), w[0], w[1], strict=True) for w in windows)
+    )
     seen: set[tuple[int, int]] = set()
-    merged_starts: list[int] = []
-    merged_ends: list[int] = []
-    merged_logits: list[float] = []
+    merged: Spans = ([], [], [])
     for negated, start, end in entries:
         if (start, end) not in seen:
             seen.add((start, end))
-            merged_starts.append(start)
-            merged_ends.append(end)
-            merged_logits.append(-negated)
-    return merged_starts, merged_ends, merged_logits
+            merged[0].append(start)
+            merged[1].append(end)
+            merged[2].append(-negated)
+    return merged
 
 
 def _softmax(logits: list[float], temperature: float) -> tuple[npt.NDArray[np.float64], float]:
@@ -152,37 +159,64 @@ def aggregate(record: Record, candidates: Sequence[WindowCandidates], config: De
     # Temperature scaling (1.0 unless the model ships a calibration, see qa_core.evaluation.calibration).
     # float(): a hand-built null logit may be a numpy scalar, which a float64 array would have converted.
     exps, total = _softmax(logits if null_logit is None else [*logits, float(null_logit)], config.temperature)
-    # Only the spans that can be returned are materialized (`top_k`; the null answer is ranked among
-    # them below, and anything it pushes past `top_k` is cut anyway).
-    shown = min(config.top_k, len(logits))
-    context = record.context
-    spans = [
-        SpanScore(context[starts[k] : ends[k]], starts[k], ends[k], float(exps[k]) / total, logits[k])
-        for k in range(shown)
-    ]
     null_diff: float | None = None
     no_answer = False
-    ranked = spans
     if null_logit is not None:
-        null_span = SpanScore("", None, None, float(exps[-1]) / total, null_logit)
         null_diff = null_logit - logits[0]
         no_answer = null_diff > config.null_threshold
-        # The returned answer comes first; the other candidates follow by logit.
-        ranked = [null_span, *spans] if no_answer else _insert_by_logit(spans, null_span)
-    best = ranked[0]
-    return Answer(
-        row_key=record.row_key,
-        id=record.id,
-        answer=best.answer,
-        start=best.start,
-        end=best.end,
-        score=best.score,
-        logit_score=best.logit_score,
+    top_k = _top_k(
+        record.context,
+        (starts, ends, logits),
+        exps,
+        total,
+        null_logit=null_logit,
         no_answer=no_answer,
-        null_score_diff=null_diff,
-        top_k=tuple(ranked[: config.top_k]) if config.top_k > 1 else (),
-        passthrough=record.passthrough,
+        top_k=config.top_k,
     )
+    if null_logit is not None and no_answer:  # the null answer won
+        answer, start, end, score, logit = "", None, None, float(exps[-1]) / total, null_logit
+    else:
+        start, end, logit = starts[0], ends[0], logits[0]
+        answer, score = record.context[start:end], float(exps[0]) / total
+    return Answer(
+        record.row_key,
+        record.id,
+        answer,
+        start,
+        end,
+        score,
+        logit,
+        no_answer,
+        null_diff,
+        top_k,
+        record.passthrough,
+    )
+
+
+def _top_k(
+    context: str,
+    spans: Spans,
+    exps: npt.NDArray[np.float64],
+    total: float,
+    *,
+    null_logit: float | None,
+    no_answer: bool,
+    top_k: int,
+) -> tuple[SpanScore, ...]:
+    """The `top_k` column: the returned answer first, then the other candidates by logit; () for 1."""
+    if top_k <= 1:
+        return ()
+    starts, ends, logits = spans
+    # Only the spans that can be shown are materialized (the null answer, ranked among them, only pushes
+    # later ones past `top_k`).
+    ranked = [
+        SpanScore(context[starts[k] : ends[k]], starts[k], ends[k], float(exps[k]) / total, logits[k])
+        for k in range(min(top_k, len(logits)))
+    ]
+    if null_logit is not None:
+        null_span = SpanScore("", None, None, float(exps[-1]) / total, null_logit)
+        ranked = [null_span, *ranked] if no_answer else _insert_by_logit(ranked, null_span)
+    return tuple(ranked[:top_k])
 
 
 def _insert_by_logit(spans: list[SpanScore], null_span: SpanScore) -> list[SpanScore]:
