@@ -151,16 +151,18 @@ def _moved(text: str, offsets: Sequence[int], snap: Callable[[str, int], int]) -
     (the characters around an answer's ends are mostly ASCII), and two calls per offset cost more.
     """
     moved: dict[int, int] = {}
-    last = len(text)
+    last, first_prepend = len(text), _FIRST_PREPEND
+    crlf = "\r" in text  # one memchr: most texts have no CR, and then no CR LF pair to look for
     for p in set(offsets):
-        if p <= 0 or p >= last:  # the text's ends are boundaries
-            continue
-        after, before = text[p], text[p - 1]
-        if after < "\x80" and before < _FIRST_PREPEND and (after != "\n" or before != "\r"):
-            continue
-        q = snap(text, p)
-        if q != p:
-            moved[p] = q
+        if 0 < p < last:  # the text's ends are boundaries
+            after = text[p]
+            if after < "\x80":
+                before = text[p - 1]
+                if before < first_prepend and not (crlf and after == "\n" and before == "\r"):
+                    continue
+            q = snap(text, p)
+            if q != p:
+                moved[p] = q
     return moved
 
 
