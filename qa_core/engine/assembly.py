@@ -116,11 +116,19 @@ class RowAssembler:
         expected = self._records.get(key)
         if expected is None:
             return None
-        indices = {c.window_index for c in self._candidates.get(key, ())}
-        indices.update(f.window_index for f in self._failures.get(key, ()))
-        if len(indices) < expected[1]:
+        candidates = self._candidates.get(key, ())
+        failures = self._failures.get(key, ())
+        arrived = len(candidates) + len(failures)
+        # Complete when each window index has arrived (a duplicate does not count): with fewer arrivals it
+        # cannot be, and with one it is one index, so the set of indices is built only when it can tell.
+        if arrived < expected[1]:
             return None
+        if arrived > 1:
+            indices = {c.window_index for c in candidates}
+            indices.update(f.window_index for f in failures)
+            if len(indices) < expected[1]:
+                return None
         record, _ = self._records.pop(key)
-        candidates = self._candidates.pop(key, [])
-        failures = [f.error for f in self._failures.pop(key, [])]
-        return assemble_row(record, candidates, failures, self._decode)
+        self._candidates.pop(key, None)
+        self._failures.pop(key, None)
+        return assemble_row(record, candidates, [f.error for f in failures], self._decode)

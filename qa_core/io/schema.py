@@ -14,11 +14,11 @@ named like them; config imports nothing of docqa, so they live there and are imp
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import pyarrow as pa
 
-from qa_core.config import REJECTION_COLUMNS
+from qa_core.config import ANSWER_COLUMNS, REJECTION_COLUMNS
 from qa_core.records import Answer, Rejection
 
 ANSWERS_DIR = "answers"
@@ -160,3 +160,114 @@ def rows_to_table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table
     """Builds a table with exactly `schema`'s columns from dict rows."""
     columns = {name: [row.get(name) for row in rows] for name in schema.names}
     return pa.Table.from_pydict(columns, schema=schema)
+
+
+ResultT_contra = TypeVar("ResultT_contra", Answer, Rejection, contravariant=True)
+
+
+class ResultColumns(Protocol[ResultT_contra]):
+    """Results gathered one at a time, then taken as a table (`AnswerColumns`, `RejectionColumns`)."""
+
+    def add(self, result: ResultT_contra) -> None:
+        """Keeps one result for the next table."""
+
+    def __len__(self) -> int:
+        """The results kept since the last `take_table`."""
+
+    def take_table(self) -> pa.Table:
+        """The kept results as a table (the schema's columns, in order), and a fresh start."""
+
+
+class AnswerColumns:
+    """Answers as `answer_schema` tables, built column by column.
+
+    The table is the one `rows_to_table` makes of `answer_to_row`'s dicts (the same values and types),
+    without a dict per answer and per `top_k` entry.
+
+    Args:
+        schema: The answers schema (`answer_schema`): its fixed columns, then pass-through ones.
+        top_k: The `top_k` column holds each answer's list when > 1 (else nulls, as in `answer_to_row`).
+    """
+
+    def __init__(self, schema: pa.Schema, top_k: int) -> None:
+        self._schema = schema
+        self._top_k = top_k
+        # One tuple per answer: its fixed columns (`ANSWER_COLUMNS` order), then its pass-through dict.
+        self._rows: list[tuple[Any, ...]] = []
+
+    def add(self, answer: Answer) -> None:
+        """Keeps one answer for the next table."""
+        self._rows.append(
+            (
+                answer.id,
+                answer.answer,
+                answer.start,
+                answer.end,
+                answer.score,
+                answer.logit_score,
+                answer.no_answer,
+                answer.null_score_diff,
+                answer.top_k,
+                answer.passthrough,
+            )
+        )
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def take_table(self) -> pa.Table:
+        """The kept answers as an `answer_schema` table, and a fresh start."""
+        rows, self._rows = self._rows, []
+        # (10, N): one sequence per fixed column, then the pass-through dicts
+        columns: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [()] * 10
+        position = {name: k for k, name in enumerate(ANSWER_COLUMNS)}
+        arrays = []
+        for field in self._schema:
+            if field.name == "top_k":
+                # Struct values as tuples (in the struct's field order): half the cost of dicts.
+                values: Sequence[Any] = (
+                    [[(s.answer, s.start, s.end, s.score) for s in spans] for spans in columns[8]]
+                    if self._top_k > 1
+                    else [None] * len(rows)
+                )
+            elif field.name in position:
+                values = columns[position[field.name]]
+            else:
+                values = [passthrough.get(field.name) for passthrough in columns[9]]
+            arrays.append(pa.array(values, type=field.type))
+        return pa.Table.from_arrays(arrays, schema=self._schema)
+
+
+class RejectionColumns:
+    """Rejections as `rejection_schema` tables, built column by column.
+
+    The table is the one `rows_to_table` makes of `rejection_to_row`'s dicts.
+
+    Args:
+        schema: The rejections schema (`rejection_schema`): id, reason, detail, then the input columns.
+    """
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self._schema = schema
+        self._rows: list[Rejection] = []
+
+    def add(self, rejection: Rejection) -> None:
+        """Keeps one rejection for the next table."""
+        self._rows.append(rejection)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def take_table(self) -> pa.Table:
+        """The kept rejections as a `rejection_schema` table, and a fresh start."""
+        rows, self._rows = self._rows, []
+        fixed: dict[str, list[Any]] = {
+            "id": [r.id for r in rows],
+            "reason": [r.reason.value for r in rows],
+            "detail": [r.detail for r in rows],
+        }
+        arrays = [
+            pa.array(fixed[f.name] if f.name in fixed else [r.row.get(f.name) for r in rows], type=f.type)
+            for f in self._schema
+        ]
+        return pa.Table.from_arrays(arrays, schema=self._schema)

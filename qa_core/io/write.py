@@ -17,7 +17,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import fsspec
 import pyarrow as pa
@@ -32,9 +32,9 @@ from qa_core.io.schema import (
     REPORT_DIR,
     REPORT_FILE,
     RUN_INFO_FILE,
-    answer_to_row,
-    rejection_to_row,
-    rows_to_table,
+    AnswerColumns,
+    RejectionColumns,
+    ResultColumns,
 )
 from qa_core.io.storage import bucket_problem, storage_errors, storage_failure
 from qa_core.records import Answer, Rejection
@@ -43,48 +43,59 @@ logger = logging.getLogger(__name__)
 
 
 IN_PROGRESS_PREFIX = "_in-progress-"
+ResultT = TypeVar("ResultT", Answer, Rejection)
 
 
-class _PartWriter:
+class _PartWriter(Generic[ResultT]):
     """Writes one Parquet part file in row groups of `flush_rows` rows; a temporary name until closed.
 
-    Rows are converted to Arrow every `ARROW_CHUNK_ROWS` rows: a row group's worth of Python dicts,
-    alive while thousands of other rows come and go, would pin memory that the interpreter cannot give
-    back (the resident set then grows with the row-group size).
+    Results are gathered column-wise (`ResultColumns`) and converted to Arrow every `ARROW_CHUNK_ROWS`
+    rows: a row group's worth of Python objects, alive while thousands of other rows come and go, would
+    pin memory that the interpreter cannot give back (the resident set then grows with the row-group size).
     """
 
     ARROW_CHUNK_ROWS = 512
 
     def __init__(
-        self, fs: Any, path: str, schema: pa.Schema, flush_rows: int, metadata: dict[str, str] | None = None
+        self,
+        fs: Any,
+        path: str,
+        columns: ResultColumns[ResultT],
+        schema: pa.Schema,
+        *,
+        flush_rows: int,
+        metadata: dict[str, str] | None = None,
     ) -> None:
         self._fs, self._path, self._flush_rows = fs, path, flush_rows
+        self._columns: ResultColumns[ResultT] = columns
         # Footer key-value metadata (a part's row range, for --resume); the rows are converted with the
         # plain schema, so every row group has the same schema whatever the metadata.
-        self._schema = schema
         self._file_schema = schema.with_metadata({**(schema.metadata or {}), **(metadata or {})})
         folder, _, name = path.rpartition("/")
         # Neither `*.parquet` globs nor Parquet dataset readers pick up this name.
         # The random token keeps two writers of a part (a run and a killed run's straggler) apart.
         self._temp_path = f"{folder}/{IN_PROGRESS_PREFIX}{name}.{uuid.uuid4().hex[:8]}.tmp"
-        self._rows: list[dict[str, Any]] = []
+        self._pending = 0  # results in `columns`, not yet in `_chunks`
+        self._next_chunk = min(self.ARROW_CHUNK_ROWS, flush_rows)  # `_pending` that converts a chunk
         self._chunks: list[pa.Table] = []
         self._chunked_rows = 0
         self._handle: Any = None
         self._writer: pq.ParquetWriter | None = None
 
-    def add(self, row: dict[str, Any]) -> None:
-        self._rows.append(row)
-        if len(self._rows) >= min(self.ARROW_CHUNK_ROWS, self._flush_rows - self._chunked_rows):
+    def add(self, result: ResultT) -> None:
+        self._columns.add(result)
+        self._pending += 1
+        if self._pending >= self._next_chunk:  # a chunk, or the rest of a row group: once per chunk
             self._to_arrow()
-        if self._chunked_rows >= self._flush_rows:
-            self._flush()
+            if self._chunked_rows >= self._flush_rows:
+                self._flush()
 
     def _to_arrow(self) -> None:
-        if self._rows:
-            self._chunks.append(rows_to_table(self._rows, self._schema))
-            self._chunked_rows += len(self._rows)
-            self._rows = []
+        if self._pending:
+            self._chunks.append(self._columns.take_table())
+            self._chunked_rows += self._pending
+            self._pending = 0
+        self._next_chunk = min(self.ARROW_CHUNK_ROWS, self._flush_rows - self._chunked_rows)
 
     def _flush(self) -> None:
         self._to_arrow()
@@ -96,6 +107,7 @@ class _PartWriter:
             table = pa.concat_tables(self._chunks)  # no copy: write_table takes chunked columns
             self._writer.write_table(table, row_group_size=table.num_rows)
             self._chunks, self._chunked_rows = [], 0
+            self._next_chunk = min(self.ARROW_CHUNK_ROWS, self._flush_rows)
 
     def finish(self, metadata: dict[str, str] | None = None) -> None:
         """Writes the last rows and the footer (with `metadata` added), still under the in-progress name."""
@@ -150,10 +162,20 @@ class OutputWriter:
         self.owner = prepare_output(output_dir, overwrite=overwrite) if prepare else owner
         name = part_name(part)
         self._answers = _PartWriter(
-            self.fs, self._path(ANSWERS_DIR, name), answer_schema, flush_rows, metadata
+            self.fs,
+            self._path(ANSWERS_DIR, name),
+            AnswerColumns(answer_schema, top_k),
+            answer_schema,
+            flush_rows=flush_rows,
+            metadata=metadata,
         )
         self._rejections = _PartWriter(
-            self.fs, self._path(REJECTIONS_DIR, name), rejection_schema, flush_rows, metadata
+            self.fs,
+            self._path(REJECTIONS_DIR, name),
+            RejectionColumns(rejection_schema),
+            rejection_schema,
+            flush_rows=flush_rows,
+            metadata=metadata,
         )
 
     def _path(self, *parts: str) -> str:
@@ -167,9 +189,9 @@ class OutputWriter:
         """
         try:  # once a row: a plain `try`, not the `storage_errors` context manager
             if isinstance(result, Answer):
-                self._answers.add(answer_to_row(result, self.top_k))
+                self._answers.add(result)
             else:
-                self._rejections.add(rejection_to_row(result))
+                self._rejections.add(result)
         except OSError as err:  # PermissionError, a full disk, a lost connection (a bad value is a bug)
             raise storage_failure(OutputError, "cannot write the output", self.output_dir, err) from err
 

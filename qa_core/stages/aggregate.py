@@ -17,9 +17,12 @@ answer when no-answer handling is on (its logit is the smallest CLS score over t
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from qa_core.config import DecodeConfig
 from qa_core.records import Answer, Record, SpanScore, WindowCandidates
@@ -30,63 +33,103 @@ class AggregateError(ValueError):
     """The candidates of a record are inconsistent (missing windows, wrong record)."""
 
 
-def _merge_spans(
-    record: Record, candidates: Sequence[WindowCandidates]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All windows' spans in `record.context`, snapped to grapheme clusters, one per (start, end).
+# A row's spans, best first: (starts, ends, logits), Python lists of one length. A row has a few dozen
+# candidates (`n_best` per window): at this size, lists and a sort of tuples are several times faster than
+# numpy, whose per-call overhead dominates.
+Spans = tuple[list[int], list[int], list[float]]
 
-    Each span keeps its max logit; the order is (-logit, start, end). A row has a few dozen candidates
-    (`n_best` per window): a dict and a sort of Python floats are several times faster here than numpy's
-    lexsort/unique, whose per-call overhead dominates at this size.
+
+def _snapped(record: Record, window: WindowCandidates) -> Spans:
+    """A window's spans as lists, snapped to grapheme clusters, in the window's order.
 
     Raises:
         AggregateError: When a span is not inside the context.
     """
-    snapped: list[tuple[list[int], list[int]]] = []
-    moved = False
-    for c in candidates:
-        raw_starts, raw_ends = c.starts.tolist(), c.ends.tolist()
-        try:
-            starts, ends = snap_spans(record.context, raw_starts, raw_ends)
-        except ValueError as err:
-            raise AggregateError(f"row {record.row_key}, window {c.window_index}: {err}") from err
-        moved = moved or starts != raw_starts or ends != raw_ends
-        snapped.append((starts, ends))
-    if len(candidates) == 1 and not moved and _ranked_and_distinct(candidates[0]):
-        # One window whose spans decode already ranked in this order (the usual case) and that snapping
-        # left alone (a moved span may now equal another or tie-break differently): nothing to merge.
-        only = candidates[0]
-        return only.starts.astype(np.int64), only.ends.astype(np.int64), only.logits.astype(np.float64)
-    best: dict[tuple[int, int], float] = {}
-    for c, (starts, ends) in zip(candidates, snapped, strict=True):
-        for span in zip(starts, ends, c.logits.tolist(), strict=True):
-            key, logit = (span[0], span[1]), float(span[2])
-            if key not in best or logit > best[key]:
-                best[key] = logit
-    ranked = sorted(best.items(), key=lambda item: (-item[1], item[0][0], item[0][1]))
-    merged_starts = np.array([key[0] for key, _ in ranked], dtype=np.int64)
-    merged_ends = np.array([key[1] for key, _ in ranked], dtype=np.int64)
-    logits = np.array([logit for _, logit in ranked], dtype=np.float64)
-    return merged_starts, merged_ends, logits
+    try:
+        starts, ends = snap_spans(record.context, window.starts.tolist(), window.ends.tolist())
+    except ValueError as err:
+        raise AggregateError(f"row {record.row_key}, window {window.window_index}: {err}") from err
+    return starts, ends, window.logits.tolist()
 
 
-def _ranked_and_distinct(window: WindowCandidates) -> bool:
-    """Whether a window's spans are distinct and already in (-logit, start, end) order.
+def _merge_spans(record: Record, candidates: Sequence[WindowCandidates]) -> Spans:
+    """All windows' spans in `record.context`, snapped to grapheme clusters, one per (start, end).
 
-    Decode ranks by (-logit, start token, end token); character offsets grow with the token position, so
-    this holds unless tokens share offsets (one character split into several tokens) and logits tie.
+    Each span keeps its max logit; the order is (-logit, start, end). The rule is `_merge_spans_general`.
+    Where no two logits tie and no span comes twice (what decode gives, unless logits tie or overlapping
+    windows find the same span) there is nothing to merge and the order is by logit alone: a lone
+    window's spans are in it already (decode ranks them), several windows' are sorted by logit.
+
+    Raises:
+        AggregateError: When a span is not inside the context.
     """
-    lg, st, en = window.logits, window.starts, window.ends
-    if len(set(zip(st.tolist(), en.tolist(), strict=True))) != len(st):
-        return False
-    same, earlier = lg[:-1] == lg[1:], (st[:-1] < st[1:]) | ((st[:-1] == st[1:]) & (en[:-1] < en[1:]))
-    return bool(((lg[:-1] > lg[1:]) | (same & earlier)).all())
+    windows = [_snapped(record, c) for c in candidates]
+    if len(windows) == 1:
+        starts, ends, logits = windows[0]
+        # Strictly decreasing logits leave no tie for (start, end) to break; NaN fails the comparison.
+        ranked = len(logits) == len(starts) and all(map(operator.gt, logits, logits[1:]))
+        if ranked and len(set(zip(starts, ends, strict=True))) == len(starts):
+            return windows[0]
+        return _merge_spans_general(windows)
+    starts = list(itertools.chain.from_iterable(w[0] for w in windows))
+    ends = list(itertools.chain.from_iterable(w[1] for w in windows))
+    logits = list(itertools.chain.from_iterable(w[2] for w in windows))
+    count = len(logits)
+    if len(set(logits)) == count and len(set(zip(starts, ends, strict=True))) == count:
+        # A float key, no tuples (NaN, which decode refuses, has no order here or in the general merge).
+        order = sorted(range(count), key=logits.__getitem__, reverse=True)
+        return [starts[k] for k in order], [ends[k] for k in order], [logits[k] for k in order]
+    return _merge_spans_general(windows)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    """Max-subtracted softmax in float64 (stable for logits near +-1e4)."""
-    shifted = np.exp(logits - logits.max())
-    return np.asarray(shifted / shifted.sum(), dtype=np.float64)
+def _merge_spans_general(windows: Sequence[Spans]) -> Spans:
+    """Spans of any windows merged: one per (start, end) with its max logit, by (-logit, start, end).
+
+    Sorting every (-logit, start, end) and keeping each span's first entry is the same as keeping each
+    span's max logit, then sorting: the first entry of a span is its max, and the order of those is kept.
+    Equal logits of one span keep the first in window order (the sort is stable).
+    """
+    # Each window's spans are one sorted run already (decode ranks them): the sort merges the runs.
+    entries = sorted(
+        itertools.chain.from_iterable(zip(map(operator.neg, w[2]), w[0], w[1], strict=True) for w in windows)
+    )
+    seen: set[tuple[int, int]] = set()
+    merged: Spans = ([], [], [])
+    for negated, start, end in entries:
+        if (start, end) not in seen:
+            seen.add((start, end))
+            merged[0].append(start)
+            merged[1].append(end)
+            merged[2].append(-negated)
+    return merged
+
+
+def _softmax(logits: list[float], temperature: float) -> tuple[npt.NDArray[np.float64], float]:
+    """`exp(x - max x)` of `x = logits / temperature` (float64, stable near +-1e4) and its sum.
+
+    Probability k is `exps[k] / total`: every step is the one a numpy softmax over the array takes (the
+    same divisions, max, exp and pairwise sum), so the scores are the same to the last bit. Python's max
+    skips a NaN that numpy's returns, but a NaN makes every probability NaN either way.
+    """
+    scaled = logits if temperature == 1.0 else [value / temperature for value in logits]
+    exps = np.exp(np.subtract(scaled, max(scaled)))  # (K,) float64
+    return exps, float(np.add.reduce(exps))
+
+
+def _check_windows(record: Record, candidates: Sequence[WindowCandidates]) -> None:
+    """Raises `AggregateError` unless `candidates` are windows 0..n-1 of `record`, each once."""
+    if not candidates:
+        raise AggregateError(f"row {record.row_key}: no window candidates")
+    first = candidates[0]
+    lone = len(candidates) == 1 and first.window_index == 0 and first.n_windows == 1
+    if lone and first.row_key == record.row_key:  # the usual row: one window, nothing to sort
+        return
+    expected = first.n_windows
+    indices = sorted(c.window_index for c in candidates)
+    if indices != list(range(expected)) or any(c.row_key != record.row_key for c in candidates):
+        raise AggregateError(
+            f"row {record.row_key}: got windows {indices} of {expected} (or another row's windows)"
+        )
 
 
 def aggregate(record: Record, candidates: Sequence[WindowCandidates], config: DecodeConfig) -> Answer:
@@ -100,16 +143,9 @@ def aggregate(record: Record, candidates: Sequence[WindowCandidates], config: De
     Raises:
         AggregateError: When windows are missing, duplicated or belong to another record.
     """
-    if not candidates:
-        raise AggregateError(f"row {record.row_key}: no window candidates")
-    expected = candidates[0].n_windows
-    indices = sorted(c.window_index for c in candidates)
-    if indices != list(range(expected)) or any(c.row_key != record.row_key for c in candidates):
-        raise AggregateError(
-            f"row {record.row_key}: got windows {indices} of {expected} (or another row's windows)"
-        )
+    _check_windows(record, candidates)
     starts, ends, logits = _merge_spans(record, candidates)
-    if logits.size == 0:
+    if not logits:
         raise AggregateError(f"row {record.row_key}: no valid span in any window")
 
     null_logit: float | None = None
@@ -120,39 +156,67 @@ def aggregate(record: Record, candidates: Sequence[WindowCandidates], config: De
         # The window most sure that an answer exists sets the row's null score.
         null_logit = min(nulls)
 
-    all_logits = logits if null_logit is None else np.append(logits, null_logit)
     # Temperature scaling (1.0 unless the model ships a calibration, see qa_core.evaluation.calibration).
-    probs = _softmax(all_logits / config.temperature)
-    # Only the spans that can be returned are materialized (`top_k`; the null answer is ranked among
-    # them below, and anything it pushes past `top_k` is cut anyway).
-    shown = min(config.top_k, logits.size)
-    spans = [
-        SpanScore(record.context[s:e], int(s), int(e), float(p), float(lg))
-        for s, e, lg, p in zip(starts[:shown], ends[:shown], logits[:shown], probs[:shown], strict=True)
-    ]
+    # float(): a hand-built null logit may be a numpy scalar, which a float64 array would have converted.
+    exps, total = _softmax(logits if null_logit is None else [*logits, float(null_logit)], config.temperature)
     null_diff: float | None = None
     no_answer = False
-    ranked = spans
     if null_logit is not None:
-        null_span = SpanScore("", None, None, float(probs[-1]), null_logit)
-        null_diff = null_logit - float(logits[0])
+        null_diff = null_logit - logits[0]
         no_answer = null_diff > config.null_threshold
-        # The returned answer comes first; the other candidates follow by logit.
-        ranked = [null_span, *spans] if no_answer else _insert_by_logit(spans, null_span)
-    best = ranked[0]
-    return Answer(
-        row_key=record.row_key,
-        id=record.id,
-        answer=best.answer,
-        start=best.start,
-        end=best.end,
-        score=best.score,
-        logit_score=best.logit_score,
+    top_k = _top_k(
+        record.context,
+        (starts, ends, logits),
+        exps,
+        total,
+        null_logit=null_logit,
         no_answer=no_answer,
-        null_score_diff=null_diff,
-        top_k=tuple(ranked[: config.top_k]) if config.top_k > 1 else (),
-        passthrough=record.passthrough,
+        top_k=config.top_k,
     )
+    if null_logit is not None and no_answer:  # the null answer won
+        answer, start, end, score, logit = "", None, None, float(exps[-1]) / total, null_logit
+    else:
+        start, end, logit = starts[0], ends[0], logits[0]
+        answer, score = record.context[start:end], float(exps[0]) / total
+    return Answer(
+        record.row_key,
+        record.id,
+        answer,
+        start,
+        end,
+        score,
+        logit,
+        no_answer,
+        null_diff,
+        top_k,
+        record.passthrough,
+    )
+
+
+def _top_k(
+    context: str,
+    spans: Spans,
+    exps: npt.NDArray[np.float64],
+    total: float,
+    *,
+    null_logit: float | None,
+    no_answer: bool,
+    top_k: int,
+) -> tuple[SpanScore, ...]:
+    """The `top_k` column: the returned answer first, then the other candidates by logit; () for 1."""
+    if top_k <= 1:
+        return ()
+    starts, ends, logits = spans
+    # Only the spans that can be shown are materialized (the null answer, ranked among them, only pushes
+    # later ones past `top_k`).
+    ranked = [
+        SpanScore(context[starts[k] : ends[k]], starts[k], ends[k], float(exps[k]) / total, logits[k])
+        for k in range(min(top_k, len(logits)))
+    ]
+    if null_logit is not None:
+        null_span = SpanScore("", None, None, float(exps[-1]) / total, null_logit)
+        ranked = [null_span, *ranked] if no_answer else _insert_by_logit(ranked, null_span)
+    return tuple(ranked[:top_k])
 
 
 def _insert_by_logit(spans: list[SpanScore], null_span: SpanScore) -> list[SpanScore]:

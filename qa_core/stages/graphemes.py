@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import bisect
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import regex
 
@@ -144,6 +144,28 @@ def _snap_end(text: str, end: int) -> int:
     return end if _certain_boundary(text, end) else _enclosing_boundaries(text, end)[1]
 
 
+def _moved(text: str, offsets: Sequence[int], snap: Callable[[str, int], int]) -> dict[int, int]:
+    """`{p: snap(text, p)}` for each distinct offset `0 <= p <= len(text)` that `snap` moves.
+
+    `_certain_boundary`'s ASCII test is inlined: it settles nearly every offset of a non-ASCII context
+    (the characters around an answer's ends are mostly ASCII), and two calls per offset cost more.
+    """
+    moved: dict[int, int] = {}
+    last, first_prepend = len(text), _FIRST_PREPEND
+    crlf = "\r" in text  # one memchr: most texts have no CR, and then no CR LF pair to look for
+    for p in set(offsets):
+        if 0 < p < last:  # the text's ends are boundaries
+            after = text[p]
+            if after < "\x80":
+                before = text[p - 1]
+                if before < first_prepend and not (crlf and after == "\n" and before == "\r"):
+                    continue
+            q = snap(text, p)
+            if q != p:
+                moved[p] = q
+    return moved
+
+
 def snap_spans(text: str, starts: Sequence[int], ends: Sequence[int]) -> tuple[list[int], list[int]]:
     """`snap_span` over many spans of one text, each distinct offset looked up once.
 
@@ -169,8 +191,8 @@ def snap_spans(text: str, starts: Sequence[int], ends: Sequence[int]) -> tuple[l
         # No two ASCII characters but CR LF form one cluster; `isascii` is O(1) and `in` one memchr.
         return list(starts), list(ends)
     # Each distinct offset is looked up once; in the usual case none moves and nothing else is done.
-    moved_starts = {p: q for p in set(starts) if (q := _snap_start(text, p)) != p}
-    moved_ends = {p: q for p in set(ends) if (q := _snap_end(text, p)) != p}
+    moved_starts = _moved(text, starts, _snap_start)
+    moved_ends = _moved(text, ends, _snap_end)
     if not moved_starts and not moved_ends:
         return list(starts), list(ends)
     out_starts: list[int] = []
