@@ -103,7 +103,8 @@ def test_resume_after_sigkill_equals_a_clean_run(
     assert not list(killed.rglob("_in-progress-*"))
 
 
-CONTEXT_CACHE_COUNTS = (  # context_lookups is a sum over rows: kept and answered parts add up to a clean run's
+# context_lookups is left in: a sum over rows, kept and answered parts add up to a clean run's.
+CONTEXT_CACHE_COUNTS = (
     "contexts_tokenized",
     "context_reuse_rate",
     "context_cache_evictions",
