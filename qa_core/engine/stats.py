@@ -36,6 +36,7 @@ class EngineStats:
     contexts_tokenized: int = 0
     context_cache_evictions: int = 0
     context_cache_peak_bytes: int = 0
+    documents_read: int = 0
 
     def count_result(self, result: Answer | Rejection) -> Answer | Rejection:
         """Counts an output row (answered, or rejected by reason) and returns it."""
@@ -114,4 +115,5 @@ class EngineStats:
             ),
             "context_cache_evictions": self.context_cache_evictions,
             "context_cache_peak_bytes": self.context_cache_peak_bytes,
+            "documents_read": self.documents_read,
         }

@@ -223,8 +223,13 @@ def table_input_schema(schema: pa.Schema, config: InputConfig, source: str = "th
     Raises:
         InputError: A missing column, or a question or context column that does not hold text.
     """
-    fields = tuple(_checked_fields(schema, source, input_columns(config)))
+    fields = table_fields(schema, input_columns(config), source)
     return InputSchema(id_field=fields[0], fields=fields)
+
+
+def table_fields(schema: pa.Schema, columns: TableColumns, source: str = "the table") -> tuple[pa.Field, ...]:
+    """`read_table_fields` for one in-memory table's schema (the Python API's two tables)."""
+    return tuple(_checked_fields(schema, source, columns))
 
 
 def _checked_fields(schema: pa.Schema, source: str, columns: TableColumns) -> list[pa.Field]:
