@@ -23,6 +23,7 @@ from pipelines.options import SPARK_DESCRIPTION, add_run_arguments, add_spark_ar
 from qa_core.config import config_from_arguments
 from qa_core.config_layers import add_config_arguments
 from qa_core.errors import OutputError
+from qa_core.io.spec import add_input_arguments
 from qa_core.jobs.guard import run_guarded
 from qa_core.runtime.processes import skip_final_collection
 from qa_core.versions import DOCQA_VERSION, version_report
@@ -56,6 +57,8 @@ def _predict_job(args: argparse.Namespace) -> dict[str, Any]:
         config,
         args.input,
         args.output,
+        documents=args.documents,
+        questions=args.questions,
         overwrite=args.overwrite,
         resume=args.resume,
         progress=not args.no_progress,
@@ -176,13 +179,11 @@ def _register_predict(commands: Any) -> None:
     """`docqa predict`: the in-process job."""
     p = commands.add_parser(
         "predict",
-        help="answer a Parquet table in-process (no Beam)",
-        description="Answer every row of IN and write DIR/answers, DIR/rejections, "
-        "DIR/_run.json and DIR/COMPLETED.",
+        help="answer a Parquet table (or the pairs of two) in-process (no Beam)",
+        description="Answer every row of IN (or every question of QS asked of its documents in DOCS) and "
+        "write DIR/answers, DIR/rejections, DIR/_run.json and DIR/COMPLETED.",
     )
-    p.add_argument(
-        "--input", required=True, metavar="IN", help="Parquet file, directory or glob (fsspec URLs ok)"
-    )
+    add_input_arguments(p)
     p.add_argument("--output", required=True, metavar="DIR", help="output folder (fsspec URLs ok)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument(

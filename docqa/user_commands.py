@@ -55,13 +55,18 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 def _cmd_estimate(args: argparse.Namespace) -> int:
     from qa_core.config import config_from_arguments
+    from qa_core.io.spec import input_of_arguments
     from qa_core.tools.estimate import estimate
 
     bench = args.bench
     if bench is None and Path(DEFAULT_BENCH).is_file():
         bench = DEFAULT_BENCH
     result = estimate(
-        config_from_arguments(args), args.input, sample=args.sample, bench=bench, gpu_bench=args.gpu_bench
+        config_from_arguments(args),
+        input_of_arguments(args),
+        sample=args.sample,
+        bench=bench,
+        gpu_bench=args.gpu_bench,
     )
     print(result.format_table())
     if args.json:
@@ -156,6 +161,7 @@ def register_calibrate(commands: SubParsers[argparse.ArgumentParser]) -> None:
 def register_estimate(commands: SubParsers[argparse.ArgumentParser]) -> None:
     """Adds `docqa estimate --input GLOB [--config C] [--sample N] [--bench F] [--gpu-bench F]`."""
     from qa_core.config_layers import add_config_arguments
+    from qa_core.io.spec import add_input_arguments
 
     p = commands.add_parser(
         "estimate",
@@ -163,8 +169,10 @@ def register_estimate(commands: SubParsers[argparse.ArgumentParser]) -> None:
         description="Count rows from Parquet footers, tokenize a sample spread over the input, and "
         "extrapolate windows, tokens, padding waste and hours (from docqa bench figures).",
     )
-    p.add_argument("--input", required=True, metavar="GLOB", help="Parquet file, directory or glob")
-    p.add_argument("--sample", type=int, default=1000, help="rows to tokenize (default 1000)")
+    add_input_arguments(p)
+    p.add_argument(
+        "--sample", type=int, default=1000, help="rows (of two tables: pairs) to tokenize (default 1000)"
+    )
     p.add_argument(
         "--bench",
         metavar="FILE",

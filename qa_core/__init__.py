@@ -6,6 +6,8 @@ The Python API (documented in the README, "Python API"):
     load_model(config) -> ModelRunner                the checkpoint of `config.model`
     answer_rows(model, config, rows) -> Answer | Rejection per row, in input order
     answer_table(model, config, table) -> (answers, rejections) pyarrow Tables, as `docqa predict` writes
+    answer_tables(model, config, documents, questions) -> the same, of each question asked of its documents
+    predict(config, input, output, documents=, questions=) -> the `docqa predict` job; its `_run.json`
 
 The folders follow the data flow: `stages/` (pure: validate, featurize, batch, decode, aggregate),
 `engine/` (the one stage loop), `runtime/` (model runners), `io/`, `jobs/`, `train/`, `evaluation/`,
@@ -27,6 +29,8 @@ _EXPORTS = {
     "load_model": "qa_core.api",
     "answer_rows": "qa_core.api",
     "answer_table": "qa_core.api",
+    "answer_tables": "qa_core.api",
+    "predict": "qa_core.jobs.predict",
     "Answer": "qa_core.records",
     "Rejection": "qa_core.records",
     "Reason": "qa_core.records",
@@ -43,14 +47,17 @@ __all__ = [
     "__version__",
     "answer_rows",
     "answer_table",
+    "answer_tables",
     "load_config",
     "load_model",
+    "predict",
 ]
 
 if TYPE_CHECKING:
-    from qa_core.api import answer_rows, answer_table, load_model
+    from qa_core.api import answer_rows, answer_table, answer_tables, load_model
     from qa_core.config import QAConfig, load_config
     from qa_core.errors import JobError
+    from qa_core.jobs.predict import predict
     from qa_core.records import Answer, Reason, Rejection
     from qa_core.runtime.runner import ModelRunner
 

@@ -28,6 +28,13 @@ from typing import Any, get_type_hints
 import fsspec
 import yaml
 
+from qa_core.config_io import (
+    ANSWER_COLUMNS,
+    REJECTION_COLUMNS,
+    RESERVED_OUTPUT_COLUMNS,
+    InputConfig,
+    OutputConfig,
+)
 from qa_core.config_layers import (
     BUNDLED,
     build_section,
@@ -37,14 +44,11 @@ from qa_core.config_layers import (
     yaml_problem,
 )
 from qa_core.config_sections import (
-    ANSWER_COLUMNS,
     DEFAULT_BATCH_TOKENS,
     DEFAULT_BATCH_WINDOWS,
     DEFAULT_MODEL,
     GPU_DEFAULT_BATCH_TOKENS,
     GPU_DEFAULT_BATCH_WINDOWS,
-    REJECTION_COLUMNS,
-    RESERVED_OUTPUT_COLUMNS,
     TEMPERATURE_RANGE,
     BatchConfig,
     DecodeConfig,
@@ -52,9 +56,7 @@ from qa_core.config_sections import (
     Dtype,
     FeaturizeConfig,
     Implementation,
-    InputConfig,
     ModelConfig,
-    OutputConfig,
     Quantize,
     RuntimeConfig,
     WorkerModels,

@@ -1,10 +1,11 @@
-"""The sections of a job's config: one frozen, checked dataclass per stage, and the output's fixed columns.
+"""The sections of a job's config: one frozen, checked dataclass per stage.
 
-`FeaturizeConfig`, `BatchConfig`, `DecodeConfig`, `ModelConfig`, `InputConfig`, `RuntimeConfig` and
-`OutputConfig` are the sections of `qa_core.config.QAConfig`; each checks its own values when built and
-says in one line what to change. configs/base.yaml lists every key with its default and meaning. This
-module holds data only: loading and layering are in `qa_core.config`, the generic machinery in
-`qa_core.config_layers`, and `docqa train`'s section in `qa_core.config_train`.
+`FeaturizeConfig`, `BatchConfig`, `DecodeConfig`, `ModelConfig` and `RuntimeConfig` here, `InputConfig`
+and `OutputConfig` (with the output's fixed columns) in `qa_core.config_io`, are the sections of
+`qa_core.config.QAConfig`; each checks its own values when built and says in one line what to change.
+configs/base.yaml lists every key with its default and meaning. This module holds data only: loading
+and layering are in `qa_core.config`, the generic machinery in `qa_core.config_layers`, and `docqa
+train`'s section in `qa_core.config_train`.
 """
 
 from __future__ import annotations
@@ -308,89 +309,3 @@ class RuntimeConfig:
             self.prefetch_buffers is None or self.prefetch_buffers >= 0,
             "runtime.prefetch_buffers must be >= 0 or null (auto)",
         )
-
-
-@dataclass(frozen=True)
-class OutputConfig:
-    """How a job cuts its rows into parts, each one part file pair and the unit `--resume` keeps.
-
-    Attributes:
-        part_rows: `docqa predict`: input rows per part file pair (`answers/part-N.parquet`,
-            `rejections/part-N.parquet`). A job killed part way reruns only its unfinished parts. Each part
-            is answered on its own (its sort buffers start with it), so a resumed output equals a clean
-            run's.
-        task_rows: `docqa spark` and `docqa run`: the most input rows of one unit of work (one task, one
-            part file pair). The job plans at least two units per core it finds, and none larger than
-            this, so every core gets work and a retried task repeats little (`qa_core.jobs.parts.plan_units`).
-            At about 30 rows/s per CPU core for the bundled model, 2,000 rows is about a minute.
-    """
-
-    part_rows: int = 100_000
-    task_rows: int = 2_000
-
-    def __post_init__(self) -> None:
-        _require(self.part_rows >= 1, f"output.part_rows must be >= 1, got {self.part_rows}")
-        _require(self.task_rows >= 1, f"output.task_rows must be >= 1, got {self.task_rows}")
-
-
-@dataclass(frozen=True)
-class InputConfig:
-    """Which input columns hold what.
-
-    Attributes:
-        id_column: The row id, copied to the outputs as it is (ids may repeat).
-        question_column: The question text.
-        context_column: The context text.
-        passthrough_columns: Extra input columns copied to answers and rejections, each named once and
-            none named like an output column (`RESERVED_OUTPUT_COLUMNS`, `id` included); the question,
-            the context and an id column not named `id` may be copied (the answers hold them nowhere else).
-    """
-
-    id_column: str = "id"
-    question_column: str = "question"
-    context_column: str = "context"
-    passthrough_columns: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        names = [self.id_column, self.question_column, self.context_column]
-        _require(len(set(names)) == 3, f"input: id/question/context columns must differ, got {names}")
-        twice = sorted({c for c in self.passthrough_columns if self.passthrough_columns.count(c) > 1})
-        _require(
-            not twice,
-            f"input.passthrough_columns names {', '.join(map(repr, twice))} twice; list each column once",
-        )
-        clash = [c for c in self.passthrough_columns if c in RESERVED_OUTPUT_COLUMNS]
-        _require(
-            not clash,
-            f"input.passthrough_columns {clash} collide with the output's own columns "
-            f"({', '.join(sorted(RESERVED_OUTPUT_COLUMNS))}; the row id is always written as 'id'): "
-            "remove them from input.passthrough_columns",
-        )
-
-    @property
-    def columns(self) -> list[str]:
-        """All input columns to read (projection), in a stable order."""
-        base = [self.id_column, self.question_column, self.context_column]
-        return base + [c for c in self.passthrough_columns if c not in base]
-
-
-ANSWER_COLUMNS = (
-    "id",
-    "answer",
-    "start",
-    "end",
-    "score",
-    "logit_score",
-    "no_answer",
-    "null_score_diff",
-    "top_k",
-)
-"""The fixed columns of `answers/*.parquet`, in order (`top_k` only when decode.top_k > 1), before the
-pass-through columns. Defined here, not in `qa_core/io/schema.py` (which imports them), because config
-imports nothing of docqa and the stages and engine, which import config, must not import `io`."""
-
-REJECTION_COLUMNS = ("id", "reason", "detail")
-"""The fixed columns of `rejections/*.parquet`, in order, before the row's original columns."""
-
-RESERVED_OUTPUT_COLUMNS = frozenset(ANSWER_COLUMNS) | frozenset(REJECTION_COLUMNS)
-"""Names `input.passthrough_columns` may not use: a second column of the same name in the output."""

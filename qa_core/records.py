@@ -10,6 +10,7 @@ bench) keys a row by its position in the job's input (`row_key`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -42,6 +43,31 @@ class Reason(StrEnum):
     NO_CONTEXT_TOKENS = "NO_CONTEXT_TOKENS"
     FEATURIZE_ERROR = "FEATURIZE_ERROR"
     MODEL_ERROR = "MODEL_ERROR"
+    # Two-table inputs (`qa_core.io.pairs`): a bad document or question, one rejection each.
+    MISSING_DOC_ID = "MISSING_DOC_ID"
+    DUPLICATE_DOC_ID = "DUPLICATE_DOC_ID"
+    MISSING_QUESTION_ID = "MISSING_QUESTION_ID"
+    DUPLICATE_QUESTION_ID = "DUPLICATE_QUESTION_ID"
+    UNKNOWN_DOC_ID = "UNKNOWN_DOC_ID"
+
+
+class RejectedRow(dict[str, Any]):
+    """An input row already rejected where the input was planned: validation rejects it with its reason.
+
+    A two-table job's bad documents and questions (a null or repeated key, a question whose document does
+    not exist) are found before any work, each put in the job's rows as one of these (`qa_core.io.pairs`),
+    so that it is written, counted and resumed as any other rejected row.
+
+    Args:
+        row: The row's columns, as the rejection carries them.
+        reason: Why it is rejected.
+        detail: What was wrong.
+    """
+
+    def __init__(self, row: Mapping[str, Any], reason: Reason, detail: str) -> None:
+        super().__init__(row)
+        self.reason = reason
+        self.detail = detail
 
 
 @dataclass(frozen=True)

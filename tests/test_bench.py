@@ -157,8 +157,7 @@ def test_bench_host_with_workers_runs_the_rows_in_processes_at_once(
 def test_bench_host_workers_raise_a_workers_error(tmp_path: Path, tiny_model: Any) -> None:
     """A host worker's own error reaches the bench as it is, not as a hang or a silent death."""
     from docqa.bench_host import InstantRunner, bench_host_workers
-    from qa_core.config import QAConfig
-    from qa_core.config_sections import InputConfig
+    from qa_core.config import InputConfig, QAConfig
     from qa_core.errors import InputError
 
     config = QAConfig()

@@ -12,7 +12,8 @@ import pytest
 from docqa.cli import main
 from qa_core.config import load_config
 from qa_core.io.read import resolve_inputs
-from qa_core.tools.estimate import GPU_ASSUMED_SPEEDUP, estimate, read_layout, sample_rows
+from qa_core.io.sample import read_layout, sample_rows
+from qa_core.tools.estimate import GPU_ASSUMED_SPEEDUP, estimate
 from tests.user_commands_data import WORDS, run_command
 
 SETTINGS = [

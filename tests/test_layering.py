@@ -52,6 +52,7 @@ FORBIDDEN = {
     "qa_core/config.py": _UPPER,
     "qa_core/config_layers.py": _UPPER,
     "qa_core/config_sections.py": _UPPER,
+    "qa_core/config_io.py": _UPPER,
     "qa_core/config_train.py": _UPPER,
     "qa_core/records.py": _UPPER,
     "qa_core/errors.py": _UPPER,

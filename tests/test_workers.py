@@ -22,7 +22,8 @@ from docqa.cli import main
 from qa_core.config import InputConfig, load_config
 from qa_core.engine.stats import EngineStats
 from qa_core.errors import InputError, WorkerError
-from qa_core.io.read import iter_rows, output_schemas, read_input_schema
+from qa_core.io.read import iter_rows, output_schemas
+from qa_core.io.sources import TableSource
 from qa_core.io.write import prepare_output
 from qa_core.jobs import workers
 from qa_core.jobs.parts import PartRange, row_ranges
@@ -130,13 +131,13 @@ def test_a_worker_tunes_its_own_process_only_when_asked(
     source = tmp_path / "in.parquet"
     pq.write_table(pa.Table.from_pylist(CLI_ROWS), source)
     config = load_config([], [f"model.name_or_path={tiny_model_dir}", "runtime.device=cpu"])
-    files = [str(source)]
-    schemas = output_schemas(read_input_schema(files, config.input), config)
+    table = TableSource.open(str(source), config.input)
+    schemas = output_schemas(table.schema, config)
     output = str(tmp_path / "out")
     parent = tuning_report()  # None, unless an in-process command-line job of this session tuned it
     job = workers.WorkerJob(
         0,
-        files,
+        table,
         (PartRange(0, 0, len(CLI_ROWS)),),
         output,
         *schemas,

@@ -36,6 +36,9 @@ class EngineStats:
     contexts_tokenized: int = 0
     context_cache_evictions: int = 0
     context_cache_peak_bytes: int = 0
+    # Documents a two-table job read from storage (`qa_core.io.pairs`); 0 for one table, whose rows carry
+    # their contexts. The input source counts them as the engine pulls rows: a part's share is in its footer.
+    documents_read: int = 0
 
     def count_result(self, result: Answer | Rejection) -> Answer | Rejection:
         """Counts an output row (answered, or rejected by reason) and returns it."""
@@ -114,4 +117,5 @@ class EngineStats:
             ),
             "context_cache_evictions": self.context_cache_evictions,
             "context_cache_peak_bytes": self.context_cache_peak_bytes,
+            "documents_read": self.documents_read,
         }

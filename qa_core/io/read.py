@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import IO, cast
+from typing import IO, TypeVar, cast
 
 import fsspec
 import pyarrow as pa
@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 # Errors pyarrow raises on a file that is not (or no longer) valid Parquet; UnicodeDecodeError is a
 # ValueError, raised on invalid UTF-8 in a string column.
 _FILE_ERRORS = (OSError, ValueError, pa.ArrowException)
+
+_T = TypeVar("_T")
 
 
 def _hidden(relative: str) -> bool:
@@ -122,11 +124,6 @@ def _footer_errors(file: str) -> Iterator[None]:
         raise InputError(f"cannot read Parquet file {describe_storage_error(err, file)}") from err
 
 
-def _file_schema(file: str) -> pa.Schema:
-    with _footer_errors(file), fsspec.open(file, "rb") as handle:
-        return pq.read_schema(handle)
-
-
 def read_input_schema(files: list[str], config: InputConfig) -> InputSchema:
     """Checks every file's footer and returns the fields of the configured columns.
 
@@ -140,9 +137,64 @@ def read_input_schema(files: list[str], config: InputConfig) -> InputSchema:
         InputError: An unreadable file, a missing or duplicated column, a question or context column that
             does not hold text, or a column whose type differs between files, naming the file.
     """
+    fields = read_table_fields(files, input_columns(config))
+    return InputSchema(id_field=fields[0], fields=fields)
+
+
+@dataclass(frozen=True)
+class TableColumns:
+    """The columns a job reads of one table, each with the setting that names it (for the messages).
+
+    Attributes:
+        settings: Column name -> the config key naming it (`input.id_column`), in reading order.
+        text: The columns that must hold text (read as plain strings).
+    """
+
+    settings: Mapping[str, str]
+    text: frozenset[str] = frozenset()
+
+    @property
+    def names(self) -> list[str]:
+        """The columns, in reading order."""
+        return list(self.settings)
+
+
+def input_columns(config: InputConfig) -> TableColumns:
+    """The columns of a one-table input: id, question, context (text), then the pass-through columns."""
+    settings = dict.fromkeys(config.passthrough_columns, "input.passthrough_columns")
+    for key in ("id_column", "question_column", "context_column"):
+        settings[getattr(config, key)] = f"input.{key}"
+    text = frozenset({config.question_column, config.context_column})
+    return TableColumns({name: settings[name] for name in config.columns}, text)
+
+
+def file_schema(file: str) -> pa.Schema:
+    """The Arrow schema of one Parquet file, from its footer.
+
+    Raises:
+        InputError: The file cannot be read, naming it.
+    """
+    with _footer_errors(file), fsspec.open(file, "rb") as handle:
+        return pq.read_schema(handle)
+
+
+def read_table_fields(
+    files: Sequence[str], columns: TableColumns, schemas: Sequence[pa.Schema] | None = None
+) -> tuple[pa.Field, ...]:
+    """`read_input_schema` for any table: the fields of `columns` (in order), checked in every file.
+
+    Args:
+        files: The table's Parquet files.
+        columns: The columns to read and which hold text.
+        schemas: The files' schemas when the caller has read them (`file_schema`); else read here.
+
+    Raises:
+        InputError: As `read_input_schema`.
+    """
     first: dict[str, tuple[pa.Field, str]] = {}
-    for file in files:
-        for plain in _checked_fields(_file_schema(file), file, config):
+    for index, file in enumerate(files):
+        schema = file_schema(file) if schemas is None else schemas[index]
+        for plain in _checked_fields(schema, file, columns):
             seen = first.get(plain.name)
             if seen is None or pa.types.is_null(seen[0].type):
                 first[plain.name] = (plain, file)
@@ -153,8 +205,7 @@ def read_input_schema(files: list[str], config: InputConfig) -> InputSchema:
                 )
     if not first:
         raise InputError("no input files")
-    fields = tuple(first[c][0] for c in config.columns)
-    return InputSchema(id_field=fields[0], fields=fields)
+    return tuple(first[c][0] for c in columns.names)
 
 
 def output_schemas(schema: InputSchema, config: QAConfig) -> tuple[pa.Schema, pa.Schema]:
@@ -172,45 +223,40 @@ def table_input_schema(schema: pa.Schema, config: InputConfig, source: str = "th
     Raises:
         InputError: A missing column, or a question or context column that does not hold text.
     """
-    fields = tuple(_checked_fields(schema, source, config))
+    fields = table_fields(schema, input_columns(config), source)
     return InputSchema(id_field=fields[0], fields=fields)
 
 
-def _checked_fields(schema: pa.Schema, source: str, config: InputConfig) -> list[pa.Field]:
-    """The configured columns' fields of one schema, as the job writes them.
+def table_fields(schema: pa.Schema, columns: TableColumns, source: str = "the table") -> tuple[pa.Field, ...]:
+    """`read_table_fields` for one in-memory table's schema (the Python API's two tables)."""
+    return tuple(_checked_fields(schema, source, columns))
+
+
+def _checked_fields(schema: pa.Schema, source: str, columns: TableColumns) -> list[pa.Field]:
+    """The fields of `columns` in one schema, as the job writes them.
 
     Text columns become plain strings, and every field is nullable at every level (`carried_field`).
     """
-    text_columns = {
-        config.question_column: "question_column",
-        config.context_column: "context_column",
-    }
-    settings = {
-        **{name: "passthrough_columns" for name in config.passthrough_columns},
-        config.id_column: "id_column",
-        **text_columns,
-    }
-    missing = [c for c in config.columns if c not in schema.names]
+    settings = columns.settings
+    missing = [c for c in columns.names if c not in schema.names]
     if missing:
-        raise InputError(
-            f"{source} has no column(s) {missing} (it has {schema.names}); set input.id_column / "
-            "question_column / context_column / passthrough_columns to match"
-        )
+        named = " / ".join(dict.fromkeys(settings[c] for c in missing))
+        raise InputError(f"{source} has no column(s) {missing} (it has {schema.names}); set {named} to match")
     fields = []
-    for name in config.columns:
+    for name in columns.names:
         count = schema.names.count(name)
         if count > 1:  # `schema.field(name)` and a projection by name would be ambiguous
             raise InputError(
-                f"{source}: column '{name}' (input.{settings[name]}) appears {count} times; write the file "
+                f"{source}: column '{name}' ({settings[name]}) appears {count} times; write the file "
                 "with one column of that name (drop or rename the others)"
             )
         field = schema.field(name)
-        if name in text_columns and not _is_text(field.type):
+        if name in columns.text and not _is_text(field.type):
             raise InputError(
-                f"{source}: column '{name}' (input.{text_columns[name]}) has type {field.type}, expected "
+                f"{source}: column '{name}' ({settings[name]}) has type {field.type}, expected "
                 "strings; cast the column to string or point the setting at a text column"
             )
-        type_ = pa.string() if name in text_columns else _plain(field.type)
+        type_ = pa.string() if name in columns.text else _plain(field.type)
         fields.append(carried_field(field.with_type(type_)))
     return fields
 
@@ -230,8 +276,8 @@ def _plain(type_: pa.DataType) -> pa.DataType:
 
 
 def iter_rows(
-    files: list[str],
-    config: InputConfig,
+    files: Sequence[str],
+    config: InputConfig | Sequence[str],
     batch_rows: int = 1024,
     *,
     start: int = 0,
@@ -243,7 +289,7 @@ def iter_rows(
 
     Args:
         files: Parquet files, read in this order.
-        config: Which columns to read.
+        config: Which columns to read: the input's (`InputConfig.columns`), or the names themselves.
         batch_rows: Rows decoded per Arrow batch.
         start: First row to yield, counted over all files (row groups wholly before it are skipped
             from the footers, without reading their pages).
@@ -259,6 +305,40 @@ def iter_rows(
         InputError: When a file turns out corrupt while reading, naming the file (and the row group
             when its pages were the problem).
     """
+    columns = config.columns if isinstance(config, InputConfig) else list(config)
+    yield from _read(
+        files,
+        columns,
+        rows_of_batch,
+        batch_rows=batch_rows,
+        start=start,
+        stop=stop,
+        opener=opener,
+        file_rows=file_rows,
+    )
+
+
+def iter_values(files: Sequence[str], column: str, batch_rows: int = 65_536) -> Iterator[object]:
+    """The values of one column of all files, in order (a key column read whole, without a dict per row).
+
+    Raises:
+        InputError: As `iter_rows`.
+    """
+    yield from _read(files, [column], lambda batch: batch.column(0).to_pylist(), batch_rows=batch_rows)
+
+
+def _read(
+    files: Sequence[str],
+    columns: Sequence[str],
+    convert: Callable[[pa.RecordBatch], Iterable[_T]],
+    *,
+    batch_rows: int,
+    start: int = 0,
+    stop: int | None = None,
+    opener: Callable[[str], AbstractContextManager[IO[bytes]]] | None = None,
+    file_rows: Sequence[int] | None = None,
+) -> Iterator[_T]:
+    """`iter_rows`, each batch's slice converted where a failure names the file (invalid UTF-8 fails here)."""
     open_file = opener or _fsspec_open
     offset = 0  # global index of the current row group's first row
     for index, file in enumerate(files):
@@ -279,12 +359,12 @@ def iter_rows(
                         continue
                     seen = 0  # rows of this row group already decoded
                     for batch in parquet.iter_batches(
-                        batch_size=batch_rows, row_groups=[group], columns=config.columns
+                        batch_size=batch_rows, row_groups=[group], columns=list(columns)
                     ):
                         lo, hi = max(first - seen, 0), min(last - seen, batch.num_rows)
                         seen += batch.num_rows
                         if lo < hi:
-                            yield from rows_of_batch(batch.slice(lo, hi - lo))
+                            yield from convert(batch.slice(lo, hi - lo))
                         if seen >= last:
                             break
         except _FILE_ERRORS as err:  # botocore's and aiohttp's timeouts are OSErrors too

@@ -19,6 +19,7 @@ treat as unfinished and the next run must `--overwrite` (or `--resume`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -34,7 +35,9 @@ from qa_core.engine.stats import EngineStats
 from qa_core.errors import OutputError
 from qa_core.evaluation.calibration import apply_model_calibration
 from qa_core.io.ownership import verify_output_rows
-from qa_core.io.read import InputSchema, file_row_counts, output_schemas, read_input_schema, resolve_inputs
+from qa_core.io.read import InputSchema, output_schemas
+from qa_core.io.sources import InputSource, TableSource
+from qa_core.io.spec import InputSpec, open_source
 from qa_core.io.write import check_output, mark_completed, prepare_output
 from qa_core.jobs.parts import row_ranges
 from qa_core.jobs.run_info import run_info
@@ -50,9 +53,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class JobRequest:
-    """What the user asked for: the input, the output folder and what to do with an existing one."""
+    """What the user asked for: the input, the output folder and what to do with an existing one.
 
-    input_pattern: str
+    Attributes:
+        inputs: One table's Parquet file, folder or glob, or two tables (`qa_core.io.spec.TwoTables`).
+        output_dir: The output folder.
+        overwrite: Replace an existing output.
+        resume: Keep an earlier attempt's finished parts.
+    """
+
+    inputs: InputSpec
     output_dir: str
     overwrite: bool = False
     resume: bool = False
@@ -95,12 +105,11 @@ class JobPlan:
         request: What the user asked for.
         engine: The site's engine name.
         config: The resolved config with the model's calibration: stored in `_run.json` and hashed.
-        answer_config: `config` with the batch shape set: what the engine answers with.
-        files: The input files.
-        input_schema: Their columns.
+        answer_config: `config` with the batch shape set and the source's row columns as its `input`
+            (a two-table job's pairs carry their keys as pass-through columns): what the engine answers with.
+        source: The input, planned: its rows are read by ranges of positions (`qa_core.io.sources`).
         answer_schema: The answers table's schema.
         rejection_schema: The rejections table's schema.
-        file_rows: Rows of each input file (footers).
         revision: The model's revision, or the site's `unchecked_revision` when the model is not on
             this machine.
         device: The device the answering runs on as this machine resolves it.
@@ -113,11 +122,9 @@ class JobPlan:
     engine: str
     config: QAConfig
     answer_config: QAConfig
-    files: tuple[str, ...]
-    input_schema: InputSchema
+    source: InputSource
     answer_schema: pa.Schema
     rejection_schema: pa.Schema
-    file_rows: tuple[int, ...]
     revision: str
     device: torch.device
     batch_shape: BatchShape
@@ -131,8 +138,26 @@ class JobPlan:
 
     @property
     def rows_read(self) -> int:
-        """Rows of every input file together."""
-        return sum(self.file_rows)
+        """The input's rows (a two-table job's: its pairs and bad inputs)."""
+        return self.source.row_count
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every input file."""
+        return self.source.files
+
+    @property
+    def input_schema(self) -> InputSchema:
+        """The fields of the input rows' columns."""
+        return self.source.schema
+
+    @property
+    def file_rows(self) -> tuple[int, ...]:
+        """Rows of each input file of a one-table job (footers); empty for two tables.
+
+        The Beam and Spark readers skip earlier files with them; they read one-table inputs only.
+        """
+        return self.source.file_rows if isinstance(self.source, TableSource) else ()
 
     @property
     def schemas(self) -> tuple[pa.Schema, pa.Schema]:
@@ -165,14 +190,13 @@ def preflight(
     """
     started = time.perf_counter()
     config = apply_model_calibration(config)
-    files = resolve_inputs(request.input_pattern)
-    input_schema = read_input_schema(files, config.input)
-    answer_schema, rejection_schema = output_schemas(input_schema, config)
+    source = open_source(request.inputs, config.input)  # a two-table job's pairs planned from their keys
+    rows_config = dataclasses.replace(config, input=source.columns)
+    answer_schema, rejection_schema = output_schemas(source.schema, rows_config)
     # Before the (slow) model checks, changing nothing: an existing run needs --overwrite or --resume.
     check_output(request.output_dir, overwrite=request.overwrite or request.resume)
     revision, device = _check_model(config, site, model)
-    file_rows = tuple(file_row_counts(files))
-    rows = sum(file_rows)
+    rows = source.row_count
     processes = len(row_ranges(rows, site.processes)) if rows else 1
     threads = site.threads or max(1, torch.get_num_threads() // processes)
     with torch_threads(threads):  # tuned shapes are keyed by the threads the answering runs with
@@ -188,12 +212,10 @@ def preflight(
         request,
         site.engine,
         config,
-        with_batch_shape(config, shape),
-        tuple(files),
-        input_schema,
+        with_batch_shape(rows_config, shape),
+        source,
         answer_schema,
         rejection_schema,
-        file_rows,
         revision,
         device,
         shape,
@@ -329,6 +351,7 @@ def commit(plan: JobPlan, answered: Answered, owner: str) -> dict[str, Any]:
         batch_shape=plan.batch_shape.to_dict(),
     )
     info["timings"].update(answered.timings)
+    info.update(plan.source.details())
     info.update(answered.details)
     mark_completed(plan.output_dir, info, owner=owner)
     logger.info(

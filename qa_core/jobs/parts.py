@@ -14,19 +14,17 @@ others, and the output equals a clean run's.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
-
 from qa_core.config import QAConfig
 from qa_core.engine.loop import QAEngine
 from qa_core.engine.stats import EngineStats
-from qa_core.errors import ConfigError, InputError
-from qa_core.io.read import iter_rows
-from qa_core.io.storage import redact_url, storage_errors
+from qa_core.errors import ConfigError
+from qa_core.io.sources import InputSource
 from qa_core.io.write import OutputWriter
 from qa_core.runtime.shapes import BatchShape
 
@@ -67,10 +65,20 @@ def row_ranges(total_rows: int, workers: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def plan_parts(total_rows: int, workers: int, part_rows: int) -> list[list[PartRange]]:
+def plan_parts(
+    total_rows: int, workers: int, part_rows: int, boundary: Callable[[int], int] | None = None
+) -> list[list[PartRange]]:
     """The parts of each worker: its range (`row_ranges`) cut every `part_rows` rows, numbered in order.
 
     An empty input has one empty part (so the output has its two files with their schemas).
+
+    Args:
+        total_rows: The job's rows.
+        workers: Processes to share them.
+        part_rows: Rows per part.
+        boundary: Where a part may begin (`InputSource.boundary`): each cut moves forward to it, so that
+            a two-table job reads each document in one part (a part then holds up to a document's rows
+            more or fewer than `part_rows`; a worker left with none is left out). None: any row.
 
     Raises:
         ConfigError: When the plan has more than `MAX_PARTS` parts.
@@ -83,28 +91,35 @@ def plan_parts(total_rows: int, workers: int, part_rows: int) -> list[list[PartR
     plans: list[list[PartRange]] = []
     index = 0
     for start, stop in row_ranges(total_rows, workers) if total_rows else [(0, 0)]:
+        cuts = [start, *range(start + part_rows, stop, part_rows), stop]
+        if boundary is not None:
+            cuts = [boundary(cut) for cut in cuts]
         parts = []
-        for begin in range(start, max(stop, start + 1), part_rows):
-            parts.append(PartRange(index, begin, min(begin + part_rows, stop)))
-            index += 1
-        plans.append(parts)
+        for begin, end in itertools.pairwise(cuts):
+            if begin < end or not total_rows:  # an empty input: its one empty part
+                parts.append(PartRange(index, begin, end))
+                index += 1
+        if parts:
+            plans.append(parts)
     return plans
 
 
-def plan_units(total_rows: int, cores: int, task_rows: int) -> list[PartRange]:
+def plan_units(
+    total_rows: int, cores: int, task_rows: int, boundary: Callable[[int], int] | None = None
+) -> list[PartRange]:
     """The parts of a cluster job: `UNITS_PER_CORE` per core at least, `task_rows` rows at most each.
 
     Spark and Beam hand units to whichever core is free, so more units than cores lets a fast executor
     take more and a retried or straggling unit costs a fraction of a core's share; `task_rows` keeps a
     task (and the work a retry repeats) short however large the input. The units are contiguous, in
-    input order, and near-equal.
+    input order, and near-equal; `boundary` as in `plan_parts`.
 
     Raises:
         ConfigError: When the plan has more than `MAX_PARTS` parts.
     """
     return [
         part
-        for ranges in plan_parts(total_rows, max(1, cores) * UNITS_PER_CORE, task_rows)
+        for ranges in plan_parts(total_rows, max(1, cores) * UNITS_PER_CORE, task_rows, boundary)
         for part in ranges
     ]
 
@@ -115,39 +130,26 @@ def job_plan(
     revision: str,
     *,
     shape: BatchShape,
-    files: Sequence[str],
-    rows: Sequence[int],
+    inputs: Any,
     parts: Iterable[PartRange],
 ) -> dict[str, Any]:
     """What a job writes, stored in `_job.json`: a resume must find the same config, model, inputs, parts.
 
     `engine` is the job's (`predict`, `run`, `spark`): one engine's output is not resumed by another.
 
-    An input file is known by its URL, rows, size and version (ETag, or modification time), so a file
-    rewritten with the same number of rows is another input. The batch shape is the one a job here runs
-    with (`docqa tune` may change it between two attempts: the parts would then be batched differently).
+    `inputs` is the input's `InputSource.identity()`: each file known by its URL, rows, size and version
+    (ETag, or modification time), so a file rewritten with the same number of rows is another input (a
+    two-table job's documents and questions apart). The batch shape is the one a job here runs with
+    (`docqa tune` may change it between two attempts: the parts would then be batched differently).
     """
     return {
         "engine": engine,
         "config_hash": config.config_hash(),
         "model_revision": revision,
         "batch_shape": [shape.max_batch_windows, shape.max_batch_tokens],
-        "inputs": [[redact_url(f), n, *_file_version(f)] for f, n in zip(files, rows, strict=True)],
+        "inputs": inputs,
         "parts": [[p.start, p.stop] for p in parts],
     }
-
-
-def _file_version(url: str) -> list[Any]:
-    """[size, version] of a file: its ETag (object stores) or modification time (local files).
-
-    Raises:
-        InputError: When the storage cannot say.
-    """
-    with storage_errors(InputError, "cannot read input", url):
-        fs, path = fsspec.core.url_to_fs(url)
-        info = fs.info(path)
-    version = next((info[k] for k in ("ETag", "etag", "md5Hash", "mtime", "LastModified") if k in info), None)
-    return [info.get("size"), str(version) if version is not None else None]
 
 
 def part_metadata(part: PartRange, config_hash: str) -> dict[str, str]:
@@ -157,7 +159,7 @@ def part_metadata(part: PartRange, config_hash: str) -> dict[str, str]:
 
 def answer_parts(
     engine: QAEngine,
-    files: list[str],
+    source: InputSource,
     parts: Sequence[PartRange],
     writer_for: Callable[[PartRange], OutputWriter],
     on_rows: Callable[[int], object],
@@ -165,15 +167,24 @@ def answer_parts(
     """Answers and writes each part: its rows on their own through the engine, into its own files.
 
     Args:
-        engine: The engine (its `stats` add up over the parts).
-        files: The job's input files.
+        engine: The engine (its `stats` add up over the parts, the documents read included).
+        source: The job's input.
         parts: The parts to answer, in order.
         writer_for: The (open) writer of a part's two files.
         on_rows: Progress: called with numbers of rows written.
     """
     for part in parts:
-        rows = iter_rows(files, engine.config.input, start=part.start, stop=part.stop)
+        rows = source.rows(part.start, part.stop, counting_documents(engine.stats))
         answer_part(engine, rows, part.start, writer_for(part), on_rows)
+
+
+def counting_documents(stats: EngineStats) -> Callable[[int], None]:
+    """The `on_documents` of `InputSource.rows` that adds the documents read to `stats`."""
+
+    def count(documents: int) -> None:
+        stats.documents_read += documents
+
+    return count
 
 
 def answer_part(

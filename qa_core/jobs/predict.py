@@ -1,5 +1,6 @@
 """`docqa predict`: the in-process job, Parquet in, the output layout out, no Beam.
 
+The input is one table, or two (documents and questions: their pairs are the rows, `qa_core.io.pairs`).
 The rows are planned as parts (`qa_core.jobs.parts`), answered here or by worker processes, and the job
 ends by checking that it still owns the folder and that the output footers add up to the rows read
 before it writes `COMPLETED`. `--resume` keeps the parts an earlier attempt of the same job finished.
@@ -19,6 +20,7 @@ from tqdm import tqdm
 from qa_core.config import QAConfig
 from qa_core.engine.loop import QAEngine
 from qa_core.engine.stats import EngineStats
+from qa_core.io.spec import input_spec
 from qa_core.jobs.lifecycle import Answered, AnsweringSite, JobPlan, JobRequest, commit, preflight
 from qa_core.jobs.parts import PartRange, answer_parts, part_writers, plan_parts
 from qa_core.jobs.resume import parted_output
@@ -32,9 +34,11 @@ logger = logging.getLogger(__name__)
 
 def predict(
     config: QAConfig,
-    input_pattern: str,
+    input_pattern: str | None,
     output_dir: str,
     *,
+    documents: str | None = None,
+    questions: str | None = None,
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = True,
@@ -49,8 +53,13 @@ def predict(
 
     Args:
         config: The resolved config.
-        input_pattern: A Parquet file, directory or glob (local or fsspec URL).
+        input_pattern: A Parquet file, directory or glob (local or fsspec URL); None for two tables.
         output_dir: Output folder (local or fsspec URL).
+        documents: Two tables: the documents (`input.doc_id_column`, the context and any pass-through
+            columns), a Parquet file, directory or glob; with `questions`, instead of `input_pattern`.
+        questions: Two tables: the questions (`input.question_id_column`, the question, optionally a
+            doc_id: asked of that document only, else of every document). Each pair is a row, its id
+            `doc_id/question_id` (`qa_core.io.pairs_plan`).
         overwrite: Replace an existing output.
         resume: Keep the parts that an earlier, unfinished run of the same job (same config, model and
             inputs: `_job.json`) wrote, and answer only the rest; a folder without a run starts afresh.
@@ -68,6 +77,7 @@ def predict(
         The `_run.json` document.
 
     Raises:
+        ConfigError: Both an input and two tables, or neither, or one of the two tables alone.
         InputError, OutputError, ModelLoadError: Job-level problems, before any row is processed (with
             workers, a worker's model load fails the job before any `COMPLETED`); OutputError also when
             a resume finds another job's output, another job took the folder over, or the output
@@ -80,7 +90,8 @@ def predict(
         raise ValueError(f"--workers must be >= 1, got {workers}")
     if workers > 1 and model is not None:
         raise ValueError("a loaded model cannot be shared with worker processes: pass workers=1")
-    request = JobRequest(input_pattern, output_dir, overwrite=overwrite, resume=resume)
+    inputs = input_spec(input_pattern, documents, questions)
+    request = JobRequest(inputs, output_dir, overwrite=overwrite, resume=resume)
     if tune_host:
         host_tuning.tune_host()  # before any model loads: oneDNN reads its cache caps at the first primitive
     loaded: list[ModelRunner] = [model] if model is not None else []
@@ -91,7 +102,7 @@ def predict(
         return loaded[0]
 
     plan = preflight(config, request, AnsweringSite("predict", True, workers), model=model, load=load)
-    worker_parts = plan_parts(plan.rows_read, workers, plan.config.output.part_rows)
+    worker_parts = plan_parts(plan.rows_read, workers, plan.config.output.part_rows, plan.source.boundary)
     parted = parted_output(plan, [part for ranges in worker_parts for part in ranges], resume=resume)
     todo = [ranges for ranges in (parted.pending(r) for r in worker_parts) if ranges]
 
@@ -164,7 +175,7 @@ def _answer_here(
     owner = prepare()
     began = time.perf_counter()
     writers = part_writers(config, plan.output_dir, plan.schemas, owner, plan.config.config_hash())
-    answer_parts(engine, list(plan.files), parts, writers, bar.update)
+    answer_parts(engine, plan.source, parts, writers, bar.update)
     answering = (began, time.perf_counter())
     device = str(runner.device)
     tuned = host_tuning.tuning_report()
@@ -190,7 +201,7 @@ def _answer_in_workers(
     worker_jobs = [
         WorkerJob(
             worker,
-            list(plan.files),
+            plan.source,
             tuple(parts),
             plan.output_dir,
             *plan.schemas,

@@ -33,8 +33,6 @@ from qa_core.jobs.parts import COUNTS_KEY, PART_KEY, PartRange, job_plan, part_m
 
 logger = logging.getLogger(__name__)
 
-logger = logging.getLogger(__name__)
-
 
 @dataclass
 class Kept:
@@ -104,8 +102,7 @@ def parted_output(
         plan.config,
         plan.revision,
         shape=plan.batch_shape,
-        files=plan.files,
-        rows=plan.file_rows,
+        inputs=plan.source.identity(),
         parts=parts,
     )
     if not resume:

@@ -34,6 +34,7 @@ from typing import Any
 from qa_core.config import QAConfig
 from qa_core.engine.stats import EngineStats
 from qa_core.errors import WorkerError
+from qa_core.io.sources import InputSource
 from qa_core.jobs.parts import PartRange
 from qa_core.runtime.device_server import SERVER_PART, ClientChannel, serve, stop_server
 from qa_core.runtime.processes import report_error, skip_final_collection, start_child
@@ -52,7 +53,7 @@ class WorkerJob:
 
     Attributes:
         part: Worker number (its messages and process name say it).
-        files: All input files (the worker reads only its parts' rows of them).
+        source: The job's input, planned (the worker reads only its parts' rows of it).
         parts: The parts it answers, in order.
         output_dir: The job's output folder, prepared by the parent once every worker is ready.
         answer_schema: Arrow schema of the answers table.
@@ -68,7 +69,7 @@ class WorkerJob:
     """
 
     part: int
-    files: list[str]
+    source: InputSource
     parts: tuple[PartRange, ...]
     output_dir: str
     answer_schema: Any  # pa.Schema (kept untyped: pickled across processes)
@@ -136,7 +137,7 @@ def _worker_main(config: QAConfig, job: WorkerJob, messages: Any, go: Any, owner
         schemas = (job.answer_schema, job.rejection_schema)
         writers = part_writers(config, job.output_dir, schemas, owner.value.decode(), job.config_hash)
         answer_parts(
-            engine, job.files, list(job.parts), writers, lambda n: messages.put(("rows", job.part, n))
+            engine, job.source, list(job.parts), writers, lambda n: messages.put(("rows", job.part, n))
         )
         result = WorkerResult(
             job.part,

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 from qa_core.config import FeaturizeConfig, InputConfig
-from qa_core.records import Reason, Record, Rejection
+from qa_core.records import Reason, Record, RejectedRow, Rejection
 
 
 def _check_text(value: Any, name: str) -> tuple[Reason, str] | None:
@@ -40,13 +40,17 @@ def validate_row(
         featurize_config: Supplies the context length limit.
 
     Returns:
-        A `Record` ready to featurize, or a `Rejection` with a reason code. Never raises on bad values.
+        A `Record` ready to featurize, or a `Rejection` with a reason code (a `RejectedRow`'s own, first).
+        Never raises on bad values.
     """
     row_dict = dict(row)
     row_id = row_dict.get(input_config.id_column)
 
     def reject(reason: Reason, detail: str) -> Rejection:
         return Rejection(row_key=row_key, id=row_id, reason=reason, detail=detail, row=row_dict)
+
+    if isinstance(row, RejectedRow):  # a bad input found when the job was planned (two tables)
+        return reject(row.reason, row.detail)
 
     if row_id is None:
         return reject(Reason.MISSING_ID, f"column '{input_config.id_column}' is null")

@@ -1,8 +1,10 @@
 """`docqa estimate`: what a job over an input will cost, from a tokenized sample, before launching it.
 
-1. Rows and row groups are counted from the Parquet footers (no data read).
+1. Rows and row groups are counted from the Parquet footers (no data read); a two-table input's rows are
+   its pairs, counted from the questions and the documents' doc_id column (`qa_core.io.pairs`).
 2. A stratified sample (`sample` rows, one drawn at random from each of `sample` equal runs of
-   consecutive rows, so spread over every file and row group) is read with column projection, validated
+   consecutive rows, so spread over every file and row group; of two tables, the documents that hold the
+   sampled pairs) is read with column projection, validated
    and featurized with the model's tokenizer, exactly as the job does.
 3. The sampled windows are planned into batches with `qa_core.stages.batch.plan_batches` in sort buffers of
    `batch.sort_buffer_windows` windows. When the sample has fewer windows than one buffer (and the job
@@ -19,23 +21,23 @@ window lengths (or another model, dtype or machine) transfers only approximately
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
-from collections import Counter, defaultdict
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from qa_core.config import QAConfig
 from qa_core.engine.host import RowPreparer
 from qa_core.errors import ConfigError, InputError
-from qa_core.io.read import read_input_schema, resolve_inputs
+from qa_core.io.sample import read_layout
+from qa_core.io.spec import InputSpec, open_source
 from qa_core.records import Feature, Rejection, RowWindows
 from qa_core.runtime.loaders import describe_model, load_tokenizer, resolve_device
 from qa_core.runtime.shapes import choose_batch_shape, with_batch_shape
@@ -48,77 +50,6 @@ GPU_ASSUMED_SPEEDUP = 20.0
 """Placeholder GPU / CPU throughput ratio used only without `--gpu-bench`: an order-of-magnitude guess for
 one data-center GPU in fp16 against the benchmarked CPU. Not measured; replace it with a GPU bench."""
 BENCH_MODES = ("predict", "run")
-
-
-@dataclass(frozen=True)
-class InputLayout:
-    """Files and row groups of the input, from the Parquet footers.
-
-    Attributes:
-        files: The resolved input files.
-        row_groups: (file index, row group index, rows) of every row group, in file order.
-    """
-
-    files: tuple[str, ...]
-    row_groups: tuple[tuple[int, int, int], ...]
-
-    @property
-    def rows(self) -> int:
-        """All rows of the input."""
-        return sum(n for _, _, n in self.row_groups)
-
-
-def read_layout(files: list[str]) -> InputLayout:
-    """Row groups and row counts of the files, from their footers only.
-
-    Raises:
-        InputError: An unreadable file, naming it.
-    """
-    groups: list[tuple[int, int, int]] = []
-    for index, file in enumerate(files):
-        try:
-            with fsspec.open(file, "rb") as handle:
-                metadata = pq.ParquetFile(handle).metadata
-        except (OSError, pa.ArrowException) as err:
-            raise InputError(f"cannot read the Parquet footer of {file}: {err}") from err
-        groups += [(index, g, metadata.row_group(g).num_rows) for g in range(metadata.num_row_groups)]
-    return InputLayout(tuple(files), tuple(groups))
-
-
-def sample_rows(layout: InputLayout, columns: list[str], n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """A stratified sample of `n` rows (all rows when there are fewer), in input order.
-
-    The rows are cut into `n` equal strata of consecutive global row numbers and one row is drawn at
-    random (fixed seed) from each: spread over every file and row group like an evenly spaced sample,
-    without its aliasing on periodic inputs (every 50th row empty, say).
-    """
-    total = layout.rows
-    k = min(n, total)
-    rng = np.random.default_rng(seed)
-    edges = [(i * total) // k for i in range(k + 1)] if k else [0]
-    targets = [int(rng.integers(edges[i], edges[i + 1])) for i in range(k)]
-    wanted: dict[tuple[int, int], list[int]] = defaultdict(list)
-    start, t = 0, 0
-    for file_index, group, rows in layout.row_groups:
-        while t < len(targets) and targets[t] < start + rows:
-            wanted[(file_index, group)].append(targets[t] - start)
-            t += 1
-        start += rows
-    out: list[dict[str, Any]] = []
-    by_file: dict[int, list[int]] = defaultdict(list)
-    for file_index, group in wanted:
-        by_file[file_index].append(group)
-    for file_index in sorted(by_file):
-        file = layout.files[file_index]
-        try:
-            with fsspec.open(file, "rb") as handle:
-                parquet = pq.ParquetFile(handle)
-                for group in by_file[file_index]:
-                    table = parquet.read_row_group(group, columns=columns)
-                    out += table.take(wanted[(file_index, group)]).to_pylist()
-        except (OSError, pa.ArrowException) as err:
-            raise InputError(f"cannot read Parquet file {file}: {err}") from err
-    return out
 
 
 @dataclass(frozen=True)
@@ -141,7 +72,7 @@ class SampleFigures:
 
 
 def measure_sample(
-    rows: list[dict[str, Any]], tokenizer: Tokenizer, config: QAConfig, total_rows: int
+    rows: Sequence[Mapping[str, Any]], tokenizer: Tokenizer, config: QAConfig, total_rows: int
 ) -> SampleFigures:
     """Validates and featurizes the sampled rows (the engine's host half) and plans their windows."""
     preparer = RowPreparer(tokenizer, config)
@@ -249,6 +180,8 @@ class CostEstimate:
         cpu_hours: Estimated hours on the bench's CPU (None without a bench).
         gpu: GPU throughput used.
         gpu_hours: Estimated hours on a GPU (None without a rate).
+        two_table: A two-table input's plan (`_run.json` `two_table`: documents, questions, pairs, bad
+            inputs), None for one table.
     """
 
     files: int
@@ -267,6 +200,7 @@ class CostEstimate:
     cpu_hours: float | None
     gpu: Throughput
     gpu_hours: float | None
+    two_table: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data."""
@@ -283,6 +217,7 @@ class CostEstimate:
         )
         lines = [
             f"input           {self.files} files, {self.row_groups} row groups, {self.rows:,} rows",
+            *_two_table_lines(self.two_table),
             f"sample          {self.sampled_rows:,} rows tokenized; {rejected} would be rejected"
             + (f" ({reasons})" if reasons else ""),
             f"answered rows   {self.answered_rows:,}",
@@ -303,6 +238,18 @@ class CostEstimate:
         return "\n".join(lines)
 
 
+def _two_table_lines(plan: dict[str, Any] | None) -> list[str]:
+    """What a two-table input's rows are: the pairs of its documents and questions, and its bad inputs."""
+    if plan is None:
+        return []
+    bad = sum(plan["bad_inputs"].values())
+    return [
+        f"two tables      {plan['documents']:,} documents, {plan['questions']:,} questions "
+        f"({plan['questions_asked_of_every_document']:,} asked of every document): {plan['pairs']:,} pairs"
+        + (f", {bad:,} bad inputs {plan['bad_inputs']}" if bad else "")
+    ]
+
+
 def _hours_text(hours: float) -> str:
     return f"{hours:,.1f}" if hours >= 10 else f"{hours:.3g}"
 
@@ -315,7 +262,7 @@ def _hours(rate: Throughput, real: float, padded: float) -> float | None:
 
 def estimate(
     config: QAConfig,
-    input_pattern: str,
+    input_pattern: InputSpec,
     *,
     sample: int = 1000,
     bench: str | None = None,
@@ -325,7 +272,8 @@ def estimate(
 
     Args:
         config: The job config (input columns, featurize and batch settings, model for the tokenizer).
-        input_pattern: A Parquet file, directory or glob (local or fsspec URL).
+        input_pattern: A Parquet file, directory or glob (local or fsspec URL), or two tables
+            (`qa_core.io.spec.TwoTables`), whose rows are their pairs.
         sample: Rows to tokenize.
         bench: A `docqa bench` JSON measured on a CPU; without it CPU hours are n/a.
         gpu_bench: A `docqa bench --device cuda` JSON; without it GPU hours are a labelled placeholder.
@@ -337,15 +285,13 @@ def estimate(
     """
     if sample < 1:
         raise ConfigError(f"--sample must be at least 1, got {sample}")
-    files = resolve_inputs(input_pattern)
-    read_input_schema(files, config.input)
-    layout = read_layout(files)
-    rows = sample_rows(layout, config.input.columns, sample)
+    source = open_source(input_pattern, config.input)
+    rows = source.sample(sample)
     # Batches as the job on this machine would plan them (the config's caps, docqa tune's, or the defaults).
     shape = choose_batch_shape(config, describe_model(config.model), resolve_device(config.runtime))
-    config = with_batch_shape(config, shape)
-    figures = measure_sample(rows, load_tokenizer(config.model), config, layout.rows)
-    n = layout.rows
+    config = with_batch_shape(dataclasses.replace(config, input=source.columns), shape)
+    n = source.row_count
+    figures = measure_sample(rows, load_tokenizer(config.model), config, n)
     scale = n / figures.rows if figures.rows else 0.0
     tokens = np.asarray(figures.real_tokens_per_row, dtype=np.float64)
     real = float(tokens.sum()) * scale
@@ -359,8 +305,8 @@ def estimate(
     gpu = read_bench(gpu_bench) if gpu_bench else assumed_gpu(cpu)
     rejected = sum(figures.rejected_by_reason.values())
     return CostEstimate(
-        files=len(files),
-        row_groups=len(layout.row_groups),
+        files=len(source.files),
+        row_groups=len(read_layout(list(source.files)).row_groups),
         rows=n,
         sampled_rows=figures.rows,
         sample_rejected_by_reason=figures.rejected_by_reason,
@@ -375,4 +321,5 @@ def estimate(
         cpu_hours=_hours(cpu, real, padded),
         gpu=gpu,
         gpu_hours=_hours(gpu, real, padded),
+        two_table=source.details().get("two_table"),
     )
