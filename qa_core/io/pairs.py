@@ -34,6 +34,7 @@ from qa_core.io.read import (
 from qa_core.io.sample import read_layout, read_positions, sample_positions
 from qa_core.io.schema import carried_field
 from qa_core.io.sources import OnDocuments, file_identities
+from qa_core.io.spec import HELD_IN_MEMORY, Joins
 from qa_core.io.storage import redact_url
 
 KEY_TYPES = "strings or integers"
@@ -51,6 +52,7 @@ class PairsSource:
         question_rows: Rows of each.
         schema: The fields of the pairs' columns.
         plan: The join.
+        join: How the engine joins them, in its words (`qa_core.io.spec.Joins`; `_run.json`).
     """
 
     documents: tuple[str, ...]
@@ -59,10 +61,24 @@ class PairsSource:
     question_rows: tuple[int, ...]
     schema: InputSchema
     plan: PairsPlan
+    join: str = HELD_IN_MEMORY.held
 
     @classmethod
-    def open(cls, documents_pattern: str, questions_pattern: str, config: InputConfig) -> PairsSource:
+    def open(
+        cls,
+        documents_pattern: str,
+        questions_pattern: str,
+        config: InputConfig,
+        joins: Joins = HELD_IN_MEMORY,
+    ) -> PairsSource:
         """Checks both tables (each a Parquet file, folder or glob) and plans their pairs.
+
+        Args:
+            documents_pattern: The documents.
+            questions_pattern: The questions.
+            config: The input columns and `max_questions`.
+            joins: The engine's joins: the questions held whole when their footers count at most
+                `input.max_questions` rows, else the engine's keyed join.
 
         Raises:
             InputError, ConfigError: Missing or unusable columns or keys, too many questions, an
@@ -88,7 +104,13 @@ class PairsSource:
         keys: Iterable[Any] = iter_values(documents, config.doc_id_column)
         plan = plan_pairs(columns, question_list, keys)
         return cls(
-            tuple(documents), tuple(file_row_counts(documents)), tuple(questions), question_rows, schema, plan
+            tuple(documents),
+            tuple(file_row_counts(documents)),
+            tuple(questions),
+            question_rows,
+            schema,
+            plan,
+            joins.held,
         )
 
     @property
@@ -158,7 +180,7 @@ class PairsSource:
             "documents": [redact_url(f) for f in self.documents],
             "questions": [redact_url(f) for f in self.questions],
         }
-        return {"two_table": {**self.plan.counts(), "files": files}}
+        return {"two_table": {"join": self.join, **self.plan.counts(), "files": files}}
 
 
 def table_pairs(

@@ -36,8 +36,6 @@ from qa_core.records import Reason, RejectedRow
 
 PAIR_ID_SEPARATOR = "/"
 """Between the doc_id and the question_id in a pair's `id` (the key columns hold them apart)."""
-JOIN = "questions held in memory"
-"""How the pairs are formed (`_run.json` `two_table.join`): every process holds the questions whole."""
 
 Key = str | int
 
@@ -210,7 +208,6 @@ class PairsPlan:
         reasons.update(reason.value for _, reason, _ in self.bad_questions)
         c = self.columns.rows
         return {
-            "join": JOIN,
             "pair_id": f"{c.doc_id_column}{PAIR_ID_SEPARATOR}{c.question_id_column}",
             "documents": self.documents,
             "questions": len(self.questions),

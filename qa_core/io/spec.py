@@ -29,6 +29,26 @@ InputSpec = str | TwoTables
 """What a job reads: one table's Parquet file, folder or glob, or `TwoTables`."""
 
 
+@dataclass(frozen=True)
+class Joins:
+    """How an engine brings a two-table job's questions to its documents, in its own words (`_run.json`).
+
+    Attributes:
+        held: Every answering process holds the questions whole (at most `input.max_questions` rows): a
+            Beam side input, a Spark broadcast, `docqa predict`'s memory.
+        keyed: The engine's keyed join (documents and questions shuffled by doc_id), taken when the
+            questions' footers count more than `input.max_questions` rows; None: the engine has none, and
+            such a job stops before any work.
+    """
+
+    held: str = "questions held in memory"
+    keyed: str | None = None
+
+
+HELD_IN_MEMORY = Joins()
+"""`docqa predict`'s and the Python API's: the process streams the documents and holds the questions."""
+
+
 def input_spec(input_pattern: str | None, documents: str | None, questions: str | None) -> InputSpec:
     """The input the user named: `--input`, or `--documents` with `--questions`.
 
@@ -74,8 +94,13 @@ def input_of_arguments(args: argparse.Namespace) -> InputSpec:
     return input_spec(args.input, args.documents, args.questions)
 
 
-def open_source(spec: InputSpec, config: InputConfig) -> InputSource:
+def open_source(spec: InputSpec, config: InputConfig, joins: Joins = HELD_IN_MEMORY) -> InputSource:
     """The job's input, planned: footers checked, and for two tables the pairs counted.
+
+    Args:
+        spec: What the user named.
+        config: The input columns.
+        joins: The joins the answering engine has (a two-table job takes one from the questions' footers).
 
     Raises:
         InputError, ConfigError: What makes the input unusable, in one line, before any work.
@@ -85,5 +110,5 @@ def open_source(spec: InputSpec, config: InputConfig) -> InputSource:
     from qa_core.io.sources import TableSource
 
     if isinstance(spec, TwoTables):
-        return PairsSource.open(spec.documents, spec.questions, config)
+        return PairsSource.open(spec.documents, spec.questions, config, joins)
     return TableSource.open(spec, config)

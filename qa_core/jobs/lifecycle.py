@@ -37,7 +37,7 @@ from qa_core.evaluation.calibration import apply_model_calibration
 from qa_core.io.ownership import verify_output_rows
 from qa_core.io.read import InputSchema, output_schemas
 from qa_core.io.sources import InputSource, TableSource
-from qa_core.io.spec import InputSpec, open_source
+from qa_core.io.spec import HELD_IN_MEMORY, InputSpec, Joins, open_source
 from qa_core.io.write import check_output, mark_completed, prepare_output
 from qa_core.jobs.parts import row_ranges
 from qa_core.jobs.run_info import run_info
@@ -87,6 +87,7 @@ class AnsweringSite:
         workers: What the answering processes are called, for the log (`workers`, `executors`).
         unchecked_revision: The revision `_run.json` records when the model is not on this machine
             (the workers load their own copy: `unchecked:worker-image` for Beam's, whose image holds it).
+        joins: How the engine joins a two-table job's questions to its documents (`qa_core.io.spec.Joins`).
     """
 
     engine: str
@@ -95,6 +96,7 @@ class AnsweringSite:
     threads: int | None = None
     workers: str = "workers"
     unchecked_revision: str = "unchecked:workers"
+    joins: Joins = HELD_IN_MEMORY
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,8 @@ def preflight(
     """
     started = time.perf_counter()
     config = apply_model_calibration(config)
-    source = open_source(request.inputs, config.input)  # a two-table job's pairs planned from their keys
+    # A two-table job's pairs planned from their keys, joined the way the engine can.
+    source = open_source(request.inputs, config.input, site.joins)
     rows_config = dataclasses.replace(config, input=source.columns)
     answer_schema, rejection_schema = output_schemas(source.schema, rows_config)
     # Before the (slow) model checks, changing nothing: an existing run needs --overwrite or --resume.
