@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from qa_core.config import InputConfig
 from qa_core.errors import ConfigError, InputError
+from qa_core.io.pairs_join import KeyedJoin, held_indices, keyed_plan
 from qa_core.io.pairs_plan import PairColumns, PairsPlan, plan_pairs
 from qa_core.io.read import (
     InputSchema,
@@ -53,6 +54,8 @@ class PairsSource:
         schema: The fields of the pairs' columns.
         plan: The join.
         join: How the engine joins them, in its words (`qa_core.io.spec.Joins`; `_run.json`).
+        keyed: The keyed join, when the engine takes one (`qa_core.io.pairs_join`): the rows are then
+            formed in the engine's shuffle, not read by range (`rows` refuses).
     """
 
     documents: tuple[str, ...]
@@ -62,6 +65,7 @@ class PairsSource:
     schema: InputSchema
     plan: PairsPlan
     join: str = HELD_IN_MEMORY.held
+    keyed: KeyedJoin | None = None
 
     @classmethod
     def open(
@@ -93,24 +97,41 @@ class PairsSource:
         question_fields = read_table_fields(questions, _question_roles(columns), question_schemas)
         schema = pair_schema(columns, document_fields, question_fields)
         question_rows = tuple(file_row_counts(questions))
-        if sum(question_rows) > config.max_questions:
+        keys: Iterable[Any] = iter_values(documents, config.doc_id_column)
+        document_rows = tuple(file_row_counts(documents))
+        if sum(question_rows) <= config.max_questions:
+            plan = plan_pairs(columns, list(iter_rows(questions, columns.question_columns)), keys)
+            return cls(
+                tuple(documents), document_rows, tuple(questions), question_rows, schema, plan, joins.held
+            )
+        if joins.keyed is None:
             raise InputError(
                 f"the questions ({redact_url(questions_pattern)}) have {sum(question_rows)} rows, more than "
-                f"input.max_questions={config.max_questions}: every answering process holds them in memory; "
-                "raise input.max_questions if they fit, or split the questions over several jobs (a keyed "
-                "join for larger question tables is not built yet)"
+                f"input.max_questions={config.max_questions}: docqa predict holds them in memory; raise "
+                "input.max_questions if they fit, or run the job with docqa run or docqa spark, which join "
+                "larger question tables by key"
             )
-        question_list = list(iter_rows(questions, columns.question_columns))
-        keys: Iterable[Any] = iter_values(documents, config.doc_id_column)
-        plan = plan_pairs(columns, question_list, keys)
+        # Too many to hold: plan from the keys only, and hold the few questions no key can route.
+        plan = plan_pairs(columns, list(iter_rows(questions, columns.question_key_columns)), keys)
+        held = held_indices(plan)
+        rows = read_positions(read_layout(list(questions)), columns.question_columns, held)
+        join = KeyedJoin(
+            keyed_plan(plan, dict(zip(held, rows, strict=True))),
+            tuple(documents),
+            document_rows,
+            tuple(questions),
+            question_rows,
+            frozenset(k for k, _, _ in plan.bad_questions),
+        )
         return cls(
             tuple(documents),
-            tuple(file_row_counts(documents)),
+            document_rows,
             tuple(questions),
             question_rows,
             schema,
-            plan,
-            joins.held,
+            join.plan,
+            joins.keyed,
+            join,
         )
 
     @property
@@ -131,7 +152,13 @@ class PairsSource:
     def rows(
         self, start: int, stop: int, on_documents: OnDocuments | None = None
     ) -> Iterator[Mapping[str, Any]]:
-        """The rows `[start, stop)`: only the documents that hold them are read, each once."""
+        """The rows `[start, stop)`: only the documents that hold them are read, each once.
+
+        Raises:
+            RuntimeError: For a keyed join, whose rows meet in the engine's shuffle (a bug in the engine).
+        """
+        if self.keyed is not None:
+            raise RuntimeError("a keyed join's rows are formed by the engine's shuffle (KeyedJoin), not read")
         first, end = self.plan.document_range(start, stop)
         documents: Iterable[Mapping[str, Any]] = ()
         if first < end:

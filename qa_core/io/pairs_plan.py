@@ -69,6 +69,12 @@ class PairColumns:
         doc_id = [c.doc_id_column] if self.questions_name_documents else []
         return [c.question_id_column, c.question_column, *doc_id, *self.from_questions]
 
+    @property
+    def question_key_columns(self) -> list[str]:
+        """The key columns of the questions (a keyed join's plan reads only these)."""
+        c = self.rows
+        return [c.question_id_column, *([c.doc_id_column] if self.questions_name_documents else [])]
+
     def pair_row(self, document: Mapping[str, Any], question: Mapping[str, Any]) -> dict[str, Any]:
         """The row of a question asked of a document."""
         c = self.rows
@@ -97,7 +103,10 @@ class PairsPlan:
 
     Attributes:
         columns: The rows' columns.
-        questions: Every question row (`PairColumns.question_columns`), in the questions' order.
+        questions: The question rows (`PairColumns.question_columns`) by index: every one, in the questions'
+            order, when the questions are held; a keyed join's worker plan holds only those asked of every
+            document and the bad ones (the rest meet their documents in the engine's shuffle).
+        question_count: Questions in the questions table.
         asked_of_all: The questions without a doc_id (asked of every document), by index.
         asked_of: The questions of each document's doc_id, by index (documents that have some only).
         starts: `starts[i]` is the position of document i's first row; `starts[-1]` the first bad
@@ -108,7 +117,8 @@ class PairsPlan:
     """
 
     columns: PairColumns
-    questions: tuple[dict[str, Any], ...]
+    questions: tuple[dict[str, Any], ...] | Mapping[int, dict[str, Any]]
+    question_count: int
     asked_of_all: tuple[int, ...]
     asked_of: dict[Key, tuple[int, ...]]
     starts: npt.NDArray[np.int64]
@@ -150,8 +160,16 @@ class PairsPlan:
         """The index of the document whose rows hold `position` (< `document_rows_end`)."""
         return int(np.searchsorted(self.starts, position, side="right")) - 1
 
-    def rows_of(self, index: int, document: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def rows_of(
+        self, index: int, document: Mapping[str, Any], joined: Mapping[int, Mapping[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
         """Document `index`'s rows, from its row (`PairColumns.document_columns`).
+
+        Args:
+            index: The document's index.
+            document: Its row.
+            joined: A keyed join's questions asked of it by its doc_id, by question index (None: this
+                plan's `asked_of` says which).
 
         Raises:
             InputError: When it does not have the rows it had when the job was planned (the documents
@@ -166,9 +184,13 @@ class PairsPlan:
         elif doc_id is None:
             rows = []  # planned good: the document changed; the count below says so
         else:
-            asked = self.asked_of.get(doc_id)
-            order = self.asked_of_all if asked is None else heapq.merge(asked, self.asked_of_all)
-            rows = [self.columns.pair_row(document, self.questions[k]) for k in order]
+            held = self.questions
+            asked = self.asked_of.get(doc_id) if joined is None else sorted(joined)
+            order = self.asked_of_all if not asked else heapq.merge(asked, self.asked_of_all)
+            rows = [
+                self.columns.pair_row(document, joined[k] if joined and k in joined else held[k])
+                for k in order
+            ]
         expected = int(self.starts[index + 1] - self.starts[index])
         if len(rows) != expected or (bad is None and doc_id is None):
             raise InputError(
@@ -210,7 +232,7 @@ class PairsPlan:
         return {
             "pair_id": f"{c.doc_id_column}{PAIR_ID_SEPARATOR}{c.question_id_column}",
             "documents": self.documents,
-            "questions": len(self.questions),
+            "questions": self.question_count,
             "questions_asked_of_every_document": len(self.asked_of_all),
             "pairs": self.document_rows_end - len(self.bad_documents),
             "documents_without_questions": self.documents_without_questions,
@@ -275,6 +297,7 @@ def plan_pairs(
     return PairsPlan(
         columns=columns,
         questions=tuple(dict(q) for q in questions),
+        question_count=len(questions),
         asked_of_all=tuple(asked_of_all),
         asked_of={doc_id: tuple(ks) for doc_id, ks in asked_of.items()},
         starts=starts,
