@@ -6,6 +6,7 @@ Spark's `cogroup` do the same across workers (tests of `docqa run` and `docqa sp
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 
 from qa_core.config import InputConfig
 from qa_core.io.pairs import PairsSource
-from qa_core.io.pairs_join import KeyedDocument, KeyedJoin, ReadyRow
+from qa_core.io.pairs_join import KeyedJoin, QuestionAt
 from qa_core.io.spec import Joins
 from qa_core.jobs.parts import plan_units, row_ranges
 from qa_core.records import RejectedRow
@@ -40,7 +41,7 @@ def random_tables(folder: Path, seed: int) -> tuple[str, str]:
         {
             "question_id": rng.choice([f"q{k}", f"q{k}", f"q{k}", None, f"q{max(k - 1, 0)}"]),
             "question": f"question {k}?",
-            "doc_id": rng.choice([None, rng.randint(0, 30), rng.randint(0, 30), rng.randint(0, 30)]),
+            "doc_id": rng.choice([None, rng.randint(0, 30), rng.randint(0, 12), rng.randint(0, 12)]),
             "kind": f"kind {k % 3}",
         }
         for k in range(rng.randint(2, 40))
@@ -65,24 +66,26 @@ def comparable(row: Any) -> tuple[Any, ...]:
 
 
 def shuffle(join: KeyedJoin, units: list[tuple[int, int]], question_ranges: int) -> dict[int, Any]:
-    """The rows at their positions, the join's shuffle played by a dict."""
-    found: dict[int, Any] = {}
-    documents: dict[Any, list[Any]] = defaultdict(list)
-    questions: dict[Any, list[Any]] = defaultdict(list)
+    """The rows at their positions, the engine's two shuffles played by dicts."""
+    keys: dict[Any, list[int]] = defaultdict(list)
+    questions: dict[Any, list[QuestionAt]] = defaultdict(list)
     for start, stop in units:
-        for item in join.document_side(start, stop):
-            if isinstance(item, ReadyRow):
-                found[item.position] = item.row
-            else:
-                assert isinstance(item, KeyedDocument)
-                documents[item.doc_id].append(item.document)
+        for doc_id, index in join.document_keys(start, stop):
+            keys[doc_id].append(index)
     for start, stop in row_ranges(join.question_count, question_ranges):
         for doc_id, question in join.question_side(start, stop):
             questions[doc_id].append(question)
-    for doc_id in documents.keys() | questions.keys():
-        for ready in join.joined_rows(doc_id, documents.get(doc_id, []), questions.get(doc_id, [])):
-            assert ready.position not in found
-            found[ready.position] = ready.row
+    by_unit: dict[int, list[tuple[int, QuestionAt]]] = defaultdict(list)
+    starts = [start for start, _ in units]
+    for doc_id in keys.keys() | questions.keys():
+        for index, question in join.route(doc_id, keys.get(doc_id, []), questions.get(doc_id, [])):
+            by_unit[bisect.bisect_right(starts, join.document_start(index)) - 1].append((index, question))
+    found: dict[int, Any] = {}
+    for k, (start, stop) in enumerate(units):
+        routed = by_unit.get(k, [])
+        random.Random(k).shuffle(routed)  # a shuffle keeps no order
+        for position, row in enumerate(join.unit_rows(start, stop, routed), start=start):
+            found[position] = row
     return found
 
 

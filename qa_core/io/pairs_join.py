@@ -1,24 +1,27 @@
-"""A two-table job's keyed join: documents and questions meet by doc_id in the engine's own shuffle.
+"""A two-table job's keyed join: the questions go to their documents through the engine's own shuffle.
 
 Taken by the engines that have one (Beam's `CoGroupByKey`, Spark's `cogroup`) when the questions' footers
 count more than `input.max_questions` rows, too many for every process to hold (`qa_core.io.spec.Joins`).
 The driver plans the rows from the keys alone, as for held questions (`qa_core.io.pairs_plan`: the same
-positions, order, ids and bad inputs), reading only the questions' question_id and doc_id columns. What
-each worker holds is then O(documents): the positions where each document's rows start, and the few
-question rows that cannot be joined by key: those asked of every document and the bad ones.
+positions, order, ids and bad inputs), reading only the questions' question_id and doc_id columns. Each
+worker then holds O(documents): where each document's rows start, and the few question rows no key
+routes (those asked of every document, and the bad ones).
 
-    unit [start, stop) of positions --document_side-->  ReadyRow(position, row): rows needing no join
-                                                          (bad documents, documents asked only the
-                                                          questions of every document, bad questions)
-                                                        KeyedDocument(doc_id, DocumentAt(index, row))
-    range [a, b) of the questions table --question_side--> (doc_id, QuestionAt(index, row))
-    the engine groups both by doc_id --joined_rows--> (position, row) of each pair of that document
+The documents never move: they are the large side (a contract is kilobytes, its question a line), so the
+questions are brought to the unit that reads their document, in two shuffles of keys and questions only:
+
+    unit [start, stop) --document_keys--> (doc_id, document index) of its documents that have questions
+    range [a, b) of the questions table --question_side--> (doc_id, QuestionAt)
+        group by doc_id --route--> (document index, QuestionAt) -> the engine keys it by the unit
+        holding that document's rows (`unit_of`) and groups by unit
+    unit + its questions --unit_rows--> the unit's rows, in order: what `InputSource.rows` gives
 
 Units are cut at document boundaries (`PairsPlan.boundary`), so a document's rows are one unit's.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
@@ -33,30 +36,6 @@ Opener = Callable[[str], AbstractContextManager[IO[bytes]]]
 
 
 @dataclass(frozen=True)
-class ReadyRow:
-    """A row of the job that needs no join, at its position."""
-
-    position: int
-    row: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class DocumentAt:
-    """A document with questions of its own, by its index in the documents table."""
-
-    index: int
-    row: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class KeyedDocument:
-    """A document to join with the questions that name its doc_id."""
-
-    doc_id: Key
-    document: DocumentAt
-
-
-@dataclass(frozen=True)
 class QuestionAt:
     """A question that names a document, by its index in the questions table."""
 
@@ -66,7 +45,7 @@ class QuestionAt:
 
 @dataclass(frozen=True, eq=False)
 class KeyedJoin:
-    """What every worker of a keyed join holds, and the three steps of the join around the shuffle.
+    """What every worker of a keyed join holds, and the steps of the join around the engine's shuffles.
 
     Attributes:
         plan: The rows' plan without the questions asked by doc_id (`PairsPlan.questions` holds the
@@ -90,50 +69,28 @@ class KeyedJoin:
         """Rows of the questions table: `question_side` reads ranges of them."""
         return sum(self.question_rows)
 
-    def document_side(
-        self,
-        start: int,
-        stop: int,
-        opener: Opener | None = None,
-        on_documents: Callable[[int], object] | None = None,
-    ) -> Iterator[ReadyRow | KeyedDocument]:
-        """The documents of positions `[start, stop)`, read once each: their rows, or keyed to be joined.
+    def document_keys(self, start: int, stop: int, opener: Opener | None = None) -> Iterator[tuple[Key, int]]:
+        """(doc_id, index) of each document that begins in `[start, stop)` and has questions of its own.
 
-        Args:
-            start: The unit's first position (a document boundary).
-            stop: The position it stops before.
-            opener: Opens the documents' files (default: fsspec).
-            on_documents: Called with the number of documents read.
+        Only the documents' doc_id column is read.
         """
         plan = self.plan
         first, end = plan.document_range(start, stop)
-        if first < end:
-            documents = iter_rows(
-                self.documents,
-                plan.columns.document_columns,
-                start=first,
-                stop=end,
-                opener=opener,
-                file_rows=self.document_rows,
-            )
-            doc_id_column = plan.columns.rows.doc_id_column
-            for index, document in enumerate(documents, start=first):
-                if on_documents is not None:
-                    on_documents(1)
-                begin = int(plan.starts[index])
-                if begin < start:
-                    continue  # its rows began in an earlier unit (a unit cut at no boundary)
-                doc_id = document.get(doc_id_column)
-                rows = int(plan.starts[index + 1]) - begin
-                if index in plan.bad_documents or doc_id is None or rows == len(plan.asked_of_all):
-                    # Nothing to join: a rejection, or only the questions asked of every document.
-                    for offset, row in enumerate(plan.rows_of(index, document)):
-                        if begin + offset < stop:
-                            yield ReadyRow(begin + offset, row)
-                else:
-                    yield KeyedDocument(cast(Key, doc_id), DocumentAt(index, document))
-        for position in range(max(start, plan.document_rows_end), min(stop, plan.row_count)):
-            yield ReadyRow(position, plan.question_row(position))
+        if first >= end:
+            return
+        doc_ids = iter_rows(
+            self.documents,
+            [plan.columns.rows.doc_id_column],
+            start=first,
+            stop=end,
+            opener=opener,
+            file_rows=self.document_rows,
+        )
+        column = plan.columns.rows.doc_id_column
+        for index, row in enumerate(doc_ids, start=first):
+            doc_id = row[column]
+            if self._has_own_questions(index) and start <= plan.starts[index] and doc_id is not None:
+                yield cast(Key, doc_id), index
 
     def question_side(
         self, start: int, stop: int, opener: Opener | None = None
@@ -159,30 +116,84 @@ class KeyedJoin:
             if doc_id is not None and index not in self.bad_questions:
                 yield cast(Key, doc_id), QuestionAt(index, question)
 
-    def joined_rows(
-        self, doc_id: Key, documents: Iterable[DocumentAt], questions: Iterable[QuestionAt]
-    ) -> Iterator[ReadyRow]:
-        """The rows of the document of `doc_id`, once the engine has grouped both sides by it.
+    def route(
+        self, doc_id: Key, documents: Iterable[int], questions: Iterable[QuestionAt]
+    ) -> Iterator[tuple[int, QuestionAt]]:
+        """(document index, question) of each question of `doc_id`, once the engine grouped both by it.
 
-        No document: it belongs to a unit this attempt does not answer (`--resume` kept it).
+        No document: its unit is not answered by this attempt (`--resume` kept it).
 
         Raises:
-            InputError: Two documents for one doc_id, or not the questions the plan counted for it (the
-                tables changed while the job ran).
+            InputError: Two documents for one doc_id (the documents changed while the job ran).
         """
-        found = list(documents)
+        found = sorted(set(documents))
         if not found:
             return
         if len(found) > 1:
             raise InputError(
-                f"documents {[d.index for d in found]} share {self.plan.columns.rows.doc_id_column} "
-                f"{doc_id!r}, which the plan found once: the documents changed while the job ran; rerun it"
+                f"documents {found} share {self.plan.columns.rows.doc_id_column} {doc_id!r}, which the plan "
+                "found once: the documents changed while the job ran; rerun it"
             )
-        document = found[0]
-        asked = {question.index: question.row for question in questions}
-        begin = int(self.plan.starts[document.index])
-        for offset, row in enumerate(self.plan.rows_of(document.index, document.row, asked)):
-            yield ReadyRow(begin + offset, row)
+        for question in questions:
+            yield found[0], question
+
+    def document_start(self, index: int) -> int:
+        """The position of document `index`'s first row: the engine finds its unit with it."""
+        return int(self.plan.starts[index])
+
+    def unit_rows(
+        self,
+        start: int,
+        stop: int,
+        questions: Iterable[tuple[int, QuestionAt]],
+        opener: Opener | None = None,
+        on_documents: Callable[[int], object] | None = None,
+    ) -> Iterator[Mapping[str, Any]]:
+        """The rows at positions `[start, stop)` (a unit's), given the questions routed to its documents.
+
+        Args:
+            start: The unit's first position (a document boundary).
+            stop: The position it stops before.
+            questions: (document index, question) of its documents' own questions, in any order.
+            opener: Opens the documents' files (default: fsspec).
+            on_documents: Called with the number of documents read.
+
+        Raises:
+            InputError: A document without the questions the plan counted (the tables changed).
+        """
+        asked: dict[int, dict[int, Mapping[str, Any]]] = defaultdict(dict)
+        for index, question in questions:
+            asked[index][question.index] = question.row
+        plan = self.plan
+        first, end = plan.document_range(start, stop)
+        documents: Iterable[Mapping[str, Any]] = ()
+        if first < end:
+            documents = iter_rows(
+                self.documents,
+                plan.columns.document_columns,
+                start=first,
+                stop=end,
+                opener=opener,
+                file_rows=self.document_rows,
+            )
+        index = first
+        for document in documents:
+            if on_documents is not None:
+                on_documents(1)
+            begin, after = int(plan.starts[index]), int(plan.starts[index + 1])
+            if max(start, begin) < min(stop, after):
+                joined = asked.get(index, {}) if self._has_own_questions(index) else None
+                rows = plan.rows_of(index, document, joined)
+                yield from rows[max(start - begin, 0) : min(stop, after) - begin]
+            index += 1
+        for position in range(max(start, plan.document_rows_end), min(stop, plan.row_count)):
+            yield plan.question_row(position)
+
+    def _has_own_questions(self, index: int) -> bool:
+        """Whether good document `index` has rows beyond the questions asked of every document."""
+        plan = self.plan
+        rows = int(plan.starts[index + 1] - plan.starts[index])
+        return index not in plan.bad_documents and rows > len(plan.asked_of_all)
 
 
 def keyed_plan(plan: PairsPlan, held: Mapping[int, Mapping[str, Any]]) -> PairsPlan:
