@@ -49,7 +49,8 @@ def beam_filesystem_usable(path: str) -> bool:
     return module is None or importlib.util.find_spec(module) is not None
 
 
-def _open(path: str) -> AbstractContextManager[IO[bytes]]:
+def open_for_beam(path: str) -> AbstractContextManager[IO[bytes]]:
+    """Opens a file through Beam's file system for its scheme where Beam has a usable one, else fsspec."""
     if beam_filesystem_usable(path):
         return cast(
             AbstractContextManager[IO[bytes]],
@@ -116,7 +117,7 @@ class ReadUnit(beam.DoFn):
             self._config,
             start=restriction.start,
             stop=restriction.stop,
-            opener=_open,
+            opener=open_for_beam,
             file_rows=self._file_rows,
         )
         for position, row in enumerate(rows, start=restriction.start):
