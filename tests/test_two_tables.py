@@ -6,6 +6,7 @@ as for one table.
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 from typing import Any
@@ -358,3 +359,27 @@ def test_estimate_counts_the_pairs(tables: Any, two_table_run: Path, tiny_model_
     part = estimate(config, TwoTables(str(docs), str(qs)), sample=20)
     assert part.sampled_rows == 20 and part.rows == 150
     assert "30 documents, 63 questions (3 asked of every document): 150 pairs" in part.format_table()
+
+
+def test_the_report_finds_each_shown_rows_context_and_question_by_its_keys(
+    tables: Any, two_table_run: Path
+) -> None:
+    from qa_core.tools.report import write_report
+
+    _, _, documents, questions = tables
+    page = Path(write_report(str(two_table_run))).read_text()
+    answers, _ = read_output(two_table_run)
+    contexts = {d["doc_id"]: d["context"] for d in documents}
+    asked = {q["question_id"]: q["question"] for q in questions}
+    assert "contexts from the documents (2 files)" in page and "questions from the questions (1 file)" in page
+    assert "(question not found)" not in page and "found nowhere" not in page
+    # Every sampled answer is marked in its own document's context.
+    shown = 0
+    for row in answers.to_pylist():
+        if f"id {row['id']} " in page and not row["no_answer"]:
+            context = contexts[row["doc_id"]]
+            assert context[row["start"] : row["end"]] == row["answer"]
+            assert html.escape(asked[row["question_id"]]) in page
+            assert "<mark>" + html.escape(row["answer"]) + "</mark>" in page
+            shown += 1
+    assert shown >= 3

@@ -23,7 +23,7 @@ from qa_core.errors import InputError
 from qa_core.evaluation.squad import load_squad
 from qa_core.io.schema import ANSWERS_DIR, COMPLETED_FILE, REPORT_FILE, RUN_INFO_FILE
 from qa_core.io.storage import to_url, url_to_fs
-from qa_core.tools.report_context import TableSource, lookup_texts
+from qa_core.tools.report_context import TableSource, lookup_pair_texts, lookup_texts
 from qa_core.tools.report_figures import FigureFolder, bars, stairs
 from qa_core.tools.report_gold import GoldFigures, gold_figures, gold_section, question_type
 from qa_core.tools.report_html import (
@@ -204,6 +204,34 @@ def _context_sources(
     return sources
 
 
+def _pair_keys(info: dict[str, Any]) -> tuple[str, str] | None:
+    """A two-table job's doc_id and question_id columns (`_run.json`), or None for one table."""
+    if "two_table" not in info:
+        return None
+    columns = info.get("config", {}).get("input", {})
+    return str(columns.get("doc_id_column", "doc_id")), str(columns.get("question_id_column", "question_id"))
+
+
+def _two_table_sources(info: dict[str, Any]) -> tuple[TableSource, TableSource] | None:
+    """A two-table job's documents and questions, searched by their keys; None for one table."""
+    keys = _pair_keys(info)
+    if keys is None:
+        return None
+    columns = info.get("config", {}).get("input", {})
+    question, context = (
+        str(columns.get("question_column", "question")),
+        str(columns.get("context_column", "context")),
+    )
+    files = info["two_table"].get("files", {})
+    documents = tuple(str(f) for f in files.get("documents", ()))
+    questions = tuple(str(f) for f in files.get("questions", ()))
+    # Each table is searched for one text: the other text's column is named as absent ("").
+    return (
+        TableSource(f"the documents ({count(len(documents), 'file')})", documents, keys[0], "", context),
+        TableSource(f"the questions ({count(len(questions), 'file')})", questions, keys[1], question, ""),
+    )
+
+
 def write_report(output_dir: str, data: str | None = None) -> Path:
     """Writes `output_dir/report.html` and its figures under `output_dir/report/`.
 
@@ -230,12 +258,17 @@ def write_report(output_dir: str, data: str | None = None) -> Path:
         ) from err
     dataset = load_squad(data) if data is not None else None
     gold_index = {ex.id: ex for ex in dataset.examples} if dataset is not None else None
-    scan = scan_outputs(fs, root, gold_index.keys() if gold_index is not None else None)
+    scan = scan_outputs(fs, root, gold_index.keys() if gold_index is not None else None, _pair_keys(info))
     gold = None
     if dataset is not None and scan.gold is not None:
         gold = gold_figures(dataset, scan.gold, scan.stats.rows + scan.stats.rejected)
-    shown = [row.id for row in (*scan.sample, *scan.lowest)]
-    lookup = lookup_texts(shown, _context_sources(info, scan, fs, root, protocol), gold_index)
+    two_table = _two_table_sources(info)
+    if two_table is not None:
+        pairs = [(row.id, row.keys) for row in (*scan.sample, *scan.lowest)]
+        lookup = lookup_pair_texts(pairs, *two_table)
+    else:
+        shown = [row.id for row in (*scan.sample, *scan.lowest)]
+        lookup = lookup_texts(shown, _context_sources(info, scan, fs, root, protocol), gold_index)
     figures = FigureFolder(fs, root)
     parts: list[Html] = [tag("h1", f"docqa run report: {output_dir}")]
     parts.append(_summary(info, scan.stats, gold, fs.exists(f"{root}/{COMPLETED_FILE}")))

@@ -10,6 +10,10 @@ the earlier ones did not have:
    wanted id; the search stops once every id is found (at worst one pass over the input's id column);
 3. the gold SQuAD file given with `--data`.
 
+A two-table job's rows are found by their keys instead (`lookup_pair_texts`): the context by doc_id in
+the documents table, the question by question_id in the questions table (both named in `_run.json`
+`two_table.files`), each read as above: the key column, then the text of the row groups that hold one.
+
 A source that cannot be read (moved input, missing credentials, a column renamed) is skipped with a note
 on the page; the answers are then shown without their context, never as a failed report. The page uses a
 context only when `context[start:end]` is the answer (`answer_in_context`): ids may repeat with other
@@ -135,3 +139,44 @@ def answer_in_context(context: str | None, start: int | None, end: int | None, a
     if context is None or start is None or end is None:
         return False
     return 0 <= start <= end <= len(context) and context[start:end] == answer
+
+
+def lookup_pair_texts(
+    rows: Collection[tuple[object, tuple[object, object] | None]],
+    documents: TableSource,
+    questions: TableSource,
+) -> TextLookup:
+    """The question and context of a two-table job's rows, by their doc_id and question_id.
+
+    Args:
+        rows: (id, (doc_id, question_id)) of each row to show (keys None: the row is not looked up).
+        documents: The documents table (`id_column`: the doc_id column; its question column absent).
+        questions: The questions table (`id_column`: the question_id column; its context column absent).
+
+    Returns:
+        The texts found by row id, and a note per table.
+    """
+    keyed = [(row_id, keys) for row_id, keys in rows if keys is not None]
+    found: dict[str, dict[object, RowText]] = {}
+    notes: list[str] = []
+    for name, source, index in (("contexts", documents, 0), ("questions", questions, 1)):
+        wanted: set[Hashable] = {k for k in (_key(keys[index]) for _, keys in keyed) if k is not None}
+        texts: dict[object, RowText] = {}
+        try:
+            _search(source, wanted, texts)
+        except Exception as err:  # storage, Parquet and schema errors alike: the page goes on without them
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            notes.append(f"could not read {source.name}: {first}")
+        else:
+            notes.append(f"{len(texts)} {name} from {source.name}")
+        found[name] = texts
+    result: dict[object, RowText] = {}
+    for row_id, (doc_id, question_id) in keyed:
+        context = found["contexts"].get(doc_id)
+        question = found["questions"].get(question_id)
+        if context is not None or question is not None:
+            result[row_id] = RowText(
+                question.question if question is not None else None,
+                context.context if context is not None else None,
+            )
+    return TextLookup(result, tuple(notes))

@@ -70,6 +70,7 @@ class AnswerRow:
         end: Exclusive end offset.
         score: The answer's score.
         no_answer: Whether the null answer won.
+        keys: A two-table job's (doc_id, question_id) of the row; None for one table.
     """
 
     id: object
@@ -78,6 +79,7 @@ class AnswerRow:
     end: int | None
     score: float
     no_answer: bool
+    keys: tuple[object, object] | None = None
 
 
 @dataclass(frozen=True)
@@ -210,9 +212,12 @@ def _id_hash(value: object) -> int:
     return zlib.crc32(str(value).encode("utf-8", "surrogatepass"))
 
 
-def _answer_row(batch: pa.RecordBatch, index: int) -> AnswerRow:
+def _answer_row(batch: pa.RecordBatch, index: int, keys: tuple[str, str] | None) -> AnswerRow:
     row = {name: batch.column(name)[index].as_py() for name in ("id", "answer", "start", "end", "score")}
     return AnswerRow(
+        keys=None
+        if keys is None
+        else (batch.column(keys[0])[index].as_py(), batch.column(keys[1])[index].as_py()),
         id=row["id"],
         answer=row["answer"] or "",
         start=row["start"],
@@ -232,7 +237,8 @@ def _cell(value: object) -> object:
 class _Scanner:
     """The accumulators of one pass; `scan_outputs` feeds them batches."""
 
-    def __init__(self, gold_ids: Collection[str] | None, rates: bool) -> None:
+    def __init__(self, gold_ids: Collection[str] | None, rates: bool, keys: tuple[str, str] | None) -> None:
+        self.keys = keys
         self.rows = self.no_answer = 0
         self.scores = np.zeros(SCORE_BINS, dtype=np.int64)
         self.lengths = np.zeros(MAX_WORDS, dtype=np.int64)
@@ -262,9 +268,9 @@ class _Scanner:
         ids = batch.column("id").to_pylist()
         hashes = np.fromiter((_id_hash(i) for i in ids), dtype=np.int64, count=len(ids))
         for i in _candidates(hashes, SAMPLE_ROWS):
-            self.sample.offer(float(hashes[i]), _answer_row(batch, int(i)))
+            self.sample.offer(float(hashes[i]), _answer_row(batch, int(i), self.keys))
         for i in _candidates(score, LOWEST_ROWS):
-            self.lowest.offer(float(score[i]), _answer_row(batch, int(i)))
+            self.lowest.offer(float(score[i]), _answer_row(batch, int(i), self.keys))
         if self.rates is not None:
             answered = pc.invert(null).to_pylist()
             for qid, spanned in zip(batch.column(QUESTION_ID).to_pylist(), answered, strict=True):
@@ -327,21 +333,29 @@ class _Scanner:
 ANSWER_READ = ["id", "answer", "start", "end", "score", "no_answer"]
 
 
-def scan_outputs(fs: OutputFileSystem, root: str, gold_ids: Collection[str] | None = None) -> Scan:
+def scan_outputs(
+    fs: OutputFileSystem,
+    root: str,
+    gold_ids: Collection[str] | None = None,
+    pair_keys: tuple[str, str] | None = None,
+) -> Scan:
     """Streams `answers/` and `rejections/` of an output folder once into what the report shows.
 
     Args:
         fs: The output folder's file system.
         root: The folder's path on `fs`.
         gold_ids: The gold data's question ids: the rows with these ids are kept for scoring.
+        pair_keys: A two-table job's doc_id and question_id columns: the shown rows carry their values
+            (`AnswerRow.keys`), by which their texts are found in the two tables.
 
     Returns:
         The scan; `question_rates` only when the answers table has a `question_id` column.
     """
     columns = table_columns(fs, root, ANSWERS_DIR)
     rates = QUESTION_ID in columns
-    scanner = _Scanner(gold_ids, rates)
-    wanted = ANSWER_READ + ([QUESTION_ID] if rates else [])
+    keys = pair_keys if pair_keys is not None and set(pair_keys) <= set(columns) else None
+    scanner = _Scanner(gold_ids, rates, keys)
+    wanted = list(dict.fromkeys(ANSWER_READ + ([QUESTION_ID] if rates else []) + list(keys or ())))
     for batch in _batches(fs, root, ANSWERS_DIR, wanted):
         scanner.answers(batch)
     for batch in _batches(fs, root, REJECTIONS_DIR, [], REJECTION_BATCH_ROWS):
