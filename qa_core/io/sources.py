@@ -15,8 +15,8 @@ it is a frozen, picklable value that worker processes and cluster tasks read the
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
 import fsspec
