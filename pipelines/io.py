@@ -106,6 +106,9 @@ class ReadUnit(beam.DoFn):
     is its engine key (`qa_core.records.row_key`), as in `docqa predict`.
     """
 
+    def __init__(self) -> None:
+        super().__init__()  # nothing of the job's: the source comes as the side input
+
     def process(
         self,
         element: PartRange,
