@@ -2,11 +2,12 @@
 
 Reading is split by units, not by the writer's row groups: the launcher plans the input's rows as units
 (`qa_core.jobs.parts.plan_units`: contiguous row ranges, at least two per core, at most
-`output.task_rows` rows each), a reshuffle spreads them over the workers, and `ReadUnit` reads rows
-`[start, stop)` of the files with column projection (`qa_core.io.read.iter_rows`), so a 2,000-row file
-written as one row group is still read by several workers. `ReadUnit` is a splittable DoFn whose
-restriction is the unit's row positions (an `OffsetRange`, each row claimed before it is emitted): a
-runner with dynamic work rebalancing (Dataflow, Flink) can split a straggling unit; units are already
+`output.task_rows` rows each, each beginning where a two-table job's document begins), a reshuffle
+spreads them over the workers, and `ReadUnit` reads rows `[start, stop)` through the job's `InputSource`
+(one table's files, or the pairs of two tables: `qa_core.io.sources`), with column projection, so a
+2,000-row file written as one row group is still read by several workers. `ReadUnit` is a splittable DoFn
+whose restriction is the unit's row positions (an `OffsetRange`, each row claimed before it is emitted):
+a runner with dynamic work rebalancing (Dataflow, Flink) can split a straggling unit; units are already
 work-sized, so there is no initial split. Files are opened through Beam's file systems wherever Beam has
 one for the scheme (local, `gs://`, `s3://` with `apache-beam[aws]`, `hdfs://`), otherwise through
 fsspec. A file that turns out corrupt fails the job with an `InputError` naming the file and row group
@@ -20,7 +21,7 @@ keep the units a killed run finished.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import IO, Any, cast
 
@@ -31,9 +32,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.transforms.core import RestrictionProvider
 
-from qa_core.config import InputConfig
-from qa_core.io.read import iter_rows
+from pipelines import metrics
+from qa_core.io.pairs import PairsSource
+from qa_core.io.sources import TableSource
 from qa_core.jobs.parts import PartRange
+from qa_core.records import RejectedRow
 
 # Beam registers its S3 file system even without boto3, which it then needs on first use.
 _SCHEME_NEEDS = {"s3": "boto3"}
@@ -85,42 +88,44 @@ _UNIT_TRACKER = cast(OffsetRestrictionTracker, beam.DoFn.RestrictionParam(UnitRo
 
 
 class ReadUnit(beam.DoFn):
-    """A unit -> `(position, row dict)` of each of its rows (position counted over all files, in order).
+    """A unit -> `(position, row dict)` of each of its rows, read from the job's `InputSource`.
+
+    The source (`qa_core.io.sources`: one table, or the pairs of two with the questions held) comes as a
+    Beam side input (`beam.pvalue.AsSingleton`), so a two-table job's questions, the small side, reach
+    each worker through the runner's side-input channel rather than pickled into this DoFn. Files are
+    opened through Beam's file systems where Beam has one for the scheme (`open_for_beam`). Documents
+    read from storage are counted in the Beam counter `docqa/documents_read` (`_run.json`
+    `counts.documents_read`). The side input is typed as the `InputSource`s there are: Beam checks its
+    type, which a `Protocol` cannot be checked against.
 
     Splittable: each row's position is claimed before the row is emitted, so a split hands the rows not
-    yet claimed to another worker and no row is read twice or lost. A row's position is its engine key
-    (`qa_core.records.row_key`), as in `docqa predict`.
-
-    Args:
-        files: The job's input files, in order.
-        file_rows: Their row counts (the launcher read the footers): a unit skips earlier files unopened.
-        config: Which columns to read.
+    yet claimed to another worker and no row is read twice or lost. Units begin where a document's rows
+    begin (`InputSource.boundary`), so each document is read once; a runner's dynamic split may still
+    cut a unit inside a document's rows, which stays correct: the other side reads that document again
+    and keeps only the rows it claims (it is then counted twice in `documents_read`). A row's position
+    is its engine key (`qa_core.records.row_key`), as in `docqa predict`.
     """
 
-    def __init__(
-        self, files: Sequence[str], config: InputConfig, file_rows: Sequence[int] | None = None
-    ) -> None:
-        self._files = list(files)
-        self._config = config
-        self._file_rows = None if file_rows is None else list(file_rows)
+    def __init__(self) -> None:
+        super().__init__()  # nothing of the job's: the source comes as the side input
 
     def process(
         self,
         element: PartRange,
+        source: TableSource | PairsSource,
         tracker: OffsetRestrictionTracker = _UNIT_TRACKER,
-    ) -> Iterator[tuple[int, dict[str, Any]]]:
+    ) -> Iterator[tuple[int, RejectedRow | dict[str, Any]]]:
         restriction = tracker.current_restriction()
         # Reads to the restriction's stop as it was at the start; a split moves the stop down, and the
         # first claim past it fails, which ends the read there.
-        rows = iter_rows(
-            self._files,
-            self._config,
-            start=restriction.start,
-            stop=restriction.stop,
-            opener=open_for_beam,
-            file_rows=self._file_rows,
-        )
+        rows = source.rows(restriction.start, restriction.stop, _count_documents, open_for_beam)
         for position, row in enumerate(rows, start=restriction.start):
             if not tracker.try_claim(position):
                 return
-            yield position, row
+            # A bad input found when the job was planned keeps its type (its reason), which the declared
+            # union also keeps across a runner's shuffle (pickled; a plain dict's coder would drop it).
+            yield position, row if isinstance(row, RejectedRow) else dict(row)
+
+
+def _count_documents(documents: int) -> None:
+    metrics.inc("documents_read", documents)

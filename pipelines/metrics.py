@@ -79,6 +79,7 @@ def stats_from_counters(counters: dict[str, int]) -> EngineStats | None:
         contexts_tokenized=counters.get("contexts_tokenized", 0),
         context_cache_evictions=counters.get("context_cache_evictions", 0),
         context_cache_peak_bytes=counters.get("context_cache_peak_bytes", 0),
+        documents_read=counters.get("documents_read", 0),
     )
     for name, value in counters.items():
         if name.startswith(REJECTED_PREFIX):

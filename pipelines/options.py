@@ -8,20 +8,23 @@ from __future__ import annotations
 import argparse
 
 from qa_core.config_layers import add_config_arguments
+from qa_core.io.spec import add_input_arguments
 
 DESCRIPTION = (
-    "Answer a Parquet table with Apache Beam. Any Beam pipeline option (--runner, --direct_num_workers, "
-    "--job_endpoint, --project, --region, ...) passes through to Beam."
+    "Answer a Parquet table (or every question of QS asked of its documents in DOCS) with Apache Beam. "
+    "Any Beam pipeline option (--runner, --direct_num_workers, --job_endpoint, --project, --region, ...) "
+    "passes through to Beam."
 )
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds docqa's flags of the Beam job (`--input`, `--output`, config, `--overwrite`, ...) to `parser`.
+    """Adds docqa's flags of the Beam job (the input, `--output`, config, `--overwrite`, ...) to `parser`.
 
-    `--debug` is only set when given (`argparse.SUPPRESS`), so the `docqa --debug run` form keeps the
-    top-level value.
+    The input is `--input`, or `--documents` with `--questions` (`qa_core.io.spec.add_input_arguments`);
+    which of them is checked when the job starts (`input_of_arguments`), in one line. `--debug` is only
+    set when given (`argparse.SUPPRESS`), so the `docqa --debug run` form keeps the top-level value.
     """
-    parser.add_argument("--input", required=True, metavar="GLOB", help="Parquet file, directory or glob")
+    add_input_arguments(parser)
     parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
     add_config_arguments(parser)
     parser.add_argument(

@@ -1,13 +1,18 @@
 """`docqa run` / `python -m pipelines.run`: the Beam job, Parquet in, one part file pair per unit out.
 
-    units -> Reshuffle -> ReadUnit -> ValidateRows -> FeaturizeRecords -> BucketWindows
+    units -> Reshuffle -> ReadUnit (the input source: a side input)
+          -> ValidateRows -> FeaturizeRecords -> BucketWindows
           -> RunInference(QAModelHandler) -> MergeWindows (in the same bundle)
           -> answers/part-K, rejections/part-K as each unit's last row is answered (WriteParts)
 
 The launcher plans the input's rows as units (`qa_core.jobs.parts.plan_units`: at least two per core
 the options ask for, at most `output.task_rows` rows each; `planned_cores`), so the unit of work is a
 row range, not the writer's row group: a one-row-group file is answered by every worker, and a runner
-with dynamic work rebalancing can split a straggling unit (`pipelines.io.ReadUnit`). A row's windows are
+with dynamic work rebalancing can split a straggling unit (`pipelines.io.ReadUnit`). The input is one
+table (`--input`) or two (`--documents --questions`: `qa_core.io.pairs`); the units read it through the
+job's `InputSource`, which reaches the workers as a Beam side input: a two-table job's questions, the
+small side, are held by every worker (`_run.json` `two_table.join`: "side input"), and each unit reads
+only the documents its rows need, each document in one unit. A row's windows are
 merged into its answer in the bundle that featurized it (one fused stage, no shuffle); only rows a runner
 splits across bundles go through a `CoGroupByKey` (`AggregateRows`). Each unit's answers and rejections
 are written as its own part files (`pipelines.write_parts`) in the bundle that answered them, as the
@@ -57,7 +62,9 @@ from pipelines.stages import (
 from pipelines.write_parts import PartSink, WriteParts
 from qa_core.config import QAConfig, config_from_arguments
 from qa_core.engine.stats import EngineStats
-from qa_core.io.read import InputSchema, output_schemas
+from qa_core.io.read import output_schemas
+from qa_core.io.sources import InputSource
+from qa_core.io.spec import Joins, input_of_arguments
 from qa_core.jobs.guard import run_guarded
 from qa_core.jobs.lifecycle import Answered, AnsweringSite, JobRequest, commit, preflight
 from qa_core.jobs.parts import PartRange, plan_units
@@ -68,29 +75,30 @@ from qa_core.runtime.loaders import load_runner
 logger = logging.getLogger(__name__)
 
 
+SIDE_INPUT = Joins(held="side input", keyed=None)
+"""The Beam job's joins: the questions reach the workers as a side input; no keyed join yet."""
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """What the graph needs, resolved on the launcher before the pipeline starts.
 
     Attributes:
         config: The config the workers answer with (`JobPlan.answer_config`).
-        files: The input files, in order.
-        schema: Their columns.
+        source: The job's input, planned (`JobPlan.source`): one table, or two tables' pairs with the
+            questions held. It reaches the workers as a side input.
         output_dir: The output folder (prepared: `PartedOutput.prepare`).
         units: The units this attempt answers (all, or those a resumed job has not kept).
         config_hash: The job's config hash (`JobPlan.config`), written into each part's footers.
         owner: The job's owner token, checked before each part file is put in place.
-        file_rows: The files' row counts (`JobPlan.file_rows`); empty: each unit reads the footers.
     """
 
     config: QAConfig
-    files: tuple[str, ...]
-    schema: InputSchema
+    source: InputSource
     output_dir: str
     units: tuple[PartRange, ...]
     config_hash: str
     owner: str
-    file_rows: tuple[int, ...] = ()
 
 
 def build_pipeline(
@@ -100,14 +108,17 @@ def build_pipeline(
 
     Args:
         pipeline: The pipeline to build on (tests pass a `TestPipeline`).
-        spec: Config, input files and schema, output folder, units.
+        spec: Config, input source, output folder, units.
         model_handler: Replaces `QAModelHandler(config)` (tests inject failing models).
     """
     units = pipeline | "Units" >> beam.Create(list(spec.units), reshuffle=False)
+    # The input source as a side input: for two tables it holds the questions (the small side), which
+    # every worker then gets through the runner's side-input channel, once per worker, not per unit.
+    source = beam.pvalue.AsSingleton(pipeline | "Source" >> beam.Create([spec.source], reshuffle=False))
     rows = (
         units
         | "Spread" >> beam.Reshuffle()  # units to whichever worker is free, not to the one that listed them
-        | "ReadUnits" >> beam.ParDo(ReadUnit(spec.files, spec.config.input, spec.file_rows or None))
+        | "ReadUnits" >> beam.ParDo(ReadUnit(), source)
     )
     answers, rejections = _answer(rows, spec.config, model_handler or QAModelHandler(spec.config))
     results = (
@@ -116,7 +127,7 @@ def build_pipeline(
     ) | "AllResults" >> beam.Flatten()
     sink = PartSink(
         spec.output_dir,
-        output_schemas(spec.schema, spec.config),
+        output_schemas(spec.source.schema, spec.config),
         spec.config.decode.top_k,
         spec.config_hash,
         spec.owner,
@@ -186,12 +197,14 @@ def run(
         The `_run.json` document.
 
     Raises:
-        InputError, ModelLoadError: Job-level problems found before the pipeline starts.
+        InputError, ModelLoadError, ConfigError: Job-level problems found before the pipeline starts
+            (no input, or both kinds: `qa_core.io.spec.input_spec`).
         OutputError: An unusable output, a `--resume` of another job's output, or answers + rejections
             that do not add up to the rows read.
         PipelineError: The pipeline failed while running (a corrupt file, a worker that died).
     """
     args, beam_args = parse_args(argv)
+    inputs = input_of_arguments(args)  # one table or two, or the one-line error before anything starts
     config = config_from_arguments(args)
     # The command's own process, tuned before any model loads: the launcher probes the batch shape, and
     # answers too with the in-process runners.
@@ -200,16 +213,20 @@ def run(
     options = PipelineOptions(beam_args, save_main_session=False)
     check_type_options(options)
     local = workers_share_launcher_files(options)
-    request = JobRequest(args.input, args.output, overwrite=args.overwrite, resume=args.resume)
+    request = JobRequest(inputs, args.output, overwrite=args.overwrite, resume=args.resume)
+    site = AnsweringSite(
+        "run", answers_here=local, unchecked_revision="unchecked:worker-image", joins=SIDE_INPUT
+    )
     plan = preflight(
         config,
         request,
-        AnsweringSite("run", answers_here=local, unchecked_revision="unchecked:worker-image"),
+        site,
         # A large untuned local job probes with a model of its own: the workers load theirs.
         load=lambda: load_runner(config.model, config.runtime),
     )
     cores, task_rows = planned_cores(options), plan.config.output.task_rows
-    units = plan_units(plan.rows_read, cores, task_rows)
+    # Units begin where a document's rows begin (two tables), so each document is read in one unit.
+    units = plan_units(plan.rows_read, cores, task_rows, plan.source.boundary)
     # A resumed job takes the units its folder recorded (the cores found may differ between attempts).
     parted = parted_output(plan, units, resume=args.resume, adopt_stored_parts=True)
     owner = parted.prepare(plan)
@@ -219,14 +236,7 @@ def run(
     per_worker: dict[str, int] = {}
     if pending:  # a resume of a job whose every unit was written has nothing left to run
         spec = JobSpec(
-            plan.answer_config,
-            plan.files,
-            plan.input_schema,
-            args.output,
-            tuple(pending),
-            plan.config.config_hash(),
-            owner,
-            tuple(plan.file_rows),
+            plan.answer_config, plan.source, args.output, tuple(pending), plan.config.config_hash(), owner
         )
         build_pipeline(pipeline, spec, model_handler)
         counters, per_worker = _run_pipeline(

@@ -26,7 +26,7 @@ from pipelines.inference import InferenceOutput, RowDone, WindowBatch
 from qa_core.config import QAConfig
 from qa_core.engine.assembly import RowAssembler, WindowFailure, assemble_row
 from qa_core.engine.host import FEATURIZE_CHUNK_ROWS, RowPreparer, SortBuffer, SortBufferer, validate_at
-from qa_core.records import Answer, Record, Rejection, RowWindows, WindowCandidates
+from qa_core.records import Answer, Record, RejectedRow, Rejection, RowWindows, WindowCandidates
 from qa_core.runtime.loaders import load_tokenizer
 
 # Tagged outputs: each tag's name, and the type hint that declares what flows on it (the Literal must
@@ -60,12 +60,12 @@ def _tagged(tag: str, value: Any) -> TaggedOutput[str, WindowedValue]:
 
 
 class ValidateRows(beam.DoFn):
-    """`(position, row)` -> `Record` (main output) or `Rejection` (tagged `rejections`)."""
+    """`(position, row)` -> `Record` (main output) or `Rejection` (tagged; a `RejectedRow` its own)."""
 
     def __init__(self, config: QAConfig) -> None:
         self._config = config
 
-    def process(self, element: tuple[int, dict[str, Any]]) -> Iterator[Record | Rejected]:
+    def process(self, element: tuple[int, RejectedRow | dict[str, Any]]) -> Iterator[Record | Rejected]:
         metrics.inc("rows_read")
         item = validate_at(element[1], element[0], self._config)
         yield item if isinstance(item, Record) else TaggedOutput(REJECTIONS, item)

@@ -44,10 +44,19 @@ from pipelines.stages import (
 )
 from qa_core.config import QAConfig, load_config
 from qa_core.engine.assembly import WindowFailure
-from qa_core.io.read import read_input_schema
+from qa_core.io.sources import TableSource
 from qa_core.io.write import prepare_output
 from qa_core.jobs.parts import PartRange
-from qa_core.records import Answer, Reason, Record, Rejection, RowWindows, WindowCandidates, row_key
+from qa_core.records import (
+    Answer,
+    Reason,
+    Record,
+    RejectedRow,
+    Rejection,
+    RowWindows,
+    WindowCandidates,
+    row_key,
+)
 
 # Every runner docqa run documents, as a user would name it (nothing here starts or reaches a runner).
 RUNNER_ARGS = {
@@ -75,8 +84,9 @@ ROW_DICT = Dict[str, Any]
 # (top-level transform, output tag) -> the type that flows there; a new transform must be added here.
 DECLARED: dict[tuple[str, str | None], Any] = {
     ("Units", None): PartRange,
+    ("Source", None): TableSource,
     ("Spread", None): PartRange,
-    ("ReadUnits", None): Tuple[int, ROW_DICT],
+    ("ReadUnits", None): Tuple[int, Union[RejectedRow, ROW_DICT]],
     ("Validate", None): Record,
     ("Validate", REJECTIONS): Rejection,
     ("Featurize", None): RowWindows,
@@ -136,12 +146,12 @@ def _spec(tmp_path: Path, top_k: int) -> JobSpec:
     source = tmp_path / "rows.parquet"
     pq.write_table(pa.Table.from_pylist(ROWS), source)
     config = _config(top_k)
-    files = (str(source),)
     output = str(tmp_path / "out")
     units = (PartRange(0, 0, 3), PartRange(1, 3, len(ROWS)))
-    schema = read_input_schema(list(files), config.input)
     owner = prepare_output(output, overwrite=False)
-    return JobSpec(config, files, schema, output, units, config.config_hash(), owner)
+    return JobSpec(
+        config, TableSource.open(str(source), config.input), output, units, config.config_hash(), owner
+    )
 
 
 def _top_level_outputs(pipeline: beam.Pipeline) -> dict[tuple[str, str | None], PCollection[Any]]:
@@ -204,6 +214,7 @@ def test_every_element_has_its_declared_type_on_good_and_bad_rows(tmp_path: Path
         # Every stage that these rows reach was checked, the rejections of validation included.
         reached = [
             "Units:None",
+            "Source:None",
             "Spread:None",
             "ReadUnits:None",
             "Validate:None",

@@ -39,6 +39,8 @@ from docqa.cli import main
 from pipelines.io import ReadUnit, UnitRows
 from pipelines.runners import local_runner
 from qa_core.config import InputConfig
+from qa_core.io.read import file_row_counts, read_input_schema
+from qa_core.io.sources import TableSource
 from qa_core.jobs.parts import COUNTS_KEY, PART_KEY, PartRange, plan_units
 from tests.conftest import SHARED_SQUAD
 from tests.worker_pools import WorkerPool, signal_group, start_pools, subprocess_env
@@ -60,12 +62,18 @@ def rows_of(count: int, seed: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
+def table_source(files: list[Path]) -> TableSource:
+    """The one-table source of `files`, in order (what the launcher plans and sends as a side input)."""
+    names = [str(f) for f in files]
+    config = InputConfig()
+    return TableSource(tuple(names), tuple(file_row_counts(names)), read_input_schema(names, config), config)
+
+
 def read_unit(files: list[Path], unit: PartRange) -> list[tuple[int, Any]]:
     """`ReadUnit` of one unit, in this process, with a tracker over its whole range: (position, id)."""
     provider = UnitRows()
     tracker = provider.create_tracker(provider.initial_restriction(unit))
-    fn = ReadUnit([str(f) for f in files], InputConfig())
-    return [(position, row["id"]) for position, row in fn.process(unit, tracker)]
+    return [(position, row["id"]) for position, row in ReadUnit().process(unit, table_source(files), tracker)]
 
 
 def test_read_unit_cuts_a_one_row_group_file_into_units(tmp_path: Path) -> None:
@@ -80,7 +88,9 @@ def test_read_unit_cuts_a_one_row_group_file_into_units(tmp_path: Path) -> None:
             p
             | beam.Create(units)
             | beam.Reshuffle()
-            | beam.ParDo(ReadUnit([str(source)], InputConfig()))
+            | beam.ParDo(
+                ReadUnit(), beam.pvalue.AsSingleton(p | "Source" >> beam.Create([table_source([source])]))
+            )
             | beam.Map(lambda item: (item[0], item[1]["id"], item[1]["question"]))
         )
         assert_that(read, equal_to([(i, r["id"], r["question"]) for i, r in enumerate(rows)]))
@@ -111,8 +121,8 @@ def test_a_split_unit_loses_and_repeats_no_row(tmp_path: Path, claimed: int, fra
     assert list(provider.split(unit, restriction)) == [restriction]  # no initial split: units are sized
     assert provider.restriction_size(unit, restriction) == 20
     tracker = provider.create_tracker(restriction)
-    fn = ReadUnit([str(source)], InputConfig())
-    reading: Iterator[tuple[int, dict[str, Any]]] = fn.process(unit, tracker)
+    fn, table = ReadUnit(), table_source([source])
+    reading: Iterator[tuple[int, dict[str, Any]]] = fn.process(unit, table, tracker)
     first = [next(reading)[0] for _ in range(claimed)]
     split = tracker.try_split(fraction)
     first += [position for position, _ in reading]
@@ -122,7 +132,7 @@ def test_a_split_unit_loses_and_repeats_no_row(tmp_path: Path, claimed: int, fra
         primary, residual = split
         assert primary.stop == residual.start and residual.stop == 30
         rest_tracker = provider.create_tracker(residual)
-        rest = [position for position, _ in fn.process(unit, rest_tracker)]
+        rest = [position for position, _ in fn.process(unit, table, rest_tracker)]
         rest_tracker.check_done()
     assert sorted(first + rest) == list(range(10, 30)), (first, rest)
     assert len(set(first) & set(rest)) == 0

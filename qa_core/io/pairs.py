@@ -34,7 +34,7 @@ from qa_core.io.read import (
 )
 from qa_core.io.sample import read_layout, read_positions, sample_positions
 from qa_core.io.schema import carried_field
-from qa_core.io.sources import OnDocuments, file_identities
+from qa_core.io.sources import OnDocuments, Opener, file_identities
 from qa_core.io.spec import HELD_IN_MEMORY, Joins
 from qa_core.io.storage import redact_url
 
@@ -150,9 +150,17 @@ class PairsSource:
         return self.plan.row_count
 
     def rows(
-        self, start: int, stop: int, on_documents: OnDocuments | None = None
+        self,
+        start: int,
+        stop: int,
+        on_documents: OnDocuments | None = None,
+        opener: Opener | None = None,
     ) -> Iterator[Mapping[str, Any]]:
         """The rows `[start, stop)`: only the documents that hold them are read, each once.
+
+        A range that begins inside a document's rows reads that document whole and keeps the rows it
+        asks for, so ranges cut anywhere (a runner's split of a unit) lose and repeat no row; only ranges
+        cut at `boundary` read each document once over the job.
 
         Raises:
             RuntimeError: For a keyed join, whose rows meet in the engine's shuffle (a bug in the engine).
@@ -167,6 +175,7 @@ class PairsSource:
                 self.plan.columns.document_columns,
                 start=first,
                 stop=end,
+                opener=opener,
                 file_rows=self.document_rows,
             )
             if on_documents is not None:

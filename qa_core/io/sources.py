@@ -15,8 +15,9 @@ it is a frozen, picklable value that worker processes and cluster tasks read the
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import fsspec
 
@@ -28,6 +29,8 @@ from qa_core.io.storage import redact_url, storage_errors
 
 OnDocuments = Callable[[int], object]
 """Called with a number of documents a source read from storage (`EngineStats.documents_read`)."""
+Opener = Callable[[str], AbstractContextManager[IO[bytes]]]
+"""Opens an input file for binary reading (`qa_core.io.read.iter_rows`); None: fsspec."""
 
 
 class InputSource(Protocol):
@@ -54,9 +57,20 @@ class InputSource(Protocol):
         ...
 
     def rows(
-        self, start: int, stop: int, on_documents: OnDocuments | None = None
+        self,
+        start: int,
+        stop: int,
+        on_documents: OnDocuments | None = None,
+        opener: Opener | None = None,
     ) -> Iterator[Mapping[str, Any]]:
-        """The rows at positions `[start, stop)`, in order (counting documents read in `on_documents`)."""
+        """The rows at positions `[start, stop)`, in order.
+
+        Args:
+            start: The first position.
+            stop: The position to stop before.
+            on_documents: Called with the documents read from storage (two tables only).
+            opener: Opens the files (`docqa run` goes through Beam's file systems); None: fsspec.
+        """
         ...
 
     def boundary(self, position: int) -> int:
@@ -109,10 +123,16 @@ class TableSource:
         return sum(self.file_rows)
 
     def rows(
-        self, start: int, stop: int, on_documents: OnDocuments | None = None
+        self,
+        start: int,
+        stop: int,
+        on_documents: OnDocuments | None = None,
+        opener: Opener | None = None,
     ) -> Iterator[Mapping[str, Any]]:
         """The rows `[start, stop)`; each carries its own context, so no documents are counted."""
-        return iter_rows(self.files, self.columns, start=start, stop=stop, file_rows=self.file_rows)
+        return iter_rows(
+            self.files, self.columns, start=start, stop=stop, opener=opener, file_rows=self.file_rows
+        )
 
     def boundary(self, position: int) -> int:
         """Any row may begin a range."""
