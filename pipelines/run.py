@@ -62,9 +62,10 @@ from pipelines.stages import (
 from pipelines.write_parts import PartSink, WriteParts
 from qa_core.config import QAConfig, config_from_arguments
 from qa_core.engine.stats import EngineStats
+from qa_core.io.joins import Joins
 from qa_core.io.read import output_schemas
 from qa_core.io.sources import InputSource
-from qa_core.io.spec import Joins, input_of_arguments
+from qa_core.io.spec import input_of_arguments
 from qa_core.jobs.guard import run_guarded
 from qa_core.jobs.lifecycle import Answered, AnsweringSite, JobRequest, commit, preflight
 from qa_core.jobs.parts import PartRange, plan_units

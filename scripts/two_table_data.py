@@ -1,4 +1,4 @@
-"""Writes a two-table job and its materialised one-table twin from SQuAD dev, for timing one against the other.
+"""Writes a two-table job and its materialised one-table twin from SQuAD dev, to time one against the other.
 
     python scripts/two_table_data.py SQUAD_DEV_JSON OUT [--documents 100] [--questions 10]
 

@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from qa_core.config import InputConfig
+from qa_core.io.joins import Joins
 from qa_core.io.pairs import PairsSource
 from qa_core.io.pairs_join import KeyedJoin, QuestionAt
-from qa_core.io.spec import Joins
 from qa_core.jobs.parts import plan_units, row_ranges
 from qa_core.records import RejectedRow
 

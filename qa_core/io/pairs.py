@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from qa_core.config import InputConfig
 from qa_core.errors import ConfigError, InputError
+from qa_core.io.joins import HELD_IN_MEMORY, Joins
 from qa_core.io.pairs_join import KeyedJoin, held_indices, keyed_plan
 from qa_core.io.pairs_plan import PairColumns, PairsPlan, plan_pairs
 from qa_core.io.read import (
@@ -35,7 +36,6 @@ from qa_core.io.read import (
 from qa_core.io.sample import read_layout, read_positions, sample_positions
 from qa_core.io.schema import carried_field
 from qa_core.io.sources import OnDocuments, Opener, file_identities
-from qa_core.io.spec import HELD_IN_MEMORY, Joins
 from qa_core.io.storage import redact_url
 
 KEY_TYPES = "strings or integers"

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from qa_core.config import InputConfig
 from qa_core.errors import ConfigError
+from qa_core.io.joins import HELD_IN_MEMORY, Joins
 
 if TYPE_CHECKING:
     from qa_core.io.sources import InputSource
@@ -27,26 +28,6 @@ class TwoTables:
 
 InputSpec = str | TwoTables
 """What a job reads: one table's Parquet file, folder or glob, or `TwoTables`."""
-
-
-@dataclass(frozen=True)
-class Joins:
-    """How an engine brings a two-table job's questions to its documents, in its own words (`_run.json`).
-
-    Attributes:
-        held: Every answering process holds the questions whole (at most `input.max_questions` rows): a
-            Beam side input, a Spark broadcast, `docqa predict`'s memory.
-        keyed: The engine's keyed join (documents and questions shuffled by doc_id), taken when the
-            questions' footers count more than `input.max_questions` rows; None: the engine has none, and
-            such a job stops before any work.
-    """
-
-    held: str = "questions held in memory"
-    keyed: str | None = None
-
-
-HELD_IN_MEMORY = Joins()
-"""`docqa predict`'s and the Python API's: the process streams the documents and holds the questions."""
 
 
 def input_spec(input_pattern: str | None, documents: str | None, questions: str | None) -> InputSpec:

@@ -34,10 +34,11 @@ from qa_core.config import QAConfig
 from qa_core.engine.stats import EngineStats
 from qa_core.errors import OutputError
 from qa_core.evaluation.calibration import apply_model_calibration
+from qa_core.io.joins import HELD_IN_MEMORY, Joins
 from qa_core.io.ownership import verify_output_rows
 from qa_core.io.read import InputSchema, output_schemas
 from qa_core.io.sources import InputSource, TableSource
-from qa_core.io.spec import HELD_IN_MEMORY, InputSpec, Joins, open_source
+from qa_core.io.spec import InputSpec, open_source
 from qa_core.io.write import check_output, mark_completed, prepare_output
 from qa_core.jobs.parts import row_ranges
 from qa_core.jobs.run_info import run_info
