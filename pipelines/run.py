@@ -1,6 +1,7 @@
 """`docqa run` / `python -m pipelines.run`: the Beam job, Parquet in, one part file pair per unit out.
 
     units -> Reshuffle -> ReadUnit (the input source: a side input)
+                          (or JoinByKey: a two-table job's questions too many to hold)
           -> ValidateRows -> FeaturizeRecords -> BucketWindows
           -> RunInference(QAModelHandler) -> MergeWindows (in the same bundle)
           -> answers/part-K, rejections/part-K as each unit's last row is answered (WriteParts)
@@ -12,7 +13,10 @@ with dynamic work rebalancing can split a straggling unit (`pipelines.io.ReadUni
 table (`--input`) or two (`--documents --questions`: `qa_core.io.pairs`); the units read it through the
 job's `InputSource`, which reaches the workers as a Beam side input: a two-table job's questions, the
 small side, are held by every worker (`_run.json` `two_table.join`: "side input"), and each unit reads
-only the documents its rows need, each document in one unit. A row's windows are
+only the documents its rows need, each document in one unit. When the questions' footers count more
+than `input.max_questions` rows, each question goes to its document's unit through two `CoGroupByKey`s
+instead ("keyed join", `pipelines.keyed_join`); the documents still stay where their unit reads them.
+A row's windows are
 merged into its answer in the bundle that featurized it (one fused stage, no shuffle); only rows a runner
 splits across bundles go through a `CoGroupByKey` (`AggregateRows`). Each unit's answers and rejections
 are written as its own part files (`pipelines.write_parts`) in the bundle that answered them, as the
@@ -45,6 +49,7 @@ from pipelines import metrics, progress
 from pipelines.failures import PipelineError, summarize_failure
 from pipelines.inference import InferenceOutput, QAModelHandler
 from pipelines.io import ReadUnit
+from pipelines.keyed_join import JoinByKey
 from pipelines.options import DESCRIPTION, add_run_arguments
 from pipelines.runners import check_type_options, local_runner, planned_cores, workers_share_launcher_files
 from pipelines.stages import (
@@ -63,6 +68,7 @@ from pipelines.write_parts import PartSink, WriteParts
 from qa_core.config import QAConfig, config_from_arguments
 from qa_core.engine.stats import EngineStats
 from qa_core.io.joins import Joins
+from qa_core.io.pairs import PairsSource
 from qa_core.io.read import output_schemas
 from qa_core.io.sources import InputSource
 from qa_core.io.spec import input_of_arguments
@@ -76,8 +82,10 @@ from qa_core.runtime.loaders import load_runner
 logger = logging.getLogger(__name__)
 
 
-SIDE_INPUT = Joins(held="side input", keyed=None)
-"""The Beam job's joins: the questions reach the workers as a side input; no keyed join yet."""
+BEAM_JOINS = Joins(held="side input", keyed="keyed join")
+"""The Beam job's joins: the questions reach the workers as a side input, or when the questions' footers
+count more than `input.max_questions` rows, each question goes to its document's unit through
+`CoGroupByKey`s (`pipelines.keyed_join`)."""
 
 
 @dataclass(frozen=True)
@@ -113,14 +121,17 @@ def build_pipeline(
         model_handler: Replaces `QAModelHandler(config)` (tests inject failing models).
     """
     units = pipeline | "Units" >> beam.Create(list(spec.units), reshuffle=False)
-    # The input source as a side input: for two tables it holds the questions (the small side), which
-    # every worker then gets through the runner's side-input channel, once per worker, not per unit.
-    source = beam.pvalue.AsSingleton(pipeline | "Source" >> beam.Create([spec.source], reshuffle=False))
-    rows = (
-        units
-        | "Spread" >> beam.Reshuffle()  # units to whichever worker is free, not to the one that listed them
-        | "ReadUnits" >> beam.ParDo(ReadUnit(), source)
-    )
+    # Units to whichever worker is free, not to the one that listed them.
+    spread = units | "Spread" >> beam.Reshuffle()
+    keyed = spec.source.keyed if isinstance(spec.source, PairsSource) else None
+    if keyed is not None:
+        # Too many questions to hold: each goes to its document's unit by key (`pipelines.keyed_join`).
+        rows = spread | "JoinByKey" >> JoinByKey(keyed, spec.units)
+    else:
+        # The input source as a side input: for two tables it holds the questions (the small side), which
+        # every worker then gets through the runner's side-input channel, once per worker, not per unit.
+        source = beam.pvalue.AsSingleton(pipeline | "Source" >> beam.Create([spec.source], reshuffle=False))
+        rows = spread | "ReadUnits" >> beam.ParDo(ReadUnit(), source)
     answers, rejections = _answer(rows, spec.config, model_handler or QAModelHandler(spec.config))
     results = (
         answers | "CountAnswers" >> beam.Map(count_result),
@@ -216,7 +227,7 @@ def run(
     local = workers_share_launcher_files(options)
     request = JobRequest(inputs, args.output, overwrite=args.overwrite, resume=args.resume)
     site = AnsweringSite(
-        "run", answers_here=local, unchecked_revision="unchecked:worker-image", joins=SIDE_INPUT
+        "run", answers_here=local, unchecked_revision="unchecked:worker-image", joins=BEAM_JOINS
     )
     plan = preflight(
         config,

@@ -37,6 +37,9 @@ BEAM = ["--direct_num_workers=1", "--set", "output.task_rows=12"]
 ANSWER_KEYS = ["id"]
 REJECTION_KEYS = ["reason", "doc_id", "question_id", "id"]
 SCORE_TOLERANCE = 1e-9
+# The two joins of the Beam job: the questions held (a side input), and a keyed join, taken when the
+# questions (27 here) are more than input.max_questions.
+JOINS = {"side input": [], "keyed join": ["--set", "input.max_questions=5"]}
 
 
 def run_argv(docs: Path, qs: Path, out: Path, model: Path, *extra: str) -> list[str]:
@@ -58,11 +61,16 @@ def tables(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[A
     return write_tables(tmp_path_factory.mktemp("beam_two_tables"), n=DOCUMENTS)
 
 
+@pytest.fixture(scope="module", params=list(JOINS))
+def join(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def beam_run(tables: Any, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def beam_run(tables: Any, join: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     docs, qs, _, _ = tables
     out = tmp_path_factory.mktemp("beam_two_table_run") / "out"
-    assert main(run_argv(docs, qs, out, tiny_model_dir)) == 0
+    assert main(run_argv(docs, qs, out, tiny_model_dir, *JOINS[join])) == 0
     return out
 
 
@@ -96,10 +104,10 @@ def test_the_beam_job_answers_as_predict_and_as_the_materialised_table(
     assert sorted(answers.column("id").to_pylist()) == sorted(p["id"] for p in pairs)
 
 
-def test_run_json_says_side_input_and_each_document_read_and_tokenized_once(beam_run: Path) -> None:
+def test_run_json_says_the_join_and_each_document_read_and_tokenized_once(beam_run: Path, join: str) -> None:
     info = run_info(beam_run)
     counts, plan = info["counts"], info["two_table"]
-    assert plan["join"] == "side input"
+    assert plan["join"] == join
     assert counts["rows_read"] == plan["rows"] == PAIRS
     assert counts["documents_read"] == counts["contexts_tokenized"] == plan["documents"] == DOCUMENTS
     assert counts["metrics"]["documents_read"] == DOCUMENTS  # the Beam counter itself
@@ -107,7 +115,10 @@ def test_run_json_says_side_input_and_each_document_read_and_tokenized_once(beam
     assert len(info["inputs"]) == 3  # two documents files and the questions
 
 
-def test_each_bad_input_is_one_rejection_and_nothing_is_lost(tiny_model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("join_flags", list(JOINS.values()), ids=list(JOINS))
+def test_each_bad_input_is_one_rejection_and_nothing_is_lost(
+    join_flags: list[str], tiny_model_dir: Path, tmp_path: Path
+) -> None:
     docs, qs, documents, questions = write_tables(tmp_path / "in", n=6)
     bad_documents = [
         {"doc_id": None, "context": "a document without a key", "title": "x"},
@@ -120,7 +131,7 @@ def test_each_bad_input_is_one_rejection_and_nothing_is_lost(tiny_model_dir: Pat
         {"question_id": "orphan", "question": "whose?", "doc_id": "p99"},
     ]
     pq.write_table(pa.Table.from_pylist(questions, schema=QUESTION_SCHEMA), qs)
-    assert main(run_argv(docs, qs, tmp_path / "run", tiny_model_dir)) == 0
+    assert main(run_argv(docs, qs, tmp_path / "run", tiny_model_dir, *join_flags)) == 0
     assert main(two_table_argv(docs, qs, tmp_path / "predict", tiny_model_dir)) == 0
     answers, rejections = sorted_output(tmp_path / "run")
     want, want_rejected = sorted_output(tmp_path / "predict")
@@ -148,15 +159,15 @@ def test_each_bad_input_is_one_rejection_and_nothing_is_lost(tiny_model_dir: Pat
 
 
 def test_resume_answers_only_the_unit_whose_parts_are_gone(
-    tables: Any, beam_run: Path, tiny_model_dir: Path, tmp_path: Path
+    tables: Any, beam_run: Path, join: str, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     docs, qs, _, _ = tables
     out = tmp_path / "out"
-    assert main(run_argv(docs, qs, out, tiny_model_dir)) == 0
+    assert main(run_argv(docs, qs, out, tiny_model_dir, *JOINS[join])) == 0
     (out / "COMPLETED").unlink()
     for folder in ("answers", "rejections"):
         (out / folder / "part-00003.parquet").unlink()  # the unit [30, 45): three documents' rows
-    assert main(run_argv(docs, qs, out, tiny_model_dir, "--resume")) == 0
+    assert main(run_argv(docs, qs, out, tiny_model_dir, *JOINS[join], "--resume")) == 0
     info = run_info(out)
     counts = info["counts"]
     assert counts["parts"] == 6 and counts["reused_parts"] == 5 and counts["reused_rows"] == PAIRS - 15
