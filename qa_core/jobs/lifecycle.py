@@ -157,7 +157,7 @@ class JobPlan:
     def file_rows(self) -> tuple[int, ...]:
         """Rows of each input file of a one-table job (footers); empty for two tables.
 
-        The Beam and Spark readers skip earlier files with them; they read one-table inputs only.
+        The Beam reader skips earlier files with them; it reads one-table inputs only.
         """
         return self.source.file_rows if isinstance(self.source, TableSource) else ()
 
