@@ -48,9 +48,11 @@ UNIT_ROWS = ["--set", "output.task_rows=37"]  # 150 pairs: units cut where a doc
 PREDICT_PARTS = ["--workers", "4", "--set", "output.part_rows=37"]
 
 
-def spark_argv(docs: Path, qs: Path, out: Path, model: Path, *extra: str) -> list[str]:
-    """`docqa spark` on local[2] with the two-table tests' settings."""
-    argv = two_table_argv(docs, qs, out, model, "--master", "local[2]", *extra)
+def spark_argv(
+    docs: Path, qs: Path, out: Path, model: Path, *extra: str, master: str = "local[2]"
+) -> list[str]:
+    """`docqa spark` on `master` with the two-table tests' settings."""
+    argv = two_table_argv(docs, qs, out, model, "--master", master, *extra)
     argv.remove("--no-progress")  # docqa predict's flag
     return ["spark", *argv[1:]]
 
