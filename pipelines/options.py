@@ -34,15 +34,21 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 SPARK_DESCRIPTION = (
-    "Answer a Parquet table with a native PySpark job (one task per unit of at most output.task_rows rows, "
+    "Answer a Parquet table, or documents and questions (--documents, --questions: the questions broadcast "
+    "to the executors), with a native PySpark job (one task per unit of at most output.task_rows rows, "
     "over the same engine): on local[N] here, or on a cluster through --master or spark-submit. Writes the "
     "same output as docqa predict."
 )
 
 
 def add_spark_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds the flags of `docqa spark` (and of `spark-submit pipelines/spark_job.py`) to `parser`."""
-    parser.add_argument("--input", required=True, metavar="GLOB", help="Parquet file, directory or glob")
+    """Adds the flags of `docqa spark` (and of `spark-submit pipelines/spark_job.py`) to `parser`.
+
+    The input is `--input`, or `--documents` with `--questions` (`qa_core.io.spec.add_input_arguments`,
+    as `docqa predict`'s): none is required here, so that a job without one fails with `input_spec`'s
+    one line.
+    """
+    add_input_arguments(parser)
     parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
     parser.add_argument(
         "--master",

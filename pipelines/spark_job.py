@@ -2,16 +2,25 @@
 
     preflight -> Spark session -> executor probe (`spark_probe`: docqa and the model on the executors)
     -> units planned by rows (`plan_units`: cores = sparkContext.defaultParallelism once the probe's
-    executors registered, at least 2 units per core, at most output.task_rows rows each) -> `--resume`:
-    the units an earlier attempt finished are kept -> sc.parallelize(pending, len(pending))
-    .mapPartitions(answer_units): one task per unit, which reads its row range and writes
-    answers/part-K, rejections/part-K -> one summary per unit -> footers checked -> _run.json, COMPLETED
+    executors registered, at least 2 units per core, at most output.task_rows rows each, each beginning
+    where the input allows: a two-table job's at a document's first row) -> `--resume`: the units an
+    earlier attempt finished are kept -> a two-table job's input (it holds the questions) broadcast
+    -> sc.parallelize(pending, len(pending)).mapPartitions(answer_units): one task per unit, which reads
+    its row range through the job's `InputSource` and writes answers/part-K, rejections/part-K -> one
+    summary per unit -> footers checked -> _run.json, COMPLETED -> the broadcast destroyed
 
 Spark sizes its own file splits by bytes and never below a Parquet row group, so a small or
 one-row-group input would run as one task on one executor, and a retry would repeat all of it. Units
 sized by rows give every executor work, let a free executor take the next unit, and keep what a retry
 or a speculative copy repeats to one unit; part K is always rows `[start, stop)` of the input, which is
 what `--resume` (`qa_core.jobs.resume`, shared with `docqa predict`) keeps.
+
+A two-table job (`--documents DOCS --questions QS`) is planned on the driver as `docqa predict`'s is
+(`qa_core.io.pairs`: the questions read whole, at most `input.max_questions` of them, and the join planned
+from the keys). That plan is the small side, and every task needs it whole: it goes to the executors as
+one Spark broadcast (`sc.broadcast`, fetched once per executor and read through `.value`), not inside
+every task's closure; `_run.json` `two_table.join` says `broadcast`. Spark has no keyed join here yet
+(`Joins.keyed` is None): questions beyond `input.max_questions` stop the job before Spark starts.
 
 The driver runs the job's lifecycle (`qa_core.jobs.lifecycle`), as `docqa predict` and `docqa run` do:
 its checks before Spark starts (inputs and their columns, the output folder, the model against the
@@ -40,6 +49,8 @@ from pipelines.spark_probe import executor_pythons, probe_executors
 from qa_core.config import config_from_arguments
 from qa_core.engine.stats import EngineStats
 from qa_core.errors import ConfigError, JobError
+from qa_core.io.sources import InputSource, TableSource
+from qa_core.io.spec import Joins, input_of_arguments
 from qa_core.jobs.guard import run_guarded
 from qa_core.jobs.lifecycle import Answered, AnsweringSite, JobRequest, commit, preflight
 from qa_core.jobs.parts import PartRange, plan_units
@@ -203,11 +214,13 @@ def run_spark(argv: Sequence[str] | None = None) -> dict[str, Any]:
         # Each task's Python worker runs torch with spark.task.cpus threads (PySpark's OMP_NUM_THREADS).
         threads=int(settings.get("spark.task.cpus", "1")),
         workers="executors",
+        joins=SPARK_JOINS,
     )
-    request = JobRequest(args.input, args.output, overwrite=args.overwrite, resume=args.resume)
+    request = JobRequest(input_of_arguments(args), args.output, overwrite=args.overwrite, resume=args.resume)
     plan = preflight(config, request, site, load=lambda: load_runner(config.model, config.runtime))
     session, created = _start_session(master, settings, packed_env=args.packed_env is not None)
     session_ready = time.perf_counter()
+    shared: Any = None  # the two-table input's broadcast
     try:
         context = session.sparkContext
         # Before any row is read or the folder is touched; on local[N] too (its Python workers run this
@@ -217,27 +230,30 @@ def run_spark(argv: Sequence[str] | None = None) -> dict[str, Any]:
         # units (an executor that registers later still takes units: there are two per slot at least).
         cores = context.defaultParallelism
         task_rows = plan.config.output.task_rows
-        units = plan_units(plan.rows_read, cores, task_rows)
+        units = plan_units(plan.rows_read, cores, task_rows, plan.source.boundary)
         parted = parted_output(plan, units, resume=args.resume, adopt_stored_parts=True)
         owner = parted.prepare(plan)
         accumulator = context.accumulator(EngineStats().to_state(), StatsAccumulator())
+        pending = parted.pending()
+        shared = share_source(context, plan.source) if pending else None
         job = UnitJob(
             plan.answer_config,
-            plan.files,
             args.output,
             *plan.schemas,
             owner,
             plan.config.config_hash(),
             accumulator,
-            tuple(plan.file_rows),
+            source=plan.source if shared is None else None,
+            shared_source=shared,
         )
-        pending = parted.pending()
         began = time.perf_counter()
         summaries = _answer(context, pending, job) if pending else []
         answered_at = time.perf_counter()
         master_url = context.master
         stats = _unit_stats(summaries, accumulator.value)
     finally:
+        if shared is not None:
+            _destroy(shared)
         if created:
             session.stop()
     stats.add(parted.kept.stats)  # their footers' counters: a resumed run reports what a clean run would
@@ -262,6 +278,38 @@ def run_spark(argv: Sequence[str] | None = None) -> dict[str, Any]:
         details={"spark": figures},
     )
     return commit(plan, answered, owner)
+
+
+SPARK_JOINS = Joins(held="broadcast", keyed=None)
+"""How `docqa spark` joins two tables (`_run.json` `two_table.join`): the questions broadcast."""
+
+
+def share_source(context: Any, source: InputSource) -> Any:
+    """The broadcast of a two-table job's input, or None for one table (pickled with each task instead).
+
+    A two-table source holds the questions and the join's plan (up to `input.max_questions` questions and
+    a key per document): broadcast, it is sent once per executor and kept there for every task, where a
+    task's closure would carry it to every task. One table's source is its file names and row counts.
+
+    Args:
+        context: The job's SparkContext.
+        source: The job's input (`JobPlan.source`).
+    """
+    if isinstance(source, TableSource):
+        return None
+    return context.broadcast(source)
+
+
+def _destroy(shared: Any) -> None:
+    """Removes a broadcast from the executors and the driver once the job's tasks ended.
+
+    A failure to remove it is logged, not raised: the job's outcome is already decided, and the session's
+    end removes what is left.
+    """
+    try:
+        shared.destroy()
+    except Exception as err:  # py4j errors have no common type
+        logger.warning("could not remove the input's broadcast: %s", summarize_failure(err))
 
 
 def _answer(context: Any, units: list[PartRange], job: UnitJob) -> list[dict[str, Any]]:

@@ -1,21 +1,26 @@
 """The executor half of `docqa spark`: one unit of rows through the engine, into its own part files.
 
-    unit K = rows [start, stop) of the input -> iter_rows (pyarrow + fsspec) -> QAEngine.answer_rows
-    (validate, featurize, length-bucketed batches, forward, decode, merge) -> answers/part-K,
-    rejections/part-K (footers: the range, the config hash, the unit's counters) -> one summary
+    unit K = rows [start, stop) of the job's input (`InputSource.rows`: one table's rows, or two tables'
+    pairs) -> QAEngine.answer_rows (validate, featurize, length-bucketed batches, forward, decode, merge)
+    -> answers/part-K, rejections/part-K (footers: the range, the config hash, the unit's counters)
+    -> one summary
 
 Each unit is one Spark task (`pipelines.spark_job` plans them by rows, `qa_core.jobs.parts.plan_units`),
 answered whole in the Python worker that receives it, so a row's windows never leave it (no shuffle).
-The rows are read here, by row range, rather than with Spark's Parquet reader: a Parquet row group is
-the smallest split Spark's reader makes (a one-row-group file would be one task), and `--resume` needs
-each part file to be a known row range of the input, which Spark's file splits are not. The part files
-and row keys (input positions) are exactly `docqa predict`'s (`part_writers`, `answer_part`).
+The rows are read here, by position range, through the job's `InputSource` (`qa_core.io.sources`) rather
+than with Spark's Parquet reader: a Parquet row group is the smallest split Spark's reader makes (a
+one-row-group file would be one task), and `--resume` needs each part file to be a known row range of the
+input, which Spark's file splits are not. A two-table job's units begin where a document's rows begin
+(`InputSource.boundary`), so each document is read, and its context tokenized, by one unit only; its
+source holds the questions and reaches the task as a Spark broadcast (`UnitJob.shared_source`). The part
+files and row keys (input positions) are exactly `docqa predict`'s (`part_writers`, `answer_part`).
 
 The engine, with its model, is built once per Python worker process and kept in this module for every
 later unit of the job (Spark reuses its Python workers: `spark.python.worker.reuse`, on by default). A
-unit's counters travel back twice: through an accumulator (`StatsAccumulator`, into `_run.json`) and in
-its summary (the same as its footers' `qa_core.jobs.parts.COUNTS_KEY`), which the driver prefers when a
-retried task made an accumulator count twice.
+unit's counters (the documents it read among them) travel back twice: through an accumulator
+(`StatsAccumulator`, into `_run.json`) and in its summary (the same as its footers'
+`qa_core.jobs.parts.COUNTS_KEY`), which the driver prefers when a retried task made an accumulator count
+twice.
 
 Nothing here imports pyspark at module level except `TaskContext` inside the task: the module is
 imported by executors, whose pyspark is the cluster's.
@@ -28,24 +33,29 @@ import os
 import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from qa_core.config import QAConfig
 from qa_core.engine.loop import QAEngine
 from qa_core.engine.stats import EngineStats
-from qa_core.io.read import iter_rows
-from qa_core.jobs.parts import PartRange, answer_part, part_writers
+from qa_core.errors import JobError
+from qa_core.io.sources import InputSource
+from qa_core.jobs.parts import PartRange, answer_part, counting_documents, part_writers
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class UnitJob:
-    """What every task needs, pickled to the executors once per job.
+    """What every task needs, pickled into each task's closure: the job's input travels one of two ways.
+
+    A one-table source is a few file names and row counts, pickled with the rest (`source`). A two-table
+    source holds the questions, the join's plan and the documents' keys, so it is shipped once per
+    executor as a Spark broadcast (`shared_source`), which the closure only names: exactly one of the two
+    is set.
 
     Attributes:
         config: The config the engine answers with (`JobPlan.answer_config`: its batch caps set).
-        files: The input files (URLs every executor can read), in the order the units count rows.
         output_dir: The prepared output folder (an URL every executor can write).
         answer_schema: The answers table's schema (as `docqa predict` writes it).
         rejection_schema: The rejections table's schema.
@@ -53,19 +63,32 @@ class UnitJob:
             place.
         config_hash: The job's config hash (`_run.json`), written into each part's footer.
         accumulator: A Spark accumulator of `StatsAccumulator` (None: counters only in the summaries).
-        file_rows: The files' row counts (`JobPlan.file_rows`): a unit skips earlier files unopened
-            (empty: each unit reads their footers).
+        source: The job's input (`JobPlan.source`), pickled with the job; None when `shared_source` is set.
+        shared_source: A Spark broadcast of the job's input (its `.value` is read in the task); None when
+            `source` is set.
+
+    Raises:
+        JobError: Both sources set, or neither.
     """
 
     config: QAConfig
-    files: tuple[str, ...]
     output_dir: str
     answer_schema: Any  # pa.Schema
     rejection_schema: Any
     owner: str
     config_hash: str
     accumulator: Any = None
-    file_rows: tuple[int, ...] = ()
+    source: InputSource | None = None
+    shared_source: Any = None  # pyspark.Broadcast[InputSource]
+
+    def __post_init__(self) -> None:
+        if (self.source is None) == (self.shared_source is None):
+            raise JobError("a Spark unit job reads one input: its source or a broadcast of it, not both")
+
+    def input_source(self) -> InputSource:
+        """The job's input: the broadcast's value (fetched once per executor), else the pickled source."""
+        # One of the two is set (`__post_init__`).
+        return cast(InputSource, self.source if self.shared_source is None else self.shared_source.value)
 
 
 class StatsAccumulator:
@@ -135,6 +158,10 @@ def executor_id() -> str:
 def answer_units(job: UnitJob, units: Iterable[PartRange]) -> Iterator[dict[str, Any]]:
     """The mapPartitions function: answers the task's unit (one per task) and yields its summary.
 
+    A unit's rows are read through the job's input (`UnitJob.input_source`), which counts the documents
+    a two-table unit reads into the unit's counters (`EngineStats.documents_read`), as `docqa predict`'s
+    parts count theirs.
+
     Args:
         job: The job (bound with `functools.partial` on the driver).
         units: The task's units: one, as the driver slices them.
@@ -151,10 +178,10 @@ def answer_units(job: UnitJob, units: Iterable[PartRange]) -> Iterator[dict[str,
     engine = engine_for(config)
     schemas = (job.answer_schema, job.rejection_schema)
     writer_for = part_writers(config, job.output_dir, schemas, job.owner, job.config_hash)
+    source = job.input_source()
     for unit in units:
-        rows = iter_rows(
-            list(job.files), config.input, start=unit.start, stop=unit.stop, file_rows=job.file_rows or None
-        )
+        # The documents the unit reads are counted in the engine's counters, so in its footers.
+        rows = source.rows(unit.start, unit.stop, counting_documents(engine.stats))
         stats = answer_part(engine, rows, unit.start, writer_for(unit), lambda _: None)
         if job.accumulator is not None:
             job.accumulator.add(stats.to_state())

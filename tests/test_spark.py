@@ -28,6 +28,7 @@ from qa_core.engine.stats import EngineStats
 from qa_core.errors import ConfigError
 from qa_core.evaluation.squad import load_squad, squad_to_table
 from qa_core.io.read import output_schemas, read_input_schema
+from qa_core.io.sources import TableSource
 from qa_core.io.write import prepare_output
 from qa_core.jobs.parts import PartRange
 from qa_core.jobs.predict import predict
@@ -123,7 +124,13 @@ def test_a_unit_is_answered_into_its_part_files_with_its_counters(
 
     accumulator = Accumulator()
     job = UnitJob(
-        config, (str(source),), str(tmp_path / "out"), *schemas, owner, config.config_hash(), accumulator
+        config,
+        str(tmp_path / "out"),
+        *schemas,
+        owner,
+        config.config_hash(),
+        accumulator,
+        source=TableSource.open(str(source), config.input),
     )
     import pipelines.spark_partition as partition_module
 

@@ -25,10 +25,12 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from docqa.cli import main
 from qa_core.config import load_config
 from qa_core.evaluation.squad import load_squad, squad_to_table
 from qa_core.jobs.predict import predict
 from tests.conftest import SHARED_SQUAD
+from tests.test_resume import read_output
 
 pytest.importorskip("pyspark", reason="docqa spark needs the [spark] extra")
 if shutil.which("java") is None:
@@ -38,6 +40,8 @@ if not SQUAD_DEV.exists():
     pytest.skip("needs ../shared/data/squad", allow_module_level=True)
 
 from pipelines.spark_standalone import StandaloneCluster, standalone_cluster  # noqa: E402
+from tests.test_spark_two_tables import PREDICT_PARTS, UNIT_ROWS, spark_argv  # noqa: E402
+from tests.test_two_tables import run_info, two_table_argv, write_tables  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "samples" / "questions.parquet"
@@ -350,3 +354,22 @@ def test_an_executor_python_without_docqa_fails_before_any_output_with_one_line(
     assert "PYSPARK_PYTHON" in errors[0] and python in errors[0], errors[0]
     print(errors[0])
     assert not (output / "answers").exists()
+
+
+def test_two_tables_run_on_both_executors_with_the_questions_broadcast(
+    cluster: StandaloneCluster, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The pairs' plan reaches separate executor JVMs as a broadcast; the output is `docqa predict`'s."""
+    docs, qs, _, _ = write_tables(tmp_path / "in")
+    assert main(two_table_argv(docs, qs, tmp_path / "predict", tiny_model_dir, *PREDICT_PARTS)) == 0
+    out = tmp_path / "spark"
+    argv = spark_argv(docs, qs, out, tiny_model_dir, *UNIT_ROWS, master=cluster.master_url)
+    result = _run([sys.executable, "-m", "docqa", *argv])
+    assert result.returncode == 0, result.stderr[-3000:]
+    for table, want in zip(read_output(out), read_output(tmp_path / "predict"), strict=True):
+        assert table.equals(want)
+    info = run_info(out)
+    assert info["two_table"]["join"] == "broadcast" and info["counts"]["documents_read"] == 30
+    assert info["counts"]["contexts_tokenized"] == 30
+    executors = info["spark"]["executors"]
+    assert len(executors) == 2 and all(e["rows"] > 0 for e in executors.values())

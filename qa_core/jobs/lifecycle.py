@@ -158,7 +158,7 @@ class JobPlan:
     def file_rows(self) -> tuple[int, ...]:
         """Rows of each input file of a one-table job (footers); empty for two tables.
 
-        The Spark reader skips earlier files with them; it reads one-table inputs only (Beam: the source).
+        Neither cluster reader needs them now: both read through the source (`InputSource.rows`).
         """
         return self.source.file_rows if isinstance(self.source, TableSource) else ()
 
