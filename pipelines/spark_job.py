@@ -19,8 +19,10 @@ A two-table job (`--documents DOCS --questions QS`) is planned on the driver as 
 (`qa_core.io.pairs`: the questions read whole, at most `input.max_questions` of them, and the join planned
 from the keys). That plan is the small side, and every task needs it whole: it goes to the executors as
 one Spark broadcast (`sc.broadcast`, fetched once per executor and read through `.value`), not inside
-every task's closure; `_run.json` `two_table.join` says `broadcast`. Spark has no keyed join here yet
-(`Joins.keyed` is None): questions beyond `input.max_questions` stop the job before Spark starts.
+every task's closure; `_run.json` `two_table.join` says `broadcast`. Questions beyond
+`input.max_questions` are planned from their keys alone and each is shuffled to the unit of its document
+(`pipelines.spark_keyed`: a `cogroup` by doc_id, a `partitionBy` unit; "keyed join"); the documents
+stay where their unit's task reads them.
 
 The driver runs the job's lifecycle (`qa_core.jobs.lifecycle`), as `docqa predict` and `docqa run` do:
 its checks before Spark starts (inputs and their columns, the output folder, the model against the
@@ -44,13 +46,16 @@ from typing import Any
 
 from pipelines.failures import PipelineError, summarize_failure
 from pipelines.options import SPARK_DESCRIPTION, add_spark_arguments
-from pipelines.spark_partition import StatsAccumulator, UnitJob, answer_units
+from pipelines.spark_keyed import routed_questions
+from pipelines.spark_partition import StatsAccumulator, UnitJob, answer_joined_unit, answer_units
 from pipelines.spark_probe import executor_pythons, probe_executors
 from qa_core.config import config_from_arguments
 from qa_core.engine.stats import EngineStats
 from qa_core.errors import ConfigError, JobError
+from qa_core.io.joins import Joins
+from qa_core.io.pairs import PairsSource
 from qa_core.io.sources import InputSource, TableSource
-from qa_core.io.spec import Joins, input_of_arguments
+from qa_core.io.spec import input_of_arguments
 from qa_core.jobs.guard import run_guarded
 from qa_core.jobs.lifecycle import Answered, AnsweringSite, JobRequest, commit, preflight
 from qa_core.jobs.parts import PartRange, plan_units
@@ -280,8 +285,9 @@ def run_spark(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return commit(plan, answered, owner)
 
 
-SPARK_JOINS = Joins(held="broadcast", keyed=None)
-"""How `docqa spark` joins two tables (`_run.json` `two_table.join`): the questions broadcast."""
+SPARK_JOINS = Joins(held="broadcast", keyed="keyed join")
+"""How `docqa spark` joins two tables (`_run.json` `two_table.join`): the questions broadcast, or when they
+are more than `input.max_questions`, each shuffled to its document's unit (`pipelines.spark_keyed`)."""
 
 
 def share_source(context: Any, source: InputSource) -> Any:
@@ -320,8 +326,14 @@ def _answer(context: Any, units: list[PartRange], job: UnitJob) -> list[dict[str
     """
     try:
         # A list of N items in N slices: PySpark batches one item per slice, so each task gets one unit.
-        tasks = context.parallelize(units, len(units))
-        rows = tasks.mapPartitions(functools.partial(answer_units, job)).collect()
+        source = job.input_source()
+        if isinstance(source, PairsSource) and source.keyed is not None:
+            # Each question shuffled to its document's unit: partition k answers units[k].
+            routed = routed_questions(context, job.shared_source, units)
+            rows = routed.mapPartitionsWithIndex(functools.partial(answer_joined_unit, job, units)).collect()
+        else:
+            tasks = context.parallelize(units, len(units))
+            rows = tasks.mapPartitions(functools.partial(answer_units, job)).collect()
     except Exception as err:  # Py4JJavaError, PythonException: no common type
         raise PipelineError(
             f"the Spark job failed: {summarize_failure(err)}; {job.output_dir} is not marked COMPLETED "

@@ -11,8 +11,8 @@ places them around Spark's two shuffles:
         unit's task reads and joins (`unit_rows`) before answering them as a held job's unit
 
 Only keys and questions are shuffled; the documents (the large side) are read once, by their unit's task.
-The join (O(documents): where each document's rows start, and the questions no key routes) reaches the
-executors as a broadcast.
+The job's input, with the join (O(documents): where each document's rows start, and the questions no key
+routes), reaches the executors as the broadcast the held join uses too.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import bisect
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from qa_core.errors import JobError
 from qa_core.io.pairs_join import KeyedJoin, QuestionAt
 from qa_core.jobs.parts import PartRange, row_ranges
 
@@ -29,24 +30,28 @@ Routed = tuple[int, QuestionAt]
 
 
 class _Keys:
-    """Picklable task functions over the broadcast join (Spark ships them to the executors)."""
+    """Picklable task functions over the broadcast input (Spark ships them to the executors)."""
 
-    def __init__(self, join: Any, starts: Sequence[int]) -> None:
-        self._join = join  # a Broadcast of KeyedJoin: `.value` on the executor
+    def __init__(self, source: Any, starts: Sequence[int]) -> None:
+        self._source = source  # a Broadcast of the job's PairsSource: `.value` on the executor
         self._starts = list(starts)
 
+    def _join(self) -> KeyedJoin:
+        join: KeyedJoin | None = self._source.value.keyed
+        if join is None:
+            raise JobError("the Spark keyed join was given an input without one")
+        return join
+
     def document_keys(self, unit: PartRange) -> Iterator[tuple[Any, int]]:
-        join: KeyedJoin = self._join.value
-        return join.document_keys(unit.start, unit.stop)
+        return self._join().document_keys(unit.start, unit.stop)
 
     def question_side(self, rows: tuple[int, int]) -> Iterator[tuple[Any, QuestionAt]]:
-        join: KeyedJoin = self._join.value
-        return join.question_side(rows[0], rows[1])
+        return self._join().question_side(rows[0], rows[1])
 
     def route(
         self, element: tuple[Any, tuple[Iterable[int], Iterable[QuestionAt]]]
     ) -> Iterator[tuple[int, Routed]]:
-        join: KeyedJoin = self._join.value
+        join = self._join()
         doc_id, (documents, questions) = element
         for index, question in join.route(doc_id, documents, questions):
             yield bisect.bisect_right(self._starts, join.document_start(index)) - 1, (index, question)
@@ -56,24 +61,17 @@ def _slot(key: int) -> int:
     return key
 
 
-def routed_questions(context: Any, join: Any, units: Sequence[PartRange]) -> Any:
+def routed_questions(context: Any, source: Any, units: Sequence[PartRange]) -> Any:
     """An RDD of `len(units)` partitions: partition k holds `(k, (document index, question))` of unit k.
 
     Args:
         context: The SparkContext.
-        join: A Broadcast of the job's `KeyedJoin`.
+        source: A Broadcast of the job's `PairsSource` (its `keyed` join set).
         units: The units this attempt answers, in input order (partition k is `units[k]`'s).
     """
-    keyed: KeyedJoin = join.value
-    tasks = _Keys(join, [unit.start for unit in units])
+    tasks = _Keys(source, [unit.start for unit in units])
     parts = max(1, len(units))
     keys = context.parallelize(list(units), parts).flatMap(tasks.document_keys)
-    ranges = row_ranges(keyed.question_count, parts)
+    ranges = row_ranges(tasks._join().question_count, parts)
     questions = context.parallelize(ranges, len(ranges)).flatMap(tasks.question_side)
     return keys.cogroup(questions, parts).flatMap(tasks.route).partitionBy(parts, _slot)
-
-
-def joined_unit_questions(routed: Iterable[tuple[int, Routed]]) -> Iterator[Routed]:
-    """A unit task's routed questions without their partition key."""
-    for _, question in routed:
-        yield question

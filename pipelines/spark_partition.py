@@ -31,14 +31,16 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from pipelines.spark_keyed import Routed
 from qa_core.config import QAConfig
 from qa_core.engine.loop import QAEngine
 from qa_core.engine.stats import EngineStats
 from qa_core.errors import JobError
+from qa_core.io.pairs import PairsSource
 from qa_core.io.sources import InputSource
 from qa_core.jobs.parts import PartRange, answer_part, counting_documents, part_writers
 
@@ -170,6 +172,55 @@ def answer_units(job: UnitJob, units: Iterable[PartRange]) -> Iterator[dict[str,
         Per unit: its index and rows, the task attempt, the executor and Python worker, the model
         they loaded, and the unit's counters (`EngineStats.to_state`).
     """
+    source = job.input_source()
+    for unit in units:
+        yield _answer_unit(job, unit, _range_reader(source, unit))
+
+
+def _range_reader(
+    source: InputSource, unit: PartRange
+) -> Callable[[EngineStats], Iterable[Mapping[str, Any]]]:
+    """Reads the unit's rows, counting the documents it reads in the engine's counters (its footers)."""
+
+    def rows(stats: EngineStats) -> Iterable[Mapping[str, Any]]:
+        return source.rows(unit.start, unit.stop, counting_documents(stats))
+
+    return rows
+
+
+def answer_joined_unit(
+    job: UnitJob, units: Sequence[PartRange], slot: int, routed: Iterable[tuple[int, Routed]]
+) -> Iterator[dict[str, Any]]:
+    """The mapPartitionsWithIndex function of a keyed join: partition `slot` answers `units[slot]`.
+
+    Its rows are formed from its documents, read here, and the questions the shuffle routed to them
+    (`pipelines.spark_keyed.routed_questions`); then answered and written as `answer_units` does.
+
+    Args:
+        job: The job; its source is a keyed two-table join.
+        units: The units of this attempt, in the order of the partitions.
+        slot: This partition's index.
+        routed: `(slot, (document index, question))` of the unit's documents' questions.
+
+    Yields:
+        The unit's summary, as `answer_units`.
+    """
+    keyed = job.input_source()
+    if not isinstance(keyed, PairsSource) or keyed.keyed is None:
+        raise JobError("answer_joined_unit answers a keyed two-table join only")
+    join, unit = keyed.keyed, units[slot]
+    questions = (question for _, question in routed)
+    yield _answer_unit(
+        job,
+        unit,
+        lambda stats: join.unit_rows(unit.start, unit.stop, questions, None, counting_documents(stats)),
+    )
+
+
+def _answer_unit(
+    job: UnitJob, unit: PartRange, rows_of: Callable[[EngineStats], Iterable[Mapping[str, Any]]]
+) -> dict[str, Any]:
+    """Answers one unit's rows (`rows_of(the engine's counters)`) into its part files; its summary."""
     from pyspark import TaskContext
 
     context = TaskContext.get()
@@ -178,23 +229,19 @@ def answer_units(job: UnitJob, units: Iterable[PartRange]) -> Iterator[dict[str,
     engine = engine_for(config)
     schemas = (job.answer_schema, job.rejection_schema)
     writer_for = part_writers(config, job.output_dir, schemas, job.owner, job.config_hash)
-    source = job.input_source()
-    for unit in units:
-        # The documents the unit reads are counted in the engine's counters, so in its footers.
-        rows = source.rows(unit.start, unit.stop, counting_documents(engine.stats))
-        stats = answer_part(engine, rows, unit.start, writer_for(unit), lambda _: None)
-        if job.accumulator is not None:
-            job.accumulator.add(stats.to_state())
-        runner = engine.runner
-        yield {
-            "unit": unit.index,
-            "attempt": attempt,
-            "rows": stats.rows,
-            "executor": executor_id(),
-            "pid": os.getpid(),
-            "model_loads": _MODEL_LOADS[0],
-            "model_id": runner.model_id,
-            "revision": runner.revision,
-            "device": str(runner.device),
-            "counts": stats.to_state(),
-        }
+    stats = answer_part(engine, rows_of(engine.stats), unit.start, writer_for(unit), lambda _: None)
+    if job.accumulator is not None:
+        job.accumulator.add(stats.to_state())
+    runner = engine.runner
+    return {
+        "unit": unit.index,
+        "attempt": attempt,
+        "rows": stats.rows,
+        "executor": executor_id(),
+        "pid": os.getpid(),
+        "model_loads": _MODEL_LOADS[0],
+        "model_id": runner.model_id,
+        "revision": runner.revision,
+        "device": str(runner.device),
+        "counts": stats.to_state(),
+    }

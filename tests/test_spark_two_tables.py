@@ -46,6 +46,9 @@ UNIT_ROWS = ["--set", "output.task_rows=37"]  # 150 pairs: units cut where a doc
 # docqa predict's parts as local[2]'s units (plan_parts(150, 4, 37) both): a part's batches, so its scores
 # to the last bit, depend on its rows only.
 PREDICT_PARTS = ["--workers", "4", "--set", "output.part_rows=37"]
+# The two joins of the Spark job: the questions broadcast, and a keyed join, taken when the questions
+# (63 here) are more than input.max_questions.
+JOINS = {"broadcast": [], "keyed join": ["--set", "input.max_questions=5"]}
 
 
 def spark_argv(
@@ -76,11 +79,16 @@ def predict_run(tables: Any, tiny_model_dir: Path, tmp_path_factory: pytest.Temp
     return out
 
 
+@pytest.fixture(scope="module", params=list(JOINS))
+def join(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def spark_run(tables: Any, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def spark_run(tables: Any, join: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     docs, qs, _, _ = tables
     out = tmp_path_factory.mktemp("spark") / "out"
-    assert main(spark_argv(docs, qs, out, tiny_model_dir, *UNIT_ROWS)) == 0
+    assert main(spark_argv(docs, qs, out, tiny_model_dir, *UNIT_ROWS, *JOINS[join])) == 0
     return out
 
 
@@ -114,10 +122,10 @@ def test_spark_answers_the_pairs_as_predict_and_the_materialised_table(
             assert row[key] == pytest.approx(want_row[key], abs=1e-9), key
 
 
-def test_the_run_says_broadcast_and_reads_and_tokenizes_each_document_once(spark_run: Path) -> None:
+def test_the_run_says_its_join_and_reads_and_tokenizes_each_document_once(spark_run: Path, join: str) -> None:
     info = run_info(spark_run)
     counts, plan = info["counts"], info["two_table"]
-    assert plan["join"] == "broadcast" and plan["pair_id"] == "doc_id/question_id"
+    assert plan["join"] == join and plan["pair_id"] == "doc_id/question_id"
     assert counts["rows_read"] == plan["pairs"] == 150
     # Each unit holds whole documents, so each is read and tokenized by one task only.
     assert counts["documents_read"] == counts["contexts_tokenized"] == plan["documents"] == 30
@@ -129,7 +137,7 @@ def test_the_run_says_broadcast_and_reads_and_tokenizes_each_document_once(spark
 
 
 def test_resume_answers_only_the_unit_whose_parts_were_removed(
-    tables: Any, spark_run: Path, tiny_model_dir: Path, tmp_path: Path
+    tables: Any, spark_run: Path, join: str, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     docs, qs, _, _ = tables
     out = tmp_path / "out"
@@ -138,7 +146,7 @@ def test_resume_answers_only_the_unit_whose_parts_were_removed(
     removed = pq.read_table(out / "answers" / "part-00002.parquet").num_rows
     for table in ("answers", "rejections"):
         (out / table / "part-00002.parquet").unlink()
-    assert main(spark_argv(docs, qs, out, tiny_model_dir, *UNIT_ROWS, "--resume")) == 0
+    assert main(spark_argv(docs, qs, out, tiny_model_dir, *UNIT_ROWS, *JOINS[join], "--resume")) == 0
     info, clean = run_info(out), run_info(spark_run)
     assert info["counts"]["reused_parts"] == clean["counts"]["partitions"] - 1
     executors = info["spark"]["executors"].values()
@@ -148,7 +156,10 @@ def test_resume_answers_only_the_unit_whose_parts_were_removed(
         assert table.equals(want)
 
 
-def test_each_bad_input_is_one_rejection_with_its_reason(tiny_model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("join_flags", list(JOINS.values()), ids=list(JOINS))
+def test_each_bad_input_is_one_rejection_with_its_reason(
+    join_flags: list[str], tiny_model_dir: Path, tmp_path: Path
+) -> None:
     docs, qs, documents, questions = write_tables(tmp_path / "in", n=6)
     bad_documents = [
         {"doc_id": None, "context": "a document without a key", "title": "x"},
@@ -161,7 +172,7 @@ def test_each_bad_input_is_one_rejection_with_its_reason(tiny_model_dir: Path, t
     ]
     pq.write_table(pa.Table.from_pylist(questions, schema=QUESTION_SCHEMA), qs)
     out = tmp_path / "out"
-    assert main(spark_argv(docs, qs, out, tiny_model_dir, "--set", "output.task_rows=8")) == 0
+    assert main(spark_argv(docs, qs, out, tiny_model_dir, "--set", "output.task_rows=8", *join_flags)) == 0
     answers, rejections = read_output(out)
     good = materialised(documents, questions[:-2])
     assert sorted(answers.column("id").to_pylist()) == sorted(p["id"] for p in good)
@@ -246,4 +257,4 @@ def test_a_two_table_input_is_broadcast_and_read_through_it_in_the_task(
     counts = EngineStats.from_state(summary["counts"])
     # Documents p0..p2 hold 5 pairs each (two own questions, three for all): the unit reads those three.
     assert (summary["rows"], counts.documents_read, counts.contexts_tokenized) == (15, 3, 3)
-    assert SPARK_JOINS.held == "broadcast" and SPARK_JOINS.keyed is None
+    assert SPARK_JOINS.held == "broadcast" and SPARK_JOINS.keyed == "keyed join"
