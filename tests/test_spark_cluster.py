@@ -40,7 +40,7 @@ if not SQUAD_DEV.exists():
     pytest.skip("needs ../shared/data/squad", allow_module_level=True)
 
 from pipelines.spark_standalone import StandaloneCluster, standalone_cluster  # noqa: E402
-from tests.test_spark_two_tables import PREDICT_PARTS, UNIT_ROWS, spark_argv  # noqa: E402
+from tests.test_spark_two_tables import JOINS, PREDICT_PARTS, UNIT_ROWS, spark_argv  # noqa: E402
 from tests.test_two_tables import run_info, two_table_argv, write_tables  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -356,20 +356,22 @@ def test_an_executor_python_without_docqa_fails_before_any_output_with_one_line(
     assert not (output / "answers").exists()
 
 
-def test_two_tables_run_on_both_executors_with_the_questions_broadcast(
-    cluster: StandaloneCluster, tiny_model_dir: Path, tmp_path: Path
+@pytest.mark.parametrize("join", list(JOINS))
+def test_two_tables_run_on_both_executors_with_either_join(
+    join: str, cluster: StandaloneCluster, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    """The pairs' plan reaches separate executor JVMs as a broadcast; the output is `docqa predict`'s."""
+    """The pairs' plan reaches separate executor JVMs as a broadcast, or the questions travel to their
+    documents' units through the shuffle between them; the output is `docqa predict`'s either way."""
     docs, qs, _, _ = write_tables(tmp_path / "in")
     assert main(two_table_argv(docs, qs, tmp_path / "predict", tiny_model_dir, *PREDICT_PARTS)) == 0
     out = tmp_path / "spark"
-    argv = spark_argv(docs, qs, out, tiny_model_dir, *UNIT_ROWS, master=cluster.master_url)
+    argv = spark_argv(docs, qs, out, tiny_model_dir, *UNIT_ROWS, *JOINS[join], master=cluster.master_url)
     result = _run([sys.executable, "-m", "docqa", *argv])
     assert result.returncode == 0, result.stderr[-3000:]
     for table, want in zip(read_output(out), read_output(tmp_path / "predict"), strict=True):
         assert table.equals(want)
     info = run_info(out)
-    assert info["two_table"]["join"] == "broadcast" and info["counts"]["documents_read"] == 30
+    assert info["two_table"]["join"] == join and info["counts"]["documents_read"] == 30
     assert info["counts"]["contexts_tokenized"] == 30
     executors = info["spark"]["executors"]
     assert len(executors) == 2 and all(e["rows"] > 0 for e in executors.values())
