@@ -107,6 +107,8 @@ def test_keyed_join_forms_the_rows_the_held_questions_form(tmp_path: Path, seed:
     found = shuffle(keyed.keyed, [(u.start, u.stop) for u in units], question_ranges=3)
     assert sorted(found) == list(range(held.row_count))
     assert [comparable(found[p]) for p in range(held.row_count)] == expected
+    # docqa estimate's sample of a keyed job: the same rows as the held plan's.
+    assert [comparable(r) for r in keyed.sample(7, seed)] == [comparable(r) for r in held.sample(7, seed)]
     # A resumed attempt answers some units: exactly their rows, the other documents' questions dropped.
     some = [(u.start, u.stop) for u in units[::2]]
     partial = shuffle(keyed.keyed, some, question_ranges=2)

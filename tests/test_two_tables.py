@@ -359,6 +359,11 @@ def test_estimate_counts_the_pairs(tables: Any, two_table_run: Path, tiny_model_
     part = estimate(config, TwoTables(str(docs), str(qs)), sample=20)
     assert part.sampled_rows == 20 and part.rows == 150
     assert "30 documents, 63 questions (3 asked of every document): 150 pairs" in part.format_table()
+    # More questions than a process holds: planned as the cluster jobs' keyed join, the same figures.
+    keyed_config = qa_core.load_config(overrides=[*overrides, "input.max_questions=5"])
+    keyed = estimate(keyed_config, TwoTables(str(docs), str(qs)), sample=10_000)
+    assert keyed.two_table is not None and keyed.two_table["join"] == "keyed join (docqa run, docqa spark)"
+    assert (keyed.rows, keyed.windows, keyed.real_tokens) == (full.rows, full.windows, full.real_tokens)
 
 
 def test_the_report_finds_each_shown_rows_context_and_question_by_its_keys(

@@ -201,14 +201,36 @@ class PairsSource:
         layout = read_layout(list(self.documents))
         read = read_positions(layout, plan.columns.document_columns, indices)
         documents = dict(zip(indices, read, strict=True))
+        joined = self._sampled_questions(documents) if self.keyed is not None else {}
         rows: list[Mapping[str, Any]] = []
         for position in positions:
             if position >= plan.document_rows_end:
                 rows.append(plan.question_row(position))
                 continue
             index = plan.document_of(position)
-            rows.append(plan.rows_of(index, documents[index])[position - int(plan.starts[index])])
+            own = joined.get(index, {}) if self.keyed is not None else None
+            rows.append(plan.rows_of(index, documents[index], own)[position - int(plan.starts[index])])
         return rows
+
+    def _sampled_questions(
+        self, documents: Mapping[int, Mapping[str, Any]]
+    ) -> dict[int, dict[int, Mapping[str, Any]]]:
+        """A keyed join's questions of the sampled documents, by document and question index.
+
+        One pass over the questions table: `docqa estimate` has no shuffle to route them.
+        """
+        join = self.keyed
+        if join is None:
+            return {}
+        column = self.plan.columns.rows.doc_id_column
+        bad = self.plan.bad_documents  # a repeated doc_id's later documents are asked nothing
+        index_of = {d.get(column): index for index, d in documents.items() if index not in bad}
+        joined: dict[int, dict[int, Mapping[str, Any]]] = {index: {} for index in documents}
+        for doc_id, question in join.question_side(0, join.question_count):
+            index = index_of.get(doc_id)
+            if index is not None:
+                joined[index][question.index] = question.row
+        return joined
 
     def details(self) -> dict[str, Any]:
         """`_run.json` `two_table`: the plan's counts and both tables' files."""

@@ -36,6 +36,7 @@ import numpy as np
 from qa_core.config import QAConfig
 from qa_core.engine.host import RowPreparer
 from qa_core.errors import ConfigError, InputError
+from qa_core.io.joins import Joins
 from qa_core.io.sample import read_layout
 from qa_core.io.spec import InputSpec, open_source
 from qa_core.records import Feature, Rejection, RowWindows
@@ -69,6 +70,10 @@ class SampleFigures:
     windows_per_row: tuple[int, ...]
     real_tokens_per_row: tuple[int, ...]
     padding_efficiency: float | None
+
+
+ESTIMATE_JOINS = Joins(held="questions held in memory", keyed="keyed join (docqa run, docqa spark)")
+"""The joins a two-table estimate plans with: as many questions as a cluster job takes."""
 
 
 def measure_sample(
@@ -285,7 +290,8 @@ def estimate(
     """
     if sample < 1:
         raise ConfigError(f"--sample must be at least 1, got {sample}")
-    source = open_source(input_pattern, config.input)
+    # Planned as a cluster job would: questions beyond input.max_questions take a keyed join there.
+    source = open_source(input_pattern, config.input, ESTIMATE_JOINS)
     rows = source.sample(sample)
     # Batches as the job on this machine would plan them (the config's caps, docqa tune's, or the defaults).
     shape = choose_batch_shape(config, describe_model(config.model), resolve_device(config.runtime))
