@@ -1,11 +1,13 @@
 """A two-table input (`--documents DOCS --questions QS`) as a source of numbered rows: the pairs.
 
 Planned on the driver, before any work (`PairsSource.open`): both tables' footers checked, the questions
-read whole (the small side: at most `input.max_questions` rows, else the job stops in one line), the
-documents' doc_id column read once (column projection), and the join planned from the keys
-(`qa_core.io.pairs_plan`). A range of positions is then read by reading only the documents that hold it,
-each once, with `qa_core.io.read.iter_rows`, and expanding each into its rows: one per question asked of
-it, all with the same context string, so that the engine's context cache tokenizes each document once.
+read whole (the small side: at most `input.max_questions` rows; beyond, an engine with a keyed join reads
+only their key columns and `qa_core.io.pairs_join` forms the rows around its shuffle, and one without
+stops in one line), the documents' doc_id column read once (column projection), and the join planned
+from the keys (`qa_core.io.pairs_plan`). A range of positions is then read by reading only the documents
+that hold it, each once, with `qa_core.io.read.iter_rows`, and expanding each into its rows: one per
+question asked of it, all with the same context string, so that the engine's context cache tokenizes
+each document once.
 """
 
 from __future__ import annotations
