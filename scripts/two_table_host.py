@@ -37,7 +37,7 @@ def main() -> None:
     instant = InstantRunner.over(load_runner(base.model, base.runtime))
     # No batch-shape probe: with the instant forward it would time nothing and store that as this
     # machine's shape (`batch.probe_min_rows`); both jobs batch with the defaults.
-    no_probe = "batch.probe_min_rows=1000000000"
+    no_probe = "batch.probe_min_rows=0"  # 0: never probe
     two = load_config((), ["input.passthrough_columns=[title]", no_probe])
     one = load_config((), ["input.passthrough_columns=[doc_id,question_id,title]", no_probe])
     documents, questions = str(args.data / "documents.parquet"), str(args.data / "questions.parquet")
