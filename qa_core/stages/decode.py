@@ -101,8 +101,9 @@ def decode_batch(
     token_i = top_flat // band  # (B, K)
     # A -inf candidate (a window with fewer than K spans) may end past the batch: clipped, then dropped.
     token_j = np.minimum(token_i + top_flat % band, width - 1)  # (B, K)
-    starts = np.take_along_axis(char_starts, token_i, axis=1)  # (B, K)
-    ends = np.take_along_axis(char_ends, token_j, axis=1)  # (B, K)
+    windows = np.arange(n_windows)[:, None]  # (B, 1)
+    starts = char_starts[windows, token_i]  # (B, K)
+    ends = char_ends[windows, token_j]  # (B, K)
     logits = top_scores.astype(np.float64)  # (B, K)
     # (B, K): windows with fewer than K spans end in -inf
     valid: npt.NDArray[np.bool_] = np.isfinite(top_scores)

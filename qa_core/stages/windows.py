@@ -75,6 +75,11 @@ class TokenizedText:
         ids = np.asarray(encoding.ids, dtype=np.int32)
         return cls(ids, _NO_OFFSETS, _NO_OFFSETS)
 
+    @classmethod
+    def of_ids(cls, ids: list[int]) -> TokenizedText:
+        """A question's arrays from its token ids (`ids_of` of an encoding whose ids were read already)."""
+        return cls(np.asarray(ids, dtype=np.int32), _NO_OFFSETS, _NO_OFFSETS)
+
     @property
     def nbytes(self) -> int:
         """Bytes of the arrays."""
