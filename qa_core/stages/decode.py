@@ -4,6 +4,9 @@ For window b, a candidate is a pair of context tokens (i, j) with i <= j < i + m
 `start[b, i] + end[b, j]` (the seed design's S.T_i + E.T_j). The search is a band, not a square: the
 end logits are unfolded into a (B, P, L) view so every (i, j = i + d) pair is scored in one vectorized
 op on the model's device, and only the `n_best` best candidates per window (a few numbers) leave it.
+Logits already in host memory (a CPU model) are searched in numpy instead (`_search_host`): the same
+result from a few array ops on the starts that can hold a kept span, where ~25 small torch calls per
+batch cost more than the arithmetic.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import torch
 
 from qa_core.records import WindowCandidates
 from qa_core.stages.batch import Batch
+
+_NEG_INF = np.float32(-np.inf)
 
 
 class DecodeError(ValueError):
@@ -84,37 +89,25 @@ def decode_batch(
     """
     _check_shape(batch, start_logits, end_logits)
     n_windows, width = batch.input_ids.shape
-    device = start_logits.device
     char_starts, char_ends = _char_offsets(batch)  # (B, P) each, -1 outside the context
     cls_index = np.fromiter((f.cls_index for f in batch.features), dtype=np.int64, count=n_windows)  # (B,)
-    raw_start, raw_end = start_logits.float(), end_logits.float()  # (B, P); no copy when already fp32
-    pair = raw_start + raw_end  # (B, P): finite everywhere in a sound batch, which one check shows
-    if not bool(torch.isfinite(pair).all()):
-        _check_values(raw_start, raw_end, char_starts >= 0, cls_index)
-    outside = torch.from_numpy(char_starts < 0).to(device)  # (B, P)
-    # Tokens outside the context get -inf, so every pair with one of them scores -inf: the (B, P) masks
-    # replace a mask over all (B, P, L) pairs.
-    start = raw_start.masked_fill(outside, float("-inf"))  # (B, P)
-    end = raw_end.masked_fill(outside, float("-inf"))  # (B, P)
-
     band = max(1, min(max_answer_len, width))
-    # (B, P, L): start i + end i + d, then flat (B, P*L)
-    scores = (start.unsqueeze(2) + _band(end, band, float("-inf"))).reshape(n_windows, width * band)
-    top_scores_t, top_flat_t = _top_candidates(scores, min(n_best, width * band))
-    # The CLS token is outside the context: its null logit `start[cls] + end[cls]` is read from `pair`.
-    safe_cls = torch.from_numpy(np.maximum(cls_index, 0)).to(device).unsqueeze(1)  # (B, 1)
-    null_logits = pair.gather(1, safe_cls).squeeze(1).cpu().numpy()  # (B,)
-    top_scores = top_scores_t.cpu().numpy()  # (B, K)
-    top_flat = top_flat_t.cpu().numpy()  # (B, K): i * L + d
+    keep = min(n_best, width * band)
+    search = _search_host if start_logits.device.type == "cpu" else _search_device
+    top_scores, top_flat, null_logits = search(
+        start_logits, end_logits, char_starts, cls_index, band=band, keep=keep
+    )
 
     token_i = top_flat // band  # (B, K)
     # A -inf candidate (a window with fewer than K spans) may end past the batch: clipped, then dropped.
     token_j = np.minimum(token_i + top_flat % band, width - 1)  # (B, K)
-    starts = np.take_along_axis(char_starts, token_i, axis=1)  # (B, K)
-    ends = np.take_along_axis(char_ends, token_j, axis=1)  # (B, K)
+    windows = np.arange(n_windows)[:, None]  # (B, 1)
+    starts = char_starts[windows, token_i]  # (B, K)
+    ends = char_ends[windows, token_j]  # (B, K)
     logits = top_scores.astype(np.float64)  # (B, K)
-    valid = np.isfinite(top_scores)  # (B, K): windows with fewer than K spans end in -inf
-    whole = valid.all(axis=1)  # (B,)
+    # (B, K): windows with fewer than K spans end in -inf
+    valid: npt.NDArray[np.bool_] = np.isfinite(top_scores)
+    whole = np.all(valid, axis=1, keepdims=False).tolist()  # (B,) as Python bools
     out: list[WindowCandidates] = []
     for row, feature in enumerate(batch.features):
         kept = slice(None) if whole[row] else valid[row]
@@ -130,6 +123,121 @@ def decode_batch(
             )
         )
     return out
+
+
+def _search_device(
+    start_logits: torch.Tensor,
+    end_logits: torch.Tensor,
+    char_starts: npt.NDArray[np.int64],
+    cls_index: npt.NDArray[np.int64],
+    *,
+    band: int,
+    keep: int,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """The band search on the logits' device (a GPU): only the kept candidates leave it.
+
+    Returns:
+        (B, K) scores, descending, ties by flat index; (B, K) flat indices `i * band + d`; (B,) null
+        logits `start[cls] + end[cls]` (read at index 0 where a window has no CLS token).
+
+    Raises:
+        DecodeError: See `decode_batch`.
+    """
+    n_windows, width = start_logits.shape
+    device = start_logits.device
+    raw_start, raw_end = start_logits.float(), end_logits.float()  # (B, P); no copy when already fp32
+    pair = raw_start + raw_end  # (B, P): finite everywhere in a sound batch, which one check shows
+    if not bool(torch.isfinite(pair).all()):
+        _check_values(raw_start, raw_end, char_starts >= 0, cls_index)
+    outside = torch.from_numpy(char_starts < 0).to(device)  # (B, P)
+    # Tokens outside the context get -inf, so every pair with one of them scores -inf: the (B, P) masks
+    # replace a mask over all (B, P, L) pairs.
+    start = raw_start.masked_fill(outside, float("-inf"))  # (B, P)
+    end = raw_end.masked_fill(outside, float("-inf"))  # (B, P)
+    # (B, P, L): start i + end i + d, then flat (B, P*L)
+    scores = (start.unsqueeze(2) + _band(end, band, float("-inf"))).reshape(n_windows, width * band)
+    top_scores, top_flat = _top_candidates(scores, keep)
+    # The CLS token is outside the context: its null logit `start[cls] + end[cls]` is read from `pair`.
+    safe_cls = torch.from_numpy(np.maximum(cls_index, 0)).to(device).unsqueeze(1)  # (B, 1)
+    null_logits = pair.gather(1, safe_cls).squeeze(1).cpu().numpy()  # (B,)
+    return top_scores.cpu().numpy(), top_flat.cpu().numpy(), null_logits
+
+
+def _search_host(
+    start_logits: torch.Tensor,
+    end_logits: torch.Tensor,
+    char_starts: npt.NDArray[np.int64],
+    cls_index: npt.NDArray[np.int64],
+    *,
+    band: int,
+    keep: int,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """The band search in numpy, for logits in this process's memory: `_search_device`'s result.
+
+    The rule is the same (a stable descending sort's first K of the flat (B, P*L) scores), found without
+    scoring every pair: a window's K best spans all score at least T, the K-th largest of its per-start
+    bests `start[i] + max(end[i : i + L])` (those are K distinct spans). So only the starts whose best
+    reaches T are scored, only their spans at or above T are kept, and those few are sorted by (window,
+    score descending), stable, so ties stay in flat-index order. A window with fewer than K scored
+    starts (T = -inf) keeps all its spans. Float addition is monotonic, so a start's best is exactly its
+    best span's score, and every score is the same float32 sum as the device's.
+
+    Returns:
+        As `_search_device`.
+
+    Raises:
+        DecodeError: See `decode_batch`.
+    """
+    n_windows, width = start_logits.shape
+    raw_start = start_logits.detach().float().numpy()  # (B, P) float32, a view when already fp32
+    raw_end = end_logits.detach().float().numpy()  # (B, P)
+    pair = raw_start + raw_end  # (B, P): finite everywhere in a sound batch, which one check shows
+    if not np.isfinite(pair).all():
+        _check_values(start_logits.float(), end_logits.float(), char_starts >= 0, cls_index)
+    outside = char_starts < 0  # (B, P)
+    start = np.where(outside, _NEG_INF, raw_start)  # (B, P) float32
+    padded_end = np.full((n_windows, width + band - 1), _NEG_INF, dtype=np.float32)  # (B, P + L - 1)
+    np.copyto(padded_end[:, :width], raw_end, where=~outside)
+    best = start + _window_max(padded_end, band, width)  # (B, P): each start's best span
+    if keep <= width:
+        threshold = np.sort(best, axis=1)[:, width - keep]  # (B,) the K-th largest
+        scored_starts = np.flatnonzero(best >= threshold[:, None])  # (M,) flat (b, i): the starts to score
+    else:  # more kept than starts: every start is scored
+        threshold = np.full(n_windows, _NEG_INF, dtype=np.float32)
+        scored_starts = np.arange(n_windows * width)
+    window, token = np.divmod(scored_starts, width)  # (M,) each
+    step = padded_end.strides[1]
+    # (B, P, L) view with ends[b, i, d] = padded_end[b, i + d] (built directly: sliding_window_view's
+    # checks cost more than this whole search's arithmetic)
+    ends = np.ndarray(
+        (n_windows, width, band), np.float32, padded_end, 0, (padded_end.strides[0], step, step)
+    )
+    scored = start.ravel()[scored_starts, None] + ends[window, token]  # (M, L)
+    hits = np.flatnonzero(scored >= threshold[window, None])  # (S,) in flat-index order
+    kept, offset = np.divmod(hits, band)  # (S,) each
+    values = scored.ravel()[hits]  # (S,)
+    rows = window[kept]  # (S,) ascending
+    flat = token[kept] * band + offset  # (S,) i * L + d
+    # By window, then score descending; ties keep flat order (two stable sorts, cheaper than lexsort).
+    order = np.argsort(-values, kind="stable")  # (S,)
+    order = order[np.argsort(rows[order], kind="stable")]
+    counts = np.bincount(rows, minlength=n_windows)  # (B,) each at least K
+    firsts = np.cumsum(counts) - counts  # (B,)
+    picks = order[firsts[:, None] + np.arange(keep)]  # (B, K)
+    null_logits = pair[np.arange(n_windows), np.maximum(cls_index, 0)]  # (B,)
+    return values[picks], flat[picks], null_logits
+
+
+def _window_max(values: npt.NDArray[np.float32], width: int, count: int) -> npt.NDArray[np.float32]:
+    """(B, count): `out[b, i] = max(values[b, i : i + width])`, by doubling spans (log2(width) maxima).
+
+    `values` is (B, count + width - 1).
+    """
+    span = 1
+    while span * 2 <= width:
+        values = np.maximum(values[:, :-span], values[:, span:])  # now the max over [i, i + 2 span)
+        span *= 2
+    return np.maximum(values[:, :count], values[:, width - span : width - span + count])
 
 
 def _check_shape(batch: Batch, start_logits: torch.Tensor, end_logits: torch.Tensor) -> None:

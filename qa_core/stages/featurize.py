@@ -31,10 +31,10 @@ logger = logging.getLogger(__name__)
 
 
 class _Question(NamedTuple):
-    """A question as windowed: its (possibly cut) text, that text's encoding, and whether it was cut."""
+    """A question as windowed: its (possibly cut) text, that text's token ids, and whether it was cut."""
 
     text: str
-    encoding: Any
+    tokens: TokenizedText
     cut: bool
 
 
@@ -118,7 +118,8 @@ class Featurizer:
         """
         encoded = self._questions.encode_batch_fast([r.question for r in records], add_special_tokens=False)
         limit = self.question_limit
-        cut = [k for k, e in enumerate(encoded) if len(e.ids) > limit]
+        ids = [e.ids for e in encoded]  # each `Encoding.ids` read builds a new list: read once
+        cut = [k for k, tokens in enumerate(ids) if len(tokens) > limit]
         texts = [r.question for r in records]
         if cut:
             with_offsets = self._questions.encode_batch([texts[k] for k in cut], add_special_tokens=False)
@@ -126,17 +127,17 @@ class Featurizer:
                 texts[k] = texts[k][: encoding.offsets[limit - 1][1]]
             recut = self._questions.encode_batch_fast([texts[k] for k in cut], add_special_tokens=False)
             for k, again in zip(cut, recut, strict=True):
-                encoded[k] = again
+                ids[k] = again.ids
         cut_set = set(cut)
         results: list[list[Feature] | Rejection | None] = [None] * len(records)
         todo: list[tuple[int, _Question]] = []
-        for index, (record, text, encoding) in enumerate(zip(records, texts, encoded, strict=True)):
-            if not encoding.ids:
+        for index, (record, text, tokens) in enumerate(zip(records, texts, ids, strict=True)):
+            if not tokens:
                 results[index] = record.reject(Reason.EMPTY_QUESTION, "question has no tokens")
                 continue
-            results[index] = self._question_problem(record, len(encoding.ids))
+            results[index] = self._question_problem(record, len(tokens))
             if results[index] is None:
-                todo.append((index, _Question(text, encoding, index in cut_set)))
+                todo.append((index, _Question(text, TokenizedText.of_ids(tokens), index in cut_set)))
         return results, todo
 
     def _featurize_batch(
@@ -171,7 +172,7 @@ class Featurizer:
         """Windows from questions and distinct contexts tokenized once each (`qa_core.stages.windows`)."""
         contexts = cache.tokens([records[i].context for i, _ in todo], self._encode_contexts)
         for (index, question), context in zip(todo, contexts, strict=True):
-            question_tokens = TokenizedText.ids_of(question.encoding)
+            question_tokens = question.tokens
             room = self.config.max_seq_len - len(question_tokens) - template.n_special
             ranges = window_ranges(len(context), room, self.config.doc_stride)
             windows = template.assemble_all(question_tokens, context, ranges)
@@ -216,7 +217,7 @@ class Featurizer:
             The features, or a `NO_CONTEXT_TOKENS` rejection when no window has a context token.
         """
         # Windows with no context token (possible only for odd tokenizers) can never hold an answer.
-        kept = [w for w in windows if bool((w[2] >= 0).any())]
+        kept = [w for w in windows if len(w[2]) and w[2].max() >= 0]  # max: cheaper than any(>=)
         if not kept:
             return record.reject(Reason.NO_CONTEXT_TOKENS, "the context produced no tokens")
         features = []

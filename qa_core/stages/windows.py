@@ -17,7 +17,7 @@ per row (benchmarks/RESULTS.md):
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,11 @@ class TokenizedText:
         ids = np.asarray(encoding.ids, dtype=np.int32)
         return cls(ids, _NO_OFFSETS, _NO_OFFSETS)
 
+    @classmethod
+    def of_ids(cls, ids: list[int]) -> TokenizedText:
+        """A question's arrays from its token ids (`ids_of` of an encoding whose ids were read already)."""
+        return cls(np.asarray(ids, dtype=np.int32), _NO_OFFSETS, _NO_OFFSETS)
+
     @property
     def nbytes(self) -> int:
         """Bytes of the arrays."""
@@ -97,6 +102,8 @@ class PairTemplate:
     suffix: tuple[_I32, _I8]
     question_type: int
     context_type: int
+    # Per question length, the head's type ids (`_head_types`); not part of the template's value.
+    _heads: dict[int, _I8] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def n_special(self) -> int:
@@ -188,31 +195,47 @@ class PairTemplate:
         """The windows of one question over context token `ranges`, as `assemble` builds each.
 
         The part before the context (specials, question, specials) is joined once per question; each
-        window is then four concatenations of that part, a context slice and the suffix.
+        window's arrays are then that part, a context slice and the suffix (`_joined`).
         """
-        (pre_ids, pre_types), (mid_ids, mid_types), (suf_ids, suf_types) = (
-            self.prefix,
-            self.middle,
-            self.suffix,
-        )
-        head_ids = np.concatenate([pre_ids, question.ids, mid_ids])  # (H,)
-        question_types = np.full(len(question), self.question_type, np.int8)
-        head_types = np.concatenate([pre_types, question_types, mid_types])  # (H,)
-        head_none = np.full(head_ids.shape[0], -1, dtype=np.int32)  # (H,) no offsets before the context
-        suffix_none = np.full(suf_ids.shape[0], -1, dtype=np.int32)
-        longest = max(stop - start for start, stop in ranges)
-        context_types = np.full(longest, self.context_type, np.int8)  # sliced per window
-        windows = []
-        for start, stop in ranges:
-            windows.append(
-                (
-                    np.concatenate([head_ids, context.ids[start:stop], suf_ids]),
-                    np.concatenate([head_types, context_types[: stop - start], suf_types]),
-                    np.concatenate([head_none, context.starts[start:stop], suffix_none]),
-                    np.concatenate([head_none, context.ends[start:stop], suffix_none]),
-                )
-            )
-        return windows
+        head_ids = np.concatenate([self.prefix[0], question.ids, self.middle[0]])  # (H,)
+        head = (head_ids, self._head_types(len(question)))  # (H,) each
+        suffix = (*self.suffix, self.context_type)
+        return [_joined(head, context, start, stop, suffix) for start, stop in ranges]
+
+    def _head_types(self, question_tokens: int) -> _I8:
+        """(H,) type ids of the part before the context, for a question of `question_tokens` tokens.
+
+        They depend on the length alone, so each length's are built once and kept (read-only: they are
+        only ever copied into a window).
+        """
+        types = self._heads.get(question_tokens)
+        if types is None:
+            question_types = np.full(question_tokens, self.question_type, np.int8)
+            types = np.concatenate([self.prefix[1], question_types, self.middle[1]])  # (H,)
+            types.setflags(write=False)
+            types = self._heads.setdefault(question_tokens, types)
+        return types
+
+
+def _joined(
+    head: tuple[_I32, _I8], context: TokenizedText, start: int, stop: int, suffix: tuple[_I32, _I8, int]
+) -> Window:
+    """One window: the head (ids, type ids), context tokens [start, stop), the suffix (ids, type ids).
+
+    Each array is allocated once and filled by slices (cheaper than `np.concatenate` at these sizes);
+    `suffix` carries the context's type id. Offsets are -1 outside the context.
+    """
+    head_ids, head_types = head
+    suffix_ids, suffix_types, context_type = suffix
+    at, end = len(head_ids), len(head_ids) + stop - start  # the context slice's place in the window
+    total = end + len(suffix_ids)
+    ids, types = np.empty(total, np.int32), np.empty(total, np.int8)  # (T,) each
+    starts, ends = np.empty(total, np.int32), np.empty(total, np.int32)  # (T,) each
+    ids[:at], ids[at:end], ids[end:] = head_ids, context.ids[start:stop], suffix_ids
+    types[:at], types[at:end], types[end:] = head_types, context_type, suffix_types
+    starts[:at], starts[at:end], starts[end:] = -1, context.starts[start:stop], -1
+    ends[:at], ends[at:end], ends[end:] = -1, context.ends[start:stop], -1
+    return ids, types, starts, ends
 
 
 def pair_window(encoding: Any) -> Window:
