@@ -296,7 +296,7 @@ def iter_rows(
         stop: Row to stop before (None: to the end).
         opener: Opens a file for binary reading (default: fsspec); `docqa run` passes one that goes
             through Beam's file systems where Beam has one for the scheme.
-        file_rows: The files' row counts, when the caller has them (`JobPlan.file_rows`): files wholly
+        file_rows: The files' row counts, when the caller has them (`TableSource.file_rows`): files wholly
             before `start` are then skipped without being opened. Without them each such file's footer
             is read, which for a unit deep in an input of many object-store files is one request per
             earlier file.

@@ -37,7 +37,7 @@ from qa_core.evaluation.calibration import apply_model_calibration
 from qa_core.io.joins import HELD_IN_MEMORY, Joins
 from qa_core.io.ownership import verify_output_rows
 from qa_core.io.read import InputSchema, output_schemas
-from qa_core.io.sources import InputSource, TableSource
+from qa_core.io.sources import InputSource
 from qa_core.io.spec import InputSpec, open_source
 from qa_core.io.write import check_output, mark_completed, prepare_output
 from qa_core.jobs.parts import row_ranges
@@ -153,14 +153,6 @@ class JobPlan:
     def input_schema(self) -> InputSchema:
         """The fields of the input rows' columns."""
         return self.source.schema
-
-    @property
-    def file_rows(self) -> tuple[int, ...]:
-        """Rows of each input file of a one-table job (footers); empty for two tables.
-
-        Neither cluster reader needs them now: both read through the source (`InputSource.rows`).
-        """
-        return self.source.file_rows if isinstance(self.source, TableSource) else ()
 
     @property
     def schemas(self) -> tuple[pa.Schema, pa.Schema]:
