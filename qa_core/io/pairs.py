@@ -22,7 +22,7 @@ import pyarrow as pa
 from qa_core.config import InputConfig
 from qa_core.errors import ConfigError, InputError
 from qa_core.io.joins import HELD_IN_MEMORY, Joins
-from qa_core.io.pairs_join import KeyedJoin, held_indices, keyed_plan
+from qa_core.io.pairs_join import KeyedJoin, held_indices, keyed_plan, read_documents
 from qa_core.io.pairs_plan import PairColumns, PairsPlan, plan_pairs
 from qa_core.io.read import (
     InputSchema,
@@ -169,19 +169,16 @@ class PairsSource:
         """
         if self.keyed is not None:
             raise RuntimeError("a keyed join's rows are formed by the engine's shuffle (KeyedJoin), not read")
-        first, end = self.plan.document_range(start, stop)
-        documents: Iterable[Mapping[str, Any]] = ()
-        if first < end:
-            documents = iter_rows(
-                self.documents,
-                self.plan.columns.document_columns,
-                start=first,
-                stop=end,
-                opener=opener,
-                file_rows=self.document_rows,
-            )
-            if on_documents is not None:
-                documents = _counted(documents, on_documents)
+        first, documents = read_documents(
+            self.documents,
+            self.document_rows,
+            self.plan,
+            start,
+            stop,
+            columns=self.plan.columns.document_columns,
+            opener=opener,
+            on_documents=on_documents,
+        )
         return self.plan.expand(documents, first, start, stop)
 
     def boundary(self, position: int) -> int:
@@ -262,14 +259,6 @@ def table_pairs(
     plan = plan_pairs(columns, held, documents.column(config.doc_id_column).to_pylist())
     rows = plan.expand(documents.select(columns.document_columns).to_pylist(), 0, 0, plan.row_count)
     return schema, plan, rows
-
-
-def _counted(
-    documents: Iterable[Mapping[str, Any]], on_documents: OnDocuments
-) -> Iterator[Mapping[str, Any]]:
-    for document in documents:
-        on_documents(1)
-        yield document
 
 
 def _check_id_column(config: InputConfig) -> None:

@@ -22,7 +22,7 @@ Units are cut at document boundaries (`PairsPlan.boundary`), so a document's row
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import IO, Any, cast
@@ -75,18 +75,10 @@ class KeyedJoin:
         Only the documents' doc_id column is read.
         """
         plan = self.plan
-        first, end = plan.document_range(start, stop)
-        if first >= end:
-            return
-        doc_ids = iter_rows(
-            self.documents,
-            [plan.columns.rows.doc_id_column],
-            start=first,
-            stop=end,
-            opener=opener,
-            file_rows=self.document_rows,
-        )
         column = plan.columns.rows.doc_id_column
+        first, doc_ids = read_documents(
+            self.documents, self.document_rows, plan, start, stop, columns=[column], opener=opener
+        )
         for index, row in enumerate(doc_ids, start=first):
             doc_id = row[column]
             if self._has_own_questions(index) and start <= plan.starts[index] and doc_id is not None:
@@ -165,29 +157,17 @@ class KeyedJoin:
         for index, question in questions:
             asked[index][question.index] = question.row
         plan = self.plan
-        first, end = plan.document_range(start, stop)
-        documents: Iterable[Mapping[str, Any]] = ()
-        if first < end:
-            documents = iter_rows(
-                self.documents,
-                plan.columns.document_columns,
-                start=first,
-                stop=end,
-                opener=opener,
-                file_rows=self.document_rows,
-            )
-        index = first
-        for document in documents:
-            if on_documents is not None:
-                on_documents(1)
-            begin, after = int(plan.starts[index]), int(plan.starts[index + 1])
-            if max(start, begin) < min(stop, after):
-                joined = asked.get(index, {}) if self._has_own_questions(index) else None
-                rows = plan.rows_of(index, document, joined)
-                yield from rows[max(start - begin, 0) : min(stop, after) - begin]
-            index += 1
-        for position in range(max(start, plan.document_rows_end), min(stop, plan.row_count)):
-            yield plan.question_row(position)
+        first, documents = read_documents(
+            self.documents,
+            self.document_rows,
+            plan,
+            start,
+            stop,
+            columns=plan.columns.document_columns,
+            opener=opener,
+            on_documents=on_documents,
+        )
+        return plan.expand(documents, first, start, stop, asked)
 
     def _has_own_questions(self, index: int) -> bool:
         """Whether good document `index` has rows beyond the questions asked of every document."""
@@ -204,3 +184,34 @@ def keyed_plan(plan: PairsPlan, held: Mapping[int, Mapping[str, Any]]) -> PairsP
 def held_indices(plan: PairsPlan) -> list[int]:
     """The questions a keyed join's workers hold: asked of every document, or bad; ascending."""
     return sorted({*plan.asked_of_all, *(k for k, _, _ in plan.bad_questions)})
+
+
+def read_documents(
+    files: Sequence[str],
+    file_rows: Sequence[int],
+    plan: PairsPlan,
+    start: int,
+    stop: int,
+    *,
+    columns: Sequence[str],
+    opener: Opener | None = None,
+    on_documents: Callable[[int], object] | None = None,
+) -> tuple[int, Iterator[Mapping[str, Any]]]:
+    """The documents whose rows hold positions `[start, stop)`: the first one's index, and their `columns`.
+
+    Each is read once, in order, with column projection (`qa_core.io.read.iter_rows`); `on_documents`
+    is called with 1 as each is read (`EngineStats.documents_read`).
+    """
+    first, end = plan.document_range(start, stop)
+    if first >= end:
+        return first, iter(())
+    rows = iter_rows(files, columns, start=first, stop=end, opener=opener, file_rows=file_rows)
+    return first, rows if on_documents is None else _counted(rows, on_documents)
+
+
+def _counted(
+    rows: Iterator[Mapping[str, Any]], on_documents: Callable[[int], object]
+) -> Iterator[Mapping[str, Any]]:
+    for row in rows:
+        on_documents(1)
+        yield row

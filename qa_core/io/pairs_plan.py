@@ -205,7 +205,12 @@ class PairsPlan:
         return RejectedRow(self.columns.lone_row(self.questions[index]), reason, detail)
 
     def expand(
-        self, documents: Iterable[Mapping[str, Any]], first: int, start: int, stop: int
+        self,
+        documents: Iterable[Mapping[str, Any]],
+        first: int,
+        start: int,
+        stop: int,
+        joined: Mapping[int, Mapping[int, Mapping[str, Any]]] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """The rows at positions `[start, stop)`, given the rows of documents `document_range(start, stop)`.
 
@@ -214,12 +219,15 @@ class PairsPlan:
             first: The index of the first of them.
             start: The first position.
             stop: The position to stop before.
+            joined: A keyed join's questions routed to these documents: document index -> question index
+                -> question row (None: the plan holds the questions).
         """
         index = first
         for document in documents:
             begin, end = int(self.starts[index]), int(self.starts[index + 1])
             if max(start, begin) < min(stop, end):
-                yield from self.rows_of(index, document)[max(start - begin, 0) : min(stop, end) - begin]
+                own = None if joined is None else joined.get(index, {})
+                yield from self.rows_of(index, document, own)[max(start - begin, 0) : min(stop, end) - begin]
             index += 1
         for position in range(max(start, self.document_rows_end), min(stop, self.row_count)):
             yield self.question_row(position)
