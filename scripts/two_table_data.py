@@ -5,12 +5,11 @@
 OUT/documents.parquet   the first N distinct paragraphs: doc_id, context, title
 OUT/questions.parquet   Q questions asked of every document (no doc_id: "these 12 questions of each
                         contract"), taken from other paragraphs of the same set
-OUT/materialised.parquet the cross product as one table, in the two-table job's row order (documents,
-                        then questions): id (doc_id/question_id), question, context, doc_id, question_id,
-                        title; written as a join's output usually is (pyarrow's defaults: dictionary
-                        encoding and snappy, 64k-row groups)
+OUT/materialised.parquet the two-table job's own rows (`qa_core.io.pairs.table_pairs`) as one table, in
+                        its order: id (doc_id/question_id), question, context, doc_id, question_id,
+                        title; written with pyarrow's defaults (dictionary encoding, snappy)
 
-The two jobs' answers are the same rows (`tests/test_two_tables.py` checks that on every engine); this
+The two jobs' answers are the same rows (the two-table tests check that on every engine); this
 script only makes inputs of a realistic size for `farm-bench`. Prints each file's bytes.
 """
 
@@ -22,7 +21,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from qa_core.config import load_config
 from qa_core.evaluation.squad import load_squad, squad_to_table
+from qa_core.io.pairs import table_pairs
 
 
 def main() -> None:
@@ -45,27 +46,21 @@ def main() -> None:
     # One question from each of the following paragraphs: real questions, asked of every document.
     extra = contexts[args.documents : args.documents + args.questions]
     questions = [{"question_id": asked[c][0][0], "question": asked[c][0][1]} for c in extra]
-    materialised = [
-        {
-            "id": f"{d['doc_id']}/{q['question_id']}",
-            "question": q["question"],
-            "context": d["context"],
-            "doc_id": d["doc_id"],
-            "question_id": q["question_id"],
-            "title": d["title"],
-        }
-        for d in documents
-        for q in questions
-    ]
+    documents_table, questions_table = pa.Table.from_pylist(documents), pa.Table.from_pylist(questions)
+    # The job's own rows (the engine's join, `table_pairs`), so the twin holds exactly what the job answers.
+    config = load_config((), ["input.passthrough_columns=[title]"]).input
+    schema, _, pairs = table_pairs(documents_table, questions_table, config)
+    names = [schema.id_field.name, *(f.name for f in schema.fields)]
+    materialised = [{name: row[name] for name in names} for row in pairs]
     args.out.mkdir(parents=True, exist_ok=True)
     for name, table in (
-        ("documents", documents),
-        ("questions", questions),
-        ("materialised", materialised),
+        ("documents", documents_table),
+        ("questions", questions_table),
+        ("materialised", pa.Table.from_pylist(materialised)),
     ):
         path = args.out / f"{name}.parquet"
-        pq.write_table(pa.Table.from_pylist(table), path)
-        print(f"{path}: {len(table)} rows, {path.stat().st_size} bytes")
+        pq.write_table(table, path)
+        print(f"{path}: {table.num_rows} rows, {path.stat().st_size} bytes")
 
 
 if __name__ == "__main__":
