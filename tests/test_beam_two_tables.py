@@ -21,11 +21,11 @@ import pytest
 from docqa.cli import main
 from tests.test_resume import read_output
 from tests.test_two_tables import (
-    QUESTION_SCHEMA,
     SETTINGS,
     materialised,
     run_info,
     two_table_argv,
+    write_bad_tables,
     write_tables,
 )
 
@@ -119,18 +119,7 @@ def test_run_json_says_the_join_and_each_document_read_and_tokenized_once(beam_r
 def test_each_bad_input_is_one_rejection_and_nothing_is_lost(
     join_flags: list[str], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    docs, qs, documents, questions = write_tables(tmp_path / "in", n=6)
-    bad_documents = [
-        {"doc_id": None, "context": "a document without a key", "title": "x"},
-        {"doc_id": "p2", "context": "a second document p2", "title": "y"},
-    ]
-    pq.write_table(pa.Table.from_pylist(bad_documents), docs / "part-2.parquet")
-    questions += [
-        {"question_id": None, "question": "no key?", "doc_id": None},
-        {"question_id": questions[0]["question_id"], "question": "a repeated key?", "doc_id": None},
-        {"question_id": "orphan", "question": "whose?", "doc_id": "p99"},
-    ]
-    pq.write_table(pa.Table.from_pylist(questions, schema=QUESTION_SCHEMA), qs)
+    docs, qs, documents, questions = write_bad_tables(tmp_path / "in")
     assert main(run_argv(docs, qs, tmp_path / "run", tiny_model_dir, *join_flags)) == 0
     assert main(two_table_argv(docs, qs, tmp_path / "predict", tiny_model_dir)) == 0
     answers, rejections = sorted_output(tmp_path / "run")

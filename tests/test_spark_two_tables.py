@@ -30,11 +30,12 @@ from qa_core.io.write import prepare_output
 from qa_core.jobs.parts import PartRange
 from tests.test_resume import read_output
 from tests.test_two_tables import (
-    QUESTION_SCHEMA,
+    BAD_DOCUMENTS,
     SETTINGS,
     materialised,
     run_info,
     two_table_argv,
+    write_bad_tables,
     write_tables,
 )
 
@@ -160,37 +161,28 @@ def test_resume_answers_only_the_unit_whose_parts_were_removed(
 def test_each_bad_input_is_one_rejection_with_its_reason(
     join_flags: list[str], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    docs, qs, documents, questions = write_tables(tmp_path / "in", n=6)
-    bad_documents = [
-        {"doc_id": None, "context": "a document without a key", "title": "x"},
-        {"doc_id": "p2", "context": "a second document p2", "title": "y"},
-    ]
-    pq.write_table(pa.Table.from_pylist(bad_documents), docs / "part-2.parquet")
-    questions += [
-        {"question_id": questions[0]["question_id"], "question": "a repeated key?", "doc_id": None},
-        {"question_id": "orphan", "question": "whose?", "doc_id": "p99"},
-    ]
-    pq.write_table(pa.Table.from_pylist(questions, schema=QUESTION_SCHEMA), qs)
+    docs, qs, documents, questions = write_bad_tables(tmp_path / "in")
     out = tmp_path / "out"
     assert main(spark_argv(docs, qs, out, tiny_model_dir, "--set", "output.task_rows=8", *join_flags)) == 0
     answers, rejections = read_output(out)
-    good = materialised(documents, questions[:-2])
+    good = materialised(documents, questions[:-3])
     assert sorted(answers.column("id").to_pylist()) == sorted(p["id"] for p in good)
     rejected = [(r["reason"], r["doc_id"], r["question_id"]) for r in rejections.to_pylist()]
     assert sorted(rejected, key=str) == sorted(
         [
             ("MISSING_DOC_ID", None, None),
             ("DUPLICATE_DOC_ID", "p2", None),
+            ("MISSING_QUESTION_ID", None, None),
             ("DUPLICATE_QUESTION_ID", None, questions[0]["question_id"]),
             ("UNKNOWN_DOC_ID", "p99", "orphan"),
         ],
         key=str,
     )
     info = run_info(out)
-    assert answers.num_rows + rejections.num_rows == info["counts"]["rows_read"] == len(good) + 4
+    assert answers.num_rows + rejections.num_rows == info["counts"]["rows_read"] == len(good) + 5
     assert info["counts"]["rejected_by_reason"] == info["two_table"]["bad_inputs"]
     # Every document row is read once, the two bad ones too (their rejections carry their context).
-    assert info["counts"]["documents_read"] == len(documents) + len(bad_documents) == 8
+    assert info["counts"]["documents_read"] == len(documents) + len(BAD_DOCUMENTS) == 8
     assert main(two_table_argv(docs, qs, tmp_path / "predict", tiny_model_dir)) == 0
     assert rejections.equals(read_output(tmp_path / "predict")[1])
     assert run_info(tmp_path / "predict")["counts"]["documents_read"] == 8

@@ -235,21 +235,35 @@ def test_resume_refuses_other_questions(
     assert len(err) == 1 and "another input files" in err[0]
 
 
-def test_each_bad_input_is_one_rejection_and_every_other_pair_is_answered(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    docs, qs, documents, questions = write_tables(tmp_path / "in", n=6)
-    bad_documents = [
-        {"doc_id": None, "context": "a document without a key", "title": "x"},
-        {"doc_id": "p2", "context": "a second document p2", "title": "y"},
-    ]
-    pq.write_table(pa.Table.from_pylist(bad_documents), docs / "part-2.parquet")
+BAD_DOCUMENTS = [
+    {"doc_id": None, "context": "a document without a key", "title": "x"},
+    {"doc_id": "p2", "context": "a second document p2", "title": "y"},
+]
+"""A third documents file: a null doc_id and a repeat of p2 (`write_bad_tables`)."""
+
+
+def write_bad_tables(folder: Path) -> tuple[Path, Path, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Six documents and their questions, then one of each bad input.
+
+    The bad ones: `BAD_DOCUMENTS`, and three questions after the good ones (a null question_id, a
+    repeated question_id, a doc_id no document has). Returns the tables' paths, the good documents and
+    every question (the last three bad).
+    """
+    docs, qs, documents, questions = write_tables(folder, n=6)
+    pq.write_table(pa.Table.from_pylist(BAD_DOCUMENTS), docs / "part-2.parquet")
     questions += [
         {"question_id": None, "question": "no key?", "doc_id": None},
         {"question_id": questions[0]["question_id"], "question": "a repeated key?", "doc_id": None},
         {"question_id": "orphan", "question": "whose?", "doc_id": "p99"},
     ]
     pq.write_table(pa.Table.from_pylist(questions, schema=QUESTION_SCHEMA), qs)
+    return docs, qs, documents, questions
+
+
+def test_each_bad_input_is_one_rejection_and_every_other_pair_is_answered(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    docs, qs, documents, questions = write_bad_tables(tmp_path / "in")
     out = tmp_path / "out"
     assert main(two_table_argv(docs, qs, out, tiny_model_dir)) == 0
     answers, rejections = read_output(out)
