@@ -124,7 +124,8 @@ class ReadUnit(beam.DoFn):
                 return
             # A bad input found when the job was planned keeps its type (its reason), which the declared
             # union also keeps across a runner's shuffle (pickled; a plain dict's coder would drop it).
-            yield position, row if isinstance(row, RejectedRow) else dict(row)
+            # Rows are dicts already (`iter_rows`, `PairsPlan.expand`): no copy on this per-row path.
+            yield position, row if isinstance(row, dict) else dict(row)
 
 
 def _count_documents(documents: int) -> None:
