@@ -93,6 +93,20 @@ def _search(source: TableSource, wanted: set[Hashable], found: dict[object, RowT
                     return
 
 
+def _search_noted(
+    source: TableSource, wanted: set[Hashable], found: dict[object, RowText], notes: list[str], what: str
+) -> None:
+    """`_search`, with a note of how many `what` it found, or of why it could not read the source."""
+    before = len(found)
+    try:
+        _search(source, wanted, found)
+    except Exception as err:  # storage, Parquet and schema errors alike: the page goes on without them
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        notes.append(f"could not read {source.name}: {first}")
+        return
+    notes.append(f"{len(found) - before} {what} from {source.name}")
+
+
 def lookup_texts(
     ids: Collection[object],
     sources: Sequence[TableSource],
@@ -114,14 +128,7 @@ def lookup_texts(
     for source in sources:
         if not wanted:
             break
-        before = len(found)
-        try:
-            _search(source, wanted, found)
-        except Exception as err:  # storage, Parquet and schema errors alike: the page goes on without them
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            notes.append(f"could not read {source.name}: {first}")
-            continue
-        notes.append(f"{len(found) - before} contexts from {source.name}")
+        _search_noted(source, wanted, found, notes, "contexts")
     if gold is not None and wanted:
         hits = [key for key in wanted if str(key) in gold]
         for key in hits:
@@ -162,13 +169,7 @@ def lookup_pair_texts(
     for name, source, index in (("contexts", documents, 0), ("questions", questions, 1)):
         wanted: set[Hashable] = {k for k in (_key(keys[index]) for _, keys in keyed) if k is not None}
         texts: dict[object, RowText] = {}
-        try:
-            _search(source, wanted, texts)
-        except Exception as err:  # storage, Parquet and schema errors alike: the page goes on without them
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            notes.append(f"could not read {source.name}: {first}")
-        else:
-            notes.append(f"{len(texts)} {name} from {source.name}")
+        _search_noted(source, wanted, texts, notes, name)
         found[name] = texts
     result: dict[object, RowText] = {}
     for row_id, (doc_id, question_id) in keyed:
