@@ -14,6 +14,7 @@ stripping, CJK splitting).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -67,8 +68,8 @@ class Featurizer:
         self._questions = _backend_copy(serialized)
         # Windows from separately tokenized questions and contexts (each context once per call), when
         # the pair template is one this module can rebuild; else the tokenizer's pair encoding.
-        self._template = PairTemplate.probe(serialized, self._special)
-        # The pair encoding's own copy only where the template cannot be rebuilt (each copy costs ~15 ms).
+        self._template = _probed_template(serialized, self._special)
+        # The pair encoding's own copy only where the template cannot be rebuilt.
         self._pairs: Any = _backend_copy(serialized, config) if self._template is None else None
         self._cls_in_prefix = _first(self._template.prefix[0], self._cls_id) if self._template else None
 
@@ -266,13 +267,27 @@ def question_limit(config: FeaturizeConfig, special_tokens: int) -> int:
     return room if config.max_question_len is None else min(room, config.max_question_len)
 
 
+# Featurizers of one tokenizer share its backend copies and probed template: each costs a parse of the
+# tokenizer's JSON (tens of ms, a whole small job's featurizing), and an engine is built per job, per
+# work unit on a cluster, and per worker process. Bounded: a process rarely holds more tokenizers.
+_SHARED_TOKENIZERS = 8
+
+
+@functools.lru_cache(maxsize=_SHARED_TOKENIZERS)
+def _probed_template(serialized: str, n_special: int) -> PairTemplate | None:
+    """`PairTemplate.probe`, once per tokenizer and process (a template is only read after the probe)."""
+    return PairTemplate.probe(serialized, n_special)
+
+
+@functools.lru_cache(maxsize=2 * _SHARED_TOKENIZERS)
 def _backend_copy(serialized: str, pair_config: FeaturizeConfig | None = None) -> Any:
-    """A private copy of the fast tokenizer's Rust backend: for texts alone, or for windowed pairs.
+    """A copy of the fast tokenizer's Rust backend: for texts alone, or for windowed pairs.
 
     Calling the `tokenizers.Tokenizer` directly instead of the transformers wrapper saves the wrapper's
-    conversion of every encoding into Python lists (measured: a third of featurization time); its
-    truncation settings are state of the object, so each use gets its own copy, configured once, and
-    a featurizer shared across threads never changes them mid-call.
+    conversion of every encoding into Python lists (measured: a third of featurization time). Its
+    truncation settings are state of the object, so each kind of use gets its own copy, configured here
+    once and never changed after: featurizers of the same tokenizer (and the same windows, for pairs)
+    share it, across threads too (encoding only reads it), and the caller's tokenizer is never touched.
 
     Args:
         serialized: The backend (`tokenizers.Tokenizer.to_str()`).
