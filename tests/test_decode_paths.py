@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from qa_core.stages.decode import _search_device, _search_host
+from qa_core.stages.decode import _search_device, _search_host, _window_then_descending
 
 
 def _case(rng: np.random.Generator, levels: int) -> tuple[tuple[Any, ...], int, int]:
@@ -43,3 +43,17 @@ def test_host_search_equals_device_search(levels: int) -> None:
         finite = np.isfinite(device_scores)
         assert np.array_equal(host_flat[finite], device_flat[finite]), trial
         assert np.array_equal(host_null, device_null), trial
+
+
+def test_window_then_descending_orders_as_python_sorts_the_floats() -> None:
+    """By row, then value descending, equal values (-0.0 and +0.0 too) in input order; -inf last."""
+    rng = np.random.default_rng(7)
+    pool = np.array([-np.inf, -3.5, -1.0, -0.0, 0.0, 1e-45, -1e-45, 2.0, 2.0, 7.25, 3e38], dtype=np.float32)
+    for _ in range(200):
+        n = int(rng.integers(1, 80))
+        rows = np.sort(rng.integers(0, 6, n)).astype(np.int64)
+        values = rng.choice(pool, n).astype(np.float32)
+        order = np.argsort(_window_then_descending(rows, values), kind="stable")
+        # Python's sort is stable and compares -0.0 == 0.0: the rule itself.
+        expected = sorted(range(n), key=lambda k: (int(rows[k]), -float(values[k])))
+        assert order.tolist() == expected

@@ -218,14 +218,30 @@ def _search_host(
     values = scored.ravel()[hits]  # (S,)
     rows = window[kept]  # (S,) ascending
     flat = token[kept] * band + offset  # (S,) i * L + d
-    # By window, then score descending; ties keep flat order (two stable sorts, cheaper than lexsort).
-    order = np.argsort(-values, kind="stable")  # (S,)
-    order = order[np.argsort(rows[order], kind="stable")]
+    # By window, then score descending; ties keep flat order: one stable sort of one integer key (two
+    # stable sorts of floats, or lexsort, cost ~8x more at a GPU batch's S of thousands).
+    order = np.argsort(_window_then_descending(rows, values), kind="stable")  # (S,)
     counts = np.bincount(rows, minlength=n_windows)  # (B,) each at least K
     firsts = np.cumsum(counts) - counts  # (B,)
     picks = order[firsts[:, None] + np.arange(keep)]  # (B, K)
     null_logits = pair[np.arange(n_windows), np.maximum(cls_index, 0)]  # (B,)
     return values[picks], flat[picks], null_logits
+
+
+def _window_then_descending(
+    rows: npt.NDArray[np.int64], values: npt.NDArray[np.float32]
+) -> npt.NDArray[np.uint64]:
+    """(S,) keys whose ascending order is by `rows` ascending, then `values` descending.
+
+    The float32 bits are mapped to a uint32 that orders as the floats do (negatives' bits inverted, the
+    sign bit set on the others), inverted for descending, below the row in the high 32 bits. Equal floats
+    give equal keys (-0.0 is made +0.0 first), so a stable sort keeps their order. No NaN reaches here
+    (`_check_values`); -inf orders last.
+    """
+    bits = (values + np.float32(0.0)).view(np.uint32)  # (S,); + 0.0 turns -0.0 into +0.0
+    negative = bits >= np.uint32(0x80000000)
+    ascending = np.where(negative, ~bits, bits | np.uint32(0x80000000))  # (S,) ordered as the floats
+    return (rows.astype(np.uint64) << np.uint64(32)) | (~ascending).astype(np.uint64)
 
 
 def _window_max(values: npt.NDArray[np.float32], width: int, count: int) -> npt.NDArray[np.float32]:
