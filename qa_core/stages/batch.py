@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -95,13 +96,29 @@ def collate(features: Sequence[Feature], pad_token_id: int, pad_to_multiple_of: 
     """
     if not features:
         raise ValueError("cannot collate an empty batch")
-    width = padded_length(max(f.length for f in features), pad_to_multiple_of)
-    input_ids = np.full((len(features), width), pad_token_id, dtype=np.int64)  # (B, P)
-    attention_mask = np.zeros((len(features), width), dtype=np.int64)  # (B, P)
-    token_type_ids = np.zeros((len(features), width), dtype=np.int64)  # (B, P)
-    for row, feature in enumerate(features):
-        n = feature.length
-        input_ids[row, :n] = feature.input_ids
-        attention_mask[row, :n] = 1
-        token_type_ids[row, :n] = feature.token_type_ids
+    lengths = np.fromiter((f.length for f in features), dtype=np.int64, count=len(features))  # (B,)
+    width = padded_length(int(lengths.max()), pad_to_multiple_of)
+    real = real_positions(lengths, width)  # (B, P)
+    input_ids = padded_rows([f.input_ids for f in features], real, pad_token_id)  # (B, P)
+    attention_mask = real.astype(np.int64)  # (B, P)
+    token_type_ids = padded_rows([f.token_type_ids for f in features], real, 0)  # (B, P)
     return Batch(tuple(features), input_ids, attention_mask, token_type_ids)
+
+
+def real_positions(lengths: npt.NDArray[np.int64], width: int) -> npt.NDArray[np.bool_]:
+    """(B, P) bool: position p of row b holds a real token (`p < lengths[b]`), the rest is padding."""
+    return np.arange(width) < lengths[:, None]
+
+
+def padded_rows(
+    rows: Sequence[npt.NDArray[Any]], real: npt.NDArray[np.bool_], fill: int
+) -> npt.NDArray[np.int64]:
+    """(B, P) int64: row b's values at its real positions (`real_positions`), `fill` after them.
+
+    One concatenation and one masked write for the batch (True positions in row-major order are the
+    rows' values in order) instead of a slice assignment per window, which cost a microsecond each at
+    a GPU batch's hundreds of windows.
+    """
+    out = np.full(real.shape, fill, dtype=np.int64)
+    out[real] = np.concatenate(rows)
+    return out
