@@ -20,7 +20,7 @@ from qa_core.config import DecodeConfig
 from qa_core.records import Answer, Record, SpanScore, WindowCandidates
 from qa_core.stages import aggregate as aggregate_module
 from qa_core.stages.aggregate import AggregateError, aggregate
-from qa_core.stages.graphemes import snap_span
+from qa_core.stages.graphemes import boundary_everywhere, snap_span
 
 # Words of whole clusters and cut ones: NFD accents (a token end before U+0301 snaps forward), a conjunct.
 WORDS = ["alpha", "beta", unicodedata.normalize("NFD", "José"), "café", "नमस्ते", "x", "東京"]
@@ -129,7 +129,8 @@ def test_shortcuts_equal_the_general_merge() -> None:
     shortcuts = 0
     for trial in range(3000):
         record, windows = random_row(rng, f"r{trial}")
-        snapped = [aggregate_module._snapped(record, w) for w in windows]
+        everywhere = boundary_everywhere(record.context)
+        snapped = [aggregate_module._snapped(record, w, everywhere) for w in windows]
         got = aggregate_module._merge_spans(record, windows)
         assert got == aggregate_module._merge_spans_general(snapped), (trial, record.context)
         logits = [logit for w in snapped for logit in w[2]]

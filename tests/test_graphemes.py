@@ -170,6 +170,27 @@ def test_snap_spans_is_snap_span_on_each() -> None:
         snap_span("abc", 2, 1)
 
 
+def test_texts_of_the_boundary_everywhere_blocks_need_no_snapping() -> None:
+    """Every character of `_BOUNDARY_EVERYWHERE` is GCB Other, Control or LF per `regex` (what `\\X` uses),
+    so every position of a text of them is a boundary; and snap_spans' scan still snaps what can join."""
+    joinless = regex.compile(r"[\p{GCB=Other}\p{GCB=Control}\p{GCB=LF}]")
+    inside = [c for c in range(0x110000) if graphemes._MAY_JOIN.match(chr(c)) is None]
+    assert len(inside) > 25_000 and 0x0D not in inside
+    assert [hex(c) for c in inside if not joinless.match(chr(c))] == []
+    rng = random.Random(9)
+    pool = [chr(c) for c in inside[::37]] + list("ab \n\u2013\u201c\u00e9")
+    for _ in range(200):
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(1, 40)))
+        assert boundaries(text) == list(range(len(text) + 1))
+    # A joiner anywhere in the text: the offsets are looked at again (a combining mark, a ZWJ, a CR LF).
+    for text, span, snapped in [
+        ("caf\u00e9 \u2013 Jose\u0301!", (5, 11), (5, 12)),
+        ("\u201ca\u200d\U0001f600\u201d", (1, 2), (1, 3)),  # the ZWJ joins the a
+        ("\u00e9\r\nb", (1, 2), (1, 3)),
+    ]:
+        assert snap_spans(text, [span[0]], [span[1]]) == ([snapped[0]], [snapped[1]])
+
+
 def _window(starts: list[int], ends: list[int], logits: list[float]) -> WindowCandidates:
     return WindowCandidates(
         "k", 0, 1, np.array(starts, np.int64), np.array(ends, np.int64), np.array(logits), None

@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from qa_core.config import DecodeConfig
 from qa_core.records import Answer, Record, SpanScore, WindowCandidates
-from qa_core.stages.graphemes import snap_spans
+from qa_core.stages.graphemes import boundary_everywhere, snap_spans
 
 
 class AggregateError(ValueError):
@@ -39,14 +39,16 @@ class AggregateError(ValueError):
 Spans = tuple[list[int], list[int], list[float]]
 
 
-def _snapped(record: Record, window: WindowCandidates) -> Spans:
+def _snapped(record: Record, window: WindowCandidates, everywhere: bool) -> Spans:
     """A window's spans as lists, snapped to grapheme clusters, in the window's order.
+
+    `everywhere` is `boundary_everywhere(record.context)`, found once for the row's windows.
 
     Raises:
         AggregateError: When a span is not inside the context.
     """
     try:
-        starts, ends = snap_spans(record.context, window.starts.tolist(), window.ends.tolist())
+        starts, ends = snap_spans(record.context, window.starts.tolist(), window.ends.tolist(), everywhere)
     except ValueError as err:
         raise AggregateError(f"row {record.row_key}, window {window.window_index}: {err}") from err
     return starts, ends, window.logits.tolist()
@@ -63,7 +65,8 @@ def _merge_spans(record: Record, candidates: Sequence[WindowCandidates]) -> Span
     Raises:
         AggregateError: When a span is not inside the context.
     """
-    windows = [_snapped(record, c) for c in candidates]
+    everywhere = boundary_everywhere(record.context)
+    windows = [_snapped(record, c, everywhere) for c in candidates]
     if len(windows) == 1:
         starts, ends, logits = windows[0]
         # Strictly decreasing logits leave no tie for (start, end) to break; NaN fails the comparison.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import operator
+import re
 from collections.abc import Callable, Sequence
 
 import regex
@@ -46,7 +47,17 @@ _FIRST_PREPEND = "\u0600"  # smallest Prepend: below it only CR joins the ASCII 
 _RI_FIRST, _RI_LAST = "\U0001f1e6", "\U0001f1ff"  # regional indicators: flags are pairs of them
 _LAST_NON_RI = regex.compile(r"[^\U0001F1E6-\U0001F1FF]", flags=regex.REVERSE)
 _SCAN = 16  # how far back to look for a certain boundary to walk clusters from
-_SCAN_WHOLE_ASCII = 1 << 16  # longest ASCII text searched whole for a CR (longer: offset by offset)
+_SCAN_WHOLE = 1 << 16  # longest text searched whole for a character that can join (longer: offset by offset)
+# Blocks whose every character is GCB Other, Control or LF (tests/test_graphemes.py checks each against the
+# `regex` package that `\X` uses): a text of these alone, CR left out, has a boundary at every position,
+# for no rule joins two of them (GB3 needs CR; GB6-GB9c, GB11-GB13 need a Hangul, Extend, ZWJ, SpacingMark,
+# Prepend or regional indicator character). Latin, Greek, Cyrillic letters, general punctuation, currency,
+# letterlike and math symbols, arrows, CJK ideographs: nearly every non-ASCII context of SQuAD.
+_BOUNDARY_EVERYWHERE = (
+    r"\x00-\x0c\x0e-\u02ff\u0370-\u0482\u1e00-\u1fff\u2010-\u2027\u2030-\u205f\u2070-\u20cf"
+    r"\u2100-\u2bff\u4e00-\u9fff"
+)
+_MAY_JOIN = re.compile(f"[^{_BOUNDARY_EVERYWHERE}]")  # `re`: a plain class is ~15x faster than `regex`
 _MARGIN = 32  # first slice half-width when there is none; it doubles until the boundaries are trusted
 
 
@@ -166,7 +177,20 @@ def _moved(text: str, offsets: Sequence[int], snap: Callable[[str, int], int]) -
     return moved
 
 
-def snap_spans(text: str, starts: Sequence[int], ends: Sequence[int]) -> tuple[list[int], list[int]]:
+def boundary_everywhere(text: str) -> bool:
+    """Whether every position of `text` is a cluster boundary, as far as one scan of it can tell.
+
+    True for ASCII without CR (`isascii` is O(1), `in` one memchr) and for texts of `_BOUNDARY_EVERYWHERE`
+    alone; False also means "look at each offset" (texts over `_SCAN_WHOLE` characters are never scanned).
+    """
+    if len(text) > _SCAN_WHOLE:
+        return False
+    return "\r" not in text if text.isascii() else _MAY_JOIN.search(text) is None
+
+
+def snap_spans(
+    text: str, starts: Sequence[int], ends: Sequence[int], everywhere: bool | None = None
+) -> tuple[list[int], list[int]]:
     """`snap_span` over many spans of one text, each distinct offset looked up once.
 
     A window's candidates share most of their start and end offsets, so this costs about one
@@ -176,6 +200,8 @@ def snap_spans(text: str, starts: Sequence[int], ends: Sequence[int]) -> tuple[l
         text: The context the offsets index (code points).
         starts: Start offsets.
         ends: End offsets (exclusive), as many as `starts`.
+        everywhere: `boundary_everywhere(text)` when the caller has it (a row's windows share their
+            text); None: found here.
 
     Returns:
         The snapped starts and ends, as lists (equal to the inputs when nothing moved).
@@ -187,8 +213,9 @@ def snap_spans(text: str, starts: Sequence[int], ends: Sequence[int]) -> tuple[l
         raise ValueError(f"{len(starts)} starts but {len(ends)} ends")
     if starts and (min(starts) < 0 or max(ends) > len(text) or not all(map(operator.le, starts, ends))):
         raise ValueError(f"a span is not inside a text of length {len(text)} (or ends before it starts)")
-    if text.isascii() and len(text) <= _SCAN_WHOLE_ASCII and "\r" not in text:
-        # No two ASCII characters but CR LF form one cluster; `isascii` is O(1) and `in` one memchr.
+    if everywhere is None:
+        everywhere = boundary_everywhere(text)
+    if everywhere:  # nothing can move
         return list(starts), list(ends)
     # Each distinct offset is looked up once; in the usual case none moves and nothing else is done.
     moved_starts = _moved(text, starts, _snap_start)

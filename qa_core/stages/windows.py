@@ -61,13 +61,15 @@ class TokenizedText:
         Masked once per context here, not once per window: every window of every question over the
         context slices the same arrays.
         """
-        offsets = _offsets(encoding)  # (n, 2)
-        real = offsets[:, 1] > offsets[:, 0]  # (n,)
-        return cls(
-            np.asarray(encoding.ids, dtype=np.int32),
-            np.where(real, offsets[:, 0], -1).astype(np.int32),
-            np.where(real, offsets[:, 1], -1).astype(np.int32),
-        )
+        ids = encoding.ids  # each read builds a new list: read once
+        n = len(ids)
+        flat = np.fromiter(itertools.chain.from_iterable(encoding.offsets), dtype=np.int32, count=2 * n)
+        starts, ends = flat[0::2].copy(), flat[1::2].copy()  # (n,) each, contiguous
+        zero_width = ends <= starts  # (n,); rare: most tokenizers give every token a character
+        if zero_width.any():
+            starts[zero_width] = -1
+            ends[zero_width] = -1
+        return cls(np.array(ids, dtype=np.int32), starts, ends)
 
     @classmethod
     def ids_of(cls, encoding: Any) -> TokenizedText:
