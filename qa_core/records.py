@@ -148,7 +148,7 @@ class Feature:
     @property
     def length(self) -> int:
         """Real (unpadded) tokens in the window."""
-        return int(self.input_ids.shape[0])
+        return len(self.input_ids)  # read several times per window: `len` is the cheapest way
 
 
 @dataclass(frozen=True, eq=False)
@@ -163,6 +163,8 @@ class WindowCandidates:
         ends: End character (exclusive) of each candidate, shape (K,), int64.
         logits: `start_logit[i] + end_logit[j]` of each candidate, shape (K,), float64.
         null_logit: `start_logit[cls] + end_logit[cls]`, or None when the model has no CLS token.
+        ranked: The logits strictly decrease and no (start, end) comes twice (decode says so; False:
+            not known), so the spans of a lone window need no merging.
     """
 
     row_key: str
@@ -172,6 +174,7 @@ class WindowCandidates:
     ends: npt.NDArray[np.int64]
     logits: npt.NDArray[np.float64]
     null_logit: float | None
+    ranked: bool = False
 
 
 @dataclass(frozen=True)

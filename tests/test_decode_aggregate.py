@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -13,7 +14,7 @@ from qa_core.config import DecodeConfig
 from qa_core.records import Feature, Record
 from qa_core.stages.aggregate import AggregateError, aggregate
 from qa_core.stages.batch import collate
-from qa_core.stages.decode import DecodeError, _top_candidates, decode_batch
+from qa_core.stages.decode import DecodeError, _ranked, _top_candidates, decode_batch
 
 
 @dataclass
@@ -304,3 +305,26 @@ def test_tokens_sharing_offsets_with_tied_logits_rank_by_characters() -> None:
     spans, _ = brute_force(case, cfg)
     assert [(t.start, t.end) for t in answer.top_k] == [(a, b) for a, b, _ in spans][:3]
     assert (answer.start, answer.end) == (0, 1)
+
+
+def test_ranked_says_when_a_window_needs_no_merging() -> None:
+    """`_ranked` against Python: valid logits strictly decreasing and every (start, end) once."""
+    rng = np.random.default_rng(11)
+    seen = {True: 0, False: 0}
+    for _ in range(500):
+        rows, keep = int(rng.integers(1, 6)), int(rng.integers(1, 7))
+        logits = -np.sort(-rng.integers(0, 6, (rows, keep)).astype(np.float64), axis=1)  # ties likely
+        counts = rng.integers(0, keep + 1, rows)  # valid prefix lengths
+        valid = np.arange(keep) < counts[:, None]
+        logits[~valid] = -np.inf
+        starts = rng.integers(0, 4, (rows, keep)).astype(np.int64)  # repeats likely
+        ends = starts + rng.integers(0, 3, (rows, keep))
+        got = _ranked(logits, starts, ends, valid)
+        for row in range(rows):
+            n = int(counts[row])
+            values = logits[row, :n].tolist()
+            spans = list(zip(starts[row, :n].tolist(), ends[row, :n].tolist(), strict=True))
+            expected = all(a > b for a, b in itertools.pairwise(values)) and len(set(spans)) == n
+            assert got[row] is expected
+            seen[expected] += 1
+    assert min(seen.values()) > 100  # both answers were tested

@@ -60,7 +60,8 @@ def _merge_spans(record: Record, candidates: Sequence[WindowCandidates]) -> Span
     Each span keeps its max logit; the order is (-logit, start, end). The rule is `_merge_spans_general`.
     Where no two logits tie and no span comes twice (what decode gives, unless logits tie or overlapping
     windows find the same span) there is nothing to merge and the order is by logit alone: a lone
-    window's spans are in it already (decode ranks them), several windows' are sorted by logit.
+    window's spans are in it already (decode ranks them, and says so in `ranked` when nothing tied),
+    several windows' are sorted by logit.
 
     Raises:
         AggregateError: When a span is not inside the context.
@@ -68,6 +69,8 @@ def _merge_spans(record: Record, candidates: Sequence[WindowCandidates]) -> Span
     everywhere = boundary_everywhere(record.context)
     windows = [_snapped(record, c, everywhere) for c in candidates]
     if len(windows) == 1:
+        if everywhere and candidates[0].ranked:  # nothing snapped: decode's checks hold
+            return windows[0]
         starts, ends, logits = windows[0]
         # Strictly decreasing logits leave no tie for (start, end) to break; NaN fails the comparison.
         ranked = len(logits) == len(starts) and all(map(operator.gt, logits, logits[1:]))

@@ -108,6 +108,7 @@ def decode_batch(
     # (B, K): windows with fewer than K spans end in -inf
     valid: npt.NDArray[np.bool_] = np.isfinite(top_scores)
     whole = np.all(valid, axis=1, keepdims=False).tolist()  # (B,) as Python bools
+    ranked = _ranked(logits, starts, ends, valid)
     out: list[WindowCandidates] = []
     for row, feature in enumerate(batch.features):
         kept = slice(None) if whole[row] else valid[row]
@@ -120,9 +121,30 @@ def decode_batch(
                 ends=ends[row, kept],
                 logits=logits[row, kept],
                 null_logit=float(null_logits[row]) if cls_index[row] >= 0 else None,
+                ranked=ranked[row],
             )
         )
     return out
+
+
+def _ranked(
+    logits: npt.NDArray[np.float64],
+    starts: npt.NDArray[np.int64],
+    ends: npt.NDArray[np.int64],
+    valid: npt.NDArray[np.bool_],
+) -> list[bool]:
+    """Per window (B,): its valid candidates' logits strictly decrease and no (start, end) repeats.
+
+    All (B, K); the valid candidates are a prefix of each row (the rest score -inf). Found for the batch
+    in a few array ops, so aggregation skips the same checks row by row in Python.
+    """
+    decreasing = np.all((logits[:, 1:] < logits[:, :-1]) | ~valid[:, 1:], axis=1)  # (B,)
+    # One int64 per span (offsets are below 2**31); left-out candidates get distinct negative keys.
+    keys = np.where(valid, (starts << 32) | ends, -1 - np.arange(valid.shape[1]))  # (B, K)
+    keys.sort(axis=1)
+    distinct = np.all(keys[:, 1:] != keys[:, :-1], axis=1)  # (B,)
+    ranked: list[bool] = (decreasing & distinct).tolist()
+    return ranked
 
 
 def _search_device(

@@ -177,7 +177,9 @@ class Featurizer:
             room = self.config.max_seq_len - len(question_tokens) - template.n_special
             ranges = window_ranges(len(context), room, self.config.doc_stride)
             windows = template.assemble_all(question_tokens, context, ranges)
-            results[index] = self._finish(records[index], windows, question.cut)
+            # Each window holds a context slice; without zero-width tokens each slice bounds an answer.
+            checked = not context.zero_width and len(context) > 0
+            results[index] = self._finish(records[index], windows, question.cut, checked)
 
     def _encode_contexts(self, texts: list[str]) -> list[TokenizedText]:
         """Distinct contexts tokenized in one call."""
@@ -206,19 +208,22 @@ class Featurizer:
         positions = np.flatnonzero(ids == (-1 if self._cls_id is None else self._cls_id))
         return int(positions[0]) if len(positions) else -1
 
-    def _finish(self, record: Record, windows: list[Window], question_cut: bool) -> list[Feature] | Rejection:
+    def _finish(
+        self, record: Record, windows: list[Window], question_cut: bool, checked: bool = False
+    ) -> list[Feature] | Rejection:
         """Features of a record's windows, minus windows without a context token.
 
         Args:
             record: The windows' record.
             windows: Per window (input ids, type ids, char starts, char ends), each of shape (T,).
             question_cut: Whether the windows hold a cut question.
+            checked: Every window is known to hold a context token with offsets (not looked at again).
 
         Returns:
             The features, or a `NO_CONTEXT_TOKENS` rejection when no window has a context token.
         """
         # Windows with no context token (possible only for odd tokenizers) can never hold an answer.
-        kept = [w for w in windows if len(w[2]) and w[2].max() >= 0]  # max: cheaper than any(>=)
+        kept = windows if checked else [w for w in windows if len(w[2]) and w[2].max() >= 0]
         if not kept:
             return record.reject(Reason.NO_CONTEXT_TOKENS, "the context produced no tokens")
         features = []

@@ -42,11 +42,14 @@ class TokenizedText:
         ids: Token ids, shape (n,).
         starts: Start character of each token in the text, shape (n,).
         ends: End character (exclusive), shape (n,).
+        zero_width: Whether some token has no character (`context_of` gives it offsets -1); False: every
+            window over a non-empty slice holds a context token that can bound an answer.
     """
 
     ids: _I32
     starts: _I32
     ends: _I32
+    zero_width: bool = False
 
     @classmethod
     def from_encoding(cls, encoding: Any) -> TokenizedText:
@@ -66,10 +69,11 @@ class TokenizedText:
         flat = np.fromiter(itertools.chain.from_iterable(encoding.offsets), dtype=np.int32, count=2 * n)
         starts, ends = flat[0::2].copy(), flat[1::2].copy()  # (n,) each, contiguous
         zero_width = ends <= starts  # (n,); rare: most tokenizers give every token a character
-        if zero_width.any():
+        some = bool(zero_width.any())
+        if some:
             starts[zero_width] = -1
             ends[zero_width] = -1
-        return cls(np.array(ids, dtype=np.int32), starts, ends)
+        return cls(np.array(ids, dtype=np.int32), starts, ends, some)
 
     @classmethod
     def ids_of(cls, encoding: Any) -> TokenizedText:
