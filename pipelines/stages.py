@@ -142,8 +142,7 @@ class BucketWindows(beam.DoFn):
         self._bufferer = SortBufferer(self._config)
 
     def process(self, row: RowWindows) -> Iterator[WindowBatch]:
-        buffer = self._bufferer.add([row])
-        if buffer is not None:
+        for buffer in self._bufferer.add([row]):
             yield from _window_batches(buffer)
 
     def finish_bundle(self) -> Iterator[WindowedValue]:

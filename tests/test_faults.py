@@ -204,8 +204,8 @@ def test_crash_mid_write_leaves_nothing_that_looks_complete(
 ) -> None:
     source = write_parquet(tmp_path / "in.parquet", marker_rows(300))
     out = tmp_path / "out"
-    # The engine featurizes 128 rows at a time: with small sort buffers and row groups, the first 128
-    # answers are in a half-written part file when the crash comes in the second chunk.
+    # With small sort buffers and batches the first answers are in a half-written part file when the
+    # crash comes at the 40th batch.
     settings = ["batch.sort_buffer_windows=8", "batch.max_batch_windows=4"]
     monkeypatch.setattr(qa_core.jobs.parts, "OutputWriter", functools.partial(OutputWriter, flush_rows=5))
     ids = fakes.token_ids(tiny_model.tokenizer, fakes.START_WORD, fakes.END_WORD)

@@ -29,7 +29,11 @@ from qa_core.stages.validate import validate_row
 
 logger = logging.getLogger(__name__)
 
-FEATURIZE_CHUNK_ROWS = 128  # records tokenized per call (the Rust tokenizer amortizes per-call cost)
+# Records tokenized per call. The Rust tokenizer encodes a call's texts on its thread pool, whose threads
+# stay awake a while after each call and compete with this thread's Python on a busy host: 1,024 rows a
+# call took the host's time per row 4-10% below 128 (benchmarks/RESULTS.md); a call's windows fit a sort
+# buffer (`batch.sort_buffer_windows`, 2,048 by default) for most tables.
+FEATURIZE_CHUNK_ROWS = 1024
 
 Prepared = RowWindows | Rejection
 """A row after the host half: its windows, or why it is rejected."""
@@ -167,33 +171,40 @@ class SortBufferer:
         self._pending: list[Prepared] = []
         self._windows = 0
 
-    def add(self, items: Iterable[Prepared]) -> SortBuffer | None:
-        """Adds rows; returns the planned buffer once it is full, else None."""
+    def add(self, items: Iterable[Prepared]) -> list[SortBuffer]:
+        """Adds rows; returns the buffers they fill (each closes after the row that fills it).
+
+        So the buffers do not depend on how many rows come at a time: a featurized chunk of `QAEngine`
+        and the Beam job's rows one by one give the same ones.
+        """
+        full: list[SortBuffer] = []
+        limit = self._config.batch.sort_buffer_windows
         for item in items:
             self._pending.append(item)
             if isinstance(item, RowWindows):
                 self._windows += len(item.windows)
-        if self._windows >= self._config.batch.sort_buffer_windows:
-            return self.flush()
-        return None
+                if self._windows >= limit:
+                    full.append(plan_buffer(self._take(), self._config, self._stats))
+        return full
 
     def flush(self) -> SortBuffer | None:
         """The buffer of the rows added so far (None when there are none), and a fresh start."""
         if not self._pending:
             return None
+        return plan_buffer(self._take(), self._config, self._stats)
+
+    def _take(self) -> list[Prepared]:
         items, self._pending, self._windows = self._pending, [], 0
-        return plan_buffer(items, self._config, self._stats)
+        return items
 
 
 def sort_buffers(
     prepared_chunks: Iterable[list[Prepared]], config: QAConfig, stats: EngineStats | None = None
 ) -> Iterator[SortBuffer]:
-    """Sort buffers of chunks of prepared rows (a buffer closes after the chunk that fills it)."""
+    """Sort buffers of chunks of prepared rows (a buffer closes after the row that fills it)."""
     bufferer = SortBufferer(config, stats)
     for chunk in prepared_chunks:
-        buffer = bufferer.add(chunk)
-        if buffer is not None:
-            yield buffer
+        yield from bufferer.add(chunk)
     last = bufferer.flush()
     if last is not None:
         yield last
