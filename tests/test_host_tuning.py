@@ -48,7 +48,7 @@ def _run(script: str, *args: str, env: dict[str, str] | None = None) -> object:
 
 # What a process's tuning looks like from inside it.
 _STATE = """
-import json, os
+import gc, json, os
 import pyarrow as pa
 from qa_core.runtime import heap
 from qa_core.runtime.host_tuning import tuning_report
@@ -60,6 +60,7 @@ def state():
         "pool": pa.default_memory_pool().backend_name,
         "trims": heap.heap_trim_calls(),
         "tuned": tuning_report() is not None,
+        "frozen": gc.get_freeze_count() > 0,
     }
 """
 
@@ -102,6 +103,7 @@ def _states(mode: str) -> tuple[object, object, object]:
         "pool": initial["pool"],
         "trims": 0,
         "tuned": False,
+        "frozen": False,
     }
     return initial, loaded, answered
 
@@ -132,6 +134,7 @@ print(json.dumps([first.to_dict(), state()]))
 @pytest.mark.skipif(not heap.can_trim(), reason="needs glibc")
 def test_tune_host_applies_every_setting() -> None:
     tuning, state = _run(_TUNE_SCRIPT)  # type: ignore[misc]
+    assert tuning.pop("frozen_objects") > 10_000  # the imported modules' objects (pyarrow's, numpy's, ...)
     assert tuning == {
         "onednn_caches": list(heap.ONEDNN_CACHE_ENVS),
         "malloc_thresholds": True,
@@ -142,6 +145,7 @@ def test_tune_host_applies_every_setting() -> None:
     capped = dict.fromkeys(heap.ONEDNN_CACHE_ENVS, str(heap.ONEDNN_CACHE_CAPACITY))
     assert state["env"] == capped | dict.fromkeys(heap.MALLOC_ENVS)
     assert (state["pinned"], state["pool"], state["trims"], state["tuned"]) == (True, "system", 0, True)
+    assert state["frozen"]
 
 
 @pytest.mark.skipif(not heap.can_trim(), reason="needs glibc")
@@ -149,6 +153,7 @@ def test_tune_host_leaves_what_the_environment_sets() -> None:
     ideep, onednn = heap.ONEDNN_CACHE_ENVS
     env = {ideep: "500", "MALLOC_TOP_PAD_": "0", heap.ARROW_POOL_ENV: "system"}
     tuning, state = _run(_TUNE_SCRIPT, env=env)  # type: ignore[misc]
+    assert tuning.pop("frozen_objects") > 10_000
     assert tuning == {
         "onednn_caches": [onednn],
         "malloc_thresholds": False,

@@ -14,7 +14,12 @@ fast, are in `qa_core.runtime.heap`):
 - ideep's and oneDNN's per-shape caches capped at `heap.ONEDNN_CACHE_CAPACITY` entries each;
 - glibc's mmap and trim thresholds pinned, so freed activations stay resident between batches (this is
   also what makes a warm-up unnecessary: no batch has to run first for the heap to hold its size);
-- Arrow on glibc's malloc, so the heap trim returns freed Parquet buffers too.
+- Arrow on glibc's malloc, so the heap trim returns freed Parquet buffers too;
+- the objects that exist when it runs (every imported module's: torch, transformers, pyarrow, Beam or
+  Spark, about 180,000) frozen out of Python's garbage collector (`gc.freeze`): its full collections, which
+  a long job triggers every few thousand rows, then look at the job's own objects only, not at every
+  module's again (one took ~80 ms, 40 us per row of the 2,000 rows between two; benchmarks/RESULTS.md).
+  What the job allocates later is collected as before.
 
 Each is skipped where the environment sets it (`LRU_CACHE_CAPACITY`, `ONEDNN_PRIMITIVE_CACHE_CAPACITY`,
 `MALLOC_*_` or `GLIBC_TUNABLES`, `ARROW_DEFAULT_MEMORY_POOL`): an explicit choice wins. The heap trim after
@@ -28,6 +33,7 @@ the job's split of the host's cores (`qa_core.jobs.workers`, `pipelines.spark_pa
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import threading
@@ -53,6 +59,7 @@ class HostTuning:
         malloc_thresholds: Whether it pinned glibc's mmap and trim thresholds.
         arrow_system_pool: Whether it put Arrow on glibc's malloc.
         heap_trim: Whether a `trimming` runner hands freed heap back here (glibc's `malloc_trim` exists).
+        frozen_objects: The objects `gc.freeze` moved out of the collector's sight.
         environment: The environment variables that were set already and so won over a setting.
     """
 
@@ -60,6 +67,7 @@ class HostTuning:
     malloc_thresholds: bool
     arrow_system_pool: bool
     heap_trim: bool
+    frozen_objects: int
     environment: tuple[str, ...]
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,10 +104,17 @@ def tune_host() -> HostTuning:
                 malloc_thresholds=heap.fix_malloc_thresholds(),
                 arrow_system_pool=heap.use_system_arrow_pool(),
                 heap_trim=heap.can_trim(),
+                frozen_objects=_freeze_objects(),
                 environment=environment,
             )
             logger.info("host tuning of process %d: %s", os.getpid(), _Process.tuning.to_dict())
         return _Process.tuning
+
+
+def _freeze_objects() -> int:
+    """Moves every object the collector tracks now to its permanent generation; returns how many."""
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def tuning_report() -> dict[str, Any] | None:
