@@ -13,6 +13,7 @@ over its own contiguous slice of the rows: how far the host half scales with pro
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import multiprocessing
 import os
@@ -119,12 +120,13 @@ def bench_host(
     # Each figure is the fastest of `HOST_PASSES` passes: a shared machine only ever adds time.
     with torch_threads(1):
         runs = []
-        for _ in range(HOST_PASSES):
-            started = time.perf_counter()
-            info = predict(
-                config, str(source), str(workdir / "host"), overwrite=True, progress=False, model=instant
-            )
-            runs.append((info["timings"]["answer_seconds"], time.perf_counter() - started, info))
+        with _GarbageCollections() as collections:
+            for _ in range(HOST_PASSES):
+                started = time.perf_counter()
+                info = predict(
+                    config, str(source), str(workdir / "host"), overwrite=True, progress=False, model=instant
+                )
+                runs.append((info["timings"]["answer_seconds"], time.perf_counter() - started, info))
         answered, seconds, info = min(runs, key=lambda run: run[0])
         passes = [_stage_seconds(instant, config, source) for _ in range(HOST_PASSES)]
         # As a GPU job runs it: the next sort buffer read and tokenized by the prefetch thread (the
@@ -151,6 +153,10 @@ def bench_host(
         "host_us_per_row": answered / len(rows) * MICROSECONDS,
         "host_stages_us_per_row": per_row,
         "host_prefetched_us_per_row": overlapped / len(rows) * MICROSECONDS,
+        # Every pass's collections, per row (the fastest pass may have had none): with host tuning the
+        # imported modules' objects are frozen out of them (`host_tuning.tune_host`).
+        "host_gc_us_per_row": collections.seconds / (HOST_PASSES * len(rows)) * MICROSECONDS,
+        "host_gc_full_collections": collections.full,
         "tokenizer_pairs_us_per_row": pairs / len(rows) * MICROSECONDS,
         "tokenizer_distinct_us_per_row": distinct / len(rows) * MICROSECONDS,
         "distinct_contexts": len({row["context"] for row in rows}),
@@ -162,6 +168,29 @@ def bench_host(
         figures.update(bench_host_workers(instant, config, rows, workdir, workers))
         figures["host_workers_scaling"] = figures["host_workers_rows_per_s"] / (len(rows) / seconds)
     return figures
+
+
+class _GarbageCollections:
+    """Python's garbage collections while in the block: their seconds and how many were full (gen 2)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.full = 0
+        self._started = 0.0
+
+    def __enter__(self) -> _GarbageCollections:
+        gc.callbacks.append(self._on_collection)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        gc.callbacks.remove(self._on_collection)
+
+    def _on_collection(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        self.seconds += time.perf_counter() - self._started
+        self.full += info["generation"] == 2
 
 
 def _one_thread(config: QAConfig) -> QAConfig:

@@ -118,7 +118,9 @@ def _notes(r: dict[str, Any]) -> list[str]:
         split = ", ".join(f"{name} {us:.0f}" for name, us in r["host_stages_us_per_row"].items())
         lines.append(
             f"host: {r['host_us_per_row']:.0f} us/row with an instant forward ({split}); "
-            f"{r['host_prefetched_us_per_row']:.0f} us/row with a prefetch thread as on a GPU; the tokenizer "
+            f"{r['host_prefetched_us_per_row']:.0f} us/row with a prefetch thread as on a GPU; garbage "
+            f"collection {r['host_gc_us_per_row']:.1f} us/row over the passes "
+            f"({r['host_gc_full_collections']} full); the tokenizer "
             f"alone {r['tokenizer_pairs_us_per_row']:.0f} us/row on every pair, "
             f"{r['tokenizer_distinct_us_per_row']:.0f} on each of {r['distinct_contexts']} distinct contexts "
             f"once and the questions; {r['contexts_tokenized']} contexts tokenized (context cache reuse "

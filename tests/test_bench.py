@@ -83,9 +83,10 @@ def test_bench_all_modes(tmp_path: Path, tiny_model_dir: Path, capsys: pytest.Ca
     assert {"read", "validate", "tokenize and windows", "collate", "decode"} <= set(stages)
     assert sum(stages.values()) == pytest.approx(host["host_us_per_row"])
     assert host["tokenizer_distinct_us_per_row"] > 0 and host["tokenizer_pairs_us_per_row"] > 0
+    assert host["host_gc_us_per_row"] >= 0 and host["host_gc_full_collections"] >= 0
     table = capsys.readouterr().out
     assert "whole q/s" in table and "bound: fastest at" in table
-    assert "us/row with an instant forward" in table
+    assert "us/row with an instant forward" in table and "garbage collection" in table
 
 
 @pytest.mark.skipif(not SPARK, reason="needs pyspark and a Java runtime")
