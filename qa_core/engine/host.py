@@ -30,9 +30,8 @@ from qa_core.stages.validate import validate_row
 logger = logging.getLogger(__name__)
 
 # Records tokenized per call. The Rust tokenizer encodes a call's texts on its thread pool, whose threads
-# stay awake a while after each call and compete with this thread's Python on a busy host: 1,024 rows a
-# call took the host's time per row 4-10% below 128 (benchmarks/RESULTS.md); a call's windows fit a sort
-# buffer (`batch.sort_buffer_windows`, 2,048 by default) for most tables.
+# stay awake a while after each call and compete with this thread's Python: fewer, larger calls leave it
+# more of the host (benchmarks/RESULTS.md, issue 32). Buffers do not depend on it (`SortBufferer.add`).
 FEATURIZE_CHUNK_ROWS = 1024
 
 Prepared = RowWindows | Rejection

@@ -16,15 +16,15 @@ fast, are in `qa_core.runtime.heap`):
   also what makes a warm-up unnecessary: no batch has to run first for the heap to hold its size);
 - Arrow on glibc's malloc, so the heap trim returns freed Parquet buffers too;
 - the objects that exist when it runs (every imported module's: torch, transformers, pyarrow, Beam or
-  Spark, about 180,000) frozen out of Python's garbage collector (`gc.freeze`): its full collections, which
+  Spark) frozen out of Python's garbage collector (`gc.freeze`): its full collections, which
   a long job triggers every few thousand rows, then look at the job's own objects only, not at every
-  module's again (one took ~80 ms, 40 us per row of the 2,000 rows between two; benchmarks/RESULTS.md).
+  module's again (their cost before and after: benchmarks/RESULTS.md, issue 32).
   What the job allocates later is collected as before.
 
-Each is skipped where the environment sets it (`LRU_CACHE_CAPACITY`, `ONEDNN_PRIMITIVE_CACHE_CAPACITY`,
-`MALLOC_*_` or `GLIBC_TUNABLES`, `ARROW_DEFAULT_MEMORY_POOL`): an explicit choice wins. The heap trim after
-a CPU batch is not a setting but a call, which `trimming` adds around a runner's forward, so the engine
-never knows about heaps.
+Each of the first three is skipped where the environment sets it (`LRU_CACHE_CAPACITY`,
+`ONEDNN_PRIMITIVE_CACHE_CAPACITY`, `MALLOC_*_` or `GLIBC_TUNABLES`, `ARROW_DEFAULT_MEMORY_POOL`): an
+explicit choice wins. The heap trim after a CPU batch is not a setting but a call, which `trimming` adds
+around a runner's forward, so the engine never knows about heaps.
 
 Thread counts are not host tuning: how many torch and tokenizer threads a worker or a Spark task runs is
 the job's split of the host's cores (`qa_core.jobs.workers`, `pipelines.spark_partition`).

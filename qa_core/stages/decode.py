@@ -241,7 +241,7 @@ def _search_host(
     rows = window[kept]  # (S,) ascending
     flat = token[kept] * band + offset  # (S,) i * L + d
     # By window, then score descending; ties keep flat order: one stable sort of one integer key (two
-    # stable sorts of floats, or lexsort, cost ~8x more at a GPU batch's S of thousands).
+    # stable sorts of floats, or lexsort, cost several times more at a GPU batch's thousands of spans).
     order = np.argsort(_window_then_descending(rows, values), kind="stable")  # (S,)
     counts = np.bincount(rows, minlength=n_windows)  # (B,) each at least K
     firsts = np.cumsum(counts) - counts  # (B,)

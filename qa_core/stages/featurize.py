@@ -273,7 +273,7 @@ def question_limit(config: FeaturizeConfig, special_tokens: int) -> int:
 
 
 # Featurizers of one tokenizer share its backend copies and probed template: each costs a parse of the
-# tokenizer's JSON (tens of ms, a whole small job's featurizing), and an engine is built per job, per
+# tokenizer's JSON (as long as a small job's featurizing), and an engine is built per job, per
 # work unit on a cluster, and per worker process. Bounded: a process rarely holds more tokenizers.
 _SHARED_TOKENIZERS = 8
 

@@ -57,7 +57,7 @@ _BOUNDARY_EVERYWHERE = (
     r"\x00-\x0c\x0e-\u02ff\u0370-\u0482\u1e00-\u1fff\u2010-\u2027\u2030-\u205f\u2070-\u20cf"
     r"\u2100-\u2bff\u4e00-\u9fff"
 )
-_MAY_JOIN = re.compile(f"[^{_BOUNDARY_EVERYWHERE}]")  # `re`: a plain class is ~15x faster than `regex`
+_MAY_JOIN = re.compile(f"[^{_BOUNDARY_EVERYWHERE}]")  # `re`: a plain class, far faster than `regex`'s
 _MARGIN = 32  # first slice half-width when there is none; it doubles until the boundaries are trusted
 
 
