@@ -35,7 +35,7 @@ class _Question(NamedTuple):
     """A question as windowed: its (possibly cut) text, that text's token ids, and whether it was cut."""
 
     text: str
-    tokens: TokenizedText
+    ids: list[int]
     cut: bool
 
 
@@ -138,7 +138,7 @@ class Featurizer:
                 continue
             results[index] = self._question_problem(record, len(tokens))
             if results[index] is None:
-                todo.append((index, _Question(text, TokenizedText.of_ids(tokens), index in cut_set)))
+                todo.append((index, _Question(text, tokens, index in cut_set)))
         return results, todo
 
     def _featurize_batch(
@@ -173,10 +173,9 @@ class Featurizer:
         """Windows from questions and distinct contexts tokenized once each (`qa_core.stages.windows`)."""
         contexts = cache.tokens([records[i].context for i, _ in todo], self._encode_contexts)
         for (index, question), context in zip(todo, contexts, strict=True):
-            question_tokens = question.tokens
-            room = self.config.max_seq_len - len(question_tokens) - template.n_special
+            room = self.config.max_seq_len - len(question.ids) - template.n_special
             ranges = window_ranges(len(context), room, self.config.doc_stride)
-            windows = template.assemble_all(question_tokens, context, ranges)
+            windows = template.assemble_all(question.ids, context, ranges)
             # Each window holds a context slice; without zero-width tokens each slice bounds an answer.
             checked = not context.zero_width and len(context) > 0
             results[index] = self._finish(records[index], windows, question.cut, checked)

@@ -17,6 +17,7 @@ per row (benchmarks/RESULTS.md):
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,6 @@ PROBE_CONTEXT = "The river, in 1850:  the town's new bridge   crossed it; café 
 _I32 = npt.NDArray[np.int32]
 _I8 = npt.NDArray[np.int8]
 Window = tuple[_I32, _I8, _I32, _I32]  # (input ids, type ids, char starts, char ends), each (T,)
-_NO_OFFSETS: _I32 = np.empty(0, dtype=np.int32)
 
 
 @dataclass(frozen=True)
@@ -75,24 +75,13 @@ class TokenizedText:
             ends[zero_width] = -1
         return cls(np.array(ids, dtype=np.int32), starts, ends, some)
 
-    @classmethod
-    def ids_of(cls, encoding: Any) -> TokenizedText:
-        """A question's arrays: its ids; no offsets (a window holds -1 outside the context)."""
-        ids = np.asarray(encoding.ids, dtype=np.int32)
-        return cls(ids, _NO_OFFSETS, _NO_OFFSETS)
-
-    @classmethod
-    def of_ids(cls, ids: list[int]) -> TokenizedText:
-        """A question's arrays from its token ids (`ids_of` of an encoding whose ids were read already)."""
-        return cls(np.asarray(ids, dtype=np.int32), _NO_OFFSETS, _NO_OFFSETS)
-
     @property
     def nbytes(self) -> int:
         """Bytes of the arrays."""
         return int(self.ids.nbytes + self.starts.nbytes + self.ends.nbytes)
 
     def __len__(self) -> int:
-        return int(self.ids.shape[0])
+        return len(self.ids)
 
 
 @dataclass(frozen=True)
@@ -110,6 +99,11 @@ class PairTemplate:
     context_type: int
     # Per question length, the head's type ids (`_head_types`); not part of the template's value.
     _heads: dict[int, _I8] = field(default_factory=dict, compare=False, repr=False)
+    # The prefix's and middle's ids as Python ints, joined with a question's ids (`assemble_all`).
+    _around: tuple[list[int], list[int]] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_around", (self.prefix[0].tolist(), self.middle[0].tolist()))
 
     @property
     def n_special(self) -> int:
@@ -170,7 +164,7 @@ class PairTemplate:
 
     def _matches_overflow(self, tokenizer: Any) -> bool:
         """Whether the probe's windows from this template equal the tokenizer's own overflow windows."""
-        question = TokenizedText.ids_of(tokenizer.encode(PROBE_QUESTION, add_special_tokens=False))
+        question = tokenizer.encode(PROBE_QUESTION, add_special_tokens=False).ids
         context = TokenizedText.context_of(tokenizer.encode(PROBE_CONTEXT, add_special_tokens=False))
         room, stride = 5, 2  # several windows over the probe's context
         tokenizer.enable_truncation(
@@ -187,7 +181,7 @@ class PairTemplate:
                 return False
         return True
 
-    def assemble(self, question: TokenizedText, context: TokenizedText, start: int, stop: int) -> Window:
+    def assemble(self, question: Sequence[int], context: TokenizedText, start: int, stop: int) -> Window:
         """One window: (input ids, type ids, char starts, char ends), each of shape (T,).
 
         `context` comes from `TokenizedText.context_of` (offsets -1 on zero-width tokens); char offsets are
@@ -196,14 +190,16 @@ class PairTemplate:
         return self.assemble_all(question, context, [(start, stop)])[0]
 
     def assemble_all(
-        self, question: TokenizedText, context: TokenizedText, ranges: list[tuple[int, int]]
+        self, question: Sequence[int], context: TokenizedText, ranges: list[tuple[int, int]]
     ) -> list[Window]:
-        """The windows of one question over context token `ranges`, as `assemble` builds each.
+        """The windows of one question (its token ids) over context token `ranges`, as `assemble` builds each.
 
-        The part before the context (specials, question, specials) is joined once per question; each
-        window's arrays are then that part, a context slice and the suffix (`_joined`).
+        The part before the context (specials, question, specials) is joined once per question, from the
+        ids as the tokenizer gave them (one conversion); each window's arrays are then that part, a context
+        slice and the suffix (`_joined`).
         """
-        head_ids = np.concatenate([self.prefix[0], question.ids, self.middle[0]])  # (H,)
+        before, between = self._around
+        head_ids = np.array([*before, *question, *between], dtype=np.int32)  # (H,)
         head = (head_ids, self._head_types(len(question)))  # (H,) each
         suffix = (*self.suffix, self.context_type)
         return [_joined(head, context, start, stop, suffix) for start, stop in ranges]
