@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from qa_core.config import BatchConfig, FeaturizeConfig, QAConfig, load_config
+from qa_core.engine.host import RowPreparer, SortBufferer
 from qa_core.engine.loop import QAEngine
 from qa_core.records import Answer, Reason, Record, Rejection
 from qa_core.runtime.torch_runner import TorchRunner
@@ -262,3 +263,23 @@ def test_cuda_forward_leaves_out_cudnn_attention(tiny_model: TorchRunner) -> Non
     with sdpa_kernel(CUDA_ATTENTION_BACKENDS):
         allowed = tiny_model.forward(batch)
     assert torch.equal(plain[0], allowed[0])
+
+
+def test_sort_buffers_do_not_depend_on_how_many_rows_come_at_a_time(tiny_model: TorchRunner) -> None:
+    """A buffer closes after the row that fills it: a featurized chunk and rows one by one (Beam) agree."""
+    config = dataclasses.replace(QAConfig(), batch=BatchConfig(sort_buffer_windows=7, max_batch_windows=3))
+    preparer = RowPreparer(tiny_model.tokenizer, config)
+    prepared = preparer.prepare(make_rows(60, seed=4), 0)
+
+    def buffers(sizes: list[int]) -> list[list[list[tuple[str, int]]]]:
+        bufferer, out, at = SortBufferer(config), [], 0
+        for size in sizes:
+            out += bufferer.add(prepared[at : at + size])
+            at += size
+        last = bufferer.flush()
+        return [[[(f.row_key, f.window_index) for f in g] for g in b.groups] for b in [*out, last] if b]
+
+    by_row = buffers([1] * len(prepared))
+    assert len(by_row) > 3
+    assert buffers([len(prepared)]) == by_row
+    assert buffers([17, 1, 30, 12]) == by_row
