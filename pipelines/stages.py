@@ -25,7 +25,7 @@ from pipelines import metrics, progress
 from pipelines.inference import InferenceOutput, RowDone, WindowBatch
 from qa_core.config import QAConfig
 from qa_core.engine.assembly import RowAssembler, WindowFailure, assemble_row
-from qa_core.engine.host import FEATURIZE_CHUNK_ROWS, RowPreparer, SortBuffer, SortBufferer, validate_at
+from qa_core.engine.host import RowPreparer, SortBuffer, SortBufferer, validate_at
 from qa_core.records import Answer, Record, RejectedRow, Rejection, RowWindows, WindowCandidates
 from qa_core.runtime.loaders import load_tokenizer
 
@@ -75,7 +75,7 @@ CONTEXT_COUNTERS = ("context_lookups", "contexts_tokenized", "context_cache_evic
 
 
 class FeaturizeRecords(beam.DoFn):
-    """`Record` -> `RowWindows` (main output), or a tagged rejection, `FEATURIZE_CHUNK_ROWS` at a time.
+    """`Record` -> `RowWindows` (main output), or a tagged rejection, `RowPreparer.chunk_rows` at a time.
 
     The record travels with its windows so that the answer is assembled in the same bundle, without a
     shuffle (`MergeWindows`).
@@ -94,7 +94,7 @@ class FeaturizeRecords(beam.DoFn):
 
     def process(self, record: Record) -> Iterator[RowWindows | Rejected]:
         self._pending.append(record)
-        if len(self._pending) >= FEATURIZE_CHUNK_ROWS:
+        if self._preparer is not None and len(self._pending) >= self._preparer.chunk_rows:
             yield from self._flush()
 
     def finish_bundle(self) -> Iterator[WindowedValue | TaggedOutput[str, WindowedValue]]:

@@ -282,8 +282,8 @@ class RuntimeConfig:
         context_cache_mb: Memory for tokenized contexts kept across featurize calls by each engine (a
             process, a worker, a Beam or Spark task), so a context asked several questions anywhere in
             its stretch of the input is tokenized once (`qa_core.stages.context_cache`); least recently
-            used out first. 0 still tokenizes each context once per call of `FEATURIZE_CHUNK_ROWS` rows.
-            Never changes an answer.
+            used out first. 0 still tokenizes each context once per featurize call (of
+            `RowPreparer.chunk_rows` rows). Never changes an answer.
     """
 
     device: Device = "auto"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from qa_core.config import BatchConfig, FeaturizeConfig, QAConfig, load_config
-from qa_core.engine.host import RowPreparer, SortBufferer
+from qa_core.engine.host import FEATURIZE_CHUNK_ROWS, FIRST_CHUNK_ROWS, RowPreparer, SortBufferer
 from qa_core.engine.loop import QAEngine
 from qa_core.records import Answer, Reason, Record, Rejection
 from qa_core.runtime.torch_runner import TorchRunner
@@ -283,3 +283,25 @@ def test_sort_buffers_do_not_depend_on_how_many_rows_come_at_a_time(tiny_model: 
     assert len(by_row) > 3
     assert buffers([len(prepared)]) == by_row
     assert buffers([17, 1, 30, 12]) == by_row
+
+
+def test_tokenizer_calls_hold_about_one_sort_buffer_of_windows(tiny_model: TorchRunner) -> None:
+    """The first call takes FIRST_CHUNK_ROWS rows; later ones as many rows as fill a sort buffer, capped."""
+    config = dataclasses.replace(
+        QAConfig(),
+        batch=BatchConfig(sort_buffer_windows=40),
+        featurize=FeaturizeConfig(max_seq_len=32, doc_stride=4, min_context_tokens=8),
+    )
+    preparer = RowPreparer(tiny_model.tokenizer, config)
+    assert preparer.chunk_rows == FIRST_CHUNK_ROWS
+    long_rows = [{"id": i, "question": "what is it?", "context": "the river " * 80} for i in range(300)]
+    sizes = [len(chunk) for chunk in preparer.prepare_chunks(long_rows)]
+    windows = len(preparer.prepare(long_rows[:1], 0)[0].windows)  # type: ignore[union-attr]
+    assert windows > 4 and sizes[0] == FIRST_CHUNK_ROWS and sum(sizes) == 300
+    assert set(sizes[1:-1]) == {40 // windows}  # about one sort buffer of windows per call
+    preparer.prepare([{"id": 0, "question": "what?", "context": "the river"}] * 5, 0)
+    assert preparer.chunk_rows == 40  # one window per row: 40 rows (at most FEATURIZE_CHUNK_ROWS)
+    big = dataclasses.replace(config, batch=BatchConfig(sort_buffer_windows=10**6))
+    wide = RowPreparer(tiny_model.tokenizer, big)
+    wide.prepare([{"id": 0, "question": "what?", "context": "the river"}] * 5, 0)
+    assert wide.chunk_rows == FEATURIZE_CHUNK_ROWS

@@ -3,7 +3,7 @@
 Every engine uses these pieces: `docqa predict` and its workers (through `QAEngine`), the Beam DoFns
 (`pipelines.stages`), calibration, the cost estimate and the benchmark. Rows are keyed by their position
 in the job's input (`qa_core.records.row_key`), validated one by one, and featurized
-`FEATURIZE_CHUNK_ROWS` at a time (one call into the Rust tokenizer per chunk); a context is tokenized
+`RowPreparer.chunk_rows` at a time (one call into the Rust tokenizer per chunk); a context is tokenized
 once while it stays in the preparer's `ContextCache` (`runtime.context_cache_mb`), however far apart its
 rows are. A sort buffer holds about `batch.sort_buffer_windows`
 windows, whose batches are planned together by length (`qa_core.stages.batch.plan_batches`).
@@ -12,11 +12,12 @@ windows, whose batches are planned together by length (`qa_core.stages.batch.pla
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from qa_core.config import QAConfig
 from qa_core.engine.stats import EngineStats
@@ -29,15 +30,17 @@ from qa_core.stages.validate import validate_row
 
 logger = logging.getLogger(__name__)
 
-# Records tokenized per call. The Rust tokenizer encodes a call's texts on its thread pool, whose threads
-# stay awake a while after each call and compete with this thread's Python: fewer, larger calls leave it
-# more of the host (benchmarks/RESULTS.md, issue 32). Buffers do not depend on it (`SortBufferer.add`).
+# Records tokenized per call (`RowPreparer.chunk_rows`). The Rust tokenizer encodes a call's texts on its
+# thread pool, whose threads stay awake a while after each call and compete with this thread's Python:
+# fewer, larger calls leave it more of the host (benchmarks/RESULTS.md, issue 32). A call's windows all
+# exist at once, so after the first call a chunk holds about one sort buffer of windows, at most
+# `FEATURIZE_CHUNK_ROWS` rows: long documents come a few at a time. Buffers do not depend on it
+# (`SortBufferer.add`).
 FEATURIZE_CHUNK_ROWS = 1024
+FIRST_CHUNK_ROWS = 128  # before any row's windows are counted
 
 Prepared = RowWindows | Rejection
 """A row after the host half: its windows, or why it is rejected."""
-
-_T = TypeVar("_T")
 
 
 def validate_at(row: Mapping[str, Any], position: int, config: QAConfig) -> Record | Rejection:
@@ -59,6 +62,7 @@ class RowPreparer:
         self.stats = stats if stats is not None else EngineStats()
         self._featurizer = Featurizer(tokenizer, config.featurize)
         self.contexts = context_cache(config.runtime.context_cache_mb)
+        self.chunk_rows = FIRST_CHUNK_ROWS  # rows for the next `featurize` call (`_size_next_chunk`)
 
     def validate(self, row: Mapping[str, Any], position: int) -> Record | Rejection:
         """The record of the input row at `position`, or its rejection (counted)."""
@@ -71,15 +75,26 @@ class RowPreparer:
         before = dataclasses.replace(self.contexts.counts)
         featurized = self._featurizer.featurize(records, self.contexts)
         self._count_contexts(before)
+        windows = 0
         for record, result in zip(records, featurized, strict=True):
             if isinstance(result, Rejection):
                 out.append(result)
             else:
+                windows += len(result)
                 self.stats.windows_per_row[len(result)] += 1
                 if result[0].question_cut:
                     self._count_cut(record)
                 out.append(RowWindows(record, tuple(result)))
+        self._size_next_chunk(len(records), windows)
         return out
+
+    def _size_next_chunk(self, records: int, windows: int) -> None:
+        """Sets `chunk_rows`: the rows that fill about one sort buffer at the last call's windows per row."""
+        if records == 0:
+            return
+        per_row = max(windows / records, 1.0)
+        fill = int(self.config.batch.sort_buffer_windows / per_row)
+        self.chunk_rows = min(max(fill, 1), FEATURIZE_CHUNK_ROWS)
 
     def _count_contexts(self, before: ContextCacheCounts) -> None:
         """Adds the context cache's work since `before` to the run's counters."""
@@ -115,9 +130,10 @@ class RowPreparer:
     def prepare_chunks(
         self, rows: Iterable[Mapping[str, Any]], first_position: int = 0
     ) -> Iterator[list[Prepared]]:
-        """`prepare` over a stream of rows, `FEATURIZE_CHUNK_ROWS` at a time."""
+        """`prepare` over a stream of rows, `chunk_rows` at a time (it follows the windows per row)."""
         position = first_position
-        for chunk in chunks(rows, FEATURIZE_CHUNK_ROWS):
+        remaining = iter(rows)
+        while chunk := list(itertools.islice(remaining, self.chunk_rows)):
             yield self.prepare(chunk, position)
             position += len(chunk)
 
@@ -207,15 +223,3 @@ def sort_buffers(
     last = bufferer.flush()
     if last is not None:
         yield last
-
-
-def chunks(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
-    """Consecutive lists of `size` items (the last one shorter)."""
-    chunk: list[_T] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
