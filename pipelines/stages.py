@@ -93,8 +93,10 @@ class FeaturizeRecords(beam.DoFn):
         self._pending = []
 
     def process(self, record: Record) -> Iterator[RowWindows | Rejected]:
+        if self._preparer is None:
+            raise RuntimeError("FeaturizeRecords.setup() was not called")
         self._pending.append(record)
-        if self._preparer is not None and len(self._pending) >= self._preparer.chunk_rows:
+        if len(self._pending) >= self._preparer.chunk_rows:
             yield from self._flush()
 
     def finish_bundle(self) -> Iterator[WindowedValue | TaggedOutput[str, WindowedValue]]:

@@ -31,7 +31,7 @@ from qa_core.errors import DeviceFailedError
 from qa_core.runtime.fit import ModelLimits, model_limits
 from qa_core.runtime.processes import picklable, report_error, skip_final_collection, start_child
 from qa_core.runtime.runner import ModelRunner
-from qa_core.stages.batch import Batch
+from qa_core.stages.batch import Batch, real_positions
 from qa_core.stages.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ def _pack(batch: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _unpack(input_ids: np.ndarray, token_type_ids: np.ndarray, lengths: np.ndarray) -> Batch:
     """The (B, P) int64 arrays of `_pack`'s batch (the windows themselves stay with the worker)."""
-    attention_mask = np.arange(input_ids.shape[1]) < lengths[:, None]  # (B, P)
+    attention_mask = real_positions(lengths, input_ids.shape[1])  # (B, P)
     return Batch(
         (),
         input_ids.astype(np.int64),

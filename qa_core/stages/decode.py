@@ -16,7 +16,7 @@ import numpy.typing as npt
 import torch
 
 from qa_core.records import WindowCandidates
-from qa_core.stages.batch import Batch, padded_rows, real_positions
+from qa_core.stages.batch import Batch, padded_rows
 
 _NEG_INF = np.float32(-np.inf)
 
@@ -311,7 +311,6 @@ def _check_values(
 
 def _char_offsets(batch: Batch) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """(B, P) start and end characters of every token position, -1 outside the context and in padding."""
-    lengths = np.fromiter((f.length for f in batch.features), dtype=np.int64, count=len(batch.features))
-    real = real_positions(lengths, batch.input_ids.shape[1])  # (B, P): the windows' own positions
+    real = batch.attention_mask.astype(bool)  # (B, P): collate's mask, ones over each window's own tokens
     starts = padded_rows([f.char_starts for f in batch.features], real, -1)
     return starts, padded_rows([f.char_ends for f in batch.features], real, -1)

@@ -65,9 +65,8 @@ class TokenizedText:
         context slices the same arrays.
         """
         ids = encoding.ids  # each read builds a new list: read once
-        n = len(ids)
-        flat = np.fromiter(itertools.chain.from_iterable(encoding.offsets), dtype=np.int32, count=2 * n)
-        starts, ends = flat[0::2].copy(), flat[1::2].copy()  # (n,) each, contiguous
+        offsets = _offsets(encoding, len(ids))  # (n, 2)
+        starts, ends = offsets[:, 0].copy(), offsets[:, 1].copy()  # (n,) each, contiguous
         zero_width = ends <= starts  # (n,); rare: most tokenizers give every token a character
         some = bool(zero_width.any())
         if some:
@@ -274,9 +273,12 @@ def context_mask(sequence_ids: list[int | None]) -> npt.NDArray[np.bool_]:
     return mask
 
 
-def _offsets(encoding: Any) -> _I32:
-    """(T, 2) character offsets of an encoding (`np.fromiter` over the flat tuples beats `np.array`)."""
-    n = len(encoding.ids)
+def _offsets(encoding: Any, n: int | None = None) -> _I32:
+    """(T, 2) character offsets of an encoding of `n` tokens (`np.fromiter` over the flat tuples).
+
+    `n` None: counted here; pass it when known (each read of `Encoding.ids` builds a list).
+    """
+    n = len(encoding.ids) if n is None else n
     flat = np.fromiter(itertools.chain.from_iterable(encoding.offsets), dtype=np.int32, count=2 * n)
     return flat.reshape(n, 2)
 
